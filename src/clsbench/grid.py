@@ -1,0 +1,92 @@
+"""The experiment grid: which cells (dataset × model × approach × rank × seed) a config asks for.
+
+Used by ``workflow/rules/common.smk``; kept here so it is plain Python with unit tests.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from . import UserError
+
+SLUG = r"[a-z0-9][a-z0-9-]*"
+RESERVED = {"data", "models", "logs", "benchmarks"}  # folders of results/ that are not datasets
+RANKED = {"head"}  # approaches whose cells take a LoRA rank; the others are written r0
+APPROACHES = ("head",)
+
+
+@dataclass(frozen=True)
+class Cell:
+    dataset: str
+    model: str
+    approach: str
+    rank: int
+    seed: int
+
+    @property
+    def path(self) -> str:
+        """The cell's folder (relative to the working directory)."""
+        return f"results/{self.dataset}/{self.model}/{self.approach}/r{self.rank}/s{self.seed}"
+
+
+def check(config: dict) -> None:
+    """Cross-reference checks the JSON schema cannot express; raises UserError naming the key."""
+    for kind in ("datasets", "models"):
+        for key in config.get(kind, {}):
+            if not re.fullmatch(SLUG, key) or key in RESERVED:
+                raise UserError(f"{kind}: key '{key}' must be a slug ([a-z0-9-], not {sorted(RESERVED)})")
+    for key, spec in config.get("datasets", {}).items():
+        base = spec.get("base")
+        if spec.get("source") == "derived_pairs" and base not in config["datasets"]:
+            raise UserError(f"datasets.{key}.base: '{base}' is not a dataset key ({sorted(config['datasets'])})")
+    for name, block in config.get("approaches", {}).items():
+        if name not in APPROACHES:
+            raise UserError(f"approaches.{name}: unknown approach (known: {list(APPROACHES)})")
+        for model in block.get("models", []):
+            if model not in config.get("models", {}):
+                raise UserError(f"approaches.{name}.models: model key '{model}' does not exist "
+                                f"(defined: {sorted(config.get('models', {}))})")
+        for dataset in block.get("datasets") or []:
+            if dataset not in config.get("datasets", {}):
+                raise UserError(f"approaches.{name}.datasets: dataset key '{dataset}' does not exist "
+                                f"(defined: {sorted(config.get('datasets', {}))})")
+        if name in RANKED and not block.get("ranks"):
+            raise UserError(f"approaches.{name}.ranks: approach '{name}' needs at least one LoRA rank")
+
+
+def cells(config: dict) -> list[Cell]:
+    """Every cell of the grid, in a stable order."""
+    check(config)
+    out = []
+    for approach, block in config.get("approaches", {}).items():
+        if not block.get("enabled", True):
+            continue
+        datasets = block.get("datasets") or list(config["datasets"])
+        ranks = block.get("ranks") if approach in RANKED else [0]
+        for dataset in datasets:
+            for model in block.get("models", []):
+                for rank in ranks:
+                    for seed in block.get("seeds") or config.get("seeds", [42]):
+                        out.append(Cell(dataset, model, approach, int(rank), int(seed)))
+    return out
+
+
+def hparams(config: dict, approach: str, model: str) -> dict:
+    """The approach's hyperparameters, with the model's per-approach overrides applied."""
+    merged = dict(config["approaches"][approach].get("hparams", {}))
+    merged.update(config["models"][model].get("hparams", {}).get(approach, {}))
+    return merged
+
+
+def load_config(path: str | Path) -> dict:
+    """Read and validate a config file outside Snakemake (tests, scripts): schema defaults + checks."""
+    from snakemake.utils import validate
+
+    config = yaml.safe_load(Path(path).read_text())
+    schema = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+    validate(config, str(schema))
+    check(config)
+    return config

@@ -1,0 +1,77 @@
+"""Classification metrics computed from a cell's ``predictions.parquet`` only (changing a metric
+never retrains). Merges the training and inference figures recorded beside it into ``metrics.json``."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import accuracy_score, f1_score, hamming_loss, precision_recall_fscore_support
+
+from . import UserError
+from .io import read_json, run_cli, write_json
+
+
+def indicator(rows, labels: list[str]) -> np.ndarray:
+    """Label lists → 0/1 matrix in the order of ``labels``; unknown labels are an error."""
+    index = {label: i for i, label in enumerate(labels)}
+    y = np.zeros((len(rows), len(labels)), dtype=np.int8)
+    for r, row in enumerate(rows):
+        for label in row:
+            if label not in index:
+                raise UserError(f"label '{label}' in predictions is not in the label set {labels}")
+            y[r, index[label]] = 1
+    return y
+
+
+def classification_metrics(gold_rows, pred_rows, labels: list[str], multi_label: bool) -> dict:
+    """micro/macro/weighted F1, per-class P/R/F1, and accuracy (single) or subset acc. + Hamming loss (multi)."""
+    gold, pred = indicator(gold_rows, labels), indicator(pred_rows, labels)
+    out = {"n": len(gold)}
+    for avg in ("micro", "macro", "weighted"):
+        p, r, f, _ = precision_recall_fscore_support(gold, pred, average=avg, zero_division=0)
+        out[f"f1_{avg}"], out[f"precision_{avg}"], out[f"recall_{avg}"] = float(f), float(p), float(r)
+    p, r, f, s = precision_recall_fscore_support(gold, pred, average=None, zero_division=0)
+    out["per_class"] = {label: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
+                        for i, label in enumerate(labels)}
+    if multi_label:
+        out["subset_accuracy"] = float(accuracy_score(gold, pred))
+        out["hamming_loss"] = float(hamming_loss(gold, pred))
+    else:
+        out["accuracy"] = float(accuracy_score(gold, pred))
+    return out
+
+
+def evaluate(predictions: str | Path, labels_json: str | Path, extra: list[str | Path] = ()) -> dict:
+    """Metrics of one cell; ``extra`` JSON files (train/predict info) are merged in under their keys."""
+    meta = read_json(labels_json)
+    df = pd.read_parquet(predictions)
+    for col in ("id", "gold", "pred"):
+        if col not in df.columns:
+            raise UserError(f"{predictions}: column '{col}' missing; the predictions cache is not valid")
+    metrics = classification_metrics(list(map(list, df["gold"])), list(map(list, df["pred"])),
+                                     meta["labels"], meta["multi_label"])
+    metrics["multi_label"] = meta["multi_label"]
+    for path in extra:
+        for key, value in read_json(path).items():
+            if key not in ("labels", "multi_label", "n"):
+                metrics.setdefault(key, value)
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Compute metrics.json of one cell from its predictions.")
+    parser.add_argument("--predictions", required=True)
+    parser.add_argument("--labels", required=True, help="the dataset's labels.json")
+    parser.add_argument("--extra", nargs="*", default=[], help="train_info.json, predict_info.json ...")
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args(argv)
+    metrics = evaluate(args.predictions, args.labels, args.extra)
+    write_json(args.out, metrics)
+    print(json.dumps({k: metrics[k] for k in ("n", "f1_micro", "f1_macro")}))
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,56 @@
+# Grid, wildcard constraints and input functions (the grid itself is clsbench.grid).
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(workflow.basedir) / "src"))  # dry runs work without installing the package
+
+from clsbench import UserError, grid
+
+try:
+    CELLS = grid.cells(config)
+except UserError as err:
+    raise WorkflowError(f"config: {err}")
+
+CELL = "results/{dataset}/{model}/{approach}/r{rank}/s{seed}"
+LOG = "results/logs/{dataset}/{model}/{approach}/r{rank}/s{seed}"
+BENCH = "results/benchmarks/{dataset}/{model}/{approach}/r{rank}/s{seed}"
+
+
+wildcard_constraints:
+    dataset=grid.SLUG,
+    model=grid.SLUG,
+    approach="|".join(grid.APPROACHES),
+    rank=r"\d+",
+    seed=r"\d+",
+
+
+def all_metrics():
+    return [f"{cell.path}/metrics.json" for cell in CELLS]
+
+
+def as_json(obj):
+    """Params are JSON strings: a changed value reruns exactly the cells that use it."""
+    return json.dumps(obj, sort_keys=True)
+
+
+def hparams_json(wildcards):
+    return as_json(grid.hparams(config, wildcards.approach, wildcards.model))
+
+
+def dataset_spec_json(wildcards):
+    return as_json(config["datasets"][wildcards.dataset])
+
+
+def model_spec_json(wildcards):
+    return as_json(config["models"][wildcards.model])
+
+
+def dataset_base_inputs(wildcards):
+    """A derived dataset is built from its base dataset's prepared splits."""
+    base = config["datasets"][wildcards.dataset].get("base")
+    return [f"results/data/{base}/labels.json"] if base else []
+
+
+def dataset_files(name):
+    return expand("results/data/{{dataset}}/{f}", f=[f"{s}.parquet" for s in ("train", "val", "test")] + [name])

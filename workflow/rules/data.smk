@@ -1,0 +1,28 @@
+rule prepare_dataset:
+    """Load, de-duplicate, split and cap one dataset."""
+    input:
+        dataset_base_inputs,
+    output:
+        splits=expand("results/data/{{dataset}}/{split}.parquet", split=["train", "val", "test"]),
+        labels="results/data/{dataset}/labels.json",
+        stats=report(
+            "results/data/{dataset}/stats.json",
+            category="Datasets",
+            caption="../report/dataset_stats.rst",
+        ),
+    params:
+        spec=dataset_spec_json,
+        base_dir=lambda wc, input: Path(input[0]).parent if input else "",
+    log:
+        "results/logs/data/{dataset}.log",
+    benchmark:
+        "results/benchmarks/data/{dataset}.tsv"
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    conda:
+        "../../envs/clsbench.yaml"
+    shell:
+        "python -m clsbench.data --key {wildcards.dataset} --spec {params.spec:q} "
+        "--out results/data/{wildcards.dataset} "
+        "$([ -n '{params.base_dir}' ] && echo --base-dir {params.base_dir}) > {log} 2>&1"

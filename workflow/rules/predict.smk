@@ -1,0 +1,25 @@
+rule predict_head:
+    """Cache test-set predictions (probabilities + decided labels) of a trained head cell."""
+    input:
+        adapter="results/{dataset}/{model}/head/r{rank}/s{seed}/adapter",
+        data=dataset_files("labels.json"),
+    output:
+        predictions="results/{dataset}/{model}/head/r{rank}/s{seed}/predictions.parquet",
+        info="results/{dataset}/{model}/head/r{rank}/s{seed}/predict_info.json",
+    params:
+        hparams=lambda wc: as_json(grid.hparams(config, "head", wc.model)),
+        out_dir=lambda wc, output: Path(output.info).parent,
+    log:
+        "results/logs/{dataset}/{model}/head/r{rank}/s{seed}/predict.log",
+    benchmark:
+        "results/benchmarks/{dataset}/{model}/head/r{rank}/s{seed}/predict.tsv"
+    threads: config["threads"]
+    resources:
+        gpu=1,
+        mem_mb=16000,
+        runtime=120,
+    conda:
+        "../../envs/clsbench.yaml"
+    shell:
+        "python -m clsbench.head predict --adapter-dir {input.adapter} --data-dir results/data/{wildcards.dataset} "
+        "--out-dir {params.out_dir} --hparams {params.hparams:q} --threads {threads} > {log} 2>&1"
