@@ -153,6 +153,14 @@ def stratified_take(df: pd.DataFrame, n: int, seed: int, multi_label: bool) -> t
         names = sorted({label for row in df["labels"] for label in row})
         splitter = MultilabelStratifiedShuffleSplit(n_splits=1, test_size=n, random_state=seed)
         rest_idx, take_idx = next(splitter.split(np.zeros(len(df)), _indicator(df["labels"], names)))
+        # iterative stratification only approximates the size: move the difference at random
+        rng = np.random.default_rng(seed)
+        if len(take_idx) > n:
+            extra = rng.choice(len(take_idx), size=len(take_idx) - n, replace=False)
+            rest_idx, take_idx = np.concatenate([rest_idx, take_idx[extra]]), np.delete(take_idx, extra)
+        elif len(take_idx) < n:
+            moved = rng.choice(len(rest_idx), size=n - len(take_idx), replace=False)
+            take_idx, rest_idx = np.concatenate([take_idx, rest_idx[moved]]), np.delete(rest_idx, moved)
     else:
         from sklearn.model_selection import train_test_split
 
@@ -239,7 +247,7 @@ def dedupe(splits: dict[str, pd.DataFrame]) -> tuple[dict[str, pd.DataFrame], di
 
 def prepare(key: str, spec: dict, out_dir: str | Path, base_dir: str | Path | None = None) -> dict:
     """Prepare dataset ``key`` into ``out_dir`` (written atomically); returns the stats."""
-    multi = bool(spec.get("multi_label", spec["source"] == "derived_pairs"))
+    multi = spec["source"] == "derived_pairs" or bool(spec.get("multi_label", False))
     spec = {**spec, "multi_label": multi}
     split_cfg = {"val": 0.1, "test": 0.2, "seed": 42, **spec.get("split", {})}
     seed = split_cfg["seed"]
@@ -260,10 +268,9 @@ def prepare(key: str, spec: dict, out_dir: str | Path, base_dir: str | Path | No
     labels = list(spec["labels"]) if spec.get("labels") else train_labels
     for split in SPLITS:
         found = {label for row in splits[split]["labels"] for label in row}
-        unknown = sorted(found - set(labels))
-        if unknown:
-            raise UserError(f"dataset '{key}': label(s) {unknown} in the {split} split are not in the label set "
-                            f"{labels[:10]}{' ...' if len(labels) > 10 else ''}")
+        if spec.get("labels") and found - set(labels):
+            raise UserError(f"dataset '{key}': label(s) {sorted(found - set(labels))} in the {split} split are not "
+                            f"in the configured label set {labels[:10]}{' ...' if len(labels) > 10 else ''}")
         if split != "train" and (found - set(train_labels)):
             raise UserError(f"dataset '{key}': label(s) {sorted(found - set(train_labels))} occur in {split} "
                             "but never in train; the model could not learn them")

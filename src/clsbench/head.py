@@ -34,7 +34,9 @@ ADAPTER_BASE = "base"
 # ---------------------------------------------------------------- device, model
 def device_setup(threads: int | None = None) -> dict:
     import torch
+    from transformers.utils import logging
 
+    logging.disable_progress_bar()
     if threads:
         torch.set_num_threads(threads)
     cuda = torch.cuda.is_available()

@@ -60,6 +60,7 @@ def _json_default(obj: Any) -> Any:
 
 def run_cli(main: Callable[[list[str] | None], Any], argv: list[str] | None = None) -> None:
     """Run a module's ``main``; a :class:`UserError` becomes one ``error: ...`` line and exit code 2."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # progress bars only clutter the rule logs
     try:
         main(argv)
     except UserError as err:

@@ -12,7 +12,7 @@ rule prepare_dataset:
         ),
     params:
         spec=dataset_spec_json,
-        base_dir=lambda wc, input: Path(input[0]).parent if input else "",
+        base_arg=lambda wc, input: f"--base-dir {Path(input[0]).parent}" if input else "",
     log:
         "results/logs/data/{dataset}.log",
     benchmark:
@@ -24,5 +24,4 @@ rule prepare_dataset:
         "../../envs/clsbench.yaml"
     shell:
         "python -m clsbench.data --key {wildcards.dataset} --spec {params.spec:q} "
-        "--out results/data/{wildcards.dataset} "
-        "$([ -n '{params.base_dir}' ] && echo --base-dir {params.base_dir}) > {log} 2>&1"
+        "--out results/data/{wildcards.dataset} {params.base_arg} > {log} 2>&1"

@@ -1,0 +1,156 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from clsbench import UserError, data
+from conftest import USPTO
+
+
+def write_csv(path, rows, columns=("text", "label")):
+    pd.DataFrame(rows, columns=list(columns)).to_csv(path, index=False)
+    return str(path)
+
+
+def labelled(n_per_label, labels=("a", "b", "c")):
+    return [(f"text {label} {i}", label) for label in labels for i in range(n_per_label)]
+
+
+def test_bbc_news_dedup_split_and_stats(bbc_small):
+    stats = json.loads((bbc_small / "stats.json").read_text())
+    assert stats["duplicates_removed"]["all"] == 98  # BBC News holds 98 exact duplicate articles
+    assert [stats[s]["n"] for s in ("train", "val", "test")] == [60, 20, 30]
+    splits, labels, multi = data.load_prepared(bbc_small)
+    assert labels == ["business", "entertainment", "politics", "sports", "tech"] and not multi
+    texts = [set(splits[s]["text"]) for s in ("train", "val", "test")]
+    assert not (texts[0] & texts[1]) and not (texts[0] & texts[2]) and not (texts[1] & texts[2])
+    counts = splits["train"]["labels"].str[0].value_counts()
+    assert counts.max() - counts.min() <= 4  # stratified: the caps keep class proportions
+
+
+def test_split_is_deterministic_and_stratified():
+    df = pd.DataFrame({"id": [str(i) for i in range(200)], "text": [f"t{i}" for i in range(200)],
+                       "labels": [["x"] if i % 4 else ["y"] for i in range(200)]})
+    a = data.split_frame(df, 0.1, 0.2, seed=7, multi_label=False)
+    b = data.split_frame(df, 0.1, 0.2, seed=7, multi_label=False)
+    assert [len(a[s]) for s in ("train", "val", "test")] == [140, 20, 40]
+    assert all(a[s]["id"].tolist() == b[s]["id"].tolist() for s in a)
+    assert (a["test"]["labels"].str[0] == "y").sum() == 10  # 25% of 40
+
+
+def test_multilabel_iterative_stratification():
+    rng = np.random.default_rng(0)
+    names = list("ABCDE")
+    rows = [sorted(set(rng.choice(names, size=rng.integers(1, 3), replace=True))) for _ in range(500)]
+    df = pd.DataFrame({"id": [str(i) for i in range(500)], "text": [f"t{i}" for i in range(500)], "labels": rows})
+    parts = data.split_frame(df, 0.1, 0.2, seed=1, multi_label=True)
+    assert [len(parts[s]) for s in ("train", "val", "test")] == [350, 50, 100]
+    full = pd.Series([label for r in rows for label in r]).value_counts(normalize=True)
+    test = pd.Series([label for r in parts["test"]["labels"] for label in r]).value_counts(normalize=True)
+    assert (full - test).abs().max() < 0.03
+
+
+def test_derived_pairs_are_multilabel_with_distinct_topics(pairs_small):
+    splits, labels, multi = data.load_prepared(pairs_small)
+    assert multi and len(labels) == 5
+    train = splits["train"]
+    pairs = train[train["labels"].str.len() == 2]
+    assert 0.2 < 1 - len(pairs) / len(train) < 0.4  # single_share 0.3
+    assert all(a != b for a, b in pairs["labels"])
+    assert all("\n\n" in t for t in pairs["text"])
+
+
+def test_files_source_multilabel_separator(tmp_path):
+    rows = [(f"doc {i}", "A|B" if i % 2 else "A") for i in range(40)] + [(f"doc b {i}", "B") for i in range(20)]
+    spec = {"source": "files", "path": write_csv(tmp_path / "d.csv", rows), "multi_label": True, "label_separator": "|"}
+    stats = data.prepare("mine", spec, tmp_path / "out")
+    assert stats["labels"] == 2 and stats["train"]["multi_label_share"] > 0.2
+
+
+def test_jsonl_with_list_labels_and_given_splits(tmp_path):
+    for split, n in (("train", 30), ("test", 10)):
+        pd.DataFrame({"body": [f"{split} {i}" for i in range(n)],
+                      "tags": [["x", "y"] if i % 3 else ["y"] for i in range(n)]}).to_json(
+            tmp_path / f"{split}.jsonl", orient="records", lines=True)
+    spec = {"source": "files", "train": str(tmp_path / "train.jsonl"), "test": str(tmp_path / "test.jsonl"),
+            "text_columns": ["body"], "label_column": "tags", "multi_label": True}
+    stats = data.prepare("j", spec, tmp_path / "out")
+    assert stats["test"]["n"] == 10 and stats["val"]["n"] == 3 and stats["train"]["n"] == 27
+
+
+# ------------------------------------------------------------------ bad input
+def test_missing_column_names_column_and_file(tmp_path):
+    spec = {"source": "files", "path": write_csv(tmp_path / "d.csv", labelled(5), ("body", "label"))}
+    with pytest.raises(UserError, match=r"column 'text' not found .*columns: body, label"):
+        data.prepare("d", spec, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_empty_text_stops_or_drops(tmp_path):
+    rows = labelled(10) + [("   ", "a")]
+    spec = {"source": "files", "path": write_csv(tmp_path / "d.csv", rows)}
+    with pytest.raises(UserError, match=r"1 empty text\(s\) at row\(s\) 30"):
+        data.prepare("d", spec, tmp_path / "out")
+    stats = data.prepare("d", {**spec, "on_empty_text": "drop"}, tmp_path / "out")
+    assert sum(stats[s]["n"] for s in ("train", "val", "test")) == 30
+
+
+def test_label_in_test_absent_from_train(tmp_path):
+    spec = {"source": "files", "train": write_csv(tmp_path / "tr.csv", labelled(10, "ab")),
+            "test": write_csv(tmp_path / "te.csv", [("new doc", "zebra")])}
+    with pytest.raises(UserError, match=r"\['zebra'\] occur in test but never in train"):
+        data.prepare("d", spec, tmp_path / "out")
+
+
+def test_unknown_label_against_fixed_label_set(tmp_path):
+    spec = {"source": "files", "path": write_csv(tmp_path / "d.csv", labelled(10)), "labels": ["a", "b"]}
+    with pytest.raises(UserError, match=r"label\(s\) \['c'\] in the train split are not in the configured label set"):
+        data.prepare("d", spec, tmp_path / "out")
+
+
+def test_empty_dataset_after_filtering(tmp_path):
+    spec = {"source": "files", "path": write_csv(tmp_path / "d.csv", [("", "a"), (" ", "b")]), "on_empty_text": "drop"}
+    with pytest.raises(UserError, match="split is empty"):
+        data.prepare("d", spec, tmp_path / "out")
+
+
+def test_single_label_row_with_two_labels(tmp_path):
+    path = tmp_path / "d.jsonl"
+    pd.DataFrame({"text": ["one", "two"], "label": [["a"], ["a", "b"]]}).to_json(path, orient="records", lines=True)
+    with pytest.raises(UserError, match=r"row 1 has 2 labels .* but the dataset is single-label"):
+        data.prepare("d", {"source": "files", "path": str(path)}, tmp_path / "out")
+
+
+def test_wrong_encoding_is_reported(tmp_path):
+    path = tmp_path / "latin.csv"
+    path.write_bytes("text,label\ncaf\xe9 cr\xe8me,a\n".encode("latin-1"))
+    with pytest.raises(UserError, match="not valid utf-8 .* set encoding"):
+        data.read_table(path, {})
+    assert data.read_table(path, {"encoding": "latin-1"})["text"][0] == "café crème"
+
+
+def test_missing_file_and_unknown_format(tmp_path):
+    with pytest.raises(UserError, match="data file not found"):
+        data.read_table(tmp_path / "nope.csv", {})
+    (tmp_path / "d.xlsx").write_text("x")
+    with pytest.raises(UserError, match="cannot tell the format"):
+        data.read_table(tmp_path / "d.xlsx", {})
+
+
+def test_hub_source_offline_fails_clearly(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    with pytest.raises(UserError, match="cannot load hub dataset 'someone/no-such-set'"):
+        data.prepare("h", {"source": "hub", "hub_id": "someone/no-such-set"}, tmp_path / "out")
+
+
+@pytest.mark.skipif(not USPTO.exists(), reason="../shared/data/uspto-ipc not present")
+def test_uspto_ipc_through_generic_csv_source(tmp_path):
+    spec = {"source": "files", "train": str(USPTO / "train.csv"), "val": str(USPTO / "val.csv"),
+            "test": str(USPTO / "test.csv"), "text_columns": ["publication_title_claims", "application_type_abstract"],
+            "label_column": "label", "multi_label": True, "label_separator": ","}
+    stats = data.prepare("uspto-ipc", spec, tmp_path / "out")
+    assert stats["labels"] == 8 and stats["multi_label"]
+    assert stats["test"]["n"] == 698 and 5500 < stats["train"]["n"] <= 5584
+    assert 0.3 < stats["train"]["multi_label_share"] < 0.45

@@ -1,0 +1,89 @@
+"""The head approach on a tiny random Llama: real NF4 quantisation (bitsandbytes on the CPU),
+real LoRA, real Trainer. Checks the saved adapter is a plain peft checkpoint."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from clsbench import head
+from conftest import TINY_HEAD_HP
+
+
+@pytest.fixture(scope="module")
+def trained_cell(tmp_path_factory, tiny_model, bbc_small):
+    out = tmp_path_factory.mktemp("cell")
+    info = head.train(str(tiny_model), str(bbc_small), str(out), rank=4, seed=1, hp=TINY_HEAD_HP, threads=2)
+    head.predict(str(out / "adapter"), str(bbc_small), str(out), TINY_HEAD_HP, threads=2)
+    return out, info
+
+
+def test_training_writes_adapter_log_and_info(trained_cell):
+    out, info = trained_cell
+    assert (out / "adapter" / "adapter_model.safetensors").exists()
+    assert not (out / "checkpoints").exists()
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert any("eval_f1_micro" in entry for entry in log) and any("loss" in entry for entry in log)
+    assert info["epochs_run"] == 2 and 1 <= info["best_epoch"] <= 2
+    # LoRA r=4 on 7 projections x 2 layers, plus the 5-class score head (64 x 5), counted by hand:
+    per_layer = 4 * ((64 + 64) + (64 + 32) + (64 + 32) + (64 + 64) + (64 + 128) + (64 + 128) + (128 + 64))
+    assert info["trainable_params"] == 2 * per_layer + 64 * 5
+    assert info["quantization"] == "nf4"
+
+
+def test_predictions_cache_schema(trained_cell, bbc_small):
+    out, _ = trained_cell
+    pred = pd.read_parquet(out / "predictions.parquet")
+    assert list(pred.columns) == ["id", "gold", "probs", "pred"]
+    assert len(pred) == 30
+    probs = np.stack(pred["probs"])
+    assert probs.shape == (30, 5) and np.allclose(probs.sum(1), 1, atol=1e-4)
+    assert all(len(p) == 1 for p in pred["pred"])
+
+
+def test_plain_autopeft_load_reproduces_cached_predictions(tmp_path, tiny_model, bbc_small):
+    """`AutoPeftModelForSequenceClassification.from_pretrained(adapter_dir)` with no other argument
+    (unquantised run, so the comparison is exact)."""
+    import torch
+    from peft import AutoPeftModelForSequenceClassification
+    from transformers import AutoTokenizer
+
+    hp = {**TINY_HEAD_HP, "quantization": "none", "max_epochs": 1}
+    head.train(str(tiny_model), str(bbc_small), str(tmp_path), rank=4, seed=3, hp=hp, threads=2)
+    head.predict(str(tmp_path / "adapter"), str(bbc_small), str(tmp_path), hp, threads=2)
+    model = AutoPeftModelForSequenceClassification.from_pretrained(str(tmp_path / "adapter")).eval()
+    tok = AutoTokenizer.from_pretrained(str(tmp_path / "adapter" / "base"))
+    cached = pd.read_parquet(tmp_path / "predictions.parquet")
+    test = pd.read_parquet(bbc_small / "test.parquet")
+    with torch.inference_mode():
+        enc = tok(list(test["text"]), truncation=True, max_length=hp["max_length"], padding=True, return_tensors="pt")
+        probs = torch.softmax(model(**enc).logits, -1).numpy()
+    assert np.allclose(probs, np.stack(cached["probs"]), atol=1e-4)
+    assert [model.config.id2label[i] for i in probs.argmax(1)] == [p[0] for p in cached["pred"]]
+
+
+def test_multilabel_head_uses_sigmoid_and_threshold(tmp_path, tiny_model, pairs_small):
+    hp = {**TINY_HEAD_HP, "max_epochs": 1}
+    head.train(str(tiny_model), str(pairs_small), str(tmp_path), rank=2, seed=1, hp=hp, threads=2)
+    head.predict(str(tmp_path / "adapter"), str(pairs_small), str(tmp_path), hp, threads=2)
+    pred = pd.read_parquet(tmp_path / "predictions.parquet")
+    probs = np.stack(pred["probs"])
+    assert probs.shape[1] == 5 and not np.allclose(probs.sum(1), 1)  # independent sigmoids
+    labels = json.loads((pairs_small / "labels.json").read_text())["labels"]
+    assert [list(p) for p in pred["pred"]] == [[l for l, q in zip(labels, row) if q >= 0.5] for row in probs]
+
+
+def test_failed_training_leaves_no_adapter(tmp_path, tiny_model, bbc_small):
+    hp = {**TINY_HEAD_HP, "target_modules": ["no_such_module"]}
+    with pytest.raises(ValueError):
+        head.train(str(tiny_model), str(bbc_small), str(tmp_path), rank=2, seed=1, hp=hp, threads=2)
+    assert not (tmp_path / "adapter").exists()
+
+
+def test_probabilities_and_decisions():
+    logits = np.array([[2.0, 0.0, -1.0], [0.0, 3.0, 0.0]])
+    p = head.probabilities(logits, multi_label=False)
+    assert np.allclose(p.sum(1), 1) and p.argmax(1).tolist() == [0, 1]
+    assert head.decide(p, False, 0.5).tolist() == [[1, 0, 0], [0, 1, 0]]
+    q = head.probabilities(logits, multi_label=True)
+    assert head.decide(q, True, 0.5).tolist() == [[1, 1, 0], [1, 1, 1]]

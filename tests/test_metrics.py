@@ -1,0 +1,58 @@
+import json
+
+import pandas as pd
+import pytest
+
+from clsbench import UserError, metrics, tables
+
+
+def test_single_label_metrics_by_hand():
+    gold = [["a"], ["a"], ["b"], ["c"]]
+    pred = [["a"], ["b"], ["b"], ["a"]]
+    m = metrics.classification_metrics(gold, pred, ["a", "b", "c"], multi_label=False)
+    assert m["accuracy"] == pytest.approx(0.5) and m["f1_micro"] == pytest.approx(0.5)
+    # a: P=1/2 R=1/2 F=.5; b: P=1/2 R=1 F=2/3; c: F=0
+    assert m["per_class"]["b"]["f1"] == pytest.approx(2 / 3)
+    assert m["f1_macro"] == pytest.approx((0.5 + 2 / 3 + 0) / 3)
+    assert m["f1_weighted"] == pytest.approx((0.5 * 2 + 2 / 3 * 1 + 0) / 4)
+
+
+def test_multi_label_metrics_by_hand():
+    gold = [["a", "b"], ["b"], []]
+    pred = [["a"], ["b", "c"], []]
+    m = metrics.classification_metrics(gold, pred, ["a", "b", "c"], multi_label=True)
+    # TP=2 (a, b), FP=1 (c), FN=1 (b) -> micro P=R=F=2/3
+    assert m["f1_micro"] == pytest.approx(2 / 3)
+    assert m["subset_accuracy"] == pytest.approx(1 / 3)
+    assert m["hamming_loss"] == pytest.approx(2 / 9)
+
+
+def test_unknown_predicted_label_is_an_error():
+    with pytest.raises(UserError, match="label 'z' in predictions is not in the label set"):
+        metrics.classification_metrics([["a"]], [["z"]], ["a", "b"], multi_label=False)
+
+
+def write_cell(root, dataset, model, rank, seed, f1, trainable=8500, total=2_000_000):
+    cell = root / "results" / dataset / model / "head" / f"r{rank}" / f"s{seed}"
+    cell.mkdir(parents=True)
+    (cell / "metrics.json").write_text(json.dumps({"f1_micro": f1, "f1_macro": f1 - 0.1, "n": 10,
+                                                   "trainable_params": trainable, "total_params": total}))
+    return cell / "metrics.json"
+
+
+def test_f1_table_csv_and_paper_layout(tmp_path):
+    files = [write_cell(tmp_path, "news", "m", 8, 1, 0.9), write_cell(tmp_path, "news", "m", 8, 2, 0.8),
+             write_cell(tmp_path, "pairs", "m", 8, 1, 0.7), write_cell(tmp_path, "news", "m", 16, 1, 0.95, 17000)]
+    df = tables.render(files, tmp_path / "f1.csv", tmp_path / "f1.md")
+    csv = pd.read_csv(tmp_path / "f1.csv")
+    assert list(csv.columns[:9]) == ["dataset", "model", "approach", "rank", "seed", "f1_micro", "f1_macro",
+                                     "trainable_params", "total_params"]
+    assert len(csv) == 4 and len(df) == 4
+    md = (tmp_path / "f1.md").read_text()
+    assert "| Classification head (r=8)  | m       | 2.0M           | 8.5K               | 0.850 ± 0.071 | 0.700   |" in md
+    assert "| Classification head (r=16) | m       | 2.0M           | 17.0K              | 0.950  " in md
+    assert "–" in md  # r=16 has no pairs cell
+
+
+def test_human_counts():
+    assert [tables.human(x) for x in (1_234_000_000, 5_600_000, 270_000_000, 8512, 12)] == ["1.2B", "5.6M", "270M", "8.5K", "12"]
