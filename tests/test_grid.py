@@ -63,23 +63,50 @@ def test_schema_fills_defaults_and_names_bad_values():
         validate({**base_config(), "approaches": {"head": {"models": ["m1"], "hparams": {"lr": 1}}}}, SCHEMA)
 
 
-def test_default_and_paper_configs_are_valid():
+def test_rank_free_and_model_free_approaches():
+    config = base_config()
+    config["approaches"].update(frozen={"models": ["m1"]}, tfidf={})
+    paths = {c.path for c in grid.cells(config)}
+    assert "results/d1/m1/frozen/r0/s1" in paths and "results/d2/tfidf/tfidf/r0/s2" in paths
+    assert len(paths) == 16 + 2 * 2 + 2 * 2
+
+
+def test_default_config_cells():
     config = grid.load_config(REPO / "config.yaml")
-    assert {c.path for c in grid.cells(config)} == {
-        f"results/{d}/smollm2-135m/head/r{r}/s42" for d in ("bbc-news", "bbc-news-pairs") for r in (8, 16)}
+    paths = {c.path for c in grid.cells(config)}
+    for d in ("bbc-news", "bbc-news-pairs"):
+        assert {f"results/{d}/smollm2-135m/head/r8/s42", f"results/{d}/smollm2-135m/head/r16/s42",
+                f"results/{d}/smollm2-135m/frozen/r0/s42", f"results/{d}/minilm-l6/encoder/r0/s42",
+                f"results/{d}/tfidf/tfidf/r0/s42"} <= paths
+    assert len(paths) == 10
 
 
 def snakemake_cli(*args, cwd=REPO):
     return subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=cwd, capture_output=True, text=True)
 
 
-def test_dry_run_of_default_config_lists_every_cell():
-    run = snakemake_cli("-n", "--quiet", "rules")
-    assert run.returncode == 0, run.stderr
-    counts = dict(line.split()[:2] for line in (run.stdout + run.stderr).splitlines()
-                  if line.split() and line.split()[0] in ("train_head", "predict_head", "evaluate", "total"))
-    assert counts["train_head"] == counts["predict_head"] == counts["evaluate"] == str(len(
-        grid.cells(grid.load_config(REPO / "config.yaml"))))
+def job_counts(*args, cwd):
+    """Per-rule job counts of a dry run in an empty working directory (so nothing is done yet)."""
+    run = snakemake_cli("-n", "--quiet", "rules", "--snakefile", str(REPO / "Snakefile"), "--directory", str(cwd), *args)
+    assert run.returncode == 0, run.stdout + run.stderr
+    return {line.split()[0]: int(line.split()[1]) for line in (run.stdout + run.stderr).splitlines()
+            if len(line.split()) == 2 and line.split()[1].isdigit()}
+
+
+def test_dry_run_of_default_config_lists_every_cell(tmp_path):
+    (tmp_path / "config.yaml").write_text((REPO / "config.yaml").read_text())
+    counts = job_counts(cwd=tmp_path)
+    assert counts["evaluate"] == len(grid.cells(grid.load_config(REPO / "config.yaml"))) == 10
+    assert counts["train_head"] == counts["predict_head"] == 4
+    assert counts["train_classifier"] == counts["predict_classifier"] == 4 and counts["tfidf"] == 2
+
+
+def test_dry_run_of_paper_config_lists_the_papers_grid_without_weights(tmp_path):
+    """Tables 2 and 4 (Approach 1: 8 models x r8/r16), the frozen ablation, 4 BERT baselines, TF-IDF,
+    on the two dataset slots: 32 + 2 + 8 + 2 = 44 cells."""
+    counts = job_counts("--configfile", str(REPO / "configs" / "paper.yaml"), cwd=tmp_path)
+    assert counts["train_head"] == 32 and counts["train_classifier"] == 10 and counts["tfidf"] == 2
+    assert counts["evaluate"] == 44 and counts["prepare_model"] == 12 and counts["prepare_dataset"] == 2
 
 
 def test_malformed_config_stops_with_the_key(tmp_path):

@@ -32,8 +32,8 @@ def test_unknown_predicted_label_is_an_error():
         metrics.classification_metrics([["a"]], [["z"]], ["a", "b"], multi_label=False)
 
 
-def write_cell(root, dataset, model, rank, seed, f1, trainable=8500, total=2_000_000):
-    cell = root / "results" / dataset / model / "head" / f"r{rank}" / f"s{seed}"
+def write_cell(root, dataset, model, rank, seed, f1, trainable=8500, total=2_000_000, approach="head"):
+    cell = root / "results" / dataset / model / approach / f"r{rank}" / f"s{seed}"
     cell.mkdir(parents=True)
     (cell / "metrics.json").write_text(json.dumps({"f1_micro": f1, "f1_macro": f1 - 0.1, "n": 10,
                                                    "trainable_params": trainable, "total_params": total}))
@@ -56,3 +56,15 @@ def test_f1_table_csv_and_paper_layout(tmp_path):
 
 def test_human_counts():
     assert [tables.human(x) for x in (1_234_000_000, 5_600_000, 270_000_000, 8512, 12)] == ["1.2B", "5.6M", "270M", "8.5K", "12"]
+
+
+def test_f1_table_shows_distance_to_tfidf_and_orders_approaches(tmp_path):
+    files = [write_cell(tmp_path, "news", "tfidf", 0, 1, 0.90, 1000, 1000, approach="tfidf"),
+             write_cell(tmp_path, "news", "enc", 0, 1, 0.93, 22_000_000, 22_000_000, approach="encoder"),
+             write_cell(tmp_path, "news", "m", 8, 1, 0.95)]
+    df = tables.render(files, tmp_path / "f1.csv", tmp_path / "f1.md")
+    assert list(df["approach"]) == ["head", "encoder", "tfidf"]
+    assert df["f1_micro_minus_tfidf"].round(3).tolist() == [0.05, 0.03, 0.0]
+    md = (tmp_path / "f1.md").read_text()
+    assert "0.950 (+0.050)" in md and "0.930 (+0.030)" in md
+    assert "| TF-IDF + logistic regression | tfidf   | 1.0K           | 1.0K               | 0.900          |" in md

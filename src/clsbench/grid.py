@@ -13,9 +13,10 @@ import yaml
 from . import UserError
 
 SLUG = r"[a-z0-9][a-z0-9-]*"
-RESERVED = {"data", "models", "logs", "benchmarks"}  # folders of results/ that are not datasets
+RESERVED = {"data", "models", "logs", "benchmarks", "tfidf"}  # results/ folders and the tfidf cells' model slug
 RANKED = {"head"}  # approaches whose cells take a LoRA rank; the others are written r0
-APPROACHES = ("head",)
+MODEL_FREE = {"tfidf": "tfidf"}  # approaches that use no model of `models:`; their cells' model slug
+APPROACHES = ("head", "frozen", "encoder", "tfidf")
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,8 @@ def check(config: dict) -> None:
     for name, block in config.get("approaches", {}).items():
         if name not in APPROACHES:
             raise UserError(f"approaches.{name}: unknown approach (known: {list(APPROACHES)})")
+        if name not in MODEL_FREE and not block.get("models"):
+            raise UserError(f"approaches.{name}.models: list at least one model key")
         for model in block.get("models", []):
             if model not in config.get("models", {}):
                 raise UserError(f"approaches.{name}.models: model key '{model}' does not exist "
@@ -66,8 +69,9 @@ def cells(config: dict) -> list[Cell]:
             continue
         datasets = block.get("datasets") or list(config["datasets"])
         ranks = block.get("ranks") if approach in RANKED else [0]
+        models = [MODEL_FREE[approach]] if approach in MODEL_FREE else block.get("models", [])
         for dataset in datasets:
-            for model in block.get("models", []):
+            for model in models:
                 for rank in ranks:
                     for seed in block.get("seeds") or config.get("seeds", [42]):
                         out.append(Cell(dataset, model, approach, int(rank), int(seed)))
@@ -77,7 +81,7 @@ def cells(config: dict) -> list[Cell]:
 def hparams(config: dict, approach: str, model: str) -> dict:
     """The approach's hyperparameters, with the model's per-approach overrides applied."""
     merged = dict(config["approaches"][approach].get("hparams", {}))
-    merged.update(config["models"][model].get("hparams", {}).get(approach, {}))
+    merged.update(config["models"].get(model, {}).get("hparams", {}).get(approach, {}))
     return merged
 
 

@@ -1,14 +1,18 @@
-"""Approach "head": QLoRA + a classification head on the last token's hidden state.
+"""Approaches that put a classification head on a model, all trained with the HF ``Trainer``
+(early stopping on validation micro-F1, best epoch restored):
 
-``AutoModelForSequenceClassification`` on a causal LM pools the rightmost non-pad token and feeds
-it to a linear ``score`` layer; peft's SEQ_CLS task trains that head (modules_to_save) beside the
-LoRA adapters. Single-label: cross-entropy; multi-label: sigmoid + BCE, threshold at inference.
-Training uses the HF ``Trainer`` (early stopping on validation micro-F1, best epoch restored).
+head     QLoRA + a classification head on the last token's hidden state (the paper's Approach 1).
+         ``AutoModelForSequenceClassification`` on a causal LM pools the rightmost non-pad token
+         into a linear ``score`` layer; peft's SEQ_CLS task trains it (modules_to_save) beside LoRA.
+frozen   the same head on the frozen (4-bit) LLM, no LoRA: the paper's "LoRA is essential" ablation.
+encoder  full fine-tuning of a BERT-style encoder (all parameters trainable).
 
-The saved ``adapter/`` folder loads with plain
-``peft.AutoPeftModelForSequenceClassification.from_pretrained(adapter_dir)``: its
-``base/`` sub-folder holds the classification config (labels, problem type, pad id) and links to
-the base model's weights and tokenizer.
+Single-label: softmax + cross-entropy; multi-label: sigmoid + BCE, threshold at inference.
+
+What training learned lands in ``adapter/``: for ``head`` a peft checkpoint that loads with plain
+``peft.AutoPeftModelForSequenceClassification.from_pretrained(adapter_dir)`` (its ``base/``
+sub-folder holds the classification config and links to the base weights and tokenizer); for
+``frozen`` ``score.safetensors`` beside the same ``base/``; for ``encoder`` a plain HF model folder.
 """
 from __future__ import annotations
 
@@ -25,10 +29,11 @@ import pandas as pd
 
 from . import UserError
 from .data import load_prepared
-from .io import atomic_path, read_json, run_cli, write_json
+from .io import atomic_path, read_json, run_cli, write_json, write_jsonl
 from .models import load_tokenizer, local_dir
 
 ADAPTER_BASE = "base"
+FROZEN_HEAD = "score.safetensors"
 
 
 # ---------------------------------------------------------------- device, model
@@ -62,11 +67,11 @@ def classification_kwargs(labels: list[str], multi_label: bool, pad_token_id: in
             "problem_type": "multi_label_classification" if multi_label else "single_label_classification"}
 
 
-def load_classifier(path: str | Path, hp: dict, env: dict, **cls_kwargs):
+def load_classifier(path: str | Path, hp: dict, env: dict, dtype=None, **cls_kwargs):
     from transformers import AutoModelForSequenceClassification
 
     quant = quantization_config(hp, env["compute_dtype"])
-    kwargs = {"dtype": env["compute_dtype"], **cls_kwargs}
+    kwargs = {"dtype": dtype or env["compute_dtype"], **cls_kwargs}
     if quant is not None:
         kwargs["quantization_config"] = quant
         kwargs["device_map"] = {"": 0} if env["cuda"] else {"": "cpu"}
@@ -85,11 +90,16 @@ def lora_config(hp: dict, rank: int):
 
 
 def count_parameters(model) -> tuple[int, int]:
-    """(trainable, total) as the paper reports them: peft's count, corrected for 4-bit storage."""
+    """(trainable, total) as the paper reports them: peft's count, corrected for 4-bit storage
+    (a ``Params4bit`` tensor packs two 4-bit values per byte of its storage type)."""
     if hasattr(model, "get_nb_trainable_parameters"):
         return model.get_nb_trainable_parameters()
-    total = sum(p.numel() for p in model.parameters())
-    return sum(p.numel() for p in model.parameters() if p.requires_grad), total
+    trainable = total = 0
+    for p in model.parameters():
+        n = p.numel() * 2 * p.element_size() if p.__class__.__name__ == "Params4bit" else p.numel()
+        total += n
+        trainable += n if p.requires_grad else 0
+    return trainable, total
 
 
 # ---------------------------------------------------------------- data
@@ -179,13 +189,31 @@ def build_optimizer(model, hp: dict, steps: int):
     return opt, sched
 
 
-def train(model_json: str, data_dir: str, out_dir: str, rank: int, seed: int, hp: dict,
-          threads: int | None = None, lora: bool = True) -> dict:
-    """Train one cell; writes ``adapter/``, ``train_log.jsonl`` and ``train_info.json`` into ``out_dir``."""
+APPROACHES = ("head", "frozen", "encoder")
+
+
+def build_model(info: dict, labels: list[str], multi: bool, tok, hp: dict, env: dict, approach: str, rank: int):
+    """The model to train with the Trainer: QLoRA + head, or a fully trainable encoder."""
     import torch
     from peft import get_peft_model, prepare_model_for_kbit_training
-    from transformers import (DataCollatorWithPadding, EarlyStoppingCallback, Trainer, TrainingArguments,
-                              set_seed)
+
+    kwargs = classification_kwargs(labels, multi, tok.pad_token_id)
+    if approach == "encoder":  # fp32 master weights; bf16 autocast on GPU through the Trainer
+        return load_classifier(info["path"], {**hp, "quantization": "none"}, env, dtype=torch.float32, **kwargs)
+    model = load_classifier(info["path"], hp, env, **kwargs)
+    if hp.get("quantization", "nf4") != "none":
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    return get_peft_model(model, lora_config(hp, rank))
+
+
+def train(model_json: str, data_dir: str, out_dir: str, rank: int, seed: int, hp: dict,
+          threads: int | None = None, approach: str = "head") -> dict:
+    """Train one cell; writes ``adapter/``, ``train_log.jsonl`` and ``train_info.json`` into ``out_dir``."""
+    import torch
+    from transformers import DataCollatorWithPadding, EarlyStoppingCallback, Trainer, TrainingArguments, set_seed
+
+    if approach == "frozen":
+        return train_frozen(model_json, data_dir, out_dir, seed, hp, threads)
 
     env = device_setup(threads)
     out_dir = Path(out_dir)
@@ -194,10 +222,7 @@ def train(model_json: str, data_dir: str, out_dir: str, rank: int, seed: int, hp
     tok = load_tokenizer(info["path"])
     threshold = hp.get("threshold", 0.5)
     set_seed(seed)
-    model = load_classifier(info["path"], hp, env, **classification_kwargs(labels, multi, tok.pad_token_id))
-    if hp.get("quantization", "nf4") != "none":
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-    model = get_peft_model(model, lora_config(hp, rank))
+    model = build_model(info, labels, multi, tok, hp, env, approach, rank)
     trainable, total = count_parameters(model)
 
     train_ds = tokenize_split(splits["train"], tok, labels, multi, hp["max_length"])
@@ -236,21 +261,24 @@ def train(model_json: str, data_dir: str, out_dir: str, rank: int, seed: int, hp
     train_seconds = wall - timer.eval_seconds
     n_tokens = int(sum(len(ids) for ids in train_ds["input_ids"]))
     train_info = {
-        "approach": "head", "rank": rank, "seed": seed, "trainable_params": int(trainable), "total_params": int(total),
+        "approach": approach, "rank": rank, "seed": seed, "trainable_params": int(trainable), "total_params": int(total),
         "epochs_run": epochs_run, "best_epoch": round(best.get("epoch", 0)), "best_val_f1_micro": best.get("eval_f1_micro"),
         "train_wall_seconds": wall, "eval_seconds_during_training": timer.eval_seconds,
         "train_samples_per_second": epochs_run * len(train_ds) / train_seconds if train_seconds > 0 else None,
         "train_tokens_per_second": epochs_run * n_tokens / train_seconds if train_seconds > 0 else None,
         "train_loss": result.training_loss, "n_train": len(train_ds), "n_val": len(val_ds),
         "device": env["device_name"], "dtype": str(env["compute_dtype"]).replace("torch.", ""),
-        "quantization": hp.get("quantization", "nf4"),
+        "quantization": "none" if approach == "encoder" else hp.get("quantization", "nf4"),
         "peak_memory_mb": _peak_memory_mb(env),
     }
-    with (out_dir / "train_log.jsonl").open("w") as fh:
-        for entry in history:
-            fh.write(json.dumps(entry) + "\n")
+    write_jsonl(out_dir / "train_log.jsonl", history)
     write_json(out_dir / "train_info.json", train_info)
-    save_adapter(trainer.model, out_dir / "adapter", info, labels, multi, tok.pad_token_id)
+    if approach == "encoder":
+        with atomic_path(out_dir / "adapter", is_dir=True) as tmp:
+            trainer.model.save_pretrained(tmp)
+            tok.save_pretrained(tmp)
+    else:
+        save_adapter(trainer.model, out_dir / "adapter", info, labels, multi, tok.pad_token_id)
     shutil.rmtree(ckpt, ignore_errors=True)
     return train_info
 
@@ -273,12 +301,18 @@ def _peak_memory_mb(env: dict) -> float:
 
 
 def save_adapter(model, final: Path, info: dict, labels: list[str], multi: bool, pad_token_id: int) -> None:
-    """Save adapter + head, plus ``base/`` (classification config + links to the base weights)."""
+    """Save adapter + head (peft) or the head alone (frozen), plus ``base/`` (classification config +
+    links to the base weights and tokenizer)."""
+    from safetensors.torch import save_file
     from transformers import AutoConfig
 
     final = Path(final)
     with atomic_path(final, is_dir=True) as tmp:
-        model.save_pretrained(tmp)
+        if hasattr(model, "peft_config"):
+            model.save_pretrained(tmp)
+        else:
+            save_file({n: p.detach().float().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad},
+                      tmp / FROZEN_HEAD)
         base_src = local_dir(info)
         base = tmp / ADAPTER_BASE
         base.mkdir()
@@ -288,9 +322,119 @@ def save_adapter(model, final: Path, info: dict, labels: list[str], multi: bool,
         config = AutoConfig.from_pretrained(str(base_src), **classification_kwargs(labels, multi, pad_token_id))
         config.save_pretrained(base)
         cfg_path = tmp / "adapter_config.json"
-        cfg = json.loads(cfg_path.read_text())
-        cfg["base_model_name_or_path"] = str((final / ADAPTER_BASE).resolve())
-        cfg_path.write_text(json.dumps(cfg, indent=2))
+        if cfg_path.exists():
+            cfg = json.loads(cfg_path.read_text())
+            cfg["base_model_name_or_path"] = str((final / ADAPTER_BASE).resolve())
+            cfg_path.write_text(json.dumps(cfg, indent=2))
+
+
+# ---------------------------------------------------------------- frozen ablation
+def last_token_features(model, tok, texts: list[str], max_length: int, batch_size: int, device: str):
+    """Input of the ``score`` head at the pooled (rightmost non-pad) token, for every text."""
+    import torch
+
+    captured = {}
+    hook = model.score.register_forward_hook(lambda mod, args, out: captured.__setitem__("h", args[0]))
+    enc = tok(texts, truncation=True, max_length=max_length)
+    feats = []
+    try:
+        with torch.inference_mode():
+            for start in range(0, len(texts), batch_size):
+                batch = tok.pad({k: enc[k][start:start + batch_size] for k in ("input_ids", "attention_mask")},
+                                return_tensors="pt")
+                ids = batch["input_ids"]
+                model(**{k: v.to(device) for k, v in batch.items()})
+                positions = torch.arange(ids.shape[1])
+                last = (positions * (ids != model.config.pad_token_id)).argmax(-1)
+                feats.append(captured["h"][torch.arange(len(ids)), last.to(captured["h"].device)].float().cpu())
+    finally:
+        hook.remove()
+    return torch.cat(feats)
+
+
+def train_frozen(model_json: str, data_dir: str, out_dir: str, seed: int, hp: dict, threads: int | None = None) -> dict:
+    """The "LoRA is essential" ablation: only the ``score`` head learns, on the frozen (4-bit) LLM.
+
+    The frozen base is deterministic (no dropout at eval), so each text's pooled hidden state is
+    computed once and the head is trained on it with the head approach's settings (optimizer,
+    linear schedule, batch size, early stopping on validation micro-F1, best epoch kept): the
+    same model as training the head through the frozen LLM, without repeating its forward passes.
+    """
+    import torch
+    from transformers import get_scheduler, set_seed
+
+    env = device_setup(threads)
+    out_dir = Path(out_dir)
+    info = read_json(model_json)
+    splits, labels, multi = load_prepared(data_dir)
+    tok = load_tokenizer(info["path"])
+    set_seed(seed)
+    model = load_classifier(info["path"], hp, env, **classification_kwargs(labels, multi, tok.pad_token_id)).eval()
+    trainable, total = count_parameters(model)
+    trainable = model.score.weight.numel()
+    t0 = time.perf_counter()
+    feats = {s: last_token_features(model, tok, list(splits[s]["text"]), hp["max_length"], hp["eval_batch_size"],
+                                    env["device"]) for s in ("train", "val")}
+    feature_seconds = time.perf_counter() - t0
+    index = {label: i for i, label in enumerate(labels)}
+    y = {s: torch.tensor(np.eye(len(labels), dtype=np.float32)[[index[r[0]] for r in splits[s]["labels"]]]
+                         if not multi else [[float(label in row) for label in labels] for row in splits[s]["labels"]])
+         for s in ("train", "val")}
+    weight = torch.nn.Parameter(model.score.weight.detach().float().cpu().clone())
+    lr = hp.get("head_learning_rate") or hp["learning_rate"]
+    opt = torch.optim.AdamW([weight], lr=lr, weight_decay=hp.get("weight_decay", 0.0))
+    batch = hp["batch_size"] * hp["grad_accum"]
+    steps_per_epoch = math.ceil(len(feats["train"]) / batch)
+    sched = get_scheduler(hp.get("lr_scheduler", "linear"), opt, num_warmup_steps=0,
+                          num_training_steps=steps_per_epoch * hp["max_epochs"])
+    loss_fn = torch.nn.BCEWithLogitsLoss() if multi else torch.nn.CrossEntropyLoss()
+    gen = torch.Generator().manual_seed(seed)
+    history, best, best_weight, waited = [], -1.0, weight.detach().clone(), 0
+    t1 = time.perf_counter()
+    for epoch in range(1, hp["max_epochs"] + 1):
+        order = torch.randperm(len(feats["train"]), generator=gen)
+        for start in range(0, len(order), batch):
+            idx = order[start:start + batch]
+            logits = feats["train"][idx] @ weight.T
+            loss = loss_fn(logits, y["train"][idx] if multi else y["train"][idx].argmax(1))
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_([weight], hp.get("max_grad_norm", 1.0))
+            opt.step()
+            sched.step()
+            history.append({"loss": float(loss), "learning_rate": sched.get_last_lr()[0], "epoch": epoch})
+        with torch.no_grad():
+            val_logits = (feats["val"] @ weight.T).numpy()
+        gold = y["val"].numpy() if multi else y["val"].numpy().argmax(1)
+        f1 = micro_f1_from_logits(val_logits, gold, multi, hp.get("threshold", 0.5))
+        history.append({"eval_f1_micro": f1, "epoch": epoch})
+        _check_finite(history, out_dir)
+        if f1 > best:
+            best, best_weight, waited, best_epoch = f1, weight.detach().clone(), 0, epoch
+        else:
+            waited += 1
+            if waited >= hp["patience"]:
+                break
+    head_seconds = time.perf_counter() - t1
+    model.score.weight.data = best_weight.to(model.score.weight.device, model.score.weight.dtype)
+    model.score.weight.requires_grad = True  # marks what save_adapter stores
+    n_tokens = sum(map(len, tok(list(splits["train"]["text"]), truncation=True, max_length=hp["max_length"])["input_ids"]))
+    train_info = {
+        "approach": "frozen", "rank": 0, "seed": seed, "trainable_params": int(trainable), "total_params": int(total),
+        "epochs_run": epoch, "best_epoch": best_epoch, "best_val_f1_micro": best,
+        "train_wall_seconds": feature_seconds + head_seconds, "feature_seconds": feature_seconds,
+        "train_samples_per_second": len(feats["train"]) * epoch / (feature_seconds + head_seconds),
+        "train_tokens_per_second": n_tokens / feature_seconds,
+        "n_train": len(feats["train"]), "n_val": len(feats["val"]), "device": env["device_name"],
+        "dtype": str(env["compute_dtype"]).replace("torch.", ""), "quantization": hp.get("quantization", "nf4"),
+        "peak_memory_mb": _peak_memory_mb(env),
+    }
+    write_jsonl(out_dir / "train_log.jsonl", history)
+    write_json(out_dir / "train_info.json", train_info)
+    for name, p in model.named_parameters():
+        p.requires_grad = name == "score.weight"
+    save_adapter(model, out_dir / "adapter", info, labels, multi, tok.pad_token_id)
+    return train_info
 
 
 # ---------------------------------------------------------------- prediction
@@ -314,12 +458,26 @@ def predict_logits(model, tok, texts: list[str], max_length: int, batch_size: in
 
 
 def load_trained(adapter_dir: str | Path, hp: dict, env: dict):
-    """The trained classifier: base (quantised as in training) + adapter + head."""
+    """The trained classifier: base (quantised as in training) + adapter + head, base + head
+    (frozen), or the fine-tuned encoder."""
+    import torch
     from peft import PeftModel
+    from safetensors.torch import load_file
 
-    base_dir = Path(adapter_dir) / ADAPTER_BASE
-    model = load_classifier(base_dir, hp, env)
-    model = PeftModel.from_pretrained(model, str(adapter_dir))
+    adapter_dir = Path(adapter_dir)
+    base_dir = adapter_dir / ADAPTER_BASE
+    if (adapter_dir / "adapter_config.json").exists():
+        model = PeftModel.from_pretrained(load_classifier(base_dir, hp, env), str(adapter_dir))
+    elif (adapter_dir / FROZEN_HEAD).exists():
+        model = load_classifier(base_dir, hp, env)
+        state = load_file(adapter_dir / FROZEN_HEAD)
+        missing = set(state) - {n for n, _ in model.named_parameters()}
+        if missing:
+            raise UserError(f"{adapter_dir / FROZEN_HEAD}: weights {sorted(missing)} do not fit the base model")
+        model.load_state_dict(state, strict=False)
+    else:
+        model = load_classifier(adapter_dir, {**hp, "quantization": "none"}, env, dtype=torch.float32)
+        base_dir = adapter_dir
     model.eval()
     return model, load_tokenizer(base_dir)
 
@@ -369,6 +527,7 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--out-dir", required=True)
     t.add_argument("--rank", type=int, required=True)
     t.add_argument("--seed", type=int, required=True)
+    t.add_argument("--approach", choices=APPROACHES, default="head")
     p = sub.add_parser("predict")
     p.add_argument("--adapter-dir", required=True)
     p.add_argument("--data-dir", required=True)
@@ -379,7 +538,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     hp = json.loads(args.hparams)
     if args.cmd == "train":
-        info = train(args.model_json, args.data_dir, args.out_dir, args.rank, args.seed, hp, args.threads)
+        info = train(args.model_json, args.data_dir, args.out_dir, args.rank, args.seed, hp, args.threads, args.approach)
     else:
         info = predict(args.adapter_dir, args.data_dir, args.out_dir, hp, threads=args.threads)
     print(json.dumps(info, indent=2, default=str))

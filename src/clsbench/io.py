@@ -44,6 +44,11 @@ def write_json(path: str | Path, obj: Any) -> None:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
 
 
+def write_jsonl(path: str | Path, rows: list) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(json.dumps(row, default=_json_default) + "\n" for row in rows))
+
+
 def read_json(path: str | Path) -> Any:
     return json.loads(Path(path).read_text())
 

@@ -23,3 +23,33 @@ rule predict_head:
     shell:
         "python -m clsbench.head predict --adapter-dir {input.adapter} --data-dir results/data/{wildcards.dataset} "
         "--out-dir {params.out_dir} --hparams {params.hparams:q} --threads {threads} > {log} 2>&1"
+
+
+rule predict_classifier:
+    """Cache test-set predictions of a frozen-LLM or encoder cell."""
+    input:
+        adapter=CELL + "/adapter",
+        data=dataset_files("labels.json"),
+    output:
+        predictions=CELL + "/predictions.parquet",
+        info=CELL + "/predict_info.json",
+    wildcard_constraints:
+        approach="frozen|encoder",
+        rank="0",
+    params:
+        hparams=hparams_json,
+        out_dir=lambda wc, output: Path(output.info).parent,
+    log:
+        LOG + "/predict.log",
+    benchmark:
+        BENCH + "/predict.tsv"
+    threads: config["threads"]
+    resources:
+        gpu=1,
+        mem_mb=16000,
+        runtime=120,
+    conda:
+        "../../envs/clsbench.yaml"
+    shell:
+        "python -m clsbench.head predict --adapter-dir {input.adapter} --data-dir results/data/{wildcards.dataset} "
+        "--out-dir {params.out_dir} --hparams {params.hparams:q} --threads {threads} > {log} 2>&1"

@@ -25,3 +25,61 @@ rule train_head:
         "python -m clsbench.head train --model-json {input.model} --data-dir results/data/{wildcards.dataset} "
         "--out-dir {params.out_dir} --rank {wildcards.rank} --seed {wildcards.seed} "
         "--hparams {params.hparams:q} --threads {threads} > {log} 2>&1"
+
+
+rule train_classifier:
+    """Approaches "frozen" (head on the frozen 4-bit LLM, no LoRA) and "encoder" (full fine-tuning)."""
+    input:
+        model="results/models/{model}/model.json",
+        data=dataset_files("labels.json"),
+    output:
+        adapter=directory(CELL + "/adapter"),
+        train_log=CELL + "/train_log.jsonl",
+        info=CELL + "/train_info.json",
+    wildcard_constraints:
+        approach="frozen|encoder",
+        rank="0",
+    params:
+        hparams=hparams_json,
+        out_dir=lambda wc, output: Path(output.info).parent,
+    log:
+        LOG + "/train.log",
+    benchmark:
+        BENCH + "/train.tsv"
+    threads: config["threads"]
+    resources:
+        gpu=1,
+        mem_mb=16000,
+        runtime=720,
+    conda:
+        "../../envs/clsbench.yaml"
+    shell:
+        "python -m clsbench.head train --approach {wildcards.approach} --model-json {input.model} "
+        "--data-dir results/data/{wildcards.dataset} --out-dir {params.out_dir} --rank 0 --seed {wildcards.seed} "
+        "--hparams {params.hparams:q} --threads {threads} > {log} 2>&1"
+
+
+rule tfidf:
+    """Approach "tfidf": TF-IDF + logistic regression, fitted and applied in one CPU job (seconds)."""
+    input:
+        data=dataset_files("labels.json"),
+    output:
+        predictions="results/{dataset}/tfidf/tfidf/r0/s{seed}/predictions.parquet",
+        train_info="results/{dataset}/tfidf/tfidf/r0/s{seed}/train_info.json",
+        predict_info="results/{dataset}/tfidf/tfidf/r0/s{seed}/predict_info.json",
+        model="results/{dataset}/tfidf/tfidf/r0/s{seed}/model.joblib",
+    params:
+        hparams=lambda wc: as_json(grid.hparams(config, "tfidf", "tfidf")),
+        out_dir=lambda wc, output: Path(output.model).parent,
+    log:
+        "results/logs/{dataset}/tfidf/tfidf/r0/s{seed}/train.log",
+    benchmark:
+        "results/benchmarks/{dataset}/tfidf/tfidf/r0/s{seed}/train.tsv"
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    conda:
+        "../../envs/clsbench.yaml"
+    shell:
+        "python -m clsbench.tfidf --data-dir results/data/{wildcards.dataset} --out-dir {params.out_dir} "
+        "--seed {wildcards.seed} --hparams {params.hparams:q} > {log} 2>&1"

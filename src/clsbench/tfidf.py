@@ -1,0 +1,89 @@
+"""Approach "tfidf": TF-IDF features + logistic regression (one-vs-rest for multi-label).
+
+The cheapest honest baseline: seconds on a CPU. Writes the same files as the neural approaches
+(``train_info.json``, ``predictions.parquet``, ``predict_info.json``) plus ``model.joblib``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .data import load_prepared
+from .head import decide
+from .io import atomic_path, run_cli, write_json
+
+
+def build(hp: dict, multi_label: bool, seed: int):
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.multiclass import OneVsRestClassifier
+    from sklearn.pipeline import make_pipeline
+
+    vectorizer = TfidfVectorizer(ngram_range=tuple(hp.get("ngram_range", [1, 2])), min_df=hp.get("min_df", 2),
+                                 max_features=hp.get("max_features"), sublinear_tf=True)
+    clf = LogisticRegression(C=hp.get("C", 10.0), max_iter=2000, random_state=seed)
+    return make_pipeline(vectorizer, OneVsRestClassifier(clf) if multi_label else clf)
+
+
+def run(data_dir: str, out_dir: str, seed: int, hp: dict) -> dict:
+    """Fit on train, choose nothing on val (fixed hyperparameters), predict test."""
+    import joblib
+    from sklearn.preprocessing import MultiLabelBinarizer
+
+    splits, labels, multi = load_prepared(data_dir)
+    out_dir = Path(out_dir)
+    train, test = splits["train"], splits["test"]
+    y = MultiLabelBinarizer(classes=labels).fit_transform(train["labels"]) if multi else train["labels"].str[0]
+    model = build(hp, multi, seed)
+    t0 = time.perf_counter()
+    model.fit(train["text"], y)
+    train_wall = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    probs = model.predict_proba(test["text"])
+    infer_wall = time.perf_counter() - t0
+    if not multi:  # align sklearn's class order with labels.json
+        order = [list(model.classes_).index(label) if label in model.classes_ else None for label in labels]
+        probs = np.stack([probs[:, i] if i is not None else np.zeros(len(test)) for i in order], axis=1)
+    pred = decide(probs, multi, hp.get("threshold", 0.5))
+    names = np.array(labels)
+    n_params = _n_parameters(model)
+    write_json(out_dir / "train_info.json", {
+        "approach": "tfidf", "rank": 0, "seed": seed, "trainable_params": n_params, "total_params": n_params,
+        "n_features": len(model[0].vocabulary_), "train_wall_seconds": train_wall,
+        "train_samples_per_second": len(train) / train_wall, "n_train": len(train), "device": "cpu"})
+    write_json(out_dir / "predict_info.json", {
+        "split": "test", "n": len(test), "infer_wall_seconds": infer_wall,
+        "infer_samples_per_second": len(test) / infer_wall, "device": "cpu"})
+    with atomic_path(out_dir / "model.joblib") as tmp:
+        joblib.dump(model, tmp)
+    table = pd.DataFrame({"id": test["id"].values, "gold": list(test["labels"]),
+                          "probs": [p.astype(np.float32) for p in probs],
+                          "pred": [list(names[row.astype(bool)]) for row in pred]})
+    with atomic_path(out_dir / "predictions.parquet") as tmp:
+        table.to_parquet(tmp, index=False)
+    return {"n_params": n_params, "train_wall_seconds": train_wall}
+
+
+def _n_parameters(model) -> int:
+    clf = model[-1]
+    estimators = clf.estimators_ if hasattr(clf, "estimators_") else [clf]
+    return int(sum(e.coef_.size + e.intercept_.size for e in estimators))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Approach 'tfidf': TF-IDF + logistic regression for one cell.")
+    parser.add_argument("--data-dir", required=True)
+    parser.add_argument("--out-dir", required=True)
+    parser.add_argument("--seed", type=int, required=True)
+    parser.add_argument("--hparams", required=True)
+    args = parser.parse_args(argv)
+    print(json.dumps(run(args.data_dir, args.out_dir, args.seed, json.loads(args.hparams))))
+
+
+if __name__ == "__main__":
+    run_cli(main)
