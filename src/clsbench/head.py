@@ -402,7 +402,7 @@ def train_frozen(model_json: str, data_dir: str, out_dir: str, seed: int, hp: di
             torch.nn.utils.clip_grad_norm_([weight], hp.get("max_grad_norm", 1.0))
             opt.step()
             sched.step()
-            history.append({"loss": float(loss), "learning_rate": sched.get_last_lr()[0], "epoch": epoch})
+            history.append({"loss": loss.item(), "learning_rate": sched.get_last_lr()[0], "epoch": epoch})
         with torch.no_grad():
             val_logits = (feats["val"] @ weight.T).numpy()
         gold = y["val"].numpy() if multi else y["val"].numpy().argmax(1)
