@@ -7,6 +7,8 @@ rule f1_table:
         md="reports/tables/f1.md",
     log:
         "results/logs/report/f1_table.log",
+    benchmark:
+        "results/benchmarks/report/f1_table.tsv"
     resources:
         mem_mb=2000,
         runtime=10,
