@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -68,3 +69,38 @@ def test_f1_table_shows_distance_to_tfidf_and_orders_approaches(tmp_path):
     md = (tmp_path / "f1.md").read_text()
     assert "0.950 (+0.050)" in md and "0.930 (+0.030)" in md
     assert "| TF-IDF + logistic regression | tfidf   | 1.0K           | 1.0K               | 0.900          |" in md
+
+
+def test_calibration_by_hand():
+    # single-label: confidences 0.9 (right), 0.6 (wrong) -> bins 13 and 9: ECE = (0.1 + 0.6) / 2
+    probs = np.array([[0.9, 0.1], [0.6, 0.4]])
+    gold = np.array([[1, 0], [0, 1]])
+    cal = metrics.calibration(probs, gold, multi_label=False)
+    assert cal["ece"] == pytest.approx(0.35)
+    assert cal["brier"] == pytest.approx(((0.1**2 + 0.1**2) + (0.6**2 + 0.6**2)) / 2)
+    # multi-label: forecasts 0.8, 0.8 (one positive) and 0.1, 0.1 (no positive)
+    cal = metrics.calibration(np.array([[0.8, 0.1], [0.8, 0.1]]), np.array([[1, 0], [0, 0]]), multi_label=True)
+    assert cal["ece"] == pytest.approx(0.5 * abs(0.5 - 0.8) + 0.5 * abs(0.0 - 0.1))
+    assert cal["brier"] == pytest.approx((0.2**2 + 0.1**2 + 0.8**2 + 0.1**2) / 4)
+
+
+def test_perfectly_calibrated_forecasts_have_small_ece():
+    rng = np.random.default_rng(0)
+    p = rng.uniform(size=20000)
+    y = (rng.uniform(size=20000) < p).astype(int)
+    assert metrics.calibration(p[:, None], y[:, None], multi_label=True)["ece"] < 0.02
+
+
+def test_bootstrap_interval_contains_the_estimate_and_shrinks_with_n():
+    rng = np.random.default_rng(1)
+    gold = np.eye(4, dtype=np.int8)[rng.integers(0, 4, 400)]
+    pred = gold.copy()
+    flip = rng.uniform(size=400) < 0.2
+    pred[flip] = np.roll(pred[flip], 1, axis=1)
+    f1 = metrics.classification_metrics([[str(i)] for i in gold.argmax(1)], [[str(i)] for i in pred.argmax(1)],
+                                        ["0", "1", "2", "3"], False)["f1_micro"]
+    low, high = metrics.bootstrap_f1_micro(gold, pred, seed=0)
+    assert low < f1 < high and high - low < 0.1
+    assert metrics.bootstrap_f1_micro(gold, pred, seed=0) == (low, high)  # fixed seed: reproducible
+    low_small, high_small = metrics.bootstrap_f1_micro(gold[:50], pred[:50], seed=0)
+    assert high_small - low_small > high - low

@@ -57,6 +57,8 @@ def test_full_tiny_grid_produces_every_cell_and_the_table(finished_run):
     assert len(table) == 9 and set(table["approach"]) == {"head", "frozen", "encoder", "tfidf"}
     assert set(table["dataset"]) == {"news", "news-pairs"}
     assert table.loc[table["approach"] == "tfidf", "f1_micro_minus_tfidf"].abs().max() < 1e-9
+    assert (table["f1_micro_ci_low"] <= table["f1_micro"]).all() and (table["f1_micro"] <= table["f1_micro_ci_high"]).all()
+    assert table["ece"].between(0, 1).all() and table["brier"].notna().all()
     assert table["f1_micro"].between(0, 1).all() and (table["trainable_params"] > 0).all()
     md = (finished_run / "reports/tables/f1.md").read_text()
     assert "Classification head (r=2)" in md and "news-pairs" in md and "TF-IDF + logistic regression" in md

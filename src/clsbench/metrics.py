@@ -44,6 +44,39 @@ def classification_metrics(gold_rows, pred_rows, labels: list[str], multi_label:
     return out
 
 
+def calibration(probs: np.ndarray, gold: np.ndarray, multi_label: bool, bins: int = 15) -> dict:
+    """Expected calibration error (equal-width bins) and Brier score.
+
+    Single-label: confidence = top class probability, correct = top class is the gold one; Brier =
+    mean squared distance of the probability vector to the one-hot gold. Multi-label: every
+    (text, label) probability is a Bernoulli forecast of that label; ECE compares each bin's mean
+    forecast with the share of positives, Brier is the mean squared error of the forecasts.
+    """
+    if multi_label:
+        conf, hit = probs.ravel(), gold.ravel().astype(float)
+        brier = float(np.mean((probs - gold) ** 2))
+    else:
+        conf, hit = probs.max(1), (probs.argmax(1) == gold.argmax(1)).astype(float)
+        brier = float(np.mean(np.sum((probs - gold) ** 2, axis=1)))
+    which = np.minimum((conf * bins).astype(int), bins - 1)
+    ece = sum(abs(hit[which == b].mean() - conf[which == b].mean()) * np.mean(which == b)
+              for b in range(bins) if np.any(which == b))
+    return {"ece": float(ece), "brier": brier, "ece_bins": bins}
+
+
+def bootstrap_f1_micro(gold: np.ndarray, pred: np.ndarray, n_boot: int = 1000, seed: int = 0,
+                       level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of micro-F1, resampling test texts with a fixed seed."""
+    tp = (gold & pred).sum(1).astype(float)
+    fp = (~gold.astype(bool) & pred.astype(bool)).sum(1).astype(float)
+    fn = (gold.astype(bool) & ~pred.astype(bool)).sum(1).astype(float)
+    idx = np.random.default_rng(seed).integers(0, len(gold), size=(n_boot, len(gold)))
+    t, f_p, f_n = tp[idx].sum(1), fp[idx].sum(1), fn[idx].sum(1)
+    f1 = np.divide(2 * t, 2 * t + f_p + f_n, out=np.zeros_like(t), where=(2 * t + f_p + f_n) > 0)
+    low, high = np.quantile(f1, [(1 - level) / 2, (1 + level) / 2])
+    return float(low), float(high)
+
+
 def evaluate(predictions: str | Path, labels_json: str | Path, extra: list[str | Path] = ()) -> dict:
     """Metrics of one cell; ``extra`` JSON files (train/predict info) are merged in under their keys."""
     meta = read_json(labels_json)
@@ -54,6 +87,13 @@ def evaluate(predictions: str | Path, labels_json: str | Path, extra: list[str |
     metrics = classification_metrics(list(map(list, df["gold"])), list(map(list, df["pred"])),
                                      meta["labels"], meta["multi_label"])
     metrics["multi_label"] = meta["multi_label"]
+    gold = indicator(list(map(list, df["gold"])), meta["labels"])
+    pred = indicator(list(map(list, df["pred"])), meta["labels"])
+    metrics["f1_micro_ci95"] = list(bootstrap_f1_micro(gold, pred))
+    if "probs" in df.columns and df["probs"].notna().all():
+        probs = np.stack(df["probs"]).astype(np.float64)
+        if probs.shape == gold.shape:
+            metrics.update(calibration(probs, gold, meta["multi_label"]))
     for path in extra:
         for key, value in read_json(path).items():
             if key not in ("labels", "multi_label", "n"):

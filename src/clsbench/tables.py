@@ -12,7 +12,8 @@ from .io import atomic_path, read_json, run_cli
 
 CELL_RE = re.compile(r"results/(?P<dataset>[^/]+)/(?P<model>[^/]+)/(?P<approach>[^/]+)/r(?P<rank>\d+)/s(?P<seed>\d+)/metrics\.json$")
 COLUMNS = ["dataset", "model", "approach", "rank", "seed", "f1_micro", "f1_macro", "trainable_params", "total_params",
-           "epochs_run", "best_epoch", "train_samples_per_second", "infer_samples_per_second", "n"]
+           "epochs_run", "best_epoch", "train_samples_per_second", "infer_samples_per_second", "n",
+           "f1_micro_ci_low", "f1_micro_ci_high", "ece", "brier"]
 APPROACH_TITLES = {"head": "Classification head", "frozen": "Frozen LLM + head (no LoRA)",
                    "encoder": "Encoder (full fine-tuning)", "tfidf": "TF-IDF + logistic regression"}
 APPROACH_ORDER = ["head", "frozen", "instruct", "zeroshot", "encoder", "tfidf"]
@@ -27,9 +28,12 @@ def collect(metric_files: list[str | Path]) -> pd.DataFrame:
             raise ValueError(f"not a cell's metrics path: {path}")
         metrics = read_json(path)
         row = {**match.groupdict(), **{k: metrics.get(k) for k in COLUMNS if k in metrics or k not in match.groupdict()}}
+        row["f1_micro_ci_low"], row["f1_micro_ci_high"] = metrics.get("f1_micro_ci95", [None, None])
         row["rank"], row["seed"] = int(match["rank"]), int(match["seed"])
         rows.append(row)
     df = pd.DataFrame(rows, columns=COLUMNS)
+    integers = ["trainable_params", "total_params", "epochs_run", "best_epoch", "n"]
+    df[integers] = df[integers].astype("Int64")  # stay integers where some cells have no value (tfidf epochs)
     tfidf = df[df["approach"] == "tfidf"].groupby("dataset")["f1_micro"].mean()
     df["f1_micro_minus_tfidf"] = df["f1_micro"] - df["dataset"].map(tfidf)
     df["_order"] = df["approach"].map(lambda a: APPROACH_ORDER.index(a) if a in APPROACH_ORDER else len(APPROACH_ORDER))
@@ -77,6 +81,19 @@ def paper_layout(df: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
+def uncertainty_layout(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per cell: micro-F1 with its bootstrap 95% interval, ECE and Brier score."""
+    def fmt(x, digits=3):
+        return "" if x is None or pd.isna(x) else f"{x:.{digits}f}"
+
+    return pd.DataFrame({
+        "Approach": [block_title(a, r) for a, r in zip(df["approach"], df["rank"])],
+        "Model": df["model"], "Dataset": df["dataset"], "Seed": df["seed"],
+        "micro-F1 [95% CI]": [f"{fmt(f)} [{fmt(lo)}, {fmt(hi)}]" for f, lo, hi in
+                              zip(df["f1_micro"], df["f1_micro_ci_low"], df["f1_micro_ci_high"])],
+        "ECE": df["ece"].map(fmt), "Brier": df["brier"].map(fmt)})
+
+
 def render(metric_files: list[str | Path], out_csv: str | Path, out_md: str | Path) -> pd.DataFrame:
     df = collect(metric_files)
     with atomic_path(out_csv) as tmp:
@@ -86,7 +103,12 @@ def render(metric_files: list[str | Path], out_csv: str | Path, out_md: str | Pa
             "distance to the TF-IDF + logistic regression line where it ran. "
             "Parameter counts as peft reports them (4-bit storage corrected).\n\n")
     with atomic_path(out_md) as tmp:
-        tmp.write_text("# F1 by approach, model and dataset\n\n" + note + table.to_markdown(index=False) + "\n")
+        tmp.write_text("# F1 by approach, model and dataset\n\n" + note + table.to_markdown(index=False) + "\n\n"
+                       "## Uncertainty and calibration\n\n"
+                       "Percentile bootstrap 95% interval of micro-F1 (1000 resamples of the test texts, seed 0); "
+                       "expected calibration error over 15 equal-width bins (single-label: top-class confidence; "
+                       "multi-label: every per-label probability) and Brier score, from the cached "
+                       "probabilities.\n\n" + uncertainty_layout(df).to_markdown(index=False, disable_numparse=True) + "\n")
     return df
 
 
