@@ -30,4 +30,5 @@ rule all:
         all_metrics(),
         "reports/tables/f1.csv",
         "reports/tables/f1.md",
+        rules.figures.output,
     default_target: True

@@ -62,6 +62,9 @@ def test_full_tiny_grid_produces_every_cell_and_the_table(finished_run):
     assert table["f1_micro"].between(0, 1).all() and (table["trainable_params"] > 0).all()
     md = (finished_run / "reports/tables/f1.md").read_text()
     assert "Classification head (r=2)" in md and "news-pairs" in md and "TF-IDF + logistic regression" in md
+    for name in ("f1_bars", "bubble_news", "bubble_news-pairs", "reliability_news", "training_news-pairs"):
+        for ext in ("png", "pdf"):
+            assert (finished_run / "reports/figures" / f"{name}.{ext}").stat().st_size > 1000, name
     assert (finished_run / "results/logs/news/tiny-llama/head/r2/s42/train.log").exists()
     assert (finished_run / "results/benchmarks/news/tiny-llama/head/r2/s42/train.tsv").exists()
 

@@ -393,7 +393,7 @@ def train_frozen(model_json: str, data_dir: str, out_dir: str, seed: int, hp: di
     t1 = time.perf_counter()
     for epoch in range(1, hp["max_epochs"] + 1):
         order = torch.randperm(len(feats["train"]), generator=gen)
-        for start in range(0, len(order), batch):
+        for step, start in enumerate(range(0, len(order), batch)):
             idx = order[start:start + batch]
             logits = feats["train"][idx] @ weight.T
             loss = loss_fn(logits, y["train"][idx] if multi else y["train"][idx].argmax(1))
@@ -402,7 +402,8 @@ def train_frozen(model_json: str, data_dir: str, out_dir: str, seed: int, hp: di
             torch.nn.utils.clip_grad_norm_([weight], hp.get("max_grad_norm", 1.0))
             opt.step()
             sched.step()
-            history.append({"loss": loss.item(), "learning_rate": sched.get_last_lr()[0], "epoch": epoch})
+            history.append({"loss": loss.item(), "learning_rate": sched.get_last_lr()[0],
+                            "epoch": epoch - 1 + (step + 1) / steps_per_epoch})
         with torch.no_grad():
             val_logits = (feats["val"] @ weight.T).numpy()
         gold = y["val"].numpy() if multi else y["val"].numpy().argmax(1)

@@ -44,24 +44,35 @@ def classification_metrics(gold_rows, pred_rows, labels: list[str], multi_label:
     return out
 
 
-def calibration(probs: np.ndarray, gold: np.ndarray, multi_label: bool, bins: int = 15) -> dict:
-    """Expected calibration error (equal-width bins) and Brier score.
+def forecasts(probs: np.ndarray, gold: np.ndarray, multi_label: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(confidence, outcome) pairs that calibration is judged on.
 
-    Single-label: confidence = top class probability, correct = top class is the gold one; Brier =
-    mean squared distance of the probability vector to the one-hot gold. Multi-label: every
-    (text, label) probability is a Bernoulli forecast of that label; ECE compares each bin's mean
-    forecast with the share of positives, Brier is the mean squared error of the forecasts.
+    Single-label: top-class probability and whether the top class is the gold one. Multi-label:
+    every (text, label) probability as a Bernoulli forecast of that label.
     """
     if multi_label:
-        conf, hit = probs.ravel(), gold.ravel().astype(float)
-        brier = float(np.mean((probs - gold) ** 2))
-    else:
-        conf, hit = probs.max(1), (probs.argmax(1) == gold.argmax(1)).astype(float)
-        brier = float(np.mean(np.sum((probs - gold) ** 2, axis=1)))
+        return probs.ravel(), gold.ravel().astype(float)
+    return probs.max(1), (probs.argmax(1) == gold.argmax(1)).astype(float)
+
+
+def reliability_bins(conf: np.ndarray, hit: np.ndarray, bins: int = 15) -> pd.DataFrame:
+    """Equal-width bins: mean confidence, observed frequency and count of the non-empty bins."""
     which = np.minimum((conf * bins).astype(int), bins - 1)
-    ece = sum(abs(hit[which == b].mean() - conf[which == b].mean()) * np.mean(which == b)
-              for b in range(bins) if np.any(which == b))
-    return {"ece": float(ece), "brier": brier, "ece_bins": bins}
+    table = pd.DataFrame({"bin": which, "conf": conf, "hit": hit}).groupby("bin")
+    return pd.DataFrame({"conf": table["conf"].mean(), "freq": table["hit"].mean(), "count": table.size()})
+
+
+def calibration(probs: np.ndarray, gold: np.ndarray, multi_label: bool, bins: int = 15) -> dict:
+    """Expected calibration error over equal-width bins, and Brier score (see :func:`forecasts`).
+
+    Brier: single-label, mean squared distance of the probability vector to the one-hot gold;
+    multi-label, mean squared error of the per-label forecasts.
+    """
+    conf, hit = forecasts(probs, gold, multi_label)
+    table = reliability_bins(conf, hit, bins)
+    ece = float((table["count"] * (table["freq"] - table["conf"]).abs()).sum() / len(conf))
+    per_text = (probs - gold) ** 2 if multi_label else np.sum((probs - gold) ** 2, axis=1)
+    return {"ece": ece, "brier": float(np.mean(per_text)), "ece_bins": bins}
 
 
 def bootstrap_f1_micro(gold: np.ndarray, pred: np.ndarray, n_boot: int = 1000, seed: int = 0,

@@ -54,3 +54,8 @@ def dataset_base_inputs(wildcards):
 
 def dataset_files(name):
     return expand("results/data/{{dataset}}/{f}", f=[f"{s}.parquet" for s in ("train", "val", "test")] + [name])
+
+
+def grid_datasets():
+    """Datasets that have at least one cell, in config order."""
+    return list(dict.fromkeys(cell.dataset for cell in CELLS))
