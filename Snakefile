@@ -28,7 +28,6 @@ include: "workflow/rules/report.smk"
 rule all:
     input:
         all_metrics(),
-        "reports/tables/f1.csv",
-        "reports/tables/f1.md",
+        rules.tables.output,
         rules.figures.output,
     default_target: True

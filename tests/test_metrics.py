@@ -104,3 +104,30 @@ def test_bootstrap_interval_contains_the_estimate_and_shrinks_with_n():
     assert metrics.bootstrap_f1_micro(gold, pred, seed=0) == (low, high)  # fixed seed: reproducible
     low_small, high_small = metrics.bootstrap_f1_micro(gold[:50], pred[:50], seed=0)
     assert high_small - low_small > high - low
+
+
+def test_paper_figures_are_matched_by_model_slug_approach_rank_and_dataset():
+    df = pd.DataFrame({"model": ["llama-3-2-1b", "llama-3-2-1b", "smollm2-135m", "modernbert-base"],
+                       "approach": ["head", "head", "head", "encoder"], "rank": [8, 16, 8, 0],
+                       "dataset": ["clv", "wipo", "clv", "clv"]})
+    paper = {"clv": "CLV", "wipo": "WIPO"}
+    assert tables.paper_figures(df, "f1_micro", paper).tolist()[:2] == [0.824, 0.787]  # Table 2
+    assert np.isnan(tables.paper_figures(df, "f1_micro", paper)[2])  # not in the paper
+    assert tables.paper_figures(df, "f1_micro", paper)[3] == 0.852  # ModernBERT-base, CLV
+    assert tables.paper_figures(df, "train_samples_per_s", paper)[0] == 11.37  # Appendix D
+    assert np.isnan(tables.paper_figures(df, "f1_micro", {})).all()  # datasets not mapped to the paper's
+
+
+def test_all_tables_in_csv_markdown_and_latex(tmp_path):
+    files = [write_cell(tmp_path, "news", "m", 8, 1, 0.9)]
+    stats = tmp_path / "results" / "data" / "news" / "stats.json"
+    stats.parent.mkdir(parents=True)
+    split = {"n": 10, "multi_label_share": 0.0, "mean_words": 12.5, "median_words": 12, "label_counts": {}}
+    stats.write_text(json.dumps({"labels": 3, "multi_label": False, "duplicates_removed": {"all": 2},
+                                 "train": split, "val": split, "test": split}))
+    tables.render_all(files, [stats], tmp_path / "out", {})
+    for stem in ("f1", "throughput", "dataset_stats", "calibration"):
+        for ext in ("csv", "md", "tex"):
+            assert (tmp_path / "out" / f"{stem}.{ext}").stat().st_size > 50, f"{stem}.{ext}"
+    assert "\\toprule" in (tmp_path / "out" / "f1.tex").read_text()
+    assert pd.read_csv(tmp_path / "out" / "dataset_stats.csv")["duplicates_removed"].tolist() == [2]

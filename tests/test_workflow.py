@@ -1,6 +1,7 @@
 """End to end: a real `snakemake` run of a tiny grid (tiny random Llama, small BBC split and its
 derived multi-label pairs), then a targeted rebuild of one cell."""
 import os
+import shutil
 import subprocess
 import sys
 
@@ -62,6 +63,9 @@ def test_full_tiny_grid_produces_every_cell_and_the_table(finished_run):
     assert table["f1_micro"].between(0, 1).all() and (table["trainable_params"] > 0).all()
     md = (finished_run / "reports/tables/f1.md").read_text()
     assert "Classification head (r=2)" in md and "news-pairs" in md and "TF-IDF + logistic regression" in md
+    for stem in ("f1", "throughput", "dataset_stats", "calibration"):
+        for ext in ("csv", "md", "tex"):
+            assert (finished_run / "reports/tables" / f"{stem}.{ext}").exists(), f"{stem}.{ext}"
     for name in ("f1_bars", "bubble_news", "bubble_news-pairs", "reliability_news", "training_news-pairs"):
         for ext in ("png", "pdf"):
             assert (finished_run / "reports/figures" / f"{name}.{ext}").stat().st_size > 1000, name
@@ -96,3 +100,13 @@ def test_changed_hyperparameter_is_detected(finished_run):
         assert "prepare_dataset" not in out
     finally:
         (finished_run / "config.yaml").write_text(yaml.safe_dump(TINY_GRID))
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium is not installed (apt-get install chromium)")
+def test_report_renders_in_headless_chromium(finished_run):
+    """`snakemake --report` on the tiny run, opened in headless Chromium: categories in the DOM, a screenshot."""
+    run = subprocess.run([sys.executable, str(REPO / "scripts" / "check_report.py"), "--directory", str(finished_run)],
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "categories found: ['Tables', 'Figures', 'Calibration', 'Training curves']" in run.stdout
+    assert (finished_run / "reports/report.png").stat().st_size > 10_000

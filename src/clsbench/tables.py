@@ -1,5 +1,14 @@
-"""The F1 table: one CSV row per cell, and a Markdown table laid out like the paper's Table 2
-(approach/rank blocks × model rows, one micro-F1 column per dataset)."""
+"""Tables from the cells' cached outputs.
+
+f1.{csv,md,tex}              one CSV row per cell; Markdown/LaTeX laid out like the paper's Table 2
+                             (approach/rank blocks × model rows, one micro-F1 column per dataset)
+throughput.{csv,md,tex}      Table 3 / Appendix D: train and inference samples/s per cell
+dataset_stats.{csv,md,tex}   Appendix A: labels, split sizes, multi-label share, lengths
+calibration.{csv,md,tex}     micro-F1 with bootstrap 95% CI, ECE and Brier score per cell
+
+The paper's published figure is printed beside ours where model (by slug), approach, rank and
+dataset (a dataset's ``paper_dataset``) match; its numbers ship in ``reference/paper_results.csv``.
+"""
 from __future__ import annotations
 
 import argparse
@@ -9,6 +18,8 @@ from pathlib import Path
 import pandas as pd
 
 from .io import atomic_path, read_json, run_cli
+
+REFERENCE = Path(__file__).parent / "reference" / "paper_results.csv"
 
 CELL_RE = re.compile(r"results/(?P<dataset>[^/]+)/(?P<model>[^/]+)/(?P<approach>[^/]+)/r(?P<rank>\d+)/s(?P<seed>\d+)/metrics\.json$")
 COLUMNS = ["dataset", "model", "approach", "rank", "seed", "f1_micro", "f1_macro", "trainable_params", "total_params",
@@ -94,8 +105,10 @@ def uncertainty_layout(df: pd.DataFrame) -> pd.DataFrame:
         "ECE": df["ece"].map(fmt), "Brier": df["brier"].map(fmt)})
 
 
-def render(metric_files: list[str | Path], out_csv: str | Path, out_md: str | Path) -> pd.DataFrame:
+def render(metric_files: list[str | Path], out_csv: str | Path, out_md: str | Path,
+           paper_datasets: dict[str, str] | None = None) -> pd.DataFrame:
     df = collect(metric_files)
+    df["paper_f1_micro"] = paper_figures(df, "f1_micro", paper_datasets or {})
     with atomic_path(out_csv) as tmp:
         df.to_csv(tmp, index=False, float_format="%.4f")
     table = paper_layout(df)
@@ -112,13 +125,79 @@ def render(metric_files: list[str | Path], out_csv: str | Path, out_md: str | Pa
     return df
 
 
+def slug(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", str(name).lower()).strip("-")
+
+
+def paper_figures(df: pd.DataFrame, metric: str, paper_datasets: dict[str, str]) -> pd.Series:
+    """The paper's value of ``metric`` for each row of ``df`` (NaN where the paper has no such cell)."""
+    ref = pd.read_csv(REFERENCE)
+    ref = ref[ref["metric"] == metric]
+    key = zip(ref["model"].map(slug), ref["approach"], ref["rank"].fillna(0).astype(int), ref["dataset"])
+    lookup = dict(zip(key, ref["value"]))
+    return pd.Series([lookup.get((m, a, int(r), paper_datasets.get(d))) for m, a, r, d in
+                      zip(df["model"], df["approach"], df["rank"], df["dataset"])], index=df.index, dtype=float)
+
+
+def write_table(table: pd.DataFrame, out_dir: Path, stem: str, title: str, note: str = "") -> None:
+    """CSV + Markdown + LaTeX (booktabs rules) of one table, each written atomically."""
+    with atomic_path(out_dir / f"{stem}.csv") as tmp:
+        table.to_csv(tmp, index=False, float_format="%.4f")
+    with atomic_path(out_dir / f"{stem}.md") as tmp:
+        tmp.write_text(f"# {title}\n\n{note}\n\n" + table.to_markdown(index=False, floatfmt=".3f", missingval="") + "\n")
+    with atomic_path(out_dir / f"{stem}.tex") as tmp:
+        tmp.write_text(table.style.hide(axis="index").format(precision=3, na_rep="")
+                       .to_latex(hrules=True, caption=title))
+
+
+def throughput_table(df: pd.DataFrame, paper_datasets: dict[str, str]) -> pd.DataFrame:
+    out = df[["dataset", "model", "approach", "rank", "seed", "train_samples_per_second",
+              "infer_samples_per_second"]].copy()
+    out["infer_over_train"] = out["infer_samples_per_second"] / out["train_samples_per_second"]
+    out["paper_train_samples_per_second"] = paper_figures(df, "train_samples_per_s", paper_datasets)
+    out["paper_infer_samples_per_second"] = paper_figures(df, "infer_samples_per_s", paper_datasets)
+    return out
+
+
+def dataset_stats_table(stats_files: list[str | Path]) -> pd.DataFrame:
+    rows = []
+    for path in stats_files:
+        stats = read_json(path)
+        rows.append({"dataset": Path(path).parent.name, "labels": stats["labels"], "multi_label": stats["multi_label"],
+                     "train": stats["train"]["n"], "val": stats["val"]["n"], "test": stats["test"]["n"],
+                     "multi_label_share": stats["train"]["multi_label_share"],
+                     "mean_words": stats["train"]["mean_words"],
+                     "duplicates_removed": sum(stats["duplicates_removed"].values())})
+    return pd.DataFrame(rows)
+
+
+def render_all(metric_files: list[str | Path], stats_files: list[str | Path], out_dir: str | Path,
+               paper_datasets: dict[str, str]) -> None:
+    """Every table: F1 (CSV, Markdown, LaTeX), throughput, dataset statistics, calibration."""
+    out_dir = Path(out_dir)
+    df = render(metric_files, out_dir / "f1.csv", out_dir / "f1.md", paper_datasets)
+    with atomic_path(out_dir / "f1.tex") as tmp:
+        tmp.write_text(paper_layout(df).style.hide(axis="index").to_latex(
+            hrules=True, caption="Micro-F1 by approach, model and dataset (test split)"))
+    write_table(throughput_table(df, paper_datasets), out_dir, "throughput", "Throughput (samples per second)",
+                "Training samples/s exclude per-epoch evaluation; inference samples/s exclude model loading "
+                "and one warm-up batch. The paper's figures (one NVIDIA L4) are beside ours where the cell matches.")
+    write_table(dataset_stats_table(stats_files), out_dir, "dataset_stats", "Datasets (Appendix A)",
+                "Split sizes after de-duplication and caps; multi-label share and mean length (words) of train.")
+    write_table(df[["dataset", "model", "approach", "rank", "seed", "f1_micro", "f1_micro_ci_low", "f1_micro_ci_high",
+                    "ece", "brier"]], out_dir, "calibration", "Calibration and uncertainty",
+                "Bootstrap 95% interval of micro-F1 (1000 resamples, seed 0); ECE over 15 equal-width bins; Brier score.")
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Render the F1 table from cells' metrics.json files.")
-    parser.add_argument("--csv", required=True)
-    parser.add_argument("--md", required=True)
+    parser = argparse.ArgumentParser(description="Render the tables from cells' metrics.json files.")
+    parser.add_argument("--out-dir", required=True)
+    parser.add_argument("--stats", nargs="*", default=[], help="the datasets' stats.json files")
+    parser.add_argument("--paper-datasets", nargs="*", default=[], help="ours=PAPER, e.g. clv=CLV")
     parser.add_argument("metrics", nargs="+")
     args = parser.parse_args(argv)
-    print(render(args.metrics, args.csv, args.md).to_string(index=False))
+    render_all(args.metrics, args.stats, args.out_dir, dict(p.split("=", 1) for p in args.paper_datasets))
+    print(f"tables written to {args.out_dir}")
 
 
 if __name__ == "__main__":

@@ -39,7 +39,14 @@ def hparams_json(wildcards):
 
 
 def dataset_spec_json(wildcards):
-    return as_json(config["datasets"][wildcards.dataset])
+    spec = {k: v for k, v in config["datasets"][wildcards.dataset].items() if k != "paper_dataset"}  # report-only key
+    return as_json(spec)
+
+
+def paper_dataset_args():
+    """--paper-datasets clv=CLV ...: which of our datasets stands in for which of the paper's."""
+    pairs = [f"{k}={v['paper_dataset']}" for k, v in config["datasets"].items() if v.get("paper_dataset")]
+    return "--paper-datasets " + " ".join(pairs) if pairs else ""
 
 
 def model_spec_json(wildcards):

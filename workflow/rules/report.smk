@@ -1,21 +1,33 @@
-rule f1_table:
-    """The paper's Table 2 layout (CSV per cell + Markdown blocks) over every cell of the grid."""
+TABLES = ["f1", "throughput", "dataset_stats", "calibration"]
+
+
+rule tables:
+    """The paper's tables (F1, throughput, dataset statistics) and calibration, as CSV, Markdown and LaTeX."""
     input:
-        all_metrics(),
+        metrics=all_metrics(),
+        stats=expand("results/data/{dataset}/stats.json", dataset=grid_datasets()),
     output:
-        csv=report("reports/tables/f1.csv", category="Tables", caption="../report/f1_table.rst"),
-        md="reports/tables/f1.md",
+        csv=report(
+            expand("reports/tables/{table}.csv", table=TABLES),
+            category="Tables",
+            caption="../report/tables.rst",
+        ),
+        md=expand("reports/tables/{table}.md", table=TABLES),
+        tex=expand("reports/tables/{table}.tex", table=TABLES),
+    params:
+        paper=paper_dataset_args(),
     log:
-        "results/logs/report/f1_table.log",
+        "results/logs/report/tables.log",
     benchmark:
-        "results/benchmarks/report/f1_table.tsv"
+        "results/benchmarks/report/tables.tsv"
     resources:
         mem_mb=2000,
         runtime=10,
     conda:
         "../../envs/clsbench.yaml"
     shell:
-        "python -m clsbench.tables --csv {output.csv} --md {output.md} {input} > {log} 2>&1"
+        "python -m clsbench.tables --out-dir reports/tables --stats {input.stats} {params.paper} "
+        "-- {input.metrics} > {log} 2>&1"
 
 
 rule figures:
