@@ -125,9 +125,46 @@ def test_all_tables_in_csv_markdown_and_latex(tmp_path):
     split = {"n": 10, "multi_label_share": 0.0, "mean_words": 12.5, "median_words": 12, "label_counts": {}}
     stats.write_text(json.dumps({"labels": 3, "multi_label": False, "duplicates_removed": {"all": 2},
                                  "train": split, "val": split, "test": split}))
+    pd.DataFrame({"id": ["1"], "text": ["a short text"], "labels": [["x"]]}).to_parquet(stats.parent / "train.parquet")
     tables.render_all(files, [stats], tmp_path / "out", {})
     for stem in ("f1", "throughput", "dataset_stats", "calibration"):
         for ext in ("csv", "md", "tex"):
             assert (tmp_path / "out" / f"{stem}.{ext}").stat().st_size > 50, f"{stem}.{ext}"
     assert "\\toprule" in (tmp_path / "out" / "f1.tex").read_text()
     assert pd.read_csv(tmp_path / "out" / "dataset_stats.csv")["duplicates_removed"].tolist() == [2]
+
+
+def test_mcnemar_by_hand():
+    a = np.array([True] * 10 + [False] * 0 + [True] * 5)
+    b = np.array([False] * 10 + [True] * 5)
+    # 10 discordant pairs where only A is right, 0 the other way: p = 2 * 0.5**10
+    assert metrics.mcnemar(a, b) == pytest.approx(2 * 0.5**10)
+    assert metrics.mcnemar(a, a) == 1.0
+
+
+def test_paired_bootstrap_detects_a_real_difference_and_not_a_null_one():
+    rng = np.random.default_rng(0)
+    gold = (rng.uniform(size=(300, 4)) < 0.4).astype(np.int8)
+    good = gold.copy()
+    good[rng.uniform(size=good.shape) < 0.05] ^= 1
+    bad = gold.copy()
+    bad[rng.uniform(size=bad.shape) < 0.25] ^= 1
+    low, high, p = metrics.paired_bootstrap(gold, good, bad)
+    assert low > 0 and p < 0.01
+    low, high, p = metrics.paired_bootstrap(gold, good, good)
+    assert low == high == 0 and p == 1.0
+
+
+def test_compare_joins_cells_on_ids(tmp_path):
+    labels = tmp_path / "labels.json"
+    labels.write_text(json.dumps({"labels": ["a", "b"], "multi_label": False}))
+    gold = [["a"], ["b"], ["a"], ["b"]] * 5
+    pd.DataFrame({"id": [str(i) for i in range(20)], "gold": gold, "pred": gold}).to_parquet(tmp_path / "x.parquet")
+    pd.DataFrame({"id": [str(i) for i in range(20)][::-1], "gold": gold[::-1],
+                             "pred": [["a"]] * 20}).to_parquet(tmp_path / "y.parquet")
+    result = metrics.compare(tmp_path / "x.parquet", tmp_path / "y.parquet", labels)
+    assert result["test"] == "McNemar (exact)" and result["n"] == 20
+    assert result["p_value"] == pytest.approx(2 * 0.5**10) and result["delta_ci_low"] > 0
+    pd.DataFrame({"id": ["0"], "gold": [["a"]], "pred": [["a"]]}).to_parquet(tmp_path / "z.parquet")
+    with pytest.raises(UserError, match="do not hold the same test texts"):
+        metrics.compare(tmp_path / "x.parquet", tmp_path / "z.parquet", labels)

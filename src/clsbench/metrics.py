@@ -88,6 +88,55 @@ def bootstrap_f1_micro(gold: np.ndarray, pred: np.ndarray, n_boot: int = 1000, s
     return float(low), float(high)
 
 
+def mcnemar(correct_a: np.ndarray, correct_b: np.ndarray) -> float:
+    """Exact McNemar test (binomial on the discordant pairs): two-sided p-value."""
+    from scipy.stats import binomtest
+
+    b = int(np.sum(correct_a & ~correct_b))
+    c = int(np.sum(~correct_a & correct_b))
+    return 1.0 if b + c == 0 else float(binomtest(b, b + c, 0.5).pvalue)
+
+
+def paired_bootstrap(gold: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray, n_boot: int = 2000,
+                     seed: int = 0) -> tuple[float, float, float]:
+    """Micro-F1 difference A - B over joint resamples of the texts: (ci_low, ci_high, two-sided p)."""
+    def counts(pred):
+        g, p = gold.astype(bool), pred.astype(bool)
+        return (g & p).sum(1).astype(float), (~g & p).sum(1).astype(float), (g & ~p).sum(1).astype(float)
+
+    idx = np.random.default_rng(seed).integers(0, len(gold), size=(n_boot, len(gold)))
+
+    def f1(c):
+        tp, fp, fn = (x[idx].sum(1) for x in c)
+        return np.divide(2 * tp, 2 * tp + fp + fn, out=np.zeros_like(tp), where=(2 * tp + fp + fn) > 0)
+
+    delta = f1(counts(pred_a)) - f1(counts(pred_b))
+    p = min(1.0, 2 * min(np.mean(delta <= 0), np.mean(delta >= 0)))
+    low, high = np.quantile(delta, [0.025, 0.975])
+    return float(low), float(high), float(p)
+
+
+def compare(pred_a: str | Path, pred_b: str | Path, labels_json: str | Path) -> dict:
+    """Paired comparison of two cells on the same test texts (joined on id): McNemar for
+    single-label (exact-match correctness), paired bootstrap of micro-F1 for multi-label."""
+    meta = read_json(labels_json)
+    a, b = pd.read_parquet(pred_a), pd.read_parquet(pred_b)
+    joined = a.merge(b, on="id", suffixes=("_a", "_b"))
+    if len(joined) != len(a) or len(joined) != len(b):
+        raise UserError(f"{pred_a} and {pred_b} do not hold the same test texts")
+    labels = meta["labels"]
+    gold = indicator(list(map(list, joined["gold_a"])), labels)
+    pa = indicator(list(map(list, joined["pred_a"])), labels)
+    pb = indicator(list(map(list, joined["pred_b"])), labels)
+    low, high, p_boot = paired_bootstrap(gold, pa, pb)
+    out = {"n": len(joined), "delta_ci_low": low, "delta_ci_high": high}
+    if meta["multi_label"]:
+        out.update(test="paired bootstrap", p_value=p_boot)
+    else:
+        out.update(test="McNemar (exact)", p_value=mcnemar((pa == gold).all(1), (pb == gold).all(1)))
+    return out
+
+
 def evaluate(predictions: str | Path, labels_json: str | Path, extra: list[str | Path] = ()) -> dict:
     """Metrics of one cell; ``extra`` JSON files (train/predict info) are merged in under their keys."""
     meta = read_json(labels_json)

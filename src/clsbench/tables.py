@@ -15,6 +15,7 @@ import argparse
 import re
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from .io import atomic_path, read_json, run_cli
@@ -41,8 +42,9 @@ def collect(metric_files: list[str | Path]) -> pd.DataFrame:
         row = {**match.groupdict(), **{k: metrics.get(k) for k in COLUMNS if k in metrics or k not in match.groupdict()}}
         row["f1_micro_ci_low"], row["f1_micro_ci_high"] = metrics.get("f1_micro_ci95", [None, None])
         row["rank"], row["seed"] = int(match["rank"]), int(match["seed"])
+        row["_dir"] = str(Path(path).parent)
         rows.append(row)
-    df = pd.DataFrame(rows, columns=COLUMNS)
+    df = pd.DataFrame(rows, columns=[*COLUMNS, "_dir"])
     integers = ["trainable_params", "total_params", "epochs_run", "best_epoch", "n"]
     df[integers] = df[integers].astype("Int64")  # stay integers where some cells have no value (tfidf epochs)
     tfidf = df[df["approach"] == "tfidf"].groupby("dataset")["f1_micro"].mean()
@@ -110,7 +112,7 @@ def render(metric_files: list[str | Path], out_csv: str | Path, out_md: str | Pa
     df = collect(metric_files)
     df["paper_f1_micro"] = paper_figures(df, "f1_micro", paper_datasets or {})
     with atomic_path(out_csv) as tmp:
-        df.to_csv(tmp, index=False, float_format="%.4f")
+        df.drop(columns="_dir").to_csv(tmp, index=False, float_format="%.4f")
     table = paper_layout(df)
     note = ("Micro-F1 on each dataset's test split (mean ± sd where several seeds ran); in brackets the "
             "distance to the TF-IDF + logistic regression line where it ran. "
@@ -159,20 +161,58 @@ def throughput_table(df: pd.DataFrame, paper_datasets: dict[str, str]) -> pd.Dat
     return out
 
 
-def dataset_stats_table(stats_files: list[str | Path]) -> pd.DataFrame:
+def dataset_stats_table(stats_files: list[str | Path], tokenizers: dict[str, str] | None = None) -> pd.DataFrame:
+    """Appendix A: one row per dataset; ``tokenizers`` (model key -> model.json) add the mean
+    untruncated length of the training texts in that model's tokens."""
+    from .models import load_tokenizer
+
+    toks = {key: load_tokenizer(read_json(path)["path"]) for key, path in (tokenizers or {}).items()}
     rows = []
     for path in stats_files:
         stats = read_json(path)
+        train_texts = list(pd.read_parquet(Path(path).parent / "train.parquet")["text"])
+        tokens = {f"mean_tokens_{key}": float(np.mean([len(ids) for ids in tok(train_texts)["input_ids"]]))
+                  for key, tok in toks.items()}
         rows.append({"dataset": Path(path).parent.name, "labels": stats["labels"], "multi_label": stats["multi_label"],
                      "train": stats["train"]["n"], "val": stats["val"]["n"], "test": stats["test"]["n"],
                      "multi_label_share": stats["train"]["multi_label_share"],
                      "mean_words": stats["train"]["mean_words"],
-                     "duplicates_removed": sum(stats["duplicates_removed"].values())})
+                     **tokens, "duplicates_removed": sum(stats["duplicates_removed"].values())})
     return pd.DataFrame(rows)
 
 
+MODEL_BOUND = {"frozen", "instruct", "zeroshot"}  # compared with head cells of the same model only
+
+
+def paired_table(df: pd.DataFrame, data_root: str | Path = "results/data") -> pd.DataFrame:
+    """Each head cell against every other cell on the same dataset and seed (same model for the
+    approaches that use the LLM): micro-F1 difference with its paired-bootstrap interval and p-value."""
+    from .metrics import compare
+
+    rows = []
+    heads = df[df["approach"] == "head"]
+    for _, a in heads.iterrows():
+        others = df[(df["dataset"] == a["dataset"]) & (df["seed"] == a["seed"]) & (df["approach"] != "head")]
+        others = others[~others["approach"].isin(MODEL_BOUND) | (others["model"] == a["model"])]
+        for _, b in others.iterrows():
+            result = compare(_cell(a) / "predictions.parquet", _cell(b) / "predictions.parquet",
+                             Path(data_root) / a["dataset"] / "labels.json")
+            rows.append({"dataset": a["dataset"], "seed": a["seed"],
+                         "a": f"{block_title('head', a['rank'])} {a['model']}",
+                         "b": f"{block_title(b['approach'], b['rank'])} {b['model']}",
+                         "f1_micro_a": a["f1_micro"], "f1_micro_b": b["f1_micro"],
+                         "delta": a["f1_micro"] - b["f1_micro"], **{k: result[k] for k in
+                                                                     ("delta_ci_low", "delta_ci_high", "test", "p_value")}})
+    return pd.DataFrame(rows, columns=["dataset", "seed", "a", "b", "f1_micro_a", "f1_micro_b", "delta",
+                                       "delta_ci_low", "delta_ci_high", "test", "p_value"])
+
+
+def _cell(row) -> Path:
+    return Path(row["_dir"])
+
+
 def render_all(metric_files: list[str | Path], stats_files: list[str | Path], out_dir: str | Path,
-               paper_datasets: dict[str, str]) -> None:
+               paper_datasets: dict[str, str], tokenizers: dict[str, str] | None = None) -> None:
     """Every table: F1 (CSV, Markdown, LaTeX), throughput, dataset statistics, calibration."""
     out_dir = Path(out_dir)
     df = render(metric_files, out_dir / "f1.csv", out_dir / "f1.md", paper_datasets)
@@ -182,8 +222,13 @@ def render_all(metric_files: list[str | Path], stats_files: list[str | Path], ou
     write_table(throughput_table(df, paper_datasets), out_dir, "throughput", "Throughput (samples per second)",
                 "Training samples/s exclude per-epoch evaluation; inference samples/s exclude model loading "
                 "and one warm-up batch. The paper's figures (one NVIDIA L4) are beside ours where the cell matches.")
-    write_table(dataset_stats_table(stats_files), out_dir, "dataset_stats", "Datasets (Appendix A)",
-                "Split sizes after de-duplication and caps; multi-label share and mean length (words) of train.")
+    write_table(dataset_stats_table(stats_files, tokenizers), out_dir, "dataset_stats", "Datasets (Appendix A)",
+                "Split sizes after de-duplication and caps; multi-label share and mean length of the training "
+                "texts in words and, untruncated, in each model's tokens.")
+    write_table(paired_table(df), out_dir, "paired_tests", "Paired tests: head against the other approaches",
+                "Same test texts. Single-label: exact McNemar test on per-text correctness; multi-label: paired "
+                "bootstrap (2000 joint resamples) of the micro-F1 difference. delta = head minus the other cell; "
+                "its 95% interval is the paired bootstrap's.")
     write_table(df[["dataset", "model", "approach", "rank", "seed", "f1_micro", "f1_micro_ci_low", "f1_micro_ci_high",
                     "ece", "brier"]], out_dir, "calibration", "Calibration and uncertainty",
                 "Bootstrap 95% interval of micro-F1 (1000 resamples, seed 0); ECE over 15 equal-width bins; Brier score.")
@@ -194,9 +239,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out-dir", required=True)
     parser.add_argument("--stats", nargs="*", default=[], help="the datasets' stats.json files")
     parser.add_argument("--paper-datasets", nargs="*", default=[], help="ours=PAPER, e.g. clv=CLV")
+    parser.add_argument("--tokenizers", nargs="*", default=[], help="model=path/to/model.json: lengths in tokens")
     parser.add_argument("metrics", nargs="+")
     args = parser.parse_args(argv)
-    render_all(args.metrics, args.stats, args.out_dir, dict(p.split("=", 1) for p in args.paper_datasets))
+    render_all(args.metrics, args.stats, args.out_dir, dict(p.split("=", 1) for p in args.paper_datasets),
+               dict(p.split("=", 1) for p in args.tokenizers))
     print(f"tables written to {args.out_dir}")
 
 

@@ -66,3 +66,8 @@ def dataset_files(name):
 def grid_datasets():
     """Datasets that have at least one cell, in config order."""
     return list(dict.fromkeys(cell.dataset for cell in CELLS))
+
+
+def grid_models():
+    """Models of `models:` that at least one cell uses (tfidf cells use none)."""
+    return [m for m in dict.fromkeys(cell.model for cell in CELLS) if m in config["models"]]

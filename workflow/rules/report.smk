@@ -1,4 +1,4 @@
-TABLES = ["f1", "throughput", "dataset_stats", "calibration"]
+TABLES = ["f1", "throughput", "dataset_stats", "calibration", "paired_tests"]
 
 
 rule tables:
@@ -6,6 +6,8 @@ rule tables:
     input:
         metrics=all_metrics(),
         stats=expand("results/data/{dataset}/stats.json", dataset=grid_datasets()),
+        predictions=[f"{cell.path}/predictions.parquet" for cell in CELLS],
+        models=expand("results/models/{model}/model.json", model=grid_models()),
     output:
         csv=report(
             expand("reports/tables/{table}.csv", table=TABLES),
@@ -16,6 +18,7 @@ rule tables:
         tex=expand("reports/tables/{table}.tex", table=TABLES),
     params:
         paper=paper_dataset_args(),
+        tokenizers=lambda wc, input: " ".join(f"{Path(m).parent.name}={m}" for m in input.models),
     log:
         "results/logs/report/tables.log",
     benchmark:
@@ -27,6 +30,7 @@ rule tables:
         "../../envs/clsbench.yaml"
     shell:
         "python -m clsbench.tables --out-dir reports/tables --stats {input.stats} {params.paper} "
+        "--tokenizers {params.tokenizers} "
         "-- {input.metrics} > {log} 2>&1"
 
 
