@@ -87,3 +87,13 @@ def test_probabilities_and_decisions():
     assert head.decide(p, False, 0.5).tolist() == [[1, 0, 0], [0, 1, 0]]
     q = head.probabilities(logits, multi_label=True)
     assert head.decide(q, True, 0.5).tolist() == [[1, 1, 0], [1, 1, 1]]
+
+
+def test_non_finite_loss_stops_the_cell_with_step_and_learning_rate(tmp_path, tiny_model, bbc_small):
+    from clsbench import UserError
+
+    hp = {**TINY_HEAD_HP, "quantization": "none", "learning_rate": 1e12, "head_learning_rate": 1e12,
+          "optimizer": "adamw", "max_grad_norm": 1e30, "max_epochs": 3}
+    with pytest.raises(UserError, match=r"cell .*: training loss became (nan|inf) at step \d+ \(learning rate [0-9.e+]+\)"):
+        head.train(str(tiny_model), str(bbc_small), str(tmp_path), rank=2, seed=1, hp=hp, threads=2)
+    assert not (tmp_path / "adapter").exists() and not (tmp_path / "train_info.json").exists()

@@ -166,6 +166,21 @@ class EvalTimer:
         return _Timer()
 
 
+def finite_loss_guard(cell: Path):
+    """Trainer callback: stop at the first logged non-finite loss, naming cell, step and learning rate."""
+    from transformers import TrainerCallback
+
+    class _Guard(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kw):
+            loss = (logs or {}).get("loss")
+            if loss is not None and not math.isfinite(loss):
+                raise UserError(f"cell {cell}: training loss became {loss} at step {state.global_step} "
+                                f"(learning rate {logs.get('learning_rate')}); lower the learning rate or "
+                                "check the data; no output was written")
+
+    return _Guard()
+
+
 def build_optimizer(model, hp: dict, steps: int):
     """AdamW (8-bit via bitsandbytes by default) with a separate learning rate for the head."""
     import torch
@@ -237,7 +252,7 @@ def train(model_json: str, data_dir: str, out_dir: str, rank: int, seed: int, hp
     args = TrainingArguments(
         output_dir=str(ckpt), per_device_train_batch_size=hp["batch_size"],
         per_device_eval_batch_size=hp["eval_batch_size"], gradient_accumulation_steps=hp["grad_accum"],
-        num_train_epochs=hp["max_epochs"], eval_strategy="epoch", save_strategy="epoch", save_total_limit=1,
+        num_train_epochs=hp["max_epochs"], eval_strategy="epoch", logging_nan_inf_filter=False, save_strategy="epoch", save_total_limit=1,
         load_best_model_at_end=True, metric_for_best_model="f1_micro", greater_is_better=True,
         max_grad_norm=hp.get("max_grad_norm", 1.0), logging_strategy="steps",
         logging_steps=max(1, steps_per_epoch // 5), seed=seed, data_seed=seed, bf16=env["cuda"],
@@ -247,7 +262,8 @@ def train(model_json: str, data_dir: str, out_dir: str, rank: int, seed: int, hp
     trainer = Trainer(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds,
                       processing_class=tok, data_collator=DataCollatorWithPadding(tok),
                       compute_metrics=compute_metrics, optimizers=optimizers,
-                      callbacks=[EarlyStoppingCallback(early_stopping_patience=hp["patience"]), timer])
+                      callbacks=[EarlyStoppingCallback(early_stopping_patience=hp["patience"]), timer,
+                                 finite_loss_guard(out_dir)])
     if env["cuda"]:
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
