@@ -38,6 +38,9 @@ FROZEN_HEAD = "score.safetensors"
 
 # ---------------------------------------------------------------- device, model
 def device_setup(threads: int | None = None) -> dict:
+    from .gpu import claim
+
+    claim()  # one GPU per job on multi-GPU machines, before CUDA initialises
     import torch
     from transformers.utils import logging
 
