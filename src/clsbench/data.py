@@ -20,6 +20,7 @@ import pandas as pd
 
 from . import UserError
 from .io import atomic_path, read_json, run_cli, write_json
+from .metrics import indicator
 
 SPLITS = ("train", "val", "test")
 READERS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
@@ -132,15 +133,6 @@ def parse_labels(value, spec: dict, where: str, row: int) -> list[str]:
 
 
 # ---------------------------------------------------------------- splitting
-def _indicator(labels: pd.Series, names: list[str]) -> np.ndarray:
-    index = {n: i for i, n in enumerate(names)}
-    y = np.zeros((len(labels), len(names)), dtype=np.int8)
-    for r, row in enumerate(labels):
-        for label in row:
-            y[r, index[label]] = 1
-    return y
-
-
 def stratified_take(df: pd.DataFrame, n: int, seed: int, multi_label: bool) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Split ``df`` into (a stratified sample of ``n`` rows, the rest)."""
     if n >= len(df):
@@ -152,7 +144,7 @@ def stratified_take(df: pd.DataFrame, n: int, seed: int, multi_label: bool) -> t
 
         names = sorted({label for row in df["labels"] for label in row})
         splitter = MultilabelStratifiedShuffleSplit(n_splits=1, test_size=n, random_state=seed)
-        rest_idx, take_idx = next(splitter.split(np.zeros(len(df)), _indicator(df["labels"], names)))
+        rest_idx, take_idx = next(splitter.split(np.zeros(len(df)), indicator(df["labels"], names)))
         # iterative stratification only approximates the size: move the difference at random
         rng = np.random.default_rng(seed)
         if len(take_idx) > n:

@@ -30,6 +30,7 @@ import pandas as pd
 from . import UserError
 from .data import load_prepared
 from .io import atomic_path, read_json, run_cli, write_json, write_jsonl
+from .metrics import indicator
 from .models import load_tokenizer, local_dir
 
 ADAPTER_BASE = "base"
@@ -110,24 +111,17 @@ def tokenize_split(df: pd.DataFrame, tok, labels: list[str], multi_label: bool, 
     """A `datasets.Dataset` with input_ids / attention_mask / labels (int or multi-hot float)."""
     from datasets import Dataset
 
-    index = {label: i for i, label in enumerate(labels)}
     enc = tok(list(df["text"]), truncation=True, max_length=max_length)
-    if multi_label:
-        y = np.zeros((len(df), len(labels)), dtype=np.float32)
-        for r, row in enumerate(df["labels"]):
-            y[r, [index[label] for label in row]] = 1.0
-        target = y.tolist()
-    else:
-        target = [index[row[0]] for row in df["labels"]]
+    y = indicator(df["labels"], labels)
+    target = y.astype(np.float32).tolist() if multi_label else y.argmax(1).tolist()
     return Dataset.from_dict({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "labels": target})
 
 
 def probabilities(logits: np.ndarray, multi_label: bool) -> np.ndarray:
+    from scipy.special import expit, softmax
+
     logits = logits.astype(np.float64)
-    if multi_label:
-        return 1.0 / (1.0 + np.exp(-logits))
-    z = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return z / z.sum(axis=1, keepdims=True)
+    return expit(logits) if multi_label else softmax(logits, axis=1)
 
 
 def decide(probs: np.ndarray, multi_label: bool, threshold: float) -> np.ndarray:
@@ -148,25 +142,24 @@ def micro_f1_from_logits(logits: np.ndarray, y: np.ndarray, multi_label: bool, t
 
 
 # ---------------------------------------------------------------- training
-class EvalTimer:
-    """Trainer callback: time spent in per-epoch evaluation, so train samples/s can exclude it."""
+def eval_timer():
+    """Trainer callback timing per-epoch evaluation, so train samples/s can exclude it
+    (``.eval_seconds``)."""
+    from transformers import TrainerCallback
 
-    def __new__(cls):
-        from transformers import TrainerCallback
+    class _Timer(TrainerCallback):
+        eval_seconds = 0.0
+        _t0 = None
 
-        class _Timer(TrainerCallback):
-            eval_seconds = 0.0
-            _t0 = None
+        def on_epoch_end(self, args, state, control, **kw):
+            self._t0 = time.perf_counter()
 
-            def on_epoch_end(self, args, state, control, **kw):
-                self._t0 = time.perf_counter()
+        def on_evaluate(self, args, state, control, **kw):
+            if self._t0 is not None:
+                self.eval_seconds += time.perf_counter() - self._t0
+                self._t0 = None
 
-            def on_evaluate(self, args, state, control, **kw):
-                if self._t0 is not None:
-                    self.eval_seconds += time.perf_counter() - self._t0
-                    self._t0 = None
-
-        return _Timer()
+    return _Timer()
 
 
 def finite_loss_guard(cell: Path):
@@ -261,7 +254,7 @@ def train(model_json: str, data_dir: str, out_dir: str, rank: int, seed: int, hp
         logging_steps=max(1, steps_per_epoch // 5), seed=seed, data_seed=seed, bf16=env["cuda"],
         use_cpu=not env["cuda"], report_to="none", disable_tqdm=True, dataloader_num_workers=0,
         save_only_model=True)
-    timer = EvalTimer()
+    timer = eval_timer()
     trainer = Trainer(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds,
                       processing_class=tok, data_collator=DataCollatorWithPadding(tok),
                       compute_metrics=compute_metrics, optimizers=optimizers,
@@ -395,10 +388,7 @@ def train_frozen(model_json: str, data_dir: str, out_dir: str, seed: int, hp: di
     feats = {s: last_token_features(model, tok, list(splits[s]["text"]), hp["max_length"], hp["eval_batch_size"],
                                     env["device"]) for s in ("train", "val")}
     feature_seconds = time.perf_counter() - t0
-    index = {label: i for i, label in enumerate(labels)}
-    y = {s: torch.tensor(np.eye(len(labels), dtype=np.float32)[[index[r[0]] for r in splits[s]["labels"]]]
-                         if not multi else [[float(label in row) for label in labels] for row in splits[s]["labels"]])
-         for s in ("train", "val")}
+    y = {s: torch.tensor(indicator(splits[s]["labels"], labels), dtype=torch.float32) for s in ("train", "val")}
     weight = torch.nn.Parameter(model.score.weight.detach().float().cpu().clone())
     lr = hp.get("head_learning_rate") or hp["learning_rate"]
     opt = torch.optim.AdamW([weight], lr=lr, weight_decay=hp.get("weight_decay", 0.0))

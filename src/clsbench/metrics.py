@@ -75,15 +75,21 @@ def calibration(probs: np.ndarray, gold: np.ndarray, multi_label: bool, bins: in
     return {"ece": ece, "brier": float(np.mean(per_text)), "ece_bins": bins}
 
 
+def resampled_f1_micro(gold: np.ndarray, pred: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """Micro-F1 of each resample: ``idx`` holds one row of text indices per resample."""
+    g, p = gold.astype(bool), pred.astype(bool)
+    tp, fp, fn = ((a & b).sum(1).astype(float)[idx].sum(1) for a, b in ((g, p), (~g, p), (g, ~p)))
+    return np.divide(2 * tp, 2 * tp + fp + fn, out=np.zeros_like(tp), where=(2 * tp + fp + fn) > 0)
+
+
+def resamples(n: int, n_boot: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+
+
 def bootstrap_f1_micro(gold: np.ndarray, pred: np.ndarray, n_boot: int = 1000, seed: int = 0,
                        level: float = 0.95) -> tuple[float, float]:
     """Percentile bootstrap interval of micro-F1, resampling test texts with a fixed seed."""
-    tp = (gold & pred).sum(1).astype(float)
-    fp = (~gold.astype(bool) & pred.astype(bool)).sum(1).astype(float)
-    fn = (gold.astype(bool) & ~pred.astype(bool)).sum(1).astype(float)
-    idx = np.random.default_rng(seed).integers(0, len(gold), size=(n_boot, len(gold)))
-    t, f_p, f_n = tp[idx].sum(1), fp[idx].sum(1), fn[idx].sum(1)
-    f1 = np.divide(2 * t, 2 * t + f_p + f_n, out=np.zeros_like(t), where=(2 * t + f_p + f_n) > 0)
+    f1 = resampled_f1_micro(gold, pred, resamples(len(gold), n_boot, seed))
     low, high = np.quantile(f1, [(1 - level) / 2, (1 + level) / 2])
     return float(low), float(high)
 
@@ -100,17 +106,8 @@ def mcnemar(correct_a: np.ndarray, correct_b: np.ndarray) -> float:
 def paired_bootstrap(gold: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray, n_boot: int = 2000,
                      seed: int = 0) -> tuple[float, float, float]:
     """Micro-F1 difference A - B over joint resamples of the texts: (ci_low, ci_high, two-sided p)."""
-    def counts(pred):
-        g, p = gold.astype(bool), pred.astype(bool)
-        return (g & p).sum(1).astype(float), (~g & p).sum(1).astype(float), (g & ~p).sum(1).astype(float)
-
-    idx = np.random.default_rng(seed).integers(0, len(gold), size=(n_boot, len(gold)))
-
-    def f1(c):
-        tp, fp, fn = (x[idx].sum(1) for x in c)
-        return np.divide(2 * tp, 2 * tp + fp + fn, out=np.zeros_like(tp), where=(2 * tp + fp + fn) > 0)
-
-    delta = f1(counts(pred_a)) - f1(counts(pred_b))
+    idx = resamples(len(gold), n_boot, seed)
+    delta = resampled_f1_micro(gold, pred_a, idx) - resampled_f1_micro(gold, pred_b, idx)
     p = min(1.0, 2 * min(np.mean(delta <= 0), np.mean(delta >= 0)))
     low, high = np.quantile(delta, [0.025, 0.975])
     return float(low), float(high), float(p)
