@@ -46,13 +46,25 @@ def test_f1_table_csv_and_paper_layout(tmp_path):
              write_cell(tmp_path, "pairs", "m", 8, 1, 0.7), write_cell(tmp_path, "news", "m", 16, 1, 0.95, 17000)]
     df = tables.render(files, tmp_path / "f1.csv", tmp_path / "f1.md")
     csv = pd.read_csv(tmp_path / "f1.csv")
-    assert list(csv.columns[:9]) == ["dataset", "model", "approach", "rank", "seed", "f1_micro", "f1_macro",
-                                     "trainable_params", "total_params"]
+    assert list(csv.columns[:10]) == ["dataset", "model", "approach", "rank", "seed", "mode", "f1_micro", "f1_macro",
+                                      "trainable_params", "total_params"]
     assert len(csv) == 4 and len(df) == 4
     md = (tmp_path / "f1.md").read_text()
     assert "| Classification head (r=8)  | m       | 2.0M           | 8.5K               | 0.850 ± 0.071 | 0.700   |" in md
     assert "| Classification head (r=16) | m       | 2.0M           | 17.0K              | 0.950  " in md
     assert "–" in md  # r=16 has no pairs cell
+
+
+def test_instruct_cells_enter_once_per_inference_mode(tmp_path):
+    files = [write_cell(tmp_path, "news", "m", 8, 1, 0.9), write_cell(tmp_path, "news", "m", 64, 1, 0.8, approach="instruct")]
+    generate = files[1].parent / "metrics_generate.json"
+    generate.write_text(json.dumps({"f1_micro": 0.7, "n": 10, "invalid_output_rate": 0.25, "trainable_params": 8500}))
+    df = tables.render([*files, generate], tmp_path / "f1.csv", tmp_path / "f1.md")
+    assert list(zip(df["approach"], df["mode"])) == [("head", "classifier"), ("instruct", "generate"),
+                                                     ("instruct", "score")]
+    md = (tmp_path / "f1.md").read_text()
+    assert "| Instruction tuning (r=64), generate | m       |" in md and "Instruction tuning (r=64), score" in md
+    assert "0.250" in md  # the invalid-output rate, in the uncertainty section
 
 
 def test_human_counts():

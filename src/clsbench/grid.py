@@ -14,9 +14,10 @@ from . import UserError
 
 SLUG = r"[a-z0-9][a-z0-9-]*"
 RESERVED = {"data", "models", "logs", "benchmarks", "tfidf"}  # results/ folders and the tfidf cells' model slug
-RANKED = {"head"}  # approaches whose cells take a LoRA rank; the others are written r0
+RANKED = {"head", "instruct"}  # approaches whose cells take a LoRA rank; the others are written r0
 MODEL_FREE = {"tfidf": "tfidf"}  # approaches that use no model of `models:`; their cells' model slug
-APPROACHES = ("head", "frozen", "encoder", "tfidf")
+APPROACHES = ("head", "frozen", "encoder", "tfidf", "instruct", "zeroshot")
+GENERATIVE = {"instruct", "zeroshot"}  # cells with a second inference mode (generate): metrics_generate.json
 
 
 @dataclass(frozen=True)

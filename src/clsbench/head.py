@@ -54,15 +54,16 @@ def device_setup(threads: int | None = None) -> dict:
             "compute_dtype": torch.bfloat16 if cuda else torch.float32}
 
 
-def quantization_config(hp: dict, compute_dtype):
-    """NF4 with double quantisation (QLoRA), or None when ``quantization: none``."""
+def quantization_config(hp: dict, compute_dtype, keep: tuple[str, ...] = ("score",)):
+    """NF4 with double quantisation (QLoRA), or None when ``quantization: none``; ``keep``: modules
+    left unquantised (the classification head; ``lm_head`` for causal LMs)."""
     if hp.get("quantization", "nf4") == "none":
         return None
     from transformers import BitsAndBytesConfig
 
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=hp.get("quantization", "nf4"),
                               bnb_4bit_use_double_quant=hp.get("double_quant", True),
-                              bnb_4bit_compute_dtype=compute_dtype, llm_int8_skip_modules=["score"])
+                              bnb_4bit_compute_dtype=compute_dtype, llm_int8_skip_modules=list(keep))
 
 
 def classification_kwargs(labels: list[str], multi_label: bool, pad_token_id: int) -> dict:
@@ -312,9 +313,10 @@ def _peak_memory_mb(env: dict) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def save_adapter(model, final: Path, info: dict, labels: list[str], multi: bool, pad_token_id: int) -> None:
+def save_adapter(model, final: Path, info: dict, labels: list[str] | None, multi: bool, pad_token_id: int) -> None:
     """Save adapter + head (peft) or the head alone (frozen), plus ``base/`` (classification config +
-    links to the base weights and tokenizer)."""
+    links to the base weights and tokenizer). ``labels=None``: a causal-LM adapter, whose ``base/``
+    links the base model's own config."""
     from safetensors.torch import save_file
     from transformers import AutoConfig
 
@@ -329,10 +331,11 @@ def save_adapter(model, final: Path, info: dict, labels: list[str], multi: bool,
         base = tmp / ADAPTER_BASE
         base.mkdir()
         for f in base_src.iterdir():
-            if f.is_file() and f.name != "config.json" and not f.name.startswith("."):
+            if f.is_file() and (f.name != "config.json" or labels is None) and not f.name.startswith("."):
                 os.symlink(os.path.relpath(f.resolve(), final / ADAPTER_BASE), base / f.name)
-        config = AutoConfig.from_pretrained(str(base_src), **classification_kwargs(labels, multi, pad_token_id))
-        config.save_pretrained(base)
+        if labels is not None:
+            config = AutoConfig.from_pretrained(str(base_src), **classification_kwargs(labels, multi, pad_token_id))
+            config.save_pretrained(base)
         cfg_path = tmp / "adapter_config.json"
         if cfg_path.exists():
             cfg = json.loads(cfg_path.read_text())

@@ -160,7 +160,8 @@ def render(metric_files: list[str], out_dir: str | Path, data_root: str | Path =
     """Every figure for the cells whose ``metrics.json`` are given."""
     out_dir = Path(out_dir)
     df = collect(metric_files)
-    cells = [Path(f).parent for f in metric_files]
+    df = df[df["mode"] != "generate"]  # instruct / zero-shot cells enter with their score mode (probabilities)
+    cells = list(dict.fromkeys(Path(f).parent for f in metric_files))
     paths = f1_bars(df, out_dir)
     for dataset in dict.fromkeys(df["dataset"]):
         mine = [c for c in cells if c.parts[-5] == dataset]

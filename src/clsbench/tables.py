@@ -22,17 +22,22 @@ from .io import atomic_path, read_json, run_cli
 
 REFERENCE = Path(__file__).parent / "reference" / "paper_results.csv"
 
-CELL_RE = re.compile(r"results/(?P<dataset>[^/]+)/(?P<model>[^/]+)/(?P<approach>[^/]+)/r(?P<rank>\d+)/s(?P<seed>\d+)/metrics\.json$")
-COLUMNS = ["dataset", "model", "approach", "rank", "seed", "f1_micro", "f1_macro", "trainable_params", "total_params",
+CELL_RE = re.compile(r"results/(?P<dataset>[^/]+)/(?P<model>[^/]+)/(?P<approach>[^/]+)/r(?P<rank>\d+)/s(?P<seed>\d+)/"
+                     r"metrics(?:_(?P<mode>generate))?\.json$")
+GENERATIVE = {"instruct", "zeroshot"}  # cells with two inference modes: score (metrics.json) and generate
+COLUMNS = ["dataset", "model", "approach", "rank", "seed", "mode", "f1_micro", "f1_macro", "trainable_params", "total_params",
            "epochs_run", "best_epoch", "train_samples_per_second", "infer_samples_per_second", "n",
-           "f1_micro_ci_low", "f1_micro_ci_high", "ece", "brier"]
+           "f1_micro_ci_low", "f1_micro_ci_high", "ece", "brier", "invalid_output_rate"]
 APPROACH_TITLES = {"head": "Classification head", "frozen": "Frozen LLM + head (no LoRA)",
+                   "instruct": "Instruction tuning", "zeroshot": "Zero-shot prompting",
                    "encoder": "Encoder (full fine-tuning)", "tfidf": "TF-IDF + logistic regression"}
 APPROACH_ORDER = ["head", "frozen", "instruct", "zeroshot", "encoder", "tfidf"]
 
 
 def collect(metric_files: list[str | Path]) -> pd.DataFrame:
-    """One row per cell from its ``metrics.json`` (keys taken from the path)."""
+    """One row per cell and inference mode from its ``metrics.json`` / ``metrics_generate.json``
+    (keys taken from the path); ``mode`` is score / generate for instruct and zero-shot cells,
+    ``classifier`` for the others."""
     rows = []
     for path in metric_files:
         match = CELL_RE.search(str(Path(path).as_posix()))
@@ -42,15 +47,18 @@ def collect(metric_files: list[str | Path]) -> pd.DataFrame:
         row = {**match.groupdict(), **{k: metrics.get(k) for k in COLUMNS if k in metrics or k not in match.groupdict()}}
         row["f1_micro_ci_low"], row["f1_micro_ci_high"] = metrics.get("f1_micro_ci95", [None, None])
         row["rank"], row["seed"] = int(match["rank"]), int(match["seed"])
+        row["mode"] = match["mode"] or ("score" if match["approach"] in GENERATIVE else "classifier")
         row["_dir"] = str(Path(path).parent)
+        row["_predictions"] = str(Path(path).parent / ("predictions_generate.parquet" if match["mode"]
+                                                       else "predictions.parquet"))
         rows.append(row)
-    df = pd.DataFrame(rows, columns=[*COLUMNS, "_dir"])
+    df = pd.DataFrame(rows, columns=[*COLUMNS, "_dir", "_predictions"])
     integers = ["trainable_params", "total_params", "epochs_run", "best_epoch", "n"]
     df[integers] = df[integers].astype("Int64")  # stay integers where some cells have no value (tfidf epochs)
     tfidf = df[df["approach"] == "tfidf"].groupby("dataset")["f1_micro"].mean()
     df["f1_micro_minus_tfidf"] = df["f1_micro"] - df["dataset"].map(tfidf)
     df["_order"] = df["approach"].map(lambda a: APPROACH_ORDER.index(a) if a in APPROACH_ORDER else len(APPROACH_ORDER))
-    df = df.sort_values(["_order", "rank", "model", "dataset", "seed"]).drop(columns="_order")
+    df = df.sort_values(["_order", "rank", "mode", "model", "dataset", "seed"]).drop(columns="_order")
     return df.reset_index(drop=True)
 
 
@@ -65,17 +73,18 @@ def human(n) -> str:
     return str(int(n))
 
 
-def block_title(approach: str, rank: int) -> str:
+def block_title(approach: str, rank: int, mode: str = "classifier") -> str:
     title = APPROACH_TITLES.get(approach, approach)
-    return f"{title} (r={rank})" if rank else title
+    title = f"{title} (r={rank})" if rank else title
+    return f"{title}, {mode}" if mode not in ("classifier", None) else title
 
 
 def paper_layout(df: pd.DataFrame) -> pd.DataFrame:
     """Approach block × model rows, parameter columns, one micro-F1 column per dataset (mean ± sd over seeds)."""
     datasets = list(dict.fromkeys(df["dataset"]))
     rows = []
-    for (approach, rank, model), group in df.groupby(["approach", "rank", "model"], sort=False):
-        row = {"Approach": block_title(approach, rank), "Model": model,
+    for (approach, rank, mode, model), group in df.groupby(["approach", "rank", "mode", "model"], sort=False):
+        row = {"Approach": block_title(approach, rank, mode), "Model": model,
                "Total params": human(group["total_params"].max()),
                "Trainable params": human(group["trainable_params"].max())}
         for dataset in datasets:
@@ -100,11 +109,12 @@ def uncertainty_layout(df: pd.DataFrame) -> pd.DataFrame:
         return "" if x is None or pd.isna(x) else f"{x:.{digits}f}"
 
     return pd.DataFrame({
-        "Approach": [block_title(a, r) for a, r in zip(df["approach"], df["rank"])],
+        "Approach": [block_title(a, r, m) for a, r, m in zip(df["approach"], df["rank"], df["mode"])],
         "Model": df["model"], "Dataset": df["dataset"], "Seed": df["seed"],
         "micro-F1 [95% CI]": [f"{fmt(f)} [{fmt(lo)}, {fmt(hi)}]" for f, lo, hi in
                               zip(df["f1_micro"], df["f1_micro_ci_low"], df["f1_micro_ci_high"])],
-        "ECE": df["ece"].map(fmt), "Brier": df["brier"].map(fmt)})
+        "ECE": df["ece"].map(fmt), "Brier": df["brier"].map(fmt),
+        "Invalid outputs": df["invalid_output_rate"].map(fmt)})
 
 
 def render(metric_files: list[str | Path], out_csv: str | Path, out_md: str | Path,
@@ -112,11 +122,14 @@ def render(metric_files: list[str | Path], out_csv: str | Path, out_md: str | Pa
     df = collect(metric_files)
     df["paper_f1_micro"] = paper_figures(df, "f1_micro", paper_datasets or {})
     with atomic_path(out_csv) as tmp:
-        df.drop(columns="_dir").to_csv(tmp, index=False, float_format="%.4f")
+        df.drop(columns=["_dir", "_predictions"]).to_csv(tmp, index=False, float_format="%.4f")
     table = paper_layout(df)
     note = ("Micro-F1 on each dataset's test split (mean ± sd where several seeds ran); in brackets the "
             "distance to the TF-IDF + logistic regression line where it ran. "
-            "Parameter counts as peft reports them (4-bit storage corrected).\n\n")
+            "Parameter counts as peft reports them (4-bit storage corrected). Instruction-tuned and zero-shot "
+            "cells appear twice: `score` ranks the label answers by the model's probabilities (no invalid "
+            "output possible), `generate` decodes freely and parses the text (unparseable answers count as "
+            "wrong; their share is the 'Invalid outputs' column below).\n\n")
     with atomic_path(out_md) as tmp:
         tmp.write_text("# F1 by approach, model and dataset\n\n" + note + table.to_markdown(index=False) + "\n\n"
                        "## Uncertainty and calibration\n\n"
@@ -153,7 +166,7 @@ def write_table(table: pd.DataFrame, out_dir: Path, stem: str, title: str, note:
 
 
 def throughput_table(df: pd.DataFrame, paper_datasets: dict[str, str]) -> pd.DataFrame:
-    out = df[["dataset", "model", "approach", "rank", "seed", "train_samples_per_second",
+    out = df[["dataset", "model", "approach", "rank", "seed", "mode", "train_samples_per_second",
               "infer_samples_per_second"]].copy()
     out["infer_over_train"] = out["infer_samples_per_second"] / out["train_samples_per_second"]
     out["paper_train_samples_per_second"] = paper_figures(df, "train_samples_per_s", paper_datasets)
@@ -195,20 +208,15 @@ def paired_table(df: pd.DataFrame, data_root: str | Path = "results/data") -> pd
         others = df[(df["dataset"] == a["dataset"]) & (df["seed"] == a["seed"]) & (df["approach"] != "head")]
         others = others[~others["approach"].isin(MODEL_BOUND) | (others["model"] == a["model"])]
         for _, b in others.iterrows():
-            result = compare(_cell(a) / "predictions.parquet", _cell(b) / "predictions.parquet",
-                             Path(data_root) / a["dataset"] / "labels.json")
+            result = compare(a["_predictions"], b["_predictions"], Path(data_root) / a["dataset"] / "labels.json")
             rows.append({"dataset": a["dataset"], "seed": a["seed"],
                          "a": f"{block_title('head', a['rank'])} {a['model']}",
-                         "b": f"{block_title(b['approach'], b['rank'])} {b['model']}",
+                         "b": f"{block_title(b['approach'], b['rank'], b['mode'])} {b['model']}",
                          "f1_micro_a": a["f1_micro"], "f1_micro_b": b["f1_micro"],
                          "delta": a["f1_micro"] - b["f1_micro"], **{k: result[k] for k in
                                                                      ("delta_ci_low", "delta_ci_high", "test", "p_value")}})
     return pd.DataFrame(rows, columns=["dataset", "seed", "a", "b", "f1_micro_a", "f1_micro_b", "delta",
                                        "delta_ci_low", "delta_ci_high", "test", "p_value"])
-
-
-def _cell(row) -> Path:
-    return Path(row["_dir"])
 
 
 def render_all(metric_files: list[str | Path], stats_files: list[str | Path], out_dir: str | Path,
@@ -229,8 +237,8 @@ def render_all(metric_files: list[str | Path], stats_files: list[str | Path], ou
                 "Same test texts. Single-label: exact McNemar test on per-text correctness; multi-label: paired "
                 "bootstrap (2000 joint resamples) of the micro-F1 difference. delta = head minus the other cell; "
                 "its 95% interval is the paired bootstrap's.")
-    write_table(df[["dataset", "model", "approach", "rank", "seed", "f1_micro", "f1_micro_ci_low", "f1_micro_ci_high",
-                    "ece", "brier"]], out_dir, "calibration", "Calibration and uncertainty",
+    write_table(df[["dataset", "model", "approach", "rank", "seed", "mode", "f1_micro", "f1_micro_ci_low",
+                    "f1_micro_ci_high", "ece", "brier"]], out_dir, "calibration", "Calibration and uncertainty",
                 "Bootstrap 95% interval of micro-F1 (1000 resamples, seed 0); ECE over 15 equal-width bins; Brier score.")
 
 

@@ -26,7 +26,9 @@ wildcard_constraints:
 
 
 def all_metrics():
-    return [f"{cell.path}/metrics.json" for cell in CELLS]
+    """Every cell's metrics.json, plus metrics_generate.json of cells with a generate mode."""
+    return [f"{cell.path}/{name}" for cell in CELLS
+            for name in ["metrics.json"] + (["metrics_generate.json"] if cell.approach in grid.GENERATIVE else [])]
 
 
 def as_json(obj):

@@ -19,3 +19,28 @@ rule evaluate:
     shell:
         "python -m clsbench.metrics --predictions {input.predictions} --labels {input.labels} "
         "--extra {input.train_info} {input.predict_info} --out {output} > {log} 2>&1"
+
+
+rule evaluate_generate:
+    """metrics_generate.json: the generate mode of an instruct / zero-shot cell (adds the invalid-output rate)."""
+    input:
+        predictions=CELL + "/predictions_generate.parquet",
+        labels="results/data/{dataset}/labels.json",
+        train_info=CELL + "/train_info.json",
+        predict_info=CELL + "/predict_info_generate.json",
+    output:
+        CELL + "/metrics_generate.json",
+    wildcard_constraints:
+        approach="instruct|zeroshot",
+    log:
+        LOG + "/evaluate_generate.log",
+    benchmark:
+        BENCH + "/evaluate_generate.tsv"
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../../envs/clsbench.yaml"
+    shell:
+        "python -m clsbench.metrics --predictions {input.predictions} --labels {input.labels} "
+        "--extra {input.train_info} {input.predict_info} --out {output} > {log} 2>&1"

@@ -53,3 +53,71 @@ rule predict_classifier:
     shell:
         "python -m clsbench.head predict --adapter-dir {input.adapter} --data-dir results/data/{wildcards.dataset} "
         "--out-dir {params.out_dir} --hparams {params.hparams:q} --threads {threads} > {log} 2>&1"
+
+
+GENERATIVE_OUTPUTS = {
+    "predictions": CELL + "/predictions.parquet",
+    "info": CELL + "/predict_info.json",
+    "generated": CELL + "/predictions_generate.parquet",
+    "generated_info": CELL + "/predict_info_generate.json",
+}
+
+
+rule predict_instruct:
+    """Both inference modes of an instruct cell in one job (the model loads once): label scoring
+    (predictions.parquet, with probabilities) and free generation + parsing (predictions_generate.parquet)."""
+    input:
+        adapter=CELL + "/adapter",
+        data=dataset_files("labels.json"),
+    output:
+        **GENERATIVE_OUTPUTS,
+    wildcard_constraints:
+        approach="instruct",
+    params:
+        hparams=hparams_json,
+        out_dir=lambda wc, output: Path(output.info).parent,
+    log:
+        LOG + "/predict.log",
+    benchmark:
+        BENCH + "/predict.tsv"
+    threads: config["threads"]
+    resources:
+        gpu=1,
+        mem_mb=16000,
+        runtime=240,
+    conda:
+        "../../envs/clsbench.yaml"
+    shell:
+        "python -m clsbench.instruct predict --source {input.adapter} --data-dir results/data/{wildcards.dataset} "
+        "--out-dir {params.out_dir} --hparams {params.hparams:q} --threads {threads} > {log} 2>&1"
+
+
+rule predict_zeroshot:
+    """The instruct prompts and both inference modes on the untrained model (no training step)."""
+    input:
+        model="results/models/{model}/model.json",
+        data=dataset_files("labels.json"),
+    output:
+        **GENERATIVE_OUTPUTS,
+        train_info=CELL + "/train_info.json",
+    wildcard_constraints:
+        approach="zeroshot",
+        rank="0",
+    params:
+        hparams=hparams_json,
+        out_dir=lambda wc, output: Path(output.info).parent,
+    log:
+        LOG + "/predict.log",
+    benchmark:
+        BENCH + "/predict.tsv"
+    threads: config["threads"]
+    resources:
+        gpu=1,
+        mem_mb=16000,
+        runtime=240,
+    conda:
+        "../../envs/clsbench.yaml"
+    shell:
+        "python -m clsbench.instruct predict --approach zeroshot --source {input.model} "
+        "--data-dir results/data/{wildcards.dataset} --out-dir {params.out_dir} --hparams {params.hparams:q} "
+        "--threads {threads} > {log} 2>&1"

@@ -1,0 +1,473 @@
+"""Approaches that ask a causal LM for the label in words (the paper's Approach 2):
+
+instruct  QLoRA instruction tuning on prompt -> answer pairs (Appendix B prompts, TRL ``SFTTrainer``
+          on a prompt/completion dataset, answer-only loss by default).
+zeroshot  the same prompts and inference on the untrained model (the paper's "headless prompting").
+
+Inference has two modes, each cached in the cell folder:
+
+score     no free text. Single-label: one forward pass of the prompt; the next-token scores of the
+          answers' first tokens (`` A``, `` B`` ...; checked unique for the tokenizer, else whole
+          answers are scored), softmax over them = class probabilities. Multi-label: the JSON list
+          is scored label by label in the allowed set's order (the order it is trained in): label
+          i's probability is P(next list item is label i | decisions on labels before it), the
+          model's probability mass of continuing the list with label i against continuing it with
+          a later label or closing it, with the prompt's KV cache reused. Threshold 0.5. Invalid
+          answers are impossible; the probabilities feed the calibration report.
+          -> ``predictions.parquet`` (id, gold, probs, pred), ``predict_info.json``
+generate  greedy decoding of at most as many tokens as the longest answer, parsed by
+          :mod:`clsbench.prompts`; an unparseable answer counts as invalid (no label).
+          -> ``predictions_generate.parquet`` (+ generated, valid), ``predict_info_generate.json``
+
+Texts are truncated so that instruction + text + answer fit ``max_length`` tokens: the text is
+cut, never the instruction or the answer.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import UserError, prompts
+from .data import load_prepared
+from .head import (ADAPTER_BASE, _check_finite, _peak_memory_mb, count_parameters, decide, device_setup,
+                   eval_timer, finite_loss_guard, quantization_config, save_adapter)
+from .io import atomic_path, read_json, run_cli, write_json, write_jsonl
+from .models import load_tokenizer
+
+MODES = ("score", "generate")
+
+
+# ---------------------------------------------------------------- encoding
+class Encoder:
+    """Token ids of prompts and answers for one dataset and tokenizer (the same for training and
+    inference, so the model sees at test time exactly the prompt it was trained on)."""
+
+    def __init__(self, tok, labels: list[str], multi_label: bool, hp: dict):
+        self.tok, self.labels, self.multi = tok, labels, multi_label
+        self.delimiter = hp.get("label_delimiter", prompts.DEFAULT_DELIMITER)
+        self.chat = hp.get("chat_template", False)
+        self.max_length = hp["max_length"]
+        self.eos = tok.eos_token_id if tok.eos_token_id is not None else tok.sep_token_id
+        if self.eos is None:
+            raise UserError(f"tokenizer {tok.name_or_path} has no eos (or sep) token to end an answer with")
+        prompts.check_labels(labels, multi_label, self.delimiter)
+        self.head = prompts.instruction(labels, multi_label, self.delimiter)
+        self.tail = prompts.tail(multi_label)
+        longest = (prompts.answer(labels, labels, True) if multi_label else
+                   max((prompts.answer([name], labels, False) for name in labels), key=lambda a: len(self.ids(a))))
+        self.answer_budget = len(self.ids(longest)) + 1  # + eos
+        instruction_tokens = len(self._encode(""))
+        self.text_budget = self.max_length - instruction_tokens - self.answer_budget
+        if self.text_budget < 8:
+            raise UserError(f"max_length {self.max_length} leaves {self.text_budget} tokens for the text after the "
+                            f"instruction ({instruction_tokens} tokens) and the longest answer "
+                            f"({self.answer_budget}); raise max_length")
+
+    def ids(self, s: str) -> list[int]:
+        return self.tok(s, add_special_tokens=False)["input_ids"]
+
+    def _encode(self, text: str) -> list[int]:
+        """Ids of the whole prompt around ``text`` (in the chat template if configured)."""
+        prompt = self.head + text + self.tail
+        if self.chat:
+            prompt = self.tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                                  add_generation_prompt=True)
+        return self.tok(prompt, add_special_tokens=not self.chat)["input_ids"]
+
+    def prompt_ids(self, text: str) -> list[int]:
+        """The prompt's ids with the text cut to the token budget (decoded back, re-encoded with the rest)."""
+        budget, text_ids = self.text_budget, self.ids(text)
+        for _ in range(4):
+            cut = text if len(text_ids) <= budget else self.tok.decode(text_ids[:budget])
+            ids = self._encode(cut)
+            over = len(ids) + self.answer_budget - self.max_length
+            if over <= 0:
+                return ids
+            budget -= over  # re-tokenising merged across the cut: take that many tokens more off
+        raise UserError(f"cannot fit a prompt into max_length {self.max_length}")
+
+    def answer_ids(self, gold: list[str]) -> list[int]:
+        return self.ids(prompts.answer(gold, self.labels, self.multi)) + [self.eos]
+
+    def training_examples(self, df: pd.DataFrame):
+        """A tokenised prompt/completion dataset (input_ids, completion_mask) for SFTTrainer."""
+        from datasets import Dataset
+
+        rows = {"input_ids": [], "completion_mask": []}
+        for text, gold in zip(df["text"], df["labels"]):
+            prompt, completion = self.prompt_ids(text), self.answer_ids(list(gold))
+            rows["input_ids"].append(prompt + completion)
+            rows["completion_mask"].append([0] * len(prompt) + [1] * len(completion))
+        return Dataset.from_dict(rows)
+
+
+# ---------------------------------------------------------------- model
+def load_lm(path: str | Path, hp: dict, env: dict):
+    """The causal LM, 4-bit NF4 (lm_head kept in full precision) unless ``quantization: none``."""
+    from transformers import AutoModelForCausalLM
+
+    quant = quantization_config(hp, env["compute_dtype"], keep=("lm_head",))
+    kwargs = {"dtype": env["compute_dtype"]}
+    if quant is not None:
+        kwargs.update(quantization_config=quant, device_map={"": 0} if env["cuda"] else {"": "cpu"})
+    model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
+    if quant is None:
+        model.to(env["device"])
+    return model
+
+
+def _score_answer_positions_only() -> None:
+    """TRL's fused LM head projects only the positions that carry a loss when Triton is at hand;
+    elsewhere it projects every position (to keep tile shapes fixed for compiling backends such as
+    Neuron). On a CPU that makes the LM head of a 262k-token vocabulary (Gemma) cost several times
+    the rest of the step, for positions whose loss is masked anyway. Same loss, same gradients."""
+    import trl.trainer.utils as trl_utils
+
+    if hasattr(trl_utils, "_use_triton"):
+        trl_utils._use_triton = lambda device: True
+
+
+def train(model_json: str, data_dir: str, out_dir: str, rank: int, seed: int, hp: dict,
+          threads: int | None = None) -> dict:
+    """Instruction-tune one cell; writes ``adapter/``, ``train_log.jsonl``, ``train_info.json``."""
+    import torch
+    from peft import LoraConfig, TaskType, get_peft_model, prepare_model_for_kbit_training
+    from transformers import set_seed
+    from trl import SFTConfig, SFTTrainer
+
+    env = device_setup(threads)
+    if not env["cuda"]:
+        _score_answer_positions_only()
+    out_dir = Path(out_dir)
+    info = read_json(model_json)
+    splits, labels, multi = load_prepared(data_dir)
+    tok = load_tokenizer(info["path"])
+    tok.padding_side = "right"
+    enc = Encoder(tok, labels, multi, hp)
+    set_seed(seed)
+    model = load_lm(info["path"], hp, env)
+    checkpointing = hp.get("gradient_checkpointing", True)
+    if hp.get("quantization", "nf4") != "none":
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing,
+                                                gradient_checkpointing_kwargs={"use_reentrant": False})
+    lora = LoraConfig(task_type=TaskType.CAUSAL_LM, r=rank, lora_alpha=hp["lora_alpha"], lora_dropout=hp["lora_dropout"],
+                      bias=hp.get("lora_bias", "none"), target_modules=hp.get("target_modules", "all-linear"))
+    model = get_peft_model(model, lora)  # "all-linear" excludes lm_head
+    trainable, total = count_parameters(model)
+    train_ds, val_ds = enc.training_examples(splits["train"]), enc.training_examples(splits["val"])
+
+    optim = hp.get("optimizer", "paged_adamw_32bit")
+    if optim.startswith("paged") and not env["cuda"]:
+        print(f"optimizer {optim} pages optimizer state between GPU and CPU memory; no GPU here: using adamw_torch")
+        optim = "adamw_torch"
+    steps_per_epoch = math.ceil(len(train_ds) / (hp["batch_size"] * hp["grad_accum"]))
+    ckpt = out_dir / "checkpoints"
+    args = SFTConfig(
+        output_dir=str(ckpt), per_device_train_batch_size=hp["batch_size"], gradient_accumulation_steps=hp["grad_accum"],
+        per_device_eval_batch_size=hp["eval_batch_size"], num_train_epochs=hp["epochs"],
+        learning_rate=hp["learning_rate"], weight_decay=hp.get("weight_decay", 0.01),
+        max_grad_norm=hp.get("max_grad_norm", 0.3), lr_scheduler_type=hp.get("lr_scheduler", "cosine"),
+        warmup_steps=hp.get("warmup_ratio", 0.03), optim=optim,  # gradient checkpointing: set up by peft above
+        completion_only_loss=hp.get("loss", "answer_only") == "answer_only", max_length=None,
+        eval_strategy="epoch" if hp.get("eval_each_epoch", True) else "no", save_strategy="epoch", save_total_limit=1,
+        save_only_model=True, logging_strategy="steps", logging_steps=max(1, steps_per_epoch // 5),
+        logging_nan_inf_filter=False, seed=seed, data_seed=seed, bf16=env["cuda"], use_cpu=not env["cuda"],
+        report_to="none", disable_tqdm=True, dataloader_num_workers=0)
+    timer = eval_timer()
+    trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds, processing_class=tok,
+                         callbacks=[timer, finite_loss_guard(out_dir)])
+    if env["cuda"]:
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    result = trainer.train()
+    wall = time.perf_counter() - t0
+    history = trainer.state.log_history
+    _check_finite(history, out_dir)
+    epochs_run = round(trainer.state.epoch or 0)
+    train_seconds = wall - timer.eval_seconds
+    n_tokens = int(sum(map(len, train_ds["input_ids"])))
+    train_info = {
+        "approach": "instruct", "rank": rank, "seed": seed, "trainable_params": int(trainable), "total_params": int(total),
+        "epochs_run": epochs_run, "train_wall_seconds": wall, "eval_seconds_during_training": timer.eval_seconds,
+        "train_samples_per_second": epochs_run * len(train_ds) / train_seconds if train_seconds > 0 else None,
+        "train_tokens_per_second": epochs_run * n_tokens / train_seconds if train_seconds > 0 else None,
+        "train_loss": result.training_loss, "n_train": len(train_ds), "n_val": len(val_ds),
+        "loss": hp.get("loss", "answer_only"), "optimizer": optim, "gradient_checkpointing": checkpointing,
+        "mean_prompt_tokens": float(np.mean([sum(1 - m for m in mask) for mask in train_ds["completion_mask"]])),
+        "device": env["device_name"], "dtype": str(env["compute_dtype"]).replace("torch.", ""),
+        "quantization": hp.get("quantization", "nf4"), "peak_memory_mb": _peak_memory_mb(env),
+    }
+    write_jsonl(out_dir / "train_log.jsonl", history)
+    write_json(out_dir / "train_info.json", train_info)
+    save_adapter(trainer.model, out_dir / "adapter", info, None, multi, tok.pad_token_id)
+    shutil.rmtree(ckpt, ignore_errors=True)
+    return train_info
+
+
+# ---------------------------------------------------------------- inference
+def _batch(rows: list[list[int]], pad_id: int, device: str):
+    """Left-padded batch with explicit positions (each row's tokens keep the positions of training)."""
+    import torch
+
+    width = max(map(len, rows))
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, width - len(row):] = torch.tensor(row)
+        mask[i, width - len(row):] = 1
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    return ids.to(device), mask.to(device), positions.to(device)
+
+
+def first_token_scores(model, prompt_rows: list[list[int]], token_ids: list[int], batch_size: int, pad_id: int,
+                       device: str) -> np.ndarray:
+    """Next-token logits of ``token_ids`` after each prompt (one forward pass per batch)."""
+    import torch
+
+    out = np.zeros((len(prompt_rows), len(token_ids)), dtype=np.float64)
+    order = np.argsort([len(r) for r in prompt_rows])
+    with torch.inference_mode():
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            ids, mask, pos = _batch([prompt_rows[i] for i in idx], pad_id, device)
+            logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=1).logits[:, -1]
+            out[idx] = logits[:, token_ids].float().cpu().numpy()
+    return out
+
+
+def prompt_cache(model, rows: list[list[int]], pad_id: int, device: str):
+    """One forward pass over a batch of prompts: (KV cache, prompt mask, next-token log-probs)."""
+    import torch
+
+    ids, mask, pos = _batch(rows, pad_id, device)
+    with torch.inference_mode():
+        out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
+    return out.past_key_values, mask, torch.log_softmax(out.logits[:, -1].float(), -1)
+
+
+def continuation_logprobs(model, cache, continuations: list[list[list[int]]], device: str,
+                          max_elements: int = 2**26) -> np.ndarray:
+    """log P(continuation | prompt b) for the C continuations of each prompt b of the cached batch,
+    as a (B, C) array; the prompts are not run again (their KV cache is reused)."""
+    import torch
+
+    past, prompt_mask, first = cache
+    n_cont = len(continuations[0])
+    flat = [c for row in continuations for c in row]
+    owner = torch.arange(len(continuations)).repeat_interleave(n_cont)
+    width = max(map(len, flat))
+    ids = torch.zeros((len(flat), width), dtype=torch.long)
+    mask = torch.zeros((len(flat), width), dtype=torch.long)
+    for i, row in enumerate(flat):
+        ids[i, :len(row)] = torch.tensor(row)
+        mask[i, :len(row)] = 1
+    scores = first.cpu().double()[owner, ids[:, 0]]
+    if width > 1:  # the later tokens, in chunks of rows that keep the logits tensor small
+        vocab = first.shape[-1]
+        chunk = max(1, max_elements // (width * vocab))
+        with torch.inference_mode():
+            for start in range(0, len(flat), chunk):
+                rows = slice(start, start + chunk)
+                sub = copy.deepcopy(past)
+                sub.batch_select_indices(owner[rows].to(prompt_mask.device))
+                pmask = prompt_mask[owner[rows].to(prompt_mask.device)]
+                attn = torch.cat([pmask, mask[rows].to(pmask.device)], 1)
+                positions = pmask.sum(1, keepdim=True) + torch.arange(width, device=pmask.device)
+                logits = model(input_ids=ids[rows].to(device), attention_mask=attn, position_ids=positions,
+                               past_key_values=sub, use_cache=True).logits.float()
+                target = ids[rows, 1:].to(logits.device)
+                logp = torch.log_softmax(logits[:, :-1], -1).gather(-1, target[..., None])[..., 0]
+                scores[rows] += (logp.cpu().double() * mask[rows, 1:]).sum(-1)
+    return scores.reshape(len(continuations), n_cont).numpy()
+
+
+def score_single(model, enc: Encoder, prompt_rows: list[list[int]], batch_size: int, device: str) -> np.ndarray:
+    """Class probabilities: softmax over the answers' first-token scores (whole answers where first tokens collide)."""
+    from scipy.special import softmax
+
+    answers = [enc.answer_ids([name]) for name in enc.labels]
+    first = [a[0] for a in answers]
+    if len(set(first)) == len(first):
+        logits = first_token_scores(model, prompt_rows, first, batch_size, enc.tok.pad_token_id, device)
+    else:  # e.g. IDs beyond Z whose first token is shared: score every whole answer
+        logits = np.concatenate([
+            continuation_logprobs(model, prompt_cache(model, prompt_rows[s:s + batch_size], enc.tok.pad_token_id, device),
+                                  [answers] * len(prompt_rows[s:s + batch_size]), device)
+            for s in range(0, len(prompt_rows), batch_size)])
+    return softmax(logits, axis=1)
+
+
+def score_multi(model, enc: Encoder, prompt_rows: list[list[int]], threshold: float, batch_size: int,
+                device: str) -> np.ndarray:
+    """Per-label probabilities by ordered, constrained scoring of the JSON list (see module docstring)."""
+    from scipy.special import softmax
+
+    labels = enc.labels
+    probs = np.zeros((len(prompt_rows), len(labels)))
+    for s in range(0, len(prompt_rows), batch_size):
+        batch = prompt_rows[s:s + batch_size]
+        cache = prompt_cache(model, batch, enc.tok.pad_token_id, device)
+        chosen = [[] for _ in batch]
+        for i in range(len(labels)):
+            continuations = [[enc.ids(prompts.multi_answer_prefix(have + [name])) for name in labels[i:]]
+                             + [enc.ids(prompts.multi_answer_prefix(have) + "]") + [enc.eos]]
+                             for have in chosen]
+            p = softmax(continuation_logprobs(model, cache, continuations, device), axis=1)[:, 0]
+            probs[s:s + len(batch), i] = p
+            for have, p_i in zip(chosen, p):
+                if p_i >= threshold:
+                    have.append(labels[i])
+    return probs
+
+
+def generate(model, enc: Encoder, prompt_rows: list[list[int]], batch_size: int, device: str) -> list[str]:
+    """Greedy answers (at most the longest answer's length), decoded without special tokens."""
+    import torch
+
+    out = [""] * len(prompt_rows)
+    order = np.argsort([len(r) for r in prompt_rows])
+    pad = enc.tok.pad_token_id
+    with torch.inference_mode():
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            ids, mask, _ = _batch([prompt_rows[i] for i in idx], pad, device)
+            gen = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=enc.answer_budget, do_sample=False,
+                                 pad_token_id=pad, eos_token_id=enc.eos, top_p=None, top_k=None,
+                                 temperature=None)
+            for i, row in zip(idx, gen[:, ids.shape[1]:]):
+                out[i] = enc.tok.decode(row, skip_special_tokens=True)
+    return out
+
+
+def load_for_inference(source: str | Path, hp: dict, env: dict):
+    """(model, tokenizer): an instruct cell's ``adapter/`` on its 4-bit base, or a base model (zero-shot)."""
+    from peft import PeftModel
+
+    source = Path(source)
+    if (source / "adapter_config.json").exists():
+        base = source / ADAPTER_BASE
+        model = PeftModel.from_pretrained(load_lm(base, hp, env), str(source))
+    else:
+        base = source
+        model = load_lm(base, hp, env)
+    tok = load_tokenizer(base)
+    tok.padding_side = "left"
+    return model.eval(), tok
+
+
+def _timed(fn, env: dict):
+    import torch
+
+    if env["cuda"]:
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    result = fn()
+    if env["cuda"]:
+        torch.cuda.synchronize()
+    return result, time.perf_counter() - t0
+
+
+def run_mode(mode: str, model, enc: Encoder, rows: list[list[int]], hp: dict, env: dict):
+    """(probs or None, predicted label lists, generated texts or None)."""
+    bs, threshold = hp["eval_batch_size"], hp.get("threshold", 0.5)
+    names = np.array(enc.labels)
+    if mode == "generate":
+        texts = generate(model, enc, rows, bs, env["device"])
+        parse = prompts.parse_multi if enc.multi else prompts.parse_single
+        parsed = [parse(t, enc.labels) for t in texts]
+        if not enc.multi:
+            parsed = [None if p is None else [enc.labels[p]] for p in parsed]
+        return None, parsed, texts
+    if enc.multi:
+        probs = score_multi(model, enc, rows, threshold, bs, env["device"])
+    else:
+        probs = score_single(model, enc, rows, bs, env["device"])
+    pred = decide(probs, enc.multi, threshold)
+    return probs, [list(names[row.astype(bool)]) for row in pred], None
+
+
+def predict(source: str, data_dir: str, out_dir: str, hp: dict, approach: str = "instruct", split: str = "test",
+            threads: int | None = None, modes: tuple[str, ...] = MODES) -> dict:
+    """Run each inference mode over ``split``; write its predictions and info (see module docstring).
+    ``source``: the cell's ``adapter/`` (instruct) or the model's folder (zero-shot)."""
+    import torch
+
+    env = device_setup(threads)
+    splits, labels, multi = load_prepared(data_dir)
+    df = splits[split]
+    out_dir = Path(out_dir)
+    model, tok = load_for_inference(source, hp, env)
+    enc = Encoder(tok, labels, multi, hp)
+    t0 = time.perf_counter()
+    rows = [enc.prompt_ids(text) for text in df["text"]]
+    encode_seconds = time.perf_counter() - t0
+    n_tokens = sum(map(len, rows))
+    infos = {}
+    for mode in modes:
+        warm = rows[:min(len(rows), hp["eval_batch_size"])]
+        run_mode(mode, model, enc, warm, hp, env)  # warm-up, not timed
+        if env["cuda"]:
+            torch.cuda.reset_peak_memory_stats()
+        (probs, pred, texts), wall = _timed(lambda: run_mode(mode, model, enc, rows, hp, env), env)
+        table = pd.DataFrame({"id": df["id"].values, "gold": list(df["labels"]),
+                              "probs": [p.astype(np.float32) for p in probs] if probs is not None else None,
+                              "pred": [p if p is not None else [] for p in pred]})
+        info = {"split": split, "mode": mode, "n": len(df), "infer_wall_seconds": wall,
+                "infer_samples_per_second": len(df) / wall, "infer_prompt_tokens_per_second": n_tokens / wall,
+                "mean_prompt_tokens": n_tokens / len(df), "prompt_encode_seconds": encode_seconds,
+                "eval_batch_size": hp["eval_batch_size"], "device": env["device_name"],
+                "peak_memory_mb": _peak_memory_mb(env), "labels": labels, "multi_label": multi}
+        if texts is not None:
+            table["generated"] = texts
+            table["valid"] = [p is not None for p in pred]
+            info["invalid_output_rate"] = float(1 - table["valid"].mean())
+        suffix = "" if mode == "score" else f"_{mode}"
+        write_json(out_dir / f"predict_info{suffix}.json", info)
+        with atomic_path(out_dir / f"predictions{suffix}.parquet") as tmp:
+            table.to_parquet(tmp, index=False)
+        infos[mode] = info
+    if approach == "zeroshot":  # no training: record what the evaluation expects of a cell
+        trainable, total = count_parameters(model)
+        write_json(out_dir / "train_info.json", {"approach": "zeroshot", "rank": 0, "trainable_params": 0,
+                                                 "total_params": int(total), "epochs_run": 0,
+                                                 "quantization": hp.get("quantization", "nf4")})
+    return infos
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Approaches 'instruct' and 'zeroshot': train or predict one cell.")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    t = sub.add_parser("train")
+    t.add_argument("--model-json", required=True)
+    t.add_argument("--rank", type=int, required=True)
+    t.add_argument("--seed", type=int, required=True)
+    p = sub.add_parser("predict")
+    p.add_argument("--source", required=True, help="the cell's adapter/ (instruct) or model.json (zeroshot)")
+    p.add_argument("--approach", choices=("instruct", "zeroshot"), default="instruct")
+    p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
+    for a in (t, p):
+        a.add_argument("--data-dir", required=True)
+        a.add_argument("--out-dir", required=True)
+        a.add_argument("--hparams", required=True, help="the approach's hyperparameters as JSON")
+        a.add_argument("--threads", type=int)
+    args = parser.parse_args(argv)
+    hp = json.loads(args.hparams)
+    if args.cmd == "train":
+        info = train(args.model_json, args.data_dir, args.out_dir, args.rank, args.seed, hp, args.threads)
+    else:
+        source = read_json(args.source)["path"] if args.source.endswith(".json") else args.source
+        info = predict(source, args.data_dir, args.out_dir, hp, args.approach, threads=args.threads,
+                       modes=tuple(args.modes))
+    print(json.dumps(info, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,138 @@
+"""Approach "instruct" / "zeroshot" on the tiny random Llama: encoding with text truncation,
+KV-cached answer scoring against a brute-force forward pass, both inference modes, training."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from clsbench import UserError, instruct, prompts
+from clsbench.data import load_prepared
+from clsbench.io import read_json
+from clsbench.models import load_tokenizer
+
+HP = {"max_length": 112, "eval_batch_size": 8, "quantization": "none", "threshold": 0.5, "lora_alpha": 16,
+      "lora_dropout": 0.05, "learning_rate": 1e-3, "batch_size": 8, "grad_accum": 1, "epochs": 1,
+      "gradient_checkpointing": False, "optimizer": "adamw_torch"}
+LABELS = ["business", "entertainment", "politics", "sport", "tech"]
+
+
+@pytest.fixture(scope="module")
+def lm(tiny_model):
+    env = instruct.device_setup(2)
+    model, tok = instruct.load_for_inference(read_json(tiny_model)["path"], HP, env)
+    return model, tok
+
+
+def test_long_text_is_cut_never_the_instruction_or_answer(lm):
+    _, tok = lm
+    enc = instruct.Encoder(tok, LABELS, False, HP)
+    ids = enc.prompt_ids("word " * 500)
+    assert len(ids) + enc.answer_budget <= HP["max_length"]
+    text = tok.decode(ids, skip_special_tokens=True)
+    assert text.startswith("you are a classifier") and text.rstrip().endswith("answer :")  # uncased tokenizer
+    short = enc.prompt_ids("a short text")
+    assert "a short text" in tok.decode(short)
+    example = enc.training_examples(pd.DataFrame({"text": ["word " * 500], "labels": [["sport"]]}))[0]
+    assert len(example["input_ids"]) <= HP["max_length"]
+    answer = [t for t, m in zip(example["input_ids"], example["completion_mask"]) if m]
+    assert answer == enc.answer_ids(["sport"]) and answer[-1] == enc.eos  # the answer is whole, eos-terminated
+
+
+def test_max_length_too_small_for_the_instruction_is_refused(lm):
+    with pytest.raises(UserError, match="raise max_length"):
+        instruct.Encoder(lm[1], LABELS, False, {**HP, "max_length": 40})
+
+
+def test_label_with_a_tab_is_refused(lm):
+    with pytest.raises(UserError, match="tab"):
+        instruct.Encoder(lm[1], ["a\tb", "c"], False, HP)
+
+
+def test_tokenizer_without_pad_token_gets_eos(tmp_path, tiny_model):
+    tok = load_tokenizer(read_json(tiny_model)["path"])
+    tok.eos_token = tok.sep_token
+    tok.pad_token = None
+    tok.save_pretrained(tmp_path)
+    reloaded = load_tokenizer(tmp_path)
+    assert reloaded.pad_token == reloaded.eos_token == "[SEP]"
+    enc = instruct.Encoder(reloaded, LABELS, True, HP)
+    ids, mask, _ = instruct._batch([enc.prompt_ids("one"), enc.prompt_ids("a longer text here")],
+                                   reloaded.pad_token_id, "cpu")
+    assert ids[0, 0] == reloaded.pad_token_id and mask[0, 0] == 0 and mask[1].all()
+
+
+def test_cached_continuation_scores_equal_a_full_forward_pass(lm):
+    """Left-padded prompts of different lengths, continuations of different lengths, chunked."""
+    model, tok = lm
+    prompts_ = [tok("first prompt text")["input_ids"], tok("a second , longer prompt with more words")["input_ids"]]
+    conts = [[tok(" alpha", add_special_tokens=False)["input_ids"], tok(" beta gamma delta", add_special_tokens=False)["input_ids"]],
+             [tok(" x y", add_special_tokens=False)["input_ids"], tok(" zeta", add_special_tokens=False)["input_ids"]]]
+    cache = instruct.prompt_cache(model, prompts_, tok.pad_token_id, "cpu")
+    got = instruct.continuation_logprobs(model, cache, conts, "cpu", max_elements=1)  # one row per chunk
+    for b, prompt in enumerate(prompts_):
+        for c, cont in enumerate(conts[b]):
+            with torch.inference_mode():
+                logits = model(input_ids=torch.tensor([prompt + cont])).logits[0].double()
+            logp = torch.log_softmax(logits, -1)
+            expected = sum(logp[len(prompt) - 1 + t, tok_id].item() for t, tok_id in enumerate(cont))
+            assert got[b, c] == pytest.approx(expected, abs=1e-4)
+
+
+def test_first_token_scoring_matches_whole_answer_scoring_of_single_tokens(lm):
+    model, tok = lm
+    enc = instruct.Encoder(tok, LABELS, False, HP)
+    rows = [enc.prompt_ids(t) for t in ("shares rose", "the match ended in a draw after extra time")]
+    first = [enc.answer_ids([name])[0] for name in LABELS]
+    by_first = instruct.first_token_scores(model, rows, first, 8, tok.pad_token_id, "cpu")
+    cache = instruct.prompt_cache(model, rows, tok.pad_token_id, "cpu")
+    by_cache = instruct.continuation_logprobs(model, cache, [[[t] for t in first]] * 2, "cpu")
+    # logits vs log-probs of the same tokens: equal up to a per-row constant
+    diff = by_first - by_cache
+    assert np.allclose(diff, diff[:, :1], atol=1e-4)
+
+
+@pytest.mark.parametrize("dataset", ["bbc_small", "pairs_small"])
+def test_both_modes_write_their_caches(lm, dataset, request, tmp_path, tiny_model):
+    data_dir = request.getfixturevalue(dataset)
+    infos = instruct.predict(read_json(tiny_model)["path"], str(data_dir), str(tmp_path), HP, approach="zeroshot",
+                             threads=2)
+    _, labels, multi = load_prepared(data_dir)
+    score = pd.read_parquet(tmp_path / "predictions.parquet")
+    probs = np.stack(score["probs"])
+    assert probs.shape == (len(score), len(labels)) and ((probs >= 0) & (probs <= 1)).all()
+    if not multi:
+        assert np.allclose(probs.sum(1), 1, atol=1e-5)
+        assert all(len(p) == 1 for p in score["pred"])  # score mode can never be invalid
+    generated = pd.read_parquet(tmp_path / "predictions_generate.parquet")
+    assert {"generated", "valid"} <= set(generated.columns)
+    assert infos["generate"]["invalid_output_rate"] == pytest.approx(1 - generated["valid"].mean())
+    assert json.loads((tmp_path / "train_info.json").read_text())["trainable_params"] == 0
+    for mode in ("score", "generate"):
+        assert infos[mode]["infer_samples_per_second"] > 0
+
+
+def test_training_learns_the_answer_format_and_reloads(tmp_path, tiny_model, bbc_small):
+    from peft import AutoPeftModelForCausalLM
+
+    info = instruct.train(str(tiny_model), str(bbc_small), str(tmp_path), rank=4, seed=42,
+                          hp={**HP, "epochs": 2, "learning_rate": 5e-3}, threads=2)
+    log = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    losses = [h["loss"] for h in log if "loss" in h]
+    assert losses[-1] < losses[0]  # answer-only loss goes down
+    assert 0 < info["trainable_params"] < info["total_params"]
+    assert not (tmp_path / "checkpoints").exists()
+    model = AutoPeftModelForCausalLM.from_pretrained(tmp_path / "adapter")  # needs no other argument
+    assert model.peft_config["default"].r == 4
+    infos = instruct.predict(str(tmp_path / "adapter"), str(bbc_small), str(tmp_path), HP, threads=2)
+    assert infos["score"]["n"] == len(pd.read_parquet(tmp_path / "predictions.parquet"))
+
+
+def test_ids_beyond_z_render_and_score(lm):
+    model, tok = lm
+    labels = [f"topic {i}" for i in range(30)]
+    enc = instruct.Encoder(tok, labels, False, {**HP, "max_length": 400})
+    assert "AD:topic 29" in prompts.render("x", labels, False)
+    probs = instruct.score_single(model, enc, [enc.prompt_ids("some text")], 8, "cpu")
+    assert probs.shape == (1, 30) and probs.sum() == pytest.approx(1)
