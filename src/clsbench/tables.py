@@ -28,6 +28,11 @@ GENERATIVE = {"instruct", "zeroshot"}  # cells with two inference modes: score (
 COLUMNS = ["dataset", "model", "approach", "rank", "seed", "mode", "f1_micro", "f1_macro", "trainable_params", "total_params",
            "epochs_run", "best_epoch", "train_samples_per_second", "infer_samples_per_second", "n",
            "f1_micro_ci_low", "f1_micro_ci_high", "ece", "brier", "invalid_output_rate"]
+# throughput figures beyond samples/s, shown in the throughput table where the cells' info files have
+# them (clsbench.throughput records; instruct's predict_info names its tokens "prompt" tokens)
+THROUGHPUT_EXTRA = ["train_tokens_per_second", "infer_tokens_per_second", "infer_prompt_tokens_per_second",
+                    "peak_memory_mb", "train_peak_memory_mb", "infer_peak_memory_mb", "train_padding_fraction",
+                    "infer_padding_fraction", "train_mfu", "infer_mfu"]
 APPROACH_TITLES = {"head": "Classification head", "frozen": "Frozen LLM + head (no LoRA)",
                    "instruct": "Instruction tuning", "zeroshot": "Zero-shot prompting",
                    "encoder": "Encoder (full fine-tuning)", "tfidf": "TF-IDF + logistic regression"}
@@ -48,11 +53,12 @@ def collect(metric_files: list[str | Path]) -> pd.DataFrame:
         row["f1_micro_ci_low"], row["f1_micro_ci_high"] = metrics.get("f1_micro_ci95", [None, None])
         row["rank"], row["seed"] = int(match["rank"]), int(match["seed"])
         row["mode"] = match["mode"] or ("score" if match["approach"] in GENERATIVE else "classifier")
+        row.update({k: metrics.get(k) for k in THROUGHPUT_EXTRA})
         row["_dir"] = str(Path(path).parent)
         row["_predictions"] = str(Path(path).parent / ("predictions_generate.parquet" if match["mode"]
                                                        else "predictions.parquet"))
         rows.append(row)
-    df = pd.DataFrame(rows, columns=[*COLUMNS, "_dir", "_predictions"])
+    df = pd.DataFrame(rows, columns=[*COLUMNS, *THROUGHPUT_EXTRA, "_dir", "_predictions"])
     integers = ["trainable_params", "total_params", "epochs_run", "best_epoch", "n"]
     df[integers] = df[integers].astype("Int64")  # stay integers where some cells have no value (tfidf epochs)
     tfidf = df[df["approach"] == "tfidf"].groupby("dataset")["f1_micro"].mean()
@@ -122,7 +128,7 @@ def render(metric_files: list[str | Path], out_csv: str | Path, out_md: str | Pa
     df = collect(metric_files)
     df["paper_f1_micro"] = paper_figures(df, "f1_micro", paper_datasets or {})
     with atomic_path(out_csv) as tmp:
-        df.drop(columns=["_dir", "_predictions"]).to_csv(tmp, index=False, float_format="%.4f")
+        df.drop(columns=["_dir", "_predictions", *THROUGHPUT_EXTRA]).to_csv(tmp, index=False, float_format="%.4f")
     table = paper_layout(df)
     note = ("Micro-F1 on each dataset's test split (mean ± sd where several seeds ran); in brackets the "
             "distance to the TF-IDF + logistic regression line where it ran. "
@@ -171,6 +177,15 @@ def throughput_table(df: pd.DataFrame, paper_datasets: dict[str, str]) -> pd.Dat
     out["infer_over_train"] = out["infer_samples_per_second"] / out["train_samples_per_second"]
     out["paper_train_samples_per_second"] = paper_figures(df, "train_samples_per_s", paper_datasets)
     out["paper_infer_samples_per_second"] = paper_figures(df, "infer_samples_per_s", paper_datasets)
+    for stage in ("train", "infer"):
+        out[f"{stage}_over_paper"] = out[f"{stage}_samples_per_second"] / out[f"paper_{stage}_samples_per_second"]
+    extra = {k: pd.to_numeric(df[k], errors="coerce") for k in THROUGHPUT_EXTRA}
+    trained = out["train_samples_per_second"].notna()  # its train_info.json recorded the peak memory first
+    extra["infer_tokens_per_second"] = extra["infer_tokens_per_second"].fillna(extra.pop("infer_prompt_tokens_per_second"))
+    extra["train_peak_memory_mb"] = extra["train_peak_memory_mb"].fillna(extra.pop("peak_memory_mb").where(trained))
+    for name, values in extra.items():  # only the figures some cell has
+        if values.notna().any():
+            out[name] = values
     return out
 
 
