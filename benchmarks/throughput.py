@@ -237,16 +237,17 @@ def measure_infer(job: dict) -> list[dict]:
     return records
 
 
-def worker(job: dict) -> None:
-    """Run one measurement and write its records to ``job['result']``."""
-    from clsbench.faults import OutOfMemory
-
+def worker(job: dict) -> int:
+    """Run one measurement, write its records to ``job['result']``; the exit code (3: out of memory)."""
     try:
         records = (measure_train if job["stage"] == "train" else measure_infer)(job)
-    except OutOfMemory as err:
+    except Exception as err:  # clsbench.faults.OutOfMemory carries exit code 3
+        if getattr(err, "exit_code", None) != OOM_EXIT:
+            raise
         print(err, file=sys.stderr)
-        sys.exit(OOM_EXIT)
+        return OOM_EXIT
     Path(job["result"]).write_text(json.dumps(records, default=str))
+    return 0
 
 
 def run_job(job: dict, inline: bool) -> list[dict]:
@@ -255,15 +256,11 @@ def run_job(job: dict, inline: bool) -> list[dict]:
     result = Path(job["result"])
     result.unlink(missing_ok=True)
     for _ in range(4):
-        if inline:
-            worker(job)
+        code = worker(job) if inline else subprocess.run([sys.executable, __file__, "--worker", json.dumps(job)]).returncode
+        if code != OOM_EXIT:
             break
-        done = subprocess.run([sys.executable, __file__, "--worker", json.dumps(job)])
-        if done.returncode != OOM_EXIT:
-            if done.returncode:
-                raise SystemExit(f"{job['stage']} of {job['arch']} {job['approach']} ({job['settings']}) failed "
-                                 f"with exit code {done.returncode}")
-            break
+    if code:
+        raise SystemExit(f"{job['stage']} of {job['arch']} {job['approach']} ({job['settings']}) failed with exit code {code}")
     return json.loads(result.read_text())
 
 
@@ -316,7 +313,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        return worker(json.loads(args.worker))
+        sys.exit(worker(json.loads(args.worker)))
 
     import torch
 

@@ -76,6 +76,9 @@ def test_record_and_write_merge_stages(tmp_path):
     path = throughput.write(tmp_path, infer)
     merged = json.loads(path.read_text())
     assert merged["train_samples_per_second"] == 6.0 and merged["infer_samples_per_second"] == 1.0
+    generate = throughput.restage(infer, "infer", "infer_generate")
+    assert generate["infer_generate_samples_per_second"] == 1.0 and generate["device"] == "cpu (2 threads)"
+    assert "infer_samples_per_second" not in generate
 
 
 def test_sampling_strategy():

@@ -180,6 +180,12 @@ def record(stage: str, *, lengths: list[int], seconds: float, batch_size: int, o
     return rec
 
 
+def restage(rec: dict, old: str, new: str) -> dict:
+    """``rec`` with its ``<old>_...`` keys renamed ``<new>_...`` (e.g. infer -> infer_generate, so
+    the records of two inference modes of one cell sit side by side in its throughput.json)."""
+    return {new + key[len(old):] if key.startswith(old + "_") else key: value for key, value in rec.items()}
+
+
 def write(cell_dir: str | Path, rec: dict) -> Path:
     """Merge ``rec`` into ``<cell_dir>/throughput.json``: the training and the inference records of
     a cell land in one file, and a rerun of a stage replaces that stage's keys."""
