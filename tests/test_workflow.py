@@ -32,11 +32,14 @@ OTHER_CELLS = [f"results/{d}/{m}/{a}/r0/s42" for d in ("news", "news-pairs")
                for m, a in (("tiny-llama", "frozen"), ("tfidf", "tfidf"))] + ["results/news/minilm-l6/encoder/r0/s42"]
 
 
+def snakemake_cmd(workdir, *args):
+    return [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
+            "--cores", "2", "--resources", "gpu=1", *args]
+
+
 def snakemake(workdir, *args):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"),
-                           "--directory", str(workdir), "--cores", "2", "--resources", "gpu=1", *args],
-                          capture_output=True, text=True, env=env)
+    return subprocess.run(snakemake_cmd(workdir, *args), capture_output=True, text=True, env=env)
 
 
 @pytest.fixture(scope="module")

@@ -27,9 +27,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import UserError
+from . import UserError, faults
 from .data import load_prepared
-from .io import atomic_path, read_json, run_cli, write_json, write_jsonl
+from .faults import resume_point  # noqa: F401  (re-exported: other trainers resume the same way)
+from .io import atomic_path, read_json, run_cli, sha256, write_json, write_jsonl, write_predictions
 from .metrics import indicator
 from .models import load_tokenizer, local_dir
 
@@ -83,6 +84,7 @@ def load_classifier(path: str | Path, hp: dict, env: dict, dtype=None, **cls_kwa
     model = AutoModelForSequenceClassification.from_pretrained(str(path), **kwargs)
     if quant is None:
         model.to(env["device"])
+    faults.simulate_oom(model)
     return model
 
 
@@ -240,6 +242,7 @@ def train(model_json: str, data_dir: str, out_dir: str, rank: int, seed: int, hp
     train_ds = tokenize_split(splits["train"], tok, labels, multi, hp["max_length"])
     val_ds = tokenize_split(splits["val"], tok, labels, multi, hp["max_length"])
     steps_per_epoch = math.ceil(len(train_ds) / (hp["batch_size"] * hp["grad_accum"]))
+    plan = faults.batch_plan(hp, out_dir, "train")  # smaller micro-batches after an out-of-memory failure
     optimizers = build_optimizer(model, hp, steps_per_epoch * hp["max_epochs"])
 
     def compute_metrics(pred):
@@ -247,14 +250,13 @@ def train(model_json: str, data_dir: str, out_dir: str, rank: int, seed: int, hp
 
     ckpt = out_dir / "checkpoints"
     args = TrainingArguments(
-        output_dir=str(ckpt), per_device_train_batch_size=hp["batch_size"],
-        per_device_eval_batch_size=hp["eval_batch_size"], gradient_accumulation_steps=hp["grad_accum"],
+        output_dir=str(ckpt), per_device_train_batch_size=plan["batch_size"],
+        per_device_eval_batch_size=plan["eval_batch_size"], gradient_accumulation_steps=plan["grad_accum"],
         num_train_epochs=hp["max_epochs"], eval_strategy="epoch", logging_nan_inf_filter=False, save_strategy="epoch", save_total_limit=1,
         load_best_model_at_end=True, metric_for_best_model="f1_micro", greater_is_better=True,
         max_grad_norm=hp.get("max_grad_norm", 1.0), logging_strategy="steps",
         logging_steps=max(1, steps_per_epoch // 5), seed=seed, data_seed=seed, bf16=env["cuda"],
-        use_cpu=not env["cuda"], report_to="none", disable_tqdm=True, dataloader_num_workers=0,
-        save_only_model=True)
+        use_cpu=not env["cuda"], report_to="none", disable_tqdm=True, dataloader_num_workers=0)
     timer = eval_timer()
     trainer = Trainer(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds,
                       processing_class=tok, data_collator=DataCollatorWithPadding(tok),
@@ -263,8 +265,14 @@ def train(model_json: str, data_dir: str, out_dir: str, rank: int, seed: int, hp
                                  finite_loss_guard(out_dir)])
     if env["cuda"]:
         torch.cuda.reset_peak_memory_stats()
+    last = resume_point(ckpt, run_key(model_json, data_dir, approach, rank, seed, hp))
+    resumed_epochs = round(read_json(Path(last) / "trainer_state.json")["epoch"]) if last else 0
+    if last:
+        print(f"cell {out_dir}: resuming from {Path(last).name} (epoch {resumed_epochs} done)", flush=True)
+    print(f"cell {out_dir}: {faults.describe(plan)}", flush=True)
     t0 = time.perf_counter()
-    result = trainer.train()
+    with faults.oom_retry(out_dir, "train", hp, plan):
+        result = trainer.train(resume_from_checkpoint=last)
     wall = time.perf_counter() - t0
     history = trainer.state.log_history
     _check_finite(history, out_dir)
@@ -272,14 +280,18 @@ def train(model_json: str, data_dir: str, out_dir: str, rank: int, seed: int, hp
     best = max(evals, key=lambda h: h["eval_f1_micro"]) if evals else {}
     epochs_run = round(trainer.state.epoch or 0)
     train_seconds = wall - timer.eval_seconds
+    trained_here = epochs_run - resumed_epochs  # epochs this process trained (throughput)
     n_tokens = int(sum(len(ids) for ids in train_ds["input_ids"]))
     train_info = {
         "approach": approach, "rank": rank, "seed": seed, "trainable_params": int(trainable), "total_params": int(total),
         "epochs_run": epochs_run, "best_epoch": round(best.get("epoch", 0)), "best_val_f1_micro": best.get("eval_f1_micro"),
         "train_wall_seconds": wall, "eval_seconds_during_training": timer.eval_seconds,
-        "train_samples_per_second": epochs_run * len(train_ds) / train_seconds if train_seconds > 0 else None,
-        "train_tokens_per_second": epochs_run * n_tokens / train_seconds if train_seconds > 0 else None,
-        "train_loss": result.training_loss, "n_train": len(train_ds), "n_val": len(val_ds),
+        "train_samples_per_second": trained_here * len(train_ds) / train_seconds if trained_here > 0 else None,
+        "train_tokens_per_second": trained_here * n_tokens / train_seconds if trained_here > 0 else None,
+        "train_loss": result.training_loss, "resumed_from": Path(last).name if last else None,
+        "micro_batch": plan["batch_size"], "grad_accum": plan["grad_accum"],
+        "effective_batch": plan["batch_size"] * plan["grad_accum"], "val_batch_size": plan["eval_batch_size"],
+        "n_train": len(train_ds), "n_val": len(val_ds),
         "device": env["device_name"], "dtype": str(env["compute_dtype"]).replace("torch.", ""),
         "quantization": "none" if approach == "encoder" else hp.get("quantization", "nf4"),
         "peak_memory_mb": _peak_memory_mb(env),
@@ -290,10 +302,17 @@ def train(model_json: str, data_dir: str, out_dir: str, rank: int, seed: int, hp
         with atomic_path(out_dir / "adapter", is_dir=True) as tmp:
             trainer.model.save_pretrained(tmp)
             tok.save_pretrained(tmp)
+            faults.write_sums(tmp)
     else:
         save_adapter(trainer.model, out_dir / "adapter", info, labels, multi, tok.pad_token_id)
-    shutil.rmtree(ckpt, ignore_errors=True)
+    shutil.rmtree(ckpt, ignore_errors=True)  # outputs complete: nothing left to resume
     return train_info
+
+
+def run_key(model_json: str, data_dir: str, approach: str, rank: int, seed: int, hp: dict) -> dict:
+    """What a checkpoint depends on: resuming is allowed only into the same training run."""
+    data = {f: sha256(Path(data_dir) / f) for f in ("train.parquet", "val.parquet", "labels.json")}
+    return {"approach": approach, "rank": rank, "seed": seed, "hp": hp, "model": read_json(model_json), "data": data}
 
 
 def _check_finite(history: list[dict], out_dir: Path) -> None:
@@ -341,6 +360,7 @@ def save_adapter(model, final: Path, info: dict, labels: list[str] | None, multi
             cfg = json.loads(cfg_path.read_text())
             cfg["base_model_name_or_path"] = str((final / ADAPTER_BASE).resolve())
             cfg_path.write_text(json.dumps(cfg, indent=2))
+        faults.write_sums(tmp)
 
 
 # ---------------------------------------------------------------- frozen ablation
@@ -387,9 +407,11 @@ def train_frozen(model_json: str, data_dir: str, out_dir: str, seed: int, hp: di
     model = load_classifier(info["path"], hp, env, **classification_kwargs(labels, multi, tok.pad_token_id)).eval()
     trainable, total = count_parameters(model)
     trainable = model.score.weight.numel()
+    plan = faults.batch_plan(hp, out_dir, "train")  # features: the eval batch size (halved after out of memory)
     t0 = time.perf_counter()
-    feats = {s: last_token_features(model, tok, list(splits[s]["text"]), hp["max_length"], hp["eval_batch_size"],
-                                    env["device"]) for s in ("train", "val")}
+    with faults.oom_retry(out_dir, "train", hp, plan):
+        feats = {s: last_token_features(model, tok, list(splits[s]["text"]), hp["max_length"], plan["eval_batch_size"],
+                                        env["device"]) for s in ("train", "val")}
     feature_seconds = time.perf_counter() - t0
     y = {s: torch.tensor(indicator(splits[s]["labels"], labels), dtype=torch.float32) for s in ("train", "val")}
     weight = torch.nn.Parameter(model.score.weight.detach().float().cpu().clone())
@@ -503,31 +525,29 @@ def predict(adapter_dir: str, data_dir: str, out_dir: str, hp: dict, split: str 
     env = device_setup(threads)
     splits, labels, multi = load_prepared(data_dir)
     df = splits[split]
+    out_dir = Path(out_dir)
+    # a corrupted adapter is removed with what was computed from it (retrained by the next run), not used
+    faults.check_sums(adapter_dir, derived=(out_dir / "predictions.parquet", out_dir / "metrics.json"))
     model, tok = load_trained(adapter_dir, hp, env)
-    bs = hp.get("eval_batch_size", 8)
-    warm = min(len(df), bs)
-    predict_logits(model, tok, list(df["text"][:warm]), hp["max_length"], bs, env["device"])  # warm-up
-    if env["cuda"]:
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    t0 = time.perf_counter()
-    logits, n_tokens = predict_logits(model, tok, list(df["text"]), hp["max_length"], bs, env["device"])
-    if env["cuda"]:
-        torch.cuda.synchronize()
-    wall = time.perf_counter() - t0
+    plan = faults.batch_plan(hp, out_dir, "predict")  # halved after an out-of-memory failure
+    bs = plan["eval_batch_size"]
+    with faults.oom_retry(out_dir, "predict", hp, plan):
+        warm = min(len(df), bs)
+        predict_logits(model, tok, list(df["text"][:warm]), hp["max_length"], bs, env["device"])  # warm-up
+        if env["cuda"]:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        t0 = time.perf_counter()
+        logits, n_tokens = predict_logits(model, tok, list(df["text"]), hp["max_length"], bs, env["device"])
+        if env["cuda"]:
+            torch.cuda.synchronize()
+        wall = time.perf_counter() - t0
     probs = probabilities(logits, multi)
     pred = decide(probs, multi, hp.get("threshold", 0.5))
-    names = np.array(labels)
-    table = pd.DataFrame({"id": df["id"].values, "gold": list(df["labels"]),
-                          "probs": [p.astype(np.float32) for p in probs],
-                          "pred": [list(names[row.astype(bool)]) for row in pred]})
-    out_dir = Path(out_dir)
     info = {"split": split, "n": len(df), "infer_wall_seconds": wall, "infer_samples_per_second": len(df) / wall,
             "infer_tokens_per_second": n_tokens / wall, "eval_batch_size": bs, "device": env["device_name"],
             "peak_memory_mb": _peak_memory_mb(env), "labels": labels, "multi_label": multi}
-    write_json(out_dir / "predict_info.json", info)
-    with atomic_path(out_dir / "predictions.parquet") as tmp:
-        table.to_parquet(tmp, index=False)
+    write_predictions(out_dir, df, probs, pred, labels, info)
     return info
 
 

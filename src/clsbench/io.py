@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -49,6 +50,31 @@ def write_jsonl(path: str | Path, rows: list) -> None:
         tmp.write_text("".join(json.dumps(row, default=_json_default) + "\n" for row in rows))
 
 
+def sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_predictions(out_dir: str | Path, df, probs, pred, labels: list[str], info: dict) -> None:
+    """A cell's predictions cache: predictions.parquet (id, gold, probs, pred) of the texts in ``df``,
+    then predict_info.json with the parquet's SHA-256 (which the evaluate step checks)."""
+    import numpy as np
+    import pandas as pd
+
+    names = np.array(labels)
+    table = pd.DataFrame({"id": df["id"].values, "gold": list(df["labels"]),
+                          "probs": [p.astype(np.float32) for p in probs],
+                          "pred": [list(names[row.astype(bool)]) for row in pred]})
+    out_dir = Path(out_dir)
+    with atomic_path(out_dir / "predictions.parquet") as tmp:
+        table.to_parquet(tmp, index=False)
+        info["predictions_sha256"] = sha256(tmp)
+    write_json(out_dir / "predict_info.json", info)
+
+
 def read_json(path: str | Path) -> Any:
     return json.loads(Path(path).read_text())
 
@@ -64,10 +90,11 @@ def _json_default(obj: Any) -> Any:
 
 
 def run_cli(main: Callable[[list[str] | None], Any], argv: list[str] | None = None) -> None:
-    """Run a module's ``main``; a :class:`UserError` becomes one ``error: ...`` line and exit code 2."""
+    """Run a module's ``main``; a :class:`UserError` becomes one ``error: ...`` line and exit code 2
+    (or the error's ``exit_code``: 3 for out of memory)."""
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # progress bars only clutter the rule logs
     try:
         main(argv)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(getattr(err, "exit_code", 2))

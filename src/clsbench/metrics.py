@@ -134,10 +134,23 @@ def compare(pred_a: str | Path, pred_b: str | Path, labels_json: str | Path) -> 
     return out
 
 
+def read_predictions(path: str | Path, infos: list[str | Path] = ()) -> pd.DataFrame:
+    """A cell's predictions cache, checked against the SHA-256 its predict_info.json records; a
+    mismatching or unreadable file is removed (the next run rebuilds it) and reported in one line."""
+    from .faults import check_file, corrupted
+
+    for info in infos:
+        check_file(path, read_json(info).get("predictions_sha256"), info)
+    try:
+        return pd.read_parquet(path)
+    except (OSError, ValueError) as err:  # pyarrow's ArrowInvalid is a ValueError
+        raise corrupted(Path(path), f"cannot be read as parquet ({str(err).splitlines()[0]})", Path(path)) from None
+
+
 def evaluate(predictions: str | Path, labels_json: str | Path, extra: list[str | Path] = ()) -> dict:
     """Metrics of one cell; ``extra`` JSON files (train/predict info) are merged in under their keys."""
     meta = read_json(labels_json)
-    df = pd.read_parquet(predictions)
+    df = read_predictions(predictions, extra)
     for col in ("id", "gold", "pred"):
         if col not in df.columns:
             raise UserError(f"{predictions}: column '{col}' missing; the predictions cache is not valid")

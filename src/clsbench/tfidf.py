@@ -11,11 +11,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from .data import load_prepared
 from .head import decide
-from .io import atomic_path, run_cli, write_json
+from .io import atomic_path, run_cli, write_json, write_predictions
 
 
 def build(hp: dict, multi_label: bool, seed: int):
@@ -50,22 +49,16 @@ def run(data_dir: str, out_dir: str, seed: int, hp: dict) -> dict:
         order = [list(model.classes_).index(label) if label in model.classes_ else None for label in labels]
         probs = np.stack([probs[:, i] if i is not None else np.zeros(len(test)) for i in order], axis=1)
     pred = decide(probs, multi, hp.get("threshold", 0.5))
-    names = np.array(labels)
     n_params = _n_parameters(model)
     write_json(out_dir / "train_info.json", {
         "approach": "tfidf", "rank": 0, "seed": seed, "trainable_params": n_params, "total_params": n_params,
         "n_features": len(model[0].vocabulary_), "train_wall_seconds": train_wall,
         "train_samples_per_second": len(train) / train_wall, "n_train": len(train), "device": "cpu"})
-    write_json(out_dir / "predict_info.json", {
-        "split": "test", "n": len(test), "infer_wall_seconds": infer_wall,
-        "infer_samples_per_second": len(test) / infer_wall, "device": "cpu"})
     with atomic_path(out_dir / "model.joblib") as tmp:
         joblib.dump(model, tmp)
-    table = pd.DataFrame({"id": test["id"].values, "gold": list(test["labels"]),
-                          "probs": [p.astype(np.float32) for p in probs],
-                          "pred": [list(names[row.astype(bool)]) for row in pred]})
-    with atomic_path(out_dir / "predictions.parquet") as tmp:
-        table.to_parquet(tmp, index=False)
+    write_predictions(out_dir, test, probs, pred, labels, {
+        "split": "test", "n": len(test), "infer_wall_seconds": infer_wall,
+        "infer_samples_per_second": len(test) / infer_wall, "device": "cpu"})
     return {"n_params": n_params, "train_wall_seconds": train_wall}
 
 

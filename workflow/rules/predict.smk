@@ -14,9 +14,10 @@ rule predict_head:
     benchmark:
         "results/benchmarks/{dataset}/{model}/head/r{rank}/s{seed}/predict.tsv"
     threads: config["threads"]
+    retries: 2  # an out-of-memory failure records halved batch sizes for the retry (clsbench.faults)
     resources:
         gpu=1,
-        mem_mb=16000,
+        mem_mb=lambda wc, attempt: 16000 * attempt,  # host memory: more on each retry
         runtime=120,
     conda:
         "../../envs/clsbench.yaml"
@@ -44,9 +45,10 @@ rule predict_classifier:
     benchmark:
         BENCH + "/predict.tsv"
     threads: config["threads"]
+    retries: 2  # an out-of-memory failure records halved batch sizes for the retry (clsbench.faults)
     resources:
         gpu=1,
-        mem_mb=16000,
+        mem_mb=lambda wc, attempt: 16000 * attempt,  # host memory: more on each retry
         runtime=120,
     conda:
         "../../envs/clsbench.yaml"

@@ -15,9 +15,10 @@ rule train_head:
     benchmark:
         "results/benchmarks/{dataset}/{model}/head/r{rank}/s{seed}/train.tsv"
     threads: config["threads"]
+    retries: 2  # an out-of-memory failure records halved batch sizes for the retry (clsbench.faults)
     resources:
         gpu=1,
-        mem_mb=16000,
+        mem_mb=lambda wc, attempt: 16000 * attempt,  # host memory: more on each retry
         runtime=720,
     conda:
         "../../envs/clsbench.yaml"
@@ -47,9 +48,10 @@ rule train_classifier:
     benchmark:
         BENCH + "/train.tsv"
     threads: config["threads"]
+    retries: 2  # an out-of-memory failure records halved batch sizes for the retry (clsbench.faults)
     resources:
         gpu=1,
-        mem_mb=16000,
+        mem_mb=lambda wc, attempt: 16000 * attempt,  # host memory: more on each retry
         runtime=720,
     conda:
         "../../envs/clsbench.yaml"

