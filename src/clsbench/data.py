@@ -11,8 +11,10 @@ Single-label rows carry a one-element ``labels`` list, so every later stage read
 from __future__ import annotations
 
 import argparse
+import csv
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -57,19 +59,52 @@ def read_table(path: str | Path, spec: dict) -> pd.DataFrame:
     if fmt is None:
         raise UserError(f"{path}: cannot tell the format from the suffix; set format: csv|tsv|jsonl|parquet")
     encoding = spec.get("encoding", "utf-8")
+    # utf-8-sig: a byte-order mark is dropped instead of becoming part of the first column's name
+    read_as = "utf-8-sig" if encoding.lower().replace("_", "-") in ("utf-8", "utf8") else encoding
     try:
+        with path.open("rb") as f:
+            head = f.read(64)
+        if not head:
+            raise UserError(f"{path}: the file is empty")
         if fmt in ("csv", "tsv"):
-            return pd.read_csv(path, sep="\t" if fmt == "tsv" else ",", dtype=str, keep_default_na=False,
-                               encoding=encoding)
+            return read_delimited(path, "\t" if fmt == "tsv" else ",", read_as)
         if fmt == "jsonl":
-            return pd.read_json(path, lines=True, dtype=False, encoding=encoding)
+            if head.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"["):
+                raise UserError(f"{path}: is one JSON array; write one JSON object per line (JSONL)")
+            return pd.read_json(path, lines=True, dtype=False, encoding=read_as)
         return pd.read_parquet(path)
-    except UnicodeDecodeError as err:
-        raise UserError(f"{path}: not valid {encoding} ({err.reason} at byte {err.start}); "
-                        "set encoding: (e.g. latin-1) in the dataset config") from None
-    except (ValueError, pd.errors.ParserError) as err:
+    except LookupError:
+        raise UserError(f"{path}: unknown encoding '{encoding}'") from None
+    except UnicodeError as err:
+        hint = "utf-16" if head[:2] in (b"\xff\xfe", b"\xfe\xff") else "latin-1"
+        where = f" ({err.reason} at byte {err.start})" if isinstance(err, UnicodeDecodeError) else ""
+        raise UserError(f"{path}: not valid {encoding}{where}; set encoding: (e.g. {hint}) in the dataset config") from None
+    except (ValueError, OSError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(f"{path}: cannot be read as {fmt}: {first}") from None
+
+
+def read_delimited(path: Path, sep: str, encoding: str) -> pd.DataFrame:
+    """CSV / TSV as strings, with the csv module: a line with more or fewer fields than the header (a
+    stray line break or quote) stops the run instead of becoming a shifted or half-empty row."""
+    csv.field_size_limit(sys.maxsize)  # long documents are fine
+    with open(path, newline="", encoding=encoding) as f:
+        reader = csv.reader(f, delimiter=sep, strict=True)
+        try:
+            records = [(reader.line_num, r) for r in reader if r]  # blank lines are skipped
+        except csv.Error as err:
+            raise UserError(f"{path}: cannot be read as {'csv' if sep == ',' else 'tsv'}: {err} at line "
+                            f"{reader.line_num}") from None
+    if not records:
+        raise UserError(f"{path}: no header line")
+    header = records[0][1]
+    if len(set(header)) < len(header):
+        raise UserError(f"{path}: the header names a column twice ({', '.join(header)})")
+    for line, r in records[1:]:
+        if len(r) != len(header):
+            raise UserError(f"{path}: line {line} has {len(r)} field(s), the header {len(header)} "
+                            "(a line break or quote inside an unquoted field?)")
+    return pd.DataFrame([r for _, r in records[1:]], columns=header, dtype=str)
 
 
 def load_hub(spec: dict) -> dict[str, pd.DataFrame]:
@@ -89,12 +124,14 @@ def normalise(df: pd.DataFrame, spec: dict, where: str) -> pd.DataFrame:
     """Map the source's columns onto id / text / labels (list[str]) and check them."""
     text_columns = spec.get("text_columns", ["text"])
     label_column = spec.get("label_column", "label")
+    if len(df) == 0:
+        raise UserError(f"{where}: no data rows (columns: {', '.join(map(str, df.columns))})")
     for col in [*text_columns, label_column]:
         if col not in df.columns:
             raise UserError(f"{where}: column '{col}' not found (columns: {', '.join(map(str, df.columns))})")
-    texts = df[text_columns[0]].astype(str)
+    texts = text_values(df[text_columns[0]], where)
     for col in text_columns[1:]:
-        texts = texts + "\n" + df[col].astype(str)
+        texts = texts + "\n" + text_values(df[col], where)
     id_column = spec.get("id_column")
     if id_column and id_column not in df.columns:
         raise UserError(f"{where}: id column '{id_column}' not found")
@@ -114,11 +151,25 @@ def normalise(df: pd.DataFrame, spec: dict, where: str) -> pd.DataFrame:
     return out
 
 
+def text_values(column: pd.Series, where: str) -> pd.Series:
+    """A text column as strings: missing values (JSON null) become empty texts; lists and objects are errors."""
+    bad = [i for i, v in enumerate(column) if isinstance(v, (list, tuple, dict, np.ndarray))]
+    if bad:
+        raise UserError(f"{where}: column '{column.name}' holds a list or object, not text, at row(s) "
+                        f"{', '.join(map(str, bad[:5]))}{' ...' if len(bad) > 5 else ''}")
+    return column.map(lambda v: "" if pd.isna(v) else str(v))
+
+
 def parse_labels(value, spec: dict, where: str, row: int) -> list[str]:
     """One label cell → a list of label names (split on the separator for multi-label data)."""
     multi = spec.get("multi_label", False)
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # JSON/Parquet numbers: a null in the column turns 1 into 1.0
+    if isinstance(value, dict) or (isinstance(value, (list, tuple, np.ndarray))
+                                   and any(isinstance(v, (list, tuple, dict, np.ndarray)) for v in value)):
+        raise UserError(f"{where}: row {row} has label {value!r}; expected a label name or a list of names")
     if isinstance(value, (list, tuple, np.ndarray)):
-        labels = [str(v).strip() for v in value]
+        labels = [str(v).strip() for v in value if not pd.isna(v)]
     elif value is None or (isinstance(value, float) and np.isnan(value)):
         labels = []
     elif multi:
@@ -143,8 +194,11 @@ def stratified_take(df: pd.DataFrame, n: int, seed: int, multi_label: bool) -> t
         from iterstrat.ml_stratifiers import MultilabelStratifiedShuffleSplit
 
         names = sorted({label for row in df["labels"] for label in row})
+        y = indicator(df["labels"], names)
+        if y.shape[1] < 2:  # one label name: iterstrat wants two columns; stratify on has / has not
+            y = np.hstack([y, 1 - y])
         splitter = MultilabelStratifiedShuffleSplit(n_splits=1, test_size=n, random_state=seed)
-        rest_idx, take_idx = next(splitter.split(np.zeros(len(df)), indicator(df["labels"], names)))
+        rest_idx, take_idx = next(splitter.split(np.zeros(len(df)), y))
         # iterative stratification only approximates the size: move the difference at random
         rng = np.random.default_rng(seed)
         if len(take_idx) > n:
@@ -250,21 +304,25 @@ def prepare(key: str, spec: dict, out_dir: str | Path, base_dir: str | Path | No
     elif "val" not in splits:
         splits["val"], splits["train"] = stratified_take(splits["train"], round(split_cfg["val"] * len(splits["train"])),
                                                          seed, multi)
+
+    def name(split: str) -> str:  # the dataset and the file the split comes from
+        return f"dataset '{key}' ({spec.get(split) or spec.get('path') or spec['source']})"
+
     for split in SPLITS:
         cap = spec.get(f"max_{split}")
         if cap is not None:
             splits[split] = stratified_take(splits[split], cap, seed, multi)[0]
         if len(splits[split]) == 0:
-            raise UserError(f"dataset '{key}': the {split} split is empty after de-duplication, filtering and caps")
+            raise UserError(f"{name(split)}: the {split} split is empty after de-duplication, filtering and caps")
     train_labels = sorted({label for row in splits["train"]["labels"] for label in row})
     labels = list(spec["labels"]) if spec.get("labels") else train_labels
     for split in SPLITS:
         found = {label for row in splits[split]["labels"] for label in row}
         if spec.get("labels") and found - set(labels):
-            raise UserError(f"dataset '{key}': label(s) {sorted(found - set(labels))} in the {split} split are not "
+            raise UserError(f"{name(split)}: label(s) {sorted(found - set(labels))} in the {split} split are not "
                             f"in the configured label set {labels[:10]}{' ...' if len(labels) > 10 else ''}")
         if split != "train" and (found - set(train_labels)):
-            raise UserError(f"dataset '{key}': label(s) {sorted(found - set(train_labels))} occur in {split} "
+            raise UserError(f"{name(split)}: label(s) {sorted(found - set(train_labels))} occur in {split} "
                             "but never in train; the model could not learn them")
     stats = dataset_stats(splits, labels, multi, removed, info)
     with atomic_path(out_dir, is_dir=True) as tmp:
