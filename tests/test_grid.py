@@ -96,17 +96,23 @@ def job_counts(*args, cwd):
 def test_dry_run_of_default_config_lists_every_cell(tmp_path):
     (tmp_path / "config.yaml").write_text((REPO / "config.yaml").read_text())
     counts = job_counts(cwd=tmp_path)
-    assert counts["evaluate"] == len(grid.cells(grid.load_config(REPO / "config.yaml"))) == 10
-    assert counts["train_head"] == counts["predict_head"] == 4
+    assert counts["evaluate"] == len(grid.cells(grid.load_config(REPO / "config.yaml"))) == 16
+    assert counts["train_head"] == counts["predict_head"] == 2
     assert counts["train_classifier"] == counts["predict_classifier"] == 4 and counts["tfidf"] == 2
+    # instruct r=64 and zero-shot, SmolLM2-135M and Gemma-3-270m, both datasets; each with a generate mode
+    assert counts["train_instruct"] == counts["predict_instruct"] == counts["predict_zeroshot"] == 4
+    assert counts["evaluate_generate"] == 8
 
 
 def test_dry_run_of_paper_config_lists_the_papers_grid_without_weights(tmp_path):
-    """Tables 2 and 4 (Approach 1: 8 models x r8/r16), the frozen ablation, 4 BERT baselines, TF-IDF,
-    on the two dataset slots: 32 + 2 + 8 + 2 = 44 cells."""
+    """Tables 2 and 4 (Approach 1: 8 models x r8/r16; Approach 2: 19 models x r64), the frozen
+    ablation, 4 BERT baselines, TF-IDF and zero-shot prompting of the 19 instruction models, on the
+    two dataset slots: 32 + 38 + 2 + 8 + 2 + 38 = 120 cells."""
     counts = job_counts("--configfile", str(REPO / "configs" / "paper.yaml"), cwd=tmp_path)
     assert counts["train_head"] == 32 and counts["train_classifier"] == 10 and counts["tfidf"] == 2
-    assert counts["evaluate"] == 44 and counts["prepare_model"] == 12 and counts["prepare_dataset"] == 2
+    assert counts["train_instruct"] == counts["predict_zeroshot"] == 38
+    assert counts["evaluate"] == 120 and counts["evaluate_generate"] == 76
+    assert counts["prepare_model"] == 26 and counts["prepare_dataset"] == 2
 
 
 def test_malformed_config_stops_with_the_key(tmp_path):

@@ -254,15 +254,17 @@ def prompt_cache(model, rows: list[list[int]], pad_id: int, device: str):
 
 
 def continuation_logprobs(model, cache, continuations: list[list[list[int]]], device: str,
-                          max_elements: int = 2**26) -> np.ndarray:
-    """log P(continuation | prompt b) for the C continuations of each prompt b of the cached batch,
-    as a (B, C) array; the prompts are not run again (their KV cache is reused)."""
+                          max_elements: int = 2**26, prompts_of: list[int] | None = None) -> np.ndarray:
+    """log P(continuation | prompt) for the C continuations of each of the cached batch's prompts
+    (``prompts_of[k]``: the cache row of ``continuations[k]``, default k), as an array (len, C);
+    the prompts are not run again (their KV cache is reused)."""
     import torch
 
     past, prompt_mask, first = cache
     n_cont = len(continuations[0])
     flat = [c for row in continuations for c in row]
-    owner = torch.arange(len(continuations)).repeat_interleave(n_cont)
+    rows_of = torch.tensor(prompts_of if prompts_of is not None else range(len(continuations)))
+    owner = rows_of.repeat_interleave(n_cont)
     width = max(map(len, flat))
     ids = torch.zeros((len(flat), width), dtype=torch.long)
     mask = torch.zeros((len(flat), width), dtype=torch.long)
@@ -307,7 +309,11 @@ def score_single(model, enc: Encoder, prompt_rows: list[list[int]], batch_size: 
 
 def score_multi(model, enc: Encoder, prompt_rows: list[list[int]], threshold: float, batch_size: int,
                 device: str) -> np.ndarray:
-    """Per-label probabilities by ordered, constrained scoring of the JSON list (see module docstring)."""
+    """Per-label probabilities by ordered, constrained scoring of the JSON list (see module docstring).
+
+    Skipping a label leaves the list's text unchanged, so the next label's probability is the same
+    candidate scores renormalised over the later labels and ``]``: the model runs again only for
+    the texts whose list just grew (about |labels chosen| + 1 passes, not one per label)."""
     from scipy.special import softmax
 
     labels = enc.labels
@@ -316,15 +322,21 @@ def score_multi(model, enc: Encoder, prompt_rows: list[list[int]], threshold: fl
         batch = prompt_rows[s:s + batch_size]
         cache = prompt_cache(model, batch, enc.tok.pad_token_id, device)
         chosen = [[] for _ in batch]
+        scored = [None] * len(batch)  # (first label index, log-probs of labels[first:] + ["]"])
         for i in range(len(labels)):
-            continuations = [[enc.ids(prompts.multi_answer_prefix(have + [name])) for name in labels[i:]]
-                             + [enc.ids(prompts.multi_answer_prefix(have) + "]") + [enc.eos]]
-                             for have in chosen]
-            p = softmax(continuation_logprobs(model, cache, continuations, device), axis=1)[:, 0]
-            probs[s:s + len(batch), i] = p
-            for have, p_i in zip(chosen, p):
+            stale = [b for b in range(len(batch)) if scored[b] is None]
+            if stale:
+                continuations = [[enc.ids(prompts.multi_answer_prefix(chosen[b] + [name])) for name in labels[i:]]
+                                 + [enc.ids(prompts.multi_answer_prefix(chosen[b]) + "]") + [enc.eos]] for b in stale]
+                for b, row in zip(stale, continuation_logprobs(model, cache, continuations, device, prompts_of=stale)):
+                    scored[b] = (i, row)
+            for b in range(len(batch)):
+                first, row = scored[b]
+                p_i = softmax(row[i - first:])[0]
+                probs[s + b, i] = p_i
                 if p_i >= threshold:
-                    have.append(labels[i])
+                    chosen[b].append(labels[i])
+                    scored[b] = None
     return probs
 
 
