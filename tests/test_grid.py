@@ -75,10 +75,11 @@ def test_default_config_cells():
     config = grid.load_config(REPO / "config.yaml")
     paths = {c.path for c in grid.cells(config)}
     for d in ("bbc-news", "bbc-news-pairs"):
-        assert {f"results/{d}/smollm2-135m/head/r8/s42", f"results/{d}/smollm2-135m/head/r16/s42",
-                f"results/{d}/smollm2-135m/frozen/r0/s42", f"results/{d}/minilm-l6/encoder/r0/s42",
-                f"results/{d}/tfidf/tfidf/r0/s42"} <= paths
-    assert len(paths) == 10
+        assert {f"results/{d}/smollm2-135m/head/r8/s42", f"results/{d}/smollm2-135m/frozen/r0/s42",
+                f"results/{d}/minilm-l6/encoder/r0/s42", f"results/{d}/tfidf/tfidf/r0/s42",
+                f"results/{d}/smollm2-135m/instruct/r64/s42", f"results/{d}/gemma-3-270m/instruct/r64/s42",
+                f"results/{d}/smollm2-135m/zeroshot/r0/s42", f"results/{d}/gemma-3-270m/zeroshot/r0/s42"} <= paths
+    assert len(paths) == 16
 
 
 def snakemake_cli(*args, cwd=REPO):

@@ -25,8 +25,13 @@ TINY_GRID = {
                    "frozen": {"models": ["tiny-llama"], "hparams": {**TINY_HEAD_HP, "max_length": 32}},
                    "encoder": {"models": ["minilm-l6"], "datasets": ["news"],
                                "hparams": {"max_epochs": 1, "max_length": 32, "batch_size": 16}},
-                   "tfidf": {"hparams": {"min_df": 1}}},
+                   "tfidf": {"hparams": {"min_df": 1}},
+                   "instruct": {"models": ["tiny-llama"], "ranks": [4],
+                                "hparams": {"max_length": 112, "batch_size": 8, "grad_accum": 1, "eval_batch_size": 8,
+                                            "epochs": 1, "learning_rate": 1e-3, "gradient_checkpointing": False}},
+                   "zeroshot": {"models": ["tiny-llama"], "hparams": {"max_length": 112, "eval_batch_size": 8}}},
 }
+GENERATIVE_CELLS = [f"results/{d}/tiny-llama/{a}/s42" for d in ("news", "news-pairs") for a in ("instruct/r4", "zeroshot/r0")]
 CELLS = [f"results/{d}/tiny-llama/head/r{r}/s42" for d in ("news", "news-pairs") for r in (2, 4)]
 OTHER_CELLS = [f"results/{d}/{m}/{a}/r0/s42" for d in ("news", "news-pairs")
                for m, a in (("tiny-llama", "frozen"), ("tfidf", "tfidf"))] + ["results/news/minilm-l6/encoder/r0/s42"]
@@ -57,13 +62,24 @@ def test_full_tiny_grid_produces_every_cell_and_the_table(finished_run):
             assert (finished_run / cell / name).exists(), f"{cell}/{name}"
     for cell in OTHER_CELLS:
         assert (finished_run / cell / "metrics.json").exists(), cell
+    for cell in GENERATIVE_CELLS:
+        for name in ("metrics.json", "metrics_generate.json", "predictions.parquet", "predictions_generate.parquet"):
+            assert (finished_run / cell / name).exists(), f"{cell}/{name}"
+    assert (finished_run / GENERATIVE_CELLS[0] / "adapter/adapter_model.safetensors").exists()
     table = pd.read_csv(finished_run / "reports/tables/f1.csv")
-    assert len(table) == 9 and set(table["approach"]) == {"head", "frozen", "encoder", "tfidf"}
+    assert len(table) == 9 + 2 * len(GENERATIVE_CELLS)  # instruct / zero-shot cells: one row per inference mode
+    assert set(table["approach"]) == {"head", "frozen", "encoder", "tfidf", "instruct", "zeroshot"}
+    generate = table[table["mode"] == "generate"]
+    assert len(generate) == 4 and generate["invalid_output_rate"].between(0, 1).all() and generate["ece"].isna().all()
+    paired = pd.read_csv(finished_run / "reports/tables/paired_tests.csv")
+    assert paired["b"].str.contains("Instruction tuning \\(r=4\\), score").any()
+    table = table[table["mode"] != "generate"]
     assert set(table["dataset"]) == {"news", "news-pairs"}
     assert table.loc[table["approach"] == "tfidf", "f1_micro_minus_tfidf"].abs().max() < 1e-9
     assert (table["f1_micro_ci_low"] <= table["f1_micro"]).all() and (table["f1_micro"] <= table["f1_micro_ci_high"]).all()
     assert table["ece"].between(0, 1).all() and table["brier"].notna().all()
-    assert table["f1_micro"].between(0, 1).all() and (table["trainable_params"] > 0).all()
+    assert table["f1_micro"].between(0, 1).all()
+    assert (table.loc[table["approach"] != "zeroshot", "trainable_params"] > 0).all()
     md = (finished_run / "reports/tables/f1.md").read_text()
     assert "Classification head (r=2)" in md and "news-pairs" in md and "TF-IDF + logistic regression" in md
     for stem in ("f1", "throughput", "dataset_stats", "calibration"):

@@ -37,9 +37,10 @@ import pandas as pd
 
 from . import UserError, prompts
 from .data import load_prepared
+from .faults import resume_point
 from .head import (ADAPTER_BASE, _check_finite, _peak_memory_mb, count_parameters, decide, device_setup,
-                   eval_timer, finite_loss_guard, quantization_config, save_adapter)
-from .io import atomic_path, read_json, run_cli, write_json, write_jsonl
+                   eval_timer, finite_loss_guard, quantization_config, run_key, save_adapter)
+from .io import atomic_path, read_json, run_cli, sha256, write_json, write_jsonl
 from .models import load_tokenizer
 
 MODES = ("score", "generate")
@@ -175,10 +176,11 @@ def train(model_json: str, data_dir: str, out_dir: str, rank: int, seed: int, hp
         per_device_eval_batch_size=hp["eval_batch_size"], num_train_epochs=hp["epochs"],
         learning_rate=hp["learning_rate"], weight_decay=hp.get("weight_decay", 0.01),
         max_grad_norm=hp.get("max_grad_norm", 0.3), lr_scheduler_type=hp.get("lr_scheduler", "cosine"),
-        warmup_steps=hp.get("warmup_ratio", 0.03), optim=optim,  # gradient checkpointing: set up by peft above
+        warmup_steps=hp.get("warmup_ratio", 0.03), optim=optim,
+        activation_checkpointing=False,  # set up by peft above (TRL's default would switch it on)
         completion_only_loss=hp.get("loss", "answer_only") == "answer_only", max_length=None,
         eval_strategy="epoch" if hp.get("eval_each_epoch", True) else "no", save_strategy="epoch", save_total_limit=1,
-        save_only_model=True, logging_strategy="steps", logging_steps=max(1, steps_per_epoch // 5),
+        logging_strategy="steps", logging_steps=max(1, steps_per_epoch // 5),
         logging_nan_inf_filter=False, seed=seed, data_seed=seed, bf16=env["cuda"], use_cpu=not env["cuda"],
         report_to="none", disable_tqdm=True, dataloader_num_workers=0)
     timer = eval_timer()
@@ -186,21 +188,26 @@ def train(model_json: str, data_dir: str, out_dir: str, rank: int, seed: int, hp
                          callbacks=[timer, finite_loss_guard(out_dir)])
     if env["cuda"]:
         torch.cuda.reset_peak_memory_stats()
+    last = resume_point(ckpt, run_key(model_json, data_dir, "instruct", rank, seed, hp))
+    resumed_epochs = round(read_json(Path(last) / "trainer_state.json")["epoch"]) if last else 0
+    if last:
+        print(f"cell {out_dir}: resuming from {Path(last).name} (epoch {resumed_epochs} done)", flush=True)
     t0 = time.perf_counter()
-    result = trainer.train()
+    result = trainer.train(resume_from_checkpoint=last)
     wall = time.perf_counter() - t0
     history = trainer.state.log_history
     _check_finite(history, out_dir)
     epochs_run = round(trainer.state.epoch or 0)
+    trained_here = epochs_run - resumed_epochs  # epochs this process trained (throughput)
     train_seconds = wall - timer.eval_seconds
     n_tokens = int(sum(map(len, train_ds["input_ids"])))
     train_info = {
         "approach": "instruct", "rank": rank, "seed": seed, "trainable_params": int(trainable), "total_params": int(total),
         "epochs_run": epochs_run, "train_wall_seconds": wall, "eval_seconds_during_training": timer.eval_seconds,
-        "train_samples_per_second": epochs_run * len(train_ds) / train_seconds if train_seconds > 0 else None,
-        "train_tokens_per_second": epochs_run * n_tokens / train_seconds if train_seconds > 0 else None,
+        "train_samples_per_second": trained_here * len(train_ds) / train_seconds if trained_here > 0 else None,
+        "train_tokens_per_second": trained_here * n_tokens / train_seconds if trained_here > 0 else None,
         "train_loss": result.training_loss, "n_train": len(train_ds), "n_val": len(val_ds),
-        "loss": hp.get("loss", "answer_only"), "optimizer": optim, "gradient_checkpointing": checkpointing,
+        "resumed_from": Path(last).name if last else None, "loss": hp.get("loss", "answer_only"), "optimizer": optim, "gradient_checkpointing": checkpointing,
         "mean_prompt_tokens": float(np.mean([sum(1 - m for m in mask) for mask in train_ds["completion_mask"]])),
         "device": env["device_name"], "dtype": str(env["compute_dtype"]).replace("torch.", ""),
         "quantization": hp.get("quantization", "nf4"), "peak_memory_mb": _peak_memory_mb(env),
@@ -442,9 +449,10 @@ def predict(source: str, data_dir: str, out_dir: str, hp: dict, approach: str = 
             table["valid"] = [p is not None for p in pred]
             info["invalid_output_rate"] = float(1 - table["valid"].mean())
         suffix = "" if mode == "score" else f"_{mode}"
-        write_json(out_dir / f"predict_info{suffix}.json", info)
         with atomic_path(out_dir / f"predictions{suffix}.parquet") as tmp:
             table.to_parquet(tmp, index=False)
+            info["predictions_sha256"] = sha256(tmp)  # checked by the evaluate step
+        write_json(out_dir / f"predict_info{suffix}.json", info)
         infos[mode] = info
     if approach == "zeroshot":  # no training: record what the evaluation expects of a cell
         trainable, total = count_parameters(model)
