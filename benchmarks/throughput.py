@@ -31,13 +31,12 @@ runs in a fresh process (``--inline``: in this one), so peak memory is its own.
 
 Prints a table and writes benchmarks/out/throughput.csv: one row per architecture × approach ×
 settings × inference mode, with ours/paper ratios and, where the paper has the model, its
-published L4 figures (CLV) for reference. Length grouping is passed to the Trainer here until
-head.train / instruct.train read ``group_by_length`` (clsbench.throughput.sampling_strategy).
+published L4 figures (CLV) for reference. Length grouping is the trainers' own ``group_by_length``
+hyperparameter (clsbench.throughput.sampling_strategy), as a config sets it.
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import shutil
@@ -67,7 +66,8 @@ def settings(name: str, approach: str, cuda: bool, ours_batch: int) -> dict:
         return {"hp": dict(PAPER_SETTINGS[approach]), "train_order": "random", "infer_order": "sequential",
                 "modes": ["generate"] if approach == "instruct" else ["classifier"]}
     ours_batch = ours_batch or (8 if cuda else 4)
-    hp = {"batch_size": ours_batch, "grad_accum": max(1, 8 // ours_batch), "eval_batch_size": 32 if cuda else 16}
+    hp = {"batch_size": ours_batch, "grad_accum": max(1, 8 // ours_batch), "eval_batch_size": 32 if cuda else 16,
+          "group_by_length": True}
     if approach == "instruct":
         hp["gradient_checkpointing"] = False
     return {"hp": hp, "train_order": "group_by_length", "infer_order": "sorted",
@@ -141,24 +141,6 @@ def prepare_model(path: Path, out: Path, cuda: bool) -> Path:
 
 
 # ---------------------------------------------------------------- measurements (one process each)
-@contextlib.contextmanager
-def sampling(strategy: str):
-    """Make every ``TrainingArguments`` (SFTConfig included) use ``train_sampling_strategy=strategy``."""
-    from transformers import TrainingArguments
-
-    original = TrainingArguments.__post_init__
-
-    def post_init(self):
-        self.train_sampling_strategy = strategy
-        original(self)
-
-    TrainingArguments.__post_init__ = post_init
-    try:
-        yield
-    finally:
-        TrainingArguments.__post_init__ = original
-
-
 def token_lengths(job: dict, tok, df) -> list[int]:
     """Token lengths of ``df``'s texts as the approach encodes them (head: the text; instruct: the
     prompt, plus the answer for training)."""
@@ -184,8 +166,7 @@ def measure_train(job: dict) -> list[dict]:
 
     hp, model_dir = job["hp"], job["model_dir"]
     trainer = head.train if job["approach"] == "head" else instruct.train
-    with sampling(job["train_order"]):
-        info = trainer(job["model_json"], job["data_dir"], job["run_dir"], RANK[job["approach"]], SEED, hp, job["threads"])
+    info = trainer(job["model_json"], job["data_dir"], job["run_dir"], RANK[job["approach"]], SEED, hp, job["threads"])
     env = head.device_setup(job["threads"])
     splits, _, _ = load_prepared(job["data_dir"])
     lengths = token_lengths(job, load_tokenizer(model_dir), splits["train"])

@@ -226,3 +226,49 @@ def test_second_run_is_locked_out_and_a_killed_run_recovers(tmp_path_factory):
     train_log = (workdir / "results/logs/news/tiny-llama/head/r2/s42/train.log").read_text()
     assert "resuming from checkpoint-" in train_log
     assert json.loads((workdir / CELL / "train_info.json").read_text())["epochs_run"] == 30
+
+
+# ---------------------------------------------------------------- automatic inference batch size
+def test_largest_batch_halves_until_a_batch_fits():
+    import torch
+
+    tried = []
+
+    def probe(batch_size):
+        tried.append(batch_size)
+        if batch_size > 12:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    assert faults.largest_batch(probe, 64) == 8 and tried == [64, 32, 16, 8]
+    with pytest.raises(ValueError, match="not memory"):  # any other error is not a reason to shrink
+        faults.largest_batch(lambda bs: (_ for _ in ()).throw(ValueError("not memory")), 8)
+    with pytest.raises(faults.OutOfMemory, match="inference batch of 1"):
+        faults.largest_batch(lambda bs: probe(100), 4)
+    hp = {"eval_batch_size": 16}
+    assert faults.resolve_eval_batch(hp, {"cuda": False}, probe) is hp  # a number stays as configured
+    assert faults.resolve_eval_batch({"eval_batch_size": "auto", "auto_batch_start": 48}, {"cuda": False},
+                                     probe)["eval_batch_size"] == 12
+    assert faults.configured_plan({"batch_size": 4, "eval_batch_size": "auto"}, "train")["eval_batch_size"] == 8
+
+
+def test_auto_eval_batch_finds_the_largest_that_fits_and_predicts_the_same(tmp_path, tiny_model, bbc_small,
+                                                                           monkeypatch):
+    """Zero-shot inference of the tiny Llama with ``eval_batch_size: auto``, under the simulated
+    out-of-memory limit of 5 texts per forward pass (a mock of a full GPU: there is none here)."""
+    import pandas as pd
+
+    from clsbench import instruct
+    from clsbench.io import read_json
+
+    hp = {"max_length": 112, "quantization": "none", "threshold": 0.5, "auto_batch_start": 32}
+    source = read_json(tiny_model)["path"]
+    monkeypatch.setenv(faults.OOM_ENV, "5")
+    infos = instruct.predict(source, str(bbc_small), str(tmp_path / "auto"), {**hp, "eval_batch_size": "auto"},
+                             approach="zeroshot", threads=1)
+    assert {mode: info["eval_batch_size"] for mode, info in infos.items()} == {"score": 4, "generate": 4}
+    monkeypatch.delenv(faults.OOM_ENV)
+    instruct.predict(source, str(bbc_small), str(tmp_path / "fixed"), {**hp, "eval_batch_size": 4},
+                     approach="zeroshot", threads=1)
+    for name in ("predictions.parquet", "predictions_generate.parquet"):
+        auto, fixed = (pd.read_parquet(tmp_path / d / name) for d in ("auto", "fixed"))
+        assert auto["pred"].map(list).tolist() == fixed["pred"].map(list).tolist()

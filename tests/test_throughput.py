@@ -72,9 +72,9 @@ def test_record_and_write_merge_stages(tmp_path):
     infer = throughput.record("infer", lengths=[4], seconds=1.0, batch_size=4, order="sorted",
                               env={"device_name": "cpu (2 threads)"})
     assert infer["infer_mfu"] is None and infer["infer_model_tflop"] is None
-    throughput.write(tmp_path, train)
-    path = throughput.write(tmp_path, infer)
-    merged = json.loads(path.read_text())
+    assert throughput.write(tmp_path, train) == train
+    throughput.write(tmp_path, infer)
+    merged = json.loads((tmp_path / "throughput.json").read_text())
     assert merged["train_samples_per_second"] == 6.0 and merged["infer_samples_per_second"] == 1.0
     generate = throughput.restage(infer, "infer", "infer_generate")
     assert generate["infer_generate_samples_per_second"] == 1.0 and generate["device"] == "cpu (2 threads)"

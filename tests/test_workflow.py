@@ -1,5 +1,6 @@
 """End to end: a real `snakemake` run of a tiny grid (tiny random Llama, small BBC split and its
 derived multi-label pairs), then a targeted rebuild of one cell."""
+import json
 import os
 import shutil
 import subprocess
@@ -28,7 +29,8 @@ TINY_GRID = {
                    "tfidf": {"hparams": {"min_df": 1}},
                    "instruct": {"models": ["tiny-llama"], "ranks": [4],
                                 "hparams": {"max_length": 112, "batch_size": 8, "grad_accum": 1, "eval_batch_size": 8,
-                                            "epochs": 1, "learning_rate": 1e-3, "gradient_checkpointing": False}},
+                                            "epochs": 1, "learning_rate": 1e-3, "gradient_checkpointing": False,
+                                            "group_by_length": True}},
                    "zeroshot": {"models": ["tiny-llama"], "hparams": {"max_length": 112, "eval_batch_size": 8}}},
 }
 GENERATIVE_CELLS = [f"results/{d}/tiny-llama/{a}/s42" for d in ("news", "news-pairs") for a in ("instruct/r4", "zeroshot/r0")]
@@ -66,6 +68,16 @@ def test_full_tiny_grid_produces_every_cell_and_the_table(finished_run):
         for name in ("metrics.json", "metrics_generate.json", "predictions.parquet", "predictions_generate.parquet"):
             assert (finished_run / cell / name).exists(), f"{cell}/{name}"
     assert (finished_run / GENERATIVE_CELLS[0] / "adapter/adapter_model.safetensors").exists()
+    instruct_info = json.loads((finished_run / GENERATIVE_CELLS[0] / "train_info.json").read_text())
+    assert instruct_info["train_sampling_strategy"] == "group_by_length"  # the config's switch reached the Trainer
+    head_info = json.loads((finished_run / CELLS[0] / "train_info.json").read_text())
+    assert head_info["train_sampling_strategy"] == "random"
+    for cell, stages in ((CELLS[0], ("train", "infer")), (GENERATIVE_CELLS[0], ("train", "infer_score", "infer_generate")),
+                         (GENERATIVE_CELLS[1], ("infer_score", "infer_generate"))):
+        record = json.loads((finished_run / cell / "throughput.json").read_text())
+        for stage in stages:  # measured in the cell's own training / inference code (clsbench.throughput)
+            assert record[f"{stage}_samples_per_second"] > 0 and 0 <= record[f"{stage}_padding_fraction"] < 1, (cell, stage)
+            assert record[f"{stage}_model_tflop"] > 0 and record[f"{stage}_peak_memory_mb"] > 0, (cell, stage)
     table = pd.read_csv(finished_run / "reports/tables/f1.csv")
     assert len(table) == 9 + 2 * len(GENERATIVE_CELLS)  # instruct / zero-shot cells: one row per inference mode
     assert set(table["approach"]) == {"head", "frozen", "encoder", "tfidf", "instruct", "zeroshot"}

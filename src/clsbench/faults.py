@@ -66,9 +66,14 @@ def resume_point(ckpt_dir: str | Path, run_key: dict | None = None) -> str | Non
 
 # ---------------------------------------------------------------- out of memory
 def configured_plan(hp: dict, stage: str) -> dict:
+    """Batch sizes as configured. ``eval_batch_size: auto`` is resolved by the predict step
+    (:func:`resolve_eval_batch`); validation during training then uses twice the micro-batch (a
+    forward pass without stored activations fits where a training step of that size does)."""
     plan = {"eval_batch_size": hp.get("eval_batch_size", 8)}
     if stage == "train":
         plan.update(batch_size=hp["batch_size"], grad_accum=hp.get("grad_accum", 1))
+        if plan["eval_batch_size"] == "auto":
+            plan["eval_batch_size"] = 2 * hp["batch_size"]
     return plan
 
 
@@ -146,6 +151,44 @@ def simulate_oom(model) -> None:
                                          f"a batch of {args[0].shape[0]})")
 
     model.get_input_embeddings().register_forward_pre_hook(check)
+
+
+def largest_batch(probe, start: int) -> int:
+    """The largest inference batch that fits, for ``eval_batch_size: auto``: ``probe(bs)`` runs one
+    batch of the ``bs`` longest inputs (the costliest batch of a length-sorted pass); from ``start``
+    the size halves after every out-of-memory error (accelerate's ``find_executable_batch_size``)."""
+    from accelerate.utils import find_executable_batch_size
+
+    size = start
+
+    def halve() -> int:
+        nonlocal size
+        size //= 2
+        return size
+
+    @find_executable_batch_size(starting_batch_size=start, reduce_batch_size_fn=halve)
+    def fits(batch_size: int) -> int:
+        probe(batch_size)
+        return batch_size
+
+    try:
+        return fits()
+    except RuntimeError as err:
+        if "No executable batch size" in str(err):
+            raise OutOfMemory("out of memory with an inference batch of 1; lower max_length or use a larger GPU") from None
+        raise
+
+
+def resolve_eval_batch(hp: dict, env: dict, probe) -> dict:
+    """``hp`` with ``eval_batch_size: auto`` replaced by :func:`largest_batch` from ``auto_batch_start``
+    (default 256 on a GPU; 32 on a CPU, where a larger batch does not run faster and host memory
+    runs out by being killed, not with an exception). A number is returned as it is."""
+    if hp.get("eval_batch_size") != "auto":
+        return hp
+    start = hp.get("auto_batch_start") or (256 if env["cuda"] else 32)
+    size = largest_batch(probe, start)
+    print(f"eval_batch_size auto: {size} (tried from {start})", flush=True)
+    return {**hp, "eval_batch_size": size}
 
 
 # ---------------------------------------------------------------- checksums

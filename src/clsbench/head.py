@@ -33,6 +33,8 @@ from .faults import resume_point  # noqa: F401  (re-exported: other trainers res
 from .io import atomic_path, read_json, run_cli, sha256, write_json, write_jsonl, write_predictions
 from .metrics import indicator
 from .models import load_tokenizer, local_dir
+from . import throughput
+from .throughput import sampling_strategy
 
 ADAPTER_BASE = "base"
 FROZEN_HEAD = "score.safetensors"
@@ -256,7 +258,8 @@ def train(model_json: str, data_dir: str, out_dir: str, rank: int, seed: int, hp
         load_best_model_at_end=True, metric_for_best_model="f1_micro", greater_is_better=True,
         max_grad_norm=hp.get("max_grad_norm", 1.0), logging_strategy="steps",
         logging_steps=max(1, steps_per_epoch // 5), seed=seed, data_seed=seed, bf16=env["cuda"],
-        use_cpu=not env["cuda"], report_to="none", disable_tqdm=True, dataloader_num_workers=0)
+        use_cpu=not env["cuda"], report_to="none", disable_tqdm=True, dataloader_num_workers=0,
+        train_sampling_strategy=sampling_strategy(hp))
     timer = eval_timer()
     trainer = Trainer(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds,
                       processing_class=tok, data_collator=DataCollatorWithPadding(tok),
@@ -291,11 +294,18 @@ def train(model_json: str, data_dir: str, out_dir: str, rank: int, seed: int, hp
         "train_loss": result.training_loss, "resumed_from": Path(last).name if last else None,
         "micro_batch": plan["batch_size"], "grad_accum": plan["grad_accum"],
         "effective_batch": plan["batch_size"] * plan["grad_accum"], "val_batch_size": plan["eval_batch_size"],
+        "train_sampling_strategy": args.train_sampling_strategy,
         "n_train": len(train_ds), "n_val": len(val_ds),
         "device": env["device_name"], "dtype": str(env["compute_dtype"]).replace("torch.", ""),
         "quantization": "none" if approach == "encoder" else hp.get("quantization", "nf4"),
         "peak_memory_mb": _peak_memory_mb(env),
     }
+    if trained_here > 0:  # Table 3 figures + tokens, padding, peak memory, model FLOPs / MFU (clsbench.throughput)
+        train_info.update(throughput.write(out_dir, throughput.record(
+            "train", lengths=[len(ids) for ids in train_ds["input_ids"]], seconds=train_seconds,
+            batch_size=plan["batch_size"], order=sampling_strategy(hp), env=env, peak_memory_mb=train_info["peak_memory_mb"],
+            config=model.config, kind="train_full" if approach == "encoder" else "train_frozen", repeats=trained_here,
+            seed=seed, grad_accum=plan["grad_accum"])))
     write_jsonl(out_dir / "train_log.jsonl", history)
     write_json(out_dir / "train_info.json", train_info)
     if approach == "encoder":
@@ -492,6 +502,12 @@ def predict_logits(model, tok, texts: list[str], max_length: int, batch_size: in
     return out, n_tokens
 
 
+def longest(texts: list[str], tok, max_length: int, n: int) -> list[str]:
+    """The ``n`` texts with the most tokens (after truncation): the costliest batch of a sorted pass."""
+    lengths = [len(ids) for ids in tok(texts, truncation=True, max_length=max_length)["input_ids"]]
+    return [texts[i] for i in np.argsort(lengths, kind="stable")[::-1][:n]]
+
+
 def load_trained(adapter_dir: str | Path, hp: dict, env: dict):
     """The trained classifier: base (quantised as in training) + adapter + head, base + head
     (frozen), or the fine-tuned encoder."""
@@ -529,16 +545,19 @@ def predict(adapter_dir: str, data_dir: str, out_dir: str, hp: dict, split: str 
     # a corrupted adapter is removed with what was computed from it (retrained by the next run), not used
     faults.check_sums(adapter_dir, derived=(out_dir / "predictions.parquet", out_dir / "metrics.json"))
     model, tok = load_trained(adapter_dir, hp, env)
+    texts = list(df["text"])
+    hp = faults.resolve_eval_batch(hp, env, lambda bs: predict_logits(
+        model, tok, longest(texts, tok, hp["max_length"], bs), hp["max_length"], bs, env["device"]))
     plan = faults.batch_plan(hp, out_dir, "predict")  # halved after an out-of-memory failure
     bs = plan["eval_batch_size"]
     with faults.oom_retry(out_dir, "predict", hp, plan):
         warm = min(len(df), bs)
-        predict_logits(model, tok, list(df["text"][:warm]), hp["max_length"], bs, env["device"])  # warm-up
+        predict_logits(model, tok, texts[:warm], hp["max_length"], bs, env["device"])  # warm-up
         if env["cuda"]:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
         t0 = time.perf_counter()
-        logits, n_tokens = predict_logits(model, tok, list(df["text"]), hp["max_length"], bs, env["device"])
+        logits, n_tokens = predict_logits(model, tok, texts, hp["max_length"], bs, env["device"])
         if env["cuda"]:
             torch.cuda.synchronize()
         wall = time.perf_counter() - t0
@@ -547,6 +566,10 @@ def predict(adapter_dir: str, data_dir: str, out_dir: str, hp: dict, split: str 
     info = {"split": split, "n": len(df), "infer_wall_seconds": wall, "infer_samples_per_second": len(df) / wall,
             "infer_tokens_per_second": n_tokens / wall, "eval_batch_size": bs, "device": env["device_name"],
             "peak_memory_mb": _peak_memory_mb(env), "labels": labels, "multi_label": multi}
+    lengths = [len(ids) for ids in tok(texts, truncation=True, max_length=hp["max_length"])["input_ids"]]
+    info.update(throughput.write(out_dir, throughput.record(
+        "infer", lengths=lengths, seconds=wall, batch_size=bs, order="sorted", env=env,
+        peak_memory_mb=info["peak_memory_mb"], config=model.config, kind="forward")))
     write_predictions(out_dir, df, probs, pred, labels, info)
     return info
 

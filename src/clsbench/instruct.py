@@ -37,11 +37,14 @@ import pandas as pd
 
 from . import UserError, prompts
 from .data import load_prepared
+from . import faults
 from .faults import resume_point
 from .head import (ADAPTER_BASE, _check_finite, _peak_memory_mb, count_parameters, decide, device_setup,
                    eval_timer, finite_loss_guard, quantization_config, run_key, save_adapter)
 from .io import atomic_path, read_json, run_cli, sha256, write_json, write_jsonl
 from .models import load_tokenizer
+from . import throughput
+from .throughput import sampling_strategy
 
 MODES = ("score", "generate")
 
@@ -122,6 +125,7 @@ def load_lm(path: str | Path, hp: dict, env: dict):
     model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
     if quant is None:
         model.to(env["device"])
+    faults.simulate_oom(model)
     return model
 
 
@@ -170,10 +174,11 @@ def train(model_json: str, data_dir: str, out_dir: str, rank: int, seed: int, hp
         print(f"optimizer {optim} pages optimizer state between GPU and CPU memory; no GPU here: using adamw_torch")
         optim = "adamw_torch"
     steps_per_epoch = math.ceil(len(train_ds) / (hp["batch_size"] * hp["grad_accum"]))
+    plan = faults.batch_plan(hp, out_dir, "train")  # smaller micro-batches after an out-of-memory failure
     ckpt = out_dir / "checkpoints"
     args = SFTConfig(
-        output_dir=str(ckpt), per_device_train_batch_size=hp["batch_size"], gradient_accumulation_steps=hp["grad_accum"],
-        per_device_eval_batch_size=hp["eval_batch_size"], num_train_epochs=hp["epochs"],
+        output_dir=str(ckpt), per_device_train_batch_size=plan["batch_size"], gradient_accumulation_steps=plan["grad_accum"],
+        per_device_eval_batch_size=plan["eval_batch_size"], num_train_epochs=hp["epochs"],
         learning_rate=hp["learning_rate"], weight_decay=hp.get("weight_decay", 0.01),
         max_grad_norm=hp.get("max_grad_norm", 0.3), lr_scheduler_type=hp.get("lr_scheduler", "cosine"),
         warmup_steps=hp.get("warmup_ratio", 0.03), optim=optim,
@@ -182,7 +187,7 @@ def train(model_json: str, data_dir: str, out_dir: str, rank: int, seed: int, hp
         eval_strategy="epoch" if hp.get("eval_each_epoch", True) else "no", save_strategy="epoch", save_total_limit=1,
         logging_strategy="steps", logging_steps=max(1, steps_per_epoch // 5),
         logging_nan_inf_filter=False, seed=seed, data_seed=seed, bf16=env["cuda"], use_cpu=not env["cuda"],
-        report_to="none", disable_tqdm=True, dataloader_num_workers=0)
+        report_to="none", disable_tqdm=True, dataloader_num_workers=0, train_sampling_strategy=sampling_strategy(hp))
     timer = eval_timer()
     trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds, processing_class=tok,
                          callbacks=[timer, finite_loss_guard(out_dir)])
@@ -192,8 +197,10 @@ def train(model_json: str, data_dir: str, out_dir: str, rank: int, seed: int, hp
     resumed_epochs = round(read_json(Path(last) / "trainer_state.json")["epoch"]) if last else 0
     if last:
         print(f"cell {out_dir}: resuming from {Path(last).name} (epoch {resumed_epochs} done)", flush=True)
+    print(f"cell {out_dir}: {faults.describe(plan)}", flush=True)
     t0 = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=last)
+    with faults.oom_retry(out_dir, "train", hp, plan):
+        result = trainer.train(resume_from_checkpoint=last)
     wall = time.perf_counter() - t0
     history = trainer.state.log_history
     _check_finite(history, out_dir)
@@ -207,11 +214,19 @@ def train(model_json: str, data_dir: str, out_dir: str, rank: int, seed: int, hp
         "train_samples_per_second": trained_here * len(train_ds) / train_seconds if trained_here > 0 else None,
         "train_tokens_per_second": trained_here * n_tokens / train_seconds if trained_here > 0 else None,
         "train_loss": result.training_loss, "n_train": len(train_ds), "n_val": len(val_ds),
+        "micro_batch": plan["batch_size"], "grad_accum": plan["grad_accum"],
+        "effective_batch": plan["batch_size"] * plan["grad_accum"],
+        "train_sampling_strategy": args.train_sampling_strategy,
         "resumed_from": Path(last).name if last else None, "loss": hp.get("loss", "answer_only"), "optimizer": optim, "gradient_checkpointing": checkpointing,
         "mean_prompt_tokens": float(np.mean([sum(1 - m for m in mask) for mask in train_ds["completion_mask"]])),
         "device": env["device_name"], "dtype": str(env["compute_dtype"]).replace("torch.", ""),
         "quantization": hp.get("quantization", "nf4"), "peak_memory_mb": _peak_memory_mb(env),
     }
+    if trained_here > 0:  # padding, peak memory, model FLOPs / MFU (clsbench.throughput)
+        train_info.update(throughput.write(out_dir, throughput.record(
+            "train", lengths=[len(ids) for ids in train_ds["input_ids"]], seconds=train_seconds,
+            batch_size=plan["batch_size"], order=sampling_strategy(hp), env=env, peak_memory_mb=train_info["peak_memory_mb"],
+            config=model.config, kind="train_frozen", repeats=trained_here, seed=seed, grad_accum=plan["grad_accum"])))
     write_jsonl(out_dir / "train_log.jsonl", history)
     write_json(out_dir / "train_info.json", train_info)
     save_adapter(trainer.model, out_dir / "adapter", info, None, multi, tok.pad_token_id)
@@ -423,19 +438,27 @@ def predict(source: str, data_dir: str, out_dir: str, hp: dict, approach: str = 
     splits, labels, multi = load_prepared(data_dir)
     df = splits[split]
     out_dir = Path(out_dir)
+    if (Path(source) / "adapter_config.json").exists():  # a corrupted adapter is removed with what came from it
+        faults.check_sums(source, derived=tuple(out_dir / f"{stem}{suffix}.{ext}" for suffix in ("", "_generate")
+                                                for stem, ext in (("predictions", "parquet"), ("metrics", "json"))))
     model, tok = load_for_inference(source, hp, env)
     enc = Encoder(tok, labels, multi, hp)
     t0 = time.perf_counter()
     rows = [enc.prompt_ids(text) for text in df["text"]]
     encode_seconds = time.perf_counter() - t0
     n_tokens = sum(map(len, rows))
+    longest = sorted(rows, key=len, reverse=True)
+    hp = faults.resolve_eval_batch(hp, env, lambda bs: [run_mode(m, model, enc, longest[:bs], {**hp, "eval_batch_size": bs}, env)
+                                                         for m in modes])
+    plan = faults.batch_plan(hp, out_dir, "predict")  # halved after an out-of-memory failure
+    configured, hp = hp, {**hp, "eval_batch_size": plan["eval_batch_size"]}
     infos = {}
     for mode in modes:
-        warm = rows[:min(len(rows), hp["eval_batch_size"])]
-        run_mode(mode, model, enc, warm, hp, env)  # warm-up, not timed
-        if env["cuda"]:
-            torch.cuda.reset_peak_memory_stats()
-        (probs, pred, texts), wall = _timed(lambda: run_mode(mode, model, enc, rows, hp, env), env)
+        with faults.oom_retry(out_dir, "predict", configured, plan):
+            run_mode(mode, model, enc, rows[:hp["eval_batch_size"]], hp, env)  # warm-up, not timed
+            if env["cuda"]:
+                torch.cuda.reset_peak_memory_stats()
+            (probs, pred, texts), wall = _timed(lambda: run_mode(mode, model, enc, rows, hp, env), env)
         table = pd.DataFrame({"id": df["id"].values, "gold": list(df["labels"]),
                               "probs": [p.astype(np.float32) for p in probs] if probs is not None else None,
                               "pred": [p if p is not None else [] for p in pred]})
@@ -444,6 +467,11 @@ def predict(source: str, data_dir: str, out_dir: str, hp: dict, approach: str = 
                 "mean_prompt_tokens": n_tokens / len(df), "prompt_encode_seconds": encode_seconds,
                 "eval_batch_size": hp["eval_batch_size"], "device": env["device_name"],
                 "peak_memory_mb": _peak_memory_mb(env), "labels": labels, "multi_label": multi}
+        rec = throughput.record("infer", lengths=[len(r) for r in rows], seconds=wall, batch_size=hp["eval_batch_size"],
+                                order="sorted", env=env, peak_memory_mb=info["peak_memory_mb"], config=model.config,
+                                kind="forward")
+        info.update(rec)  # each mode's info keeps plain infer_ keys; the cell's throughput.json names the mode
+        throughput.write(out_dir, throughput.restage(rec, "infer", f"infer_{mode}"))
         if texts is not None:
             table["generated"] = texts
             table["valid"] = [p is not None for p in pred]

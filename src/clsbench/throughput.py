@@ -186,11 +186,11 @@ def restage(rec: dict, old: str, new: str) -> dict:
     return {new + key[len(old):] if key.startswith(old + "_") else key: value for key, value in rec.items()}
 
 
-def write(cell_dir: str | Path, rec: dict) -> Path:
-    """Merge ``rec`` into ``<cell_dir>/throughput.json``: the training and the inference records of
-    a cell land in one file, and a rerun of a stage replaces that stage's keys."""
+def write(cell_dir: str | Path, rec: dict) -> dict:
+    """Merge ``rec`` into ``<cell_dir>/throughput.json`` and return it: the training and the inference
+    records of a cell land in one file, and a rerun of a stage replaces that stage's keys."""
     path = Path(cell_dir) / "throughput.json"
     merged = read_json(path) if path.exists() else {}
     merged.update(rec)
     write_json(path, merged)
-    return path
+    return rec
