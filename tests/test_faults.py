@@ -272,3 +272,30 @@ def test_auto_eval_batch_finds_the_largest_that_fits_and_predicts_the_same(tmp_p
     for name in ("predictions.parquet", "predictions_generate.parquet"):
         auto, fixed = (pd.read_parquet(tmp_path / d / name) for d in ("auto", "fixed"))
         assert auto["pred"].map(list).tolist() == fixed["pred"].map(list).tolist()
+
+
+def test_instruct_training_and_inference_retry_out_of_memory_with_smaller_batches(tmp_path, tiny_model, bbc_small):
+    """The instruct trainer and predictor through their command line under the simulated limit of 4
+    texts per forward pass (a mock of a full GPU): each first attempt exits 3 and records halved
+    batch sizes, each retry (what Snakemake's ``retries:`` runs) uses them and succeeds."""
+    hp = {"max_length": 112, "quantization": "nf4", "lora_alpha": 16, "lora_dropout": 0.0, "target_modules": "all-linear",
+          "optimizer": "adamw_torch", "learning_rate": 1e-3, "epochs": 1, "batch_size": 8, "grad_accum": 1,
+          "eval_batch_size": 8, "gradient_checkpointing": False, "eval_each_epoch": False, "threshold": 0.5}
+    out = tmp_path / "cell"
+    train = [sys.executable, "-m", "clsbench.instruct", "train", "--model-json", str(tiny_model), "--data-dir",
+             str(bbc_small), "--out-dir", str(out), "--rank", "4", "--seed", "1", "--hparams", json.dumps(hp),
+             "--threads", "1"]
+    predict = [sys.executable, "-m", "clsbench.instruct", "predict", "--source", str(out / "adapter"), "--data-dir",
+               str(bbc_small), "--out-dir", str(out), "--hparams", json.dumps(hp), "--threads", "1"]
+    env = {**os.environ, faults.OOM_ENV: "4"}
+    for cmd, stage in ((train, "train"), (predict, "predict")):
+        first = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        assert first.returncode == 3, first.stderr[-3000:]
+        assert f"out of memory in {stage} at" in first.stderr
+        assert (out / f"oom-{stage}.json").exists()
+        retry = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        assert retry.returncode == 0, retry.stderr[-3000:]
+        assert not (out / f"oom-{stage}.json").exists()
+    info = json.loads((out / "train_info.json").read_text())
+    assert (info["micro_batch"], info["grad_accum"], info["effective_batch"]) == (4, 2, 8)
+    assert json.loads((out / "predict_info.json").read_text())["eval_batch_size"] == 4

@@ -83,9 +83,10 @@ rule predict_instruct:
     benchmark:
         BENCH + "/predict.tsv"
     threads: config["threads"]
+    retries: 2  # an out-of-memory failure records halved batch sizes for the retry (clsbench.faults)
     resources:
         gpu=1,
-        mem_mb=16000,
+        mem_mb=lambda wc, attempt: 16000 * attempt,  # host memory: more on each retry
         runtime=240,
     conda:
         "../../envs/clsbench.yaml"
@@ -113,9 +114,10 @@ rule predict_zeroshot:
     benchmark:
         BENCH + "/predict.tsv"
     threads: config["threads"]
+    retries: 2  # an out-of-memory failure records halved batch sizes for the retry (clsbench.faults)
     resources:
         gpu=1,
-        mem_mb=16000,
+        mem_mb=lambda wc, attempt: 16000 * attempt,  # host memory: more on each retry
         runtime=240,
     conda:
         "../../envs/clsbench.yaml"

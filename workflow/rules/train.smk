@@ -104,9 +104,10 @@ rule train_instruct:
     benchmark:
         "results/benchmarks/{dataset}/{model}/instruct/r{rank}/s{seed}/train.tsv"
     threads: config["threads"]
+    retries: 2  # an out-of-memory failure records halved batch sizes for the retry (clsbench.faults)
     resources:
         gpu=1,
-        mem_mb=16000,
+        mem_mb=lambda wc, attempt: 16000 * attempt,  # host memory: more on each retry
         runtime=720,
     conda:
         "../../envs/clsbench.yaml"
