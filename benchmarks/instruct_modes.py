@@ -4,6 +4,7 @@ and the same loaded model. Prints a table and writes benchmarks/out/instruct_mod
 
     python benchmarks/instruct_modes.py results/bbc-news/smollm2-135m/instruct/r64/s42 [--n 160]
     python benchmarks/instruct_modes.py results/bbc-news/gemma-3-270m/zeroshot/r0/s42
+    python benchmarks/instruct_modes.py <cell> --eval-batch-size 1      # the paper's inference batch
 
 Hyperparameters (max_length, eval batch size, threshold) come from the config the cell was run with.
 """
@@ -26,10 +27,13 @@ def main() -> None:
     parser.add_argument("--config", default="config.yaml")
     parser.add_argument("--n", type=int, help="first N test texts only (default: all)")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--eval-batch-size", type=int, help="inference batch (default: the config's)")
     args = parser.parse_args()
     cell = Path(args.cell)
     dataset, model, approach = cell.parts[-5], cell.parts[-4], cell.parts[-3]
     hp = grid.hparams(grid.load_config(args.config), approach, model)
+    if args.eval_batch_size:
+        hp["eval_batch_size"] = args.eval_batch_size
     source = cell / "adapter" if approach == "instruct" else read_json(f"results/models/{model}/model.json")["path"]
     data_dir = Path("results/data") / dataset
     with tempfile.TemporaryDirectory() as tmp:
@@ -48,7 +52,8 @@ def main() -> None:
             rows.append({"cell": str(cell), "mode": mode, "n": info["n"], "f1_micro": m["f1_micro"],
                          "f1_macro": m["f1_macro"], "invalid_output_rate": info.get("invalid_output_rate"),
                          "ece": m.get("ece"), "samples_per_second": info["infer_samples_per_second"],
-                         "wall_seconds": info["infer_wall_seconds"], "device": info["device"]})
+                         "wall_seconds": info["infer_wall_seconds"], "eval_batch_size": info["eval_batch_size"],
+                         "device": info["device"]})
     table = pd.DataFrame(rows)
     speed = table.set_index("mode")["samples_per_second"]
     table["speed_vs_generate"] = table["samples_per_second"] / speed.get("generate", float("nan"))

@@ -143,6 +143,8 @@ def test_all_tables_in_csv_markdown_and_latex(tmp_path):
         for ext in ("csv", "md", "tex"):
             assert (tmp_path / "out" / f"{stem}.{ext}").stat().st_size > 50, f"{stem}.{ext}"
     assert "\\toprule" in (tmp_path / "out" / "f1.tex").read_text()
+    throughput_md = (tmp_path / "out" / "throughput.md").read_text()
+    assert "nan" not in throughput_md  # missing figures (no paper figure for this cell) are blank cells
     assert pd.read_csv(tmp_path / "out" / "dataset_stats.csv")["duplicates_removed"].tolist() == [2]
 
 

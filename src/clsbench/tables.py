@@ -165,7 +165,8 @@ def write_table(table: pd.DataFrame, out_dir: Path, stem: str, title: str, note:
     with atomic_path(out_dir / f"{stem}.csv") as tmp:
         table.to_csv(tmp, index=False, float_format="%.4f")
     with atomic_path(out_dir / f"{stem}.md") as tmp:
-        tmp.write_text(f"# {title}\n\n{note}\n\n" + table.to_markdown(index=False, floatfmt=".3f", missingval="") + "\n")
+        tmp.write_text(f"# {title}\n\n{note}\n\n" + table.astype(object).where(table.notna(), None).to_markdown(  # NaN -> blank cell
+            index=False, floatfmt=".3f", missingval="") + "\n")
     with atomic_path(out_dir / f"{stem}.tex") as tmp:
         tmp.write_text(table.style.hide(axis="index").format(precision=3, na_rep="")
                        .to_latex(hrules=True, caption=title))
