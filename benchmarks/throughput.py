@@ -63,14 +63,14 @@ def settings(name: str, approach: str, cuda: bool, ours_batch: int) -> dict:
     from clsbench.throughput import PAPER_SETTINGS
 
     if name == "paper":
-        return {"hp": dict(PAPER_SETTINGS[approach]), "train_order": "random", "infer_order": "sequential",
+        return {"hp": dict(PAPER_SETTINGS[approach]), "infer_order": "sequential",
                 "modes": ["generate"] if approach == "instruct" else ["classifier"]}
     ours_batch = ours_batch or (8 if cuda else 4)
     hp = {"batch_size": ours_batch, "grad_accum": max(1, 8 // ours_batch), "eval_batch_size": 32 if cuda else 16,
           "group_by_length": True}
     if approach == "instruct":
         hp["gradient_checkpointing"] = False
-    return {"hp": hp, "train_order": "group_by_length", "infer_order": "sorted",
+    return {"hp": hp, "infer_order": "sorted",
             "modes": ["score", "generate"] if approach == "instruct" else ["classifier"]}
 
 
@@ -141,41 +141,14 @@ def prepare_model(path: Path, out: Path, cuda: bool) -> Path:
 
 
 # ---------------------------------------------------------------- measurements (one process each)
-def token_lengths(job: dict, tok, df) -> list[int]:
-    """Token lengths of ``df``'s texts as the approach encodes them (head: the text; instruct: the
-    prompt, plus the answer for training)."""
-    from clsbench import instruct
-    from clsbench.data import load_prepared
-
-    hp = job["hp"]
-    if job["approach"] == "head":
-        return [len(ids) for ids in tok(list(df["text"]), truncation=True, max_length=hp["max_length"])["input_ids"]]
-    _, labels, multi = load_prepared(job["data_dir"])
-    enc = instruct.Encoder(tok, labels, multi, hp)
-    if job["stage"] == "train":
-        return [len(ids) for ids in enc.training_examples(df)["input_ids"]]
-    return [len(enc.prompt_ids(text)) for text in df["text"]]
-
-
 def measure_train(job: dict) -> list[dict]:
-    from transformers import AutoConfig
+    """The trainer's own ``train_`` record (clsbench.throughput.write_train: the cell's padding, FLOPs
+    and MFU for the Trainer's micro-batch and sampling order)."""
+    from clsbench import head, instruct
 
-    from clsbench import head, instruct, throughput
-    from clsbench.data import load_prepared
-    from clsbench.models import load_tokenizer
-
-    hp, model_dir = job["hp"], job["model_dir"]
     trainer = head.train if job["approach"] == "head" else instruct.train
-    info = trainer(job["model_json"], job["data_dir"], job["run_dir"], RANK[job["approach"]], SEED, hp, job["threads"])
-    env = head.device_setup(job["threads"])
-    splits, _, _ = load_prepared(job["data_dir"])
-    lengths = token_lengths(job, load_tokenizer(model_dir), splits["train"])
-    rec = throughput.record("train", lengths=lengths, seconds=info["train_wall_seconds"] - info["eval_seconds_during_training"],
-                            batch_size=info.get("micro_batch", hp["batch_size"]), order=job["train_order"], env=env,
-                            peak_memory_mb=info["peak_memory_mb"], config=AutoConfig.from_pretrained(model_dir),
-                            kind="train_frozen", repeats=info["epochs_run"],
-                            grad_accum=info.get("grad_accum", hp["grad_accum"]))
-    return [rec]
+    info = trainer(job["model_json"], job["data_dir"], job["run_dir"], RANK[job["approach"]], SEED, job["hp"], job["threads"])
+    return [{k: v for k, v in info.items() if k.startswith("train_") or k in ("device", "dtype")}]
 
 
 def measure_infer(job: dict) -> list[dict]:
@@ -197,14 +170,15 @@ def measure_infer(job: dict) -> list[dict]:
             for chunk in chunks:
                 head.predict_logits(model, tok, chunk, hp["max_length"], bs, env["device"])
         items = texts
+        lengths = [len(ids) for ids in tok(texts, truncation=True, max_length=hp["max_length"])["input_ids"]]
     else:
         model, tok = instruct.load_for_inference(adapter, hp, env)
         enc = instruct.Encoder(tok, labels, multi, hp)
         items = [enc.prompt_ids(text) for text in texts]
+        lengths = [len(ids) for ids in items]
 
         def run(mode, subset):  # instruct sorts by length itself; the paper's batch of 1 has no padding
             instruct.run_mode(mode, model, enc, subset, hp, env)
-    lengths = token_lengths(job, tok, splits["test"])
     config = AutoConfig.from_pretrained(job["model_dir"])
     records = []
     for mode in job["modes"]:
@@ -319,7 +293,7 @@ def main(argv: list[str] | None = None) -> None:
                 shutil.rmtree(run_dir, ignore_errors=True)  # never resume an earlier run's checkpoint
                 job = {"arch": path.stem, "approach": approach, "settings": name, "model_json": str(model_json),
                        "model_dir": str(model_json.parent / "hf"), "data_dir": str(data_dir), "run_dir": str(run_dir),
-                       "hp": {**base, **s["hp"]}, "train_order": s["train_order"], "infer_order": s["infer_order"],
+                       "hp": {**base, **s["hp"]}, "infer_order": s["infer_order"],
                        "modes": s["modes"], "threads": args.threads}
                 print(f"== {path.stem} {approach} r={RANK[approach]} {name}", flush=True)
                 (train,) = run_job({**job, "stage": "train", "result": str(run_dir / "train.json")}, args.inline)

@@ -69,9 +69,9 @@ def test_full_tiny_grid_produces_every_cell_and_the_table(finished_run):
             assert (finished_run / cell / name).exists(), f"{cell}/{name}"
     assert (finished_run / GENERATIVE_CELLS[0] / "adapter/adapter_model.safetensors").exists()
     instruct_info = json.loads((finished_run / GENERATIVE_CELLS[0] / "train_info.json").read_text())
-    assert instruct_info["train_sampling_strategy"] == "group_by_length"  # the config's switch reached the Trainer
+    assert instruct_info["train_order"] == "group_by_length"  # the config's switch reached the Trainer
     head_info = json.loads((finished_run / CELLS[0] / "train_info.json").read_text())
-    assert head_info["train_sampling_strategy"] == "random"
+    assert head_info["train_order"] == "random"
     for cell, stages in ((CELLS[0], ("train", "infer")), (GENERATIVE_CELLS[0], ("train", "infer_score", "infer_generate")),
                          (GENERATIVE_CELLS[1], ("infer_score", "infer_generate"))):
         record = json.loads((finished_run / cell / "throughput.json").read_text())

@@ -34,7 +34,6 @@ from .io import atomic_path, read_json, run_cli, sha256, write_json, write_jsonl
 from .metrics import indicator
 from .models import load_tokenizer, local_dir
 from . import throughput
-from .throughput import sampling_strategy
 
 ADAPTER_BASE = "base"
 FROZEN_HEAD = "score.safetensors"
@@ -259,7 +258,7 @@ def train(model_json: str, data_dir: str, out_dir: str, rank: int, seed: int, hp
         max_grad_norm=hp.get("max_grad_norm", 1.0), logging_strategy="steps",
         logging_steps=max(1, steps_per_epoch // 5), seed=seed, data_seed=seed, bf16=env["cuda"],
         use_cpu=not env["cuda"], report_to="none", disable_tqdm=True, dataloader_num_workers=0,
-        train_sampling_strategy=sampling_strategy(hp))
+        train_sampling_strategy=throughput.sampling_strategy(hp))
     timer = eval_timer()
     trainer = Trainer(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds,
                       processing_class=tok, data_collator=DataCollatorWithPadding(tok),
@@ -284,28 +283,23 @@ def train(model_json: str, data_dir: str, out_dir: str, rank: int, seed: int, hp
     epochs_run = round(trainer.state.epoch or 0)
     train_seconds = wall - timer.eval_seconds
     trained_here = epochs_run - resumed_epochs  # epochs this process trained (throughput)
-    n_tokens = int(sum(len(ids) for ids in train_ds["input_ids"]))
     train_info = {
         "approach": approach, "rank": rank, "seed": seed, "trainable_params": int(trainable), "total_params": int(total),
         "epochs_run": epochs_run, "best_epoch": round(best.get("epoch", 0)), "best_val_f1_micro": best.get("eval_f1_micro"),
         "train_wall_seconds": wall, "eval_seconds_during_training": timer.eval_seconds,
-        "train_samples_per_second": trained_here * len(train_ds) / train_seconds if trained_here > 0 else None,
-        "train_tokens_per_second": trained_here * n_tokens / train_seconds if trained_here > 0 else None,
         "train_loss": result.training_loss, "resumed_from": Path(last).name if last else None,
         "micro_batch": plan["batch_size"], "grad_accum": plan["grad_accum"],
         "effective_batch": plan["batch_size"] * plan["grad_accum"], "val_batch_size": plan["eval_batch_size"],
-        "train_sampling_strategy": args.train_sampling_strategy,
         "n_train": len(train_ds), "n_val": len(val_ds),
         "device": env["device_name"], "dtype": str(env["compute_dtype"]).replace("torch.", ""),
         "quantization": "none" if approach == "encoder" else hp.get("quantization", "nf4"),
         "peak_memory_mb": _peak_memory_mb(env),
     }
-    if trained_here > 0:  # Table 3 figures + tokens, padding, peak memory, model FLOPs / MFU (clsbench.throughput)
-        train_info.update(throughput.write(out_dir, throughput.record(
-            "train", lengths=[len(ids) for ids in train_ds["input_ids"]], seconds=train_seconds,
-            batch_size=plan["batch_size"], order=sampling_strategy(hp), env=env, peak_memory_mb=train_info["peak_memory_mb"],
-            config=model.config, kind="train_full" if approach == "encoder" else "train_frozen", repeats=trained_here,
-            seed=seed, grad_accum=plan["grad_accum"])))
+    # Table 3 figures + tokens/s, padding, peak memory, model FLOPs / MFU (clsbench.throughput)
+    train_info.update(throughput.write_train(
+        out_dir, lengths=[len(ids) for ids in train_ds["input_ids"]], seconds=train_seconds, epochs=trained_here,
+        plan=plan, hp=hp, env=env, peak_memory_mb=train_info["peak_memory_mb"], config=model.config,
+        kind="train_full" if approach == "encoder" else "train_frozen", seed=seed))
     write_jsonl(out_dir / "train_log.jsonl", history)
     write_json(out_dir / "train_info.json", train_info)
     if approach == "encoder":
@@ -483,23 +477,22 @@ def train_frozen(model_json: str, data_dir: str, out_dir: str, seed: int, hp: di
 
 
 # ---------------------------------------------------------------- prediction
-def predict_logits(model, tok, texts: list[str], max_length: int, batch_size: int, device: str) -> tuple[np.ndarray, int]:
-    """Logits for ``texts``, batched in order of length (least padding); returns (logits, n_tokens)."""
+def predict_logits(model, tok, texts: list[str], max_length: int, batch_size: int,
+                   device: str) -> tuple[np.ndarray, list[int]]:
+    """Logits for ``texts``, batched in order of length (least padding); returns (logits, token lengths)."""
     import torch
 
     enc = tok(texts, truncation=True, max_length=max_length)
     order = np.argsort([len(ids) for ids in enc["input_ids"]])
     out = np.zeros((len(texts), model.config.num_labels), dtype=np.float32)
-    n_tokens = 0
     with torch.inference_mode():
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
             batch = tok.pad({"input_ids": [enc["input_ids"][i] for i in idx],
                              "attention_mask": [enc["attention_mask"][i] for i in idx]}, return_tensors="pt")
-            n_tokens += int(batch["attention_mask"].sum())
             logits = model(**{k: v.to(device) for k, v in batch.items()}).logits
             out[idx] = logits.float().cpu().numpy()
-    return out, n_tokens
+    return out, [len(ids) for ids in enc["input_ids"]]
 
 
 def longest(texts: list[str], tok, max_length: int, n: int) -> list[str]:
@@ -557,16 +550,14 @@ def predict(adapter_dir: str, data_dir: str, out_dir: str, hp: dict, split: str 
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
         t0 = time.perf_counter()
-        logits, n_tokens = predict_logits(model, tok, texts, hp["max_length"], bs, env["device"])
+        logits, lengths = predict_logits(model, tok, texts, hp["max_length"], bs, env["device"])
         if env["cuda"]:
             torch.cuda.synchronize()
         wall = time.perf_counter() - t0
     probs = probabilities(logits, multi)
     pred = decide(probs, multi, hp.get("threshold", 0.5))
-    info = {"split": split, "n": len(df), "infer_wall_seconds": wall, "infer_samples_per_second": len(df) / wall,
-            "infer_tokens_per_second": n_tokens / wall, "eval_batch_size": bs, "device": env["device_name"],
-            "peak_memory_mb": _peak_memory_mb(env), "labels": labels, "multi_label": multi}
-    lengths = [len(ids) for ids in tok(texts, truncation=True, max_length=hp["max_length"])["input_ids"]]
+    info = {"split": split, "n": len(df), "infer_wall_seconds": wall, "eval_batch_size": bs,
+            "device": env["device_name"], "peak_memory_mb": _peak_memory_mb(env), "labels": labels, "multi_label": multi}
     info.update(throughput.write(out_dir, throughput.record(
         "infer", lengths=lengths, seconds=wall, batch_size=bs, order="sorted", env=env,
         peak_memory_mb=info["peak_memory_mb"], config=model.config, kind="forward")))

@@ -44,7 +44,6 @@ from .head import (ADAPTER_BASE, _check_finite, _peak_memory_mb, count_parameter
 from .io import atomic_path, read_json, run_cli, sha256, write_json, write_jsonl
 from .models import load_tokenizer
 from . import throughput
-from .throughput import sampling_strategy
 
 MODES = ("score", "generate")
 
@@ -187,7 +186,7 @@ def train(model_json: str, data_dir: str, out_dir: str, rank: int, seed: int, hp
         eval_strategy="epoch" if hp.get("eval_each_epoch", True) else "no", save_strategy="epoch", save_total_limit=1,
         logging_strategy="steps", logging_steps=max(1, steps_per_epoch // 5),
         logging_nan_inf_filter=False, seed=seed, data_seed=seed, bf16=env["cuda"], use_cpu=not env["cuda"],
-        report_to="none", disable_tqdm=True, dataloader_num_workers=0, train_sampling_strategy=sampling_strategy(hp))
+        report_to="none", disable_tqdm=True, dataloader_num_workers=0, train_sampling_strategy=throughput.sampling_strategy(hp))
     timer = eval_timer()
     trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds, processing_class=tok,
                          callbacks=[timer, finite_loss_guard(out_dir)])
@@ -207,26 +206,22 @@ def train(model_json: str, data_dir: str, out_dir: str, rank: int, seed: int, hp
     epochs_run = round(trainer.state.epoch or 0)
     trained_here = epochs_run - resumed_epochs  # epochs this process trained (throughput)
     train_seconds = wall - timer.eval_seconds
-    n_tokens = int(sum(map(len, train_ds["input_ids"])))
     train_info = {
         "approach": "instruct", "rank": rank, "seed": seed, "trainable_params": int(trainable), "total_params": int(total),
         "epochs_run": epochs_run, "train_wall_seconds": wall, "eval_seconds_during_training": timer.eval_seconds,
-        "train_samples_per_second": trained_here * len(train_ds) / train_seconds if trained_here > 0 else None,
-        "train_tokens_per_second": trained_here * n_tokens / train_seconds if trained_here > 0 else None,
         "train_loss": result.training_loss, "n_train": len(train_ds), "n_val": len(val_ds),
         "micro_batch": plan["batch_size"], "grad_accum": plan["grad_accum"],
         "effective_batch": plan["batch_size"] * plan["grad_accum"],
-        "train_sampling_strategy": args.train_sampling_strategy,
         "resumed_from": Path(last).name if last else None, "loss": hp.get("loss", "answer_only"), "optimizer": optim, "gradient_checkpointing": checkpointing,
         "mean_prompt_tokens": float(np.mean([sum(1 - m for m in mask) for mask in train_ds["completion_mask"]])),
         "device": env["device_name"], "dtype": str(env["compute_dtype"]).replace("torch.", ""),
         "quantization": hp.get("quantization", "nf4"), "peak_memory_mb": _peak_memory_mb(env),
     }
-    if trained_here > 0:  # padding, peak memory, model FLOPs / MFU (clsbench.throughput)
-        train_info.update(throughput.write(out_dir, throughput.record(
-            "train", lengths=[len(ids) for ids in train_ds["input_ids"]], seconds=train_seconds,
-            batch_size=plan["batch_size"], order=sampling_strategy(hp), env=env, peak_memory_mb=train_info["peak_memory_mb"],
-            config=model.config, kind="train_frozen", repeats=trained_here, seed=seed, grad_accum=plan["grad_accum"])))
+    # samples/s, tokens/s (prompt + answer), padding, peak memory, model FLOPs / MFU (clsbench.throughput)
+    train_info.update(throughput.write_train(
+        out_dir, lengths=[len(ids) for ids in train_ds["input_ids"]], seconds=train_seconds, epochs=trained_here,
+        plan=plan, hp=hp, env=env, peak_memory_mb=train_info["peak_memory_mb"], config=model.config,
+        kind="train_frozen", seed=seed))
     write_jsonl(out_dir / "train_log.jsonl", history)
     write_json(out_dir / "train_info.json", train_info)
     save_adapter(trainer.model, out_dir / "adapter", info, None, multi, tok.pad_token_id)
@@ -446,7 +441,7 @@ def predict(source: str, data_dir: str, out_dir: str, hp: dict, approach: str = 
     t0 = time.perf_counter()
     rows = [enc.prompt_ids(text) for text in df["text"]]
     encode_seconds = time.perf_counter() - t0
-    n_tokens = sum(map(len, rows))
+    lengths = [len(r) for r in rows]
     longest = sorted(rows, key=len, reverse=True)
     hp = faults.resolve_eval_batch(hp, env, lambda bs: [run_mode(m, model, enc, longest[:bs], {**hp, "eval_batch_size": bs}, env)
                                                          for m in modes])
@@ -463,11 +458,10 @@ def predict(source: str, data_dir: str, out_dir: str, hp: dict, approach: str = 
                               "probs": [p.astype(np.float32) for p in probs] if probs is not None else None,
                               "pred": [p if p is not None else [] for p in pred]})
         info = {"split": split, "mode": mode, "n": len(df), "infer_wall_seconds": wall,
-                "infer_samples_per_second": len(df) / wall, "infer_prompt_tokens_per_second": n_tokens / wall,
-                "mean_prompt_tokens": n_tokens / len(df), "prompt_encode_seconds": encode_seconds,
+                "mean_prompt_tokens": sum(lengths) / len(df), "prompt_encode_seconds": encode_seconds,
                 "eval_batch_size": hp["eval_batch_size"], "device": env["device_name"],
                 "peak_memory_mb": _peak_memory_mb(env), "labels": labels, "multi_label": multi}
-        rec = throughput.record("infer", lengths=[len(r) for r in rows], seconds=wall, batch_size=hp["eval_batch_size"],
+        rec = throughput.record("infer", lengths=lengths, seconds=wall, batch_size=hp["eval_batch_size"],
                                 order="sorted", env=env, peak_memory_mb=info["peak_memory_mb"], config=model.config,
                                 kind="forward")
         info.update(rec)  # each mode's info keeps plain infer_ keys; the cell's throughput.json names the mode

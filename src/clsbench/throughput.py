@@ -180,6 +180,18 @@ def record(stage: str, *, lengths: list[int], seconds: float, batch_size: int, o
     return rec
 
 
+def write_train(cell_dir: str | Path, *, lengths: list[int], seconds: float, epochs: int, plan: dict, hp: dict,
+                env: dict, peak_memory_mb: float, config, kind: str, seed: int) -> dict:
+    """A trainer's ``train_`` record (:func:`record` with the Trainer's micro-batch and sampling order),
+    merged into the cell's throughput.json. ``epochs``: epochs this process trained (a run resumed
+    after its last epoch trained none: no figures)."""
+    if epochs <= 0:
+        return {"train_samples_per_second": None, "train_tokens_per_second": None}
+    return write(cell_dir, record("train", lengths=lengths, seconds=seconds, batch_size=plan["batch_size"],
+                                  order=sampling_strategy(hp), env=env, peak_memory_mb=peak_memory_mb, config=config,
+                                  kind=kind, repeats=epochs, seed=seed, grad_accum=plan["grad_accum"]))
+
+
 def restage(rec: dict, old: str, new: str) -> dict:
     """``rec`` with its ``<old>_...`` keys renamed ``<new>_...`` (e.g. infer -> infer_generate, so
     the records of two inference modes of one cell sit side by side in its throughput.json)."""
