@@ -4,12 +4,16 @@ against ours, on the same texts and the same hardware.
   paper  Table 1 / Appendix D: training batch 1 with 8-step gradient accumulation, batches drawn
          at random (no length grouping); inference in dataset order, eval batch 4 (head) or 1
          (instruction tuning, which generates the answer); instruction tuning with gradient
-         checkpointing. Dynamic padding and bf16 on a GPU (fp32 on a CPU) as the pipeline.
-  ours   length-grouped training batches of 8 on a GPU (no accumulation), 4 x 2 accumulated on
-         a CPU (8 x 1024 fp32 tokens need ~20 GB of activations there): the same effective batch
-         of 8, so the same optimiser steps; inference sorted by length in batches of 16 (32 on a GPU) under
-         torch.inference_mode, instruction tuning without gradient checkpointing; instruct cells
-         are also scored (one forward pass, no generation). bf16 + SDPA on a GPU.
+         checkpointing. Dynamic padding as the pipeline.
+  ours   on a GPU: length-grouped training batches of 8 (no accumulation: the same effective batch,
+         so the same optimiser steps); on a CPU training batches of 1 (8 accumulated), as larger
+         batches ran slower on the 2-core CPU measured (README "Throughput"). Inference sorted by
+         length under torch.inference_mode, in batches of the size with the most samples/s on a
+         sample of the texts (``eval_batch_size: fastest``, chosen per run and inference mode, not
+         timed). Instruction tuning without gradient checkpointing; instruct cells are also scored
+         (one forward pass, no generation).
+  both   ``--precision`` (the pipeline's precision hyperparameter): auto = bf16 + SDPA on a GPU,
+         fp32 on a CPU; bf16 = the paper's bf16 mixed precision, on a CPU too.
 
 Models: random weights from published architecture configs (``benchmarks/archs/<name>.json``),
 built by the pipeline's own ``config`` model source (clsbench.models.build_from_config):
@@ -58,20 +62,40 @@ TOKENIZERS = [REPO / "results" / "models" / "smollm2-135m" / "hf", "pkg://gt_all
 OOM_EXIT = 3  # faults.OutOfMemory: head.train left a smaller micro-batch for the next attempt
 
 
-def settings(name: str, approach: str, cuda: bool, ours_batch: int) -> dict:
+def settings(name: str, approach: str, cuda: bool, ours_batch: int | None, ours_eval_batch: int | None) -> dict:
     """Hyperparameter overrides and batch orders of one setting."""
     from clsbench.throughput import PAPER_SETTINGS
 
     if name == "paper":
         return {"hp": dict(PAPER_SETTINGS[approach]), "infer_order": "sequential",
                 "modes": ["generate"] if approach == "instruct" else ["classifier"]}
-    ours_batch = ours_batch or (8 if cuda else 4)
-    hp = {"batch_size": ours_batch, "grad_accum": max(1, 8 // ours_batch), "eval_batch_size": 32 if cuda else 16,
-          "group_by_length": True}
+    ours_batch = ours_batch or (8 if cuda else 1)
+    hp = {"batch_size": ours_batch, "grad_accum": max(1, 8 // ours_batch),
+          "eval_batch_size": ours_eval_batch or "fastest", "group_by_length": True}
     if approach == "instruct":
         hp["gradient_checkpointing"] = False
     return {"hp": hp, "infer_order": "sorted",
             "modes": ["score", "generate"] if approach == "instruct" else ["classifier"]}
+
+
+def matmul_peak(dtype_name: str, device: str, n: int = 2048, repeats: int = 8) -> float:
+    """Achieved FLOP/s of an n × n matrix product in ``dtype_name``: the machine's practical dense
+    peak, against which the model FLOP/s of each measurement can be read (on a GPU MFU uses the
+    data-sheet peak)."""
+    import time
+
+    import torch
+
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
+    a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
+    torch.mm(a, b)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        torch.mm(a, b)
+    sync()
+    return 2 * n ** 3 * repeats / (time.perf_counter() - t0)
 
 
 def default_hparams(approach: str) -> dict:
@@ -154,18 +178,17 @@ def measure_train(job: dict) -> list[dict]:
 def measure_infer(job: dict) -> list[dict]:
     from transformers import AutoConfig
 
-    from clsbench import head, instruct, throughput
+    from clsbench import faults, head, instruct, throughput
     from clsbench.data import load_prepared
 
-    hp, adapter = job["hp"], str(Path(job["run_dir"]) / "adapter")
-    bs, order = hp["eval_batch_size"], job["infer_order"]
-    env = head.device_setup(job["threads"])
+    hp, adapter, order = job["hp"], str(Path(job["run_dir"]) / "adapter"), job["infer_order"]
+    env = head.device_setup(job["threads"], hp.get("precision"))
     splits, labels, multi = load_prepared(job["data_dir"])
     texts = list(splits["test"]["text"])
     if job["approach"] == "head":
         model, tok = head.load_trained(adapter, hp, env)
 
-        def run(mode, subset):  # "sequential": the paper's batches in dataset order
+        def run(mode, subset, bs):  # "sequential": the paper's batches in dataset order
             chunks = [subset] if order == "sorted" else [subset[i:i + bs] for i in range(0, len(subset), bs)]
             for chunk in chunks:
                 head.predict_logits(model, tok, chunk, hp["max_length"], bs, env["device"])
@@ -177,17 +200,19 @@ def measure_infer(job: dict) -> list[dict]:
         items = [enc.prompt_ids(text) for text in texts]
         lengths = [len(ids) for ids in items]
 
-        def run(mode, subset):  # instruct sorts by length itself; the paper's batch of 1 has no padding
-            instruct.run_mode(mode, model, enc, subset, hp, env)
+        def run(mode, subset, bs):  # instruct sorts by length itself; the paper's batch of 1 has no padding
+            instruct.run_mode(mode, model, enc, subset, {**hp, "eval_batch_size": bs}, env)
     config = AutoConfig.from_pretrained(job["model_dir"])
     records = []
-    for mode in job["modes"]:
-        run(mode, items[:bs])  # warm-up, not timed
+    for mode in job["modes"]:  # eval_batch_size fastest: chosen per mode as the pipeline does (untimed)
+        bs = faults.resolve_eval_batch(hp, env, lambda subset, size: run(mode, subset, size), items,
+                                       lengths)["eval_batch_size"]
+        run(mode, items[:bs], bs)  # warm-up, not timed
         if env["cuda"]:
             import torch
 
             torch.cuda.reset_peak_memory_stats()
-        _, seconds = instruct._timed(lambda: run(mode, items), env)
+        _, seconds = instruct._timed(lambda: run(mode, items, bs), env)
         records.append(throughput.record("infer", lengths=lengths, seconds=seconds, batch_size=bs, order=order, env=env,
                                          peak_memory_mb=head._peak_memory_mb(env), config=config, kind="forward",
                                          mode=mode))
@@ -238,6 +263,8 @@ def summarise(rows: pd.DataFrame) -> pd.DataFrame:
     rows = rows.merge(paper.rename(columns={c: f"paper_{c}" for c in speeds}), on=["arch", "approach"], how="left")
     for col in speeds:
         rows[col.replace("samples_per_second", "ours_over_paper")] = rows[col] / rows[f"paper_{col}"]
+    for stage in ("train", "infer"):  # achieved model FLOP/s (clsbench.throughput's formula)
+        rows[f"{stage}_model_gflops"] = rows[f"{stage}_model_tflop"] * 1e3 / rows[f"{stage}_seconds"]
     return pd.concat([rows, published(rows)], axis=1)
 
 
@@ -246,7 +273,7 @@ SHOW = {"arch": "arch", "approach": "approach", "rank": "r", "settings": "settin
         "train_tokens_per_second": "train tok/s", "train_padding_fraction": "train pad",
         "infer_batch_size": "infer bs", "infer_samples_per_second": "infer sps", "infer_tokens_per_second": "infer tok/s",
         "infer_padding_fraction": "infer pad", "train_peak_memory_mb": "train MB", "infer_peak_memory_mb": "infer MB",
-        "train_mfu": "train MFU", "infer_mfu": "infer MFU", "train_ours_over_paper": "train ×",
+        "train_model_gflops": "train GFLOP/s", "infer_model_gflops": "infer GFLOP/s", "train_mfu": "train MFU", "infer_mfu": "infer MFU", "train_ours_over_paper": "train ×",
         "infer_ours_over_paper": "infer ×", "published_train_samples_per_second": "L4 paper train sps",
         "published_infer_samples_per_second": "L4 paper infer sps"}
 
@@ -263,7 +290,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--n-test", type=int, help="inference texts (default 64; --quick 16)")
     parser.add_argument("--max-length", type=int, help="token limit (default 1024, the paper's; --quick 128)")
     parser.add_argument("--ours-batch", type=int, help="our training micro-batch, accumulated to an effective "
-                        "batch of 8 (default 8 on a GPU, 4 on a CPU: 8 x 1024 fp32 tokens need ~20 GB there)")
+                        "batch of 8 (default 8 on a GPU; 1 on a CPU, where larger batches ran slower)")
+    parser.add_argument("--ours-eval-batch", type=int, help="our inference batch (default: eval_batch_size fastest, "
+                        "the size with the most samples/s on a sample of the test texts, chosen per run)")
+    parser.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
+                        help="compute precision of both settings (the pipeline's precision hyperparameter; auto: "
+                        "bf16 on a GPU, fp32 on a CPU; the paper's is bf16)")
     parser.add_argument("--threads", type=int)
     parser.add_argument("--inline", action="store_true", help="measure in this process (peak memory accumulates)")
     parser.add_argument("--work", type=Path, default=REPO / "benchmarks" / "out" / "throughput")
@@ -285,10 +317,10 @@ def main(argv: list[str] | None = None) -> None:
     for path in archs:
         model_json = prepare_model(path, args.work, cuda)
         for approach in args.approaches:
-            base = {**default_hparams(approach), "max_length": max_length}
+            base = {**default_hparams(approach), "max_length": max_length, "precision": args.precision}
             base.update({"max_epochs": 1} if approach == "head" else {"epochs": 1, "eval_each_epoch": False})
             for name in args.settings:
-                s = settings(name, approach, cuda, args.ours_batch)
+                s = settings(name, approach, cuda, args.ours_batch, args.ours_eval_batch)
                 run_dir = args.work / "runs" / path.stem / approach / name
                 shutil.rmtree(run_dir, ignore_errors=True)  # never resume an earlier run's checkpoint
                 job = {"arch": path.stem, "approach": approach, "settings": name, "model_json": str(model_json),
@@ -301,11 +333,16 @@ def main(argv: list[str] | None = None) -> None:
                     rows.append({"arch": path.stem, "approach": approach, "rank": RANK[approach], "settings": name,
                                  "max_length": max_length, "n_train": n_train, "n_test": n_test, **train, **infer})
     table = summarise(pd.DataFrame(rows))
+    device = "cuda" if cuda else "cpu"
+    peaks = {d: matmul_peak(d, device) for d in ("fp32", "bf16")}
+    for d, flops in peaks.items():
+        table[f"matmul_peak_{d}_gflops"] = flops / 1e9
     args.out.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(args.out, index=False, float_format="%.5g")
     shown = table[[c for c in SHOW if c in table and table[c].notna().any()]].rename(columns=SHOW)
     print(f"\n{table['device'].iloc[0]}, {table['dtype'].iloc[0]}; {n_train} training and {n_test} test texts of "
-          f"BBC News, at most {max_length} tokens\n")
+          f"BBC News, at most {max_length} tokens; 2048x2048 matmul here: "
+          + ", ".join(f"{d} {flops / 1e9:.0f} GFLOP/s" for d, flops in peaks.items()) + "\n")
     print(shown.to_string(index=False, float_format=lambda x: f"{x:.3g}"))
     print(f"\nwritten to {args.out}")
 

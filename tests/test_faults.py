@@ -245,10 +245,42 @@ def test_largest_batch_halves_until_a_batch_fits():
     with pytest.raises(faults.OutOfMemory, match="inference batch of 1"):
         faults.largest_batch(lambda bs: probe(100), 4)
     hp = {"eval_batch_size": 16}
-    assert faults.resolve_eval_batch(hp, {"cuda": False}, probe) is hp  # a number stays as configured
+    items, lengths = list(range(100)), list(range(100))
+
+    def run(subset, batch_size):
+        assert sorted(subset) == list(range(100 - batch_size, 100))  # the longest items
+        probe(batch_size)
+
+    assert faults.resolve_eval_batch(hp, {"cuda": False}, run, items, lengths) is hp  # a number stays as configured
     assert faults.resolve_eval_batch({"eval_batch_size": "auto", "auto_batch_start": 48}, {"cuda": False},
-                                     probe)["eval_batch_size"] == 12
+                                     run, items, lengths)["eval_batch_size"] == 12
     assert faults.configured_plan({"batch_size": 4, "eval_batch_size": "auto"}, "train")["eval_batch_size"] == 8
+
+
+def test_fastest_batch_times_the_sizes_that_fit_on_a_length_stratified_sample():
+    """``eval_batch_size: fastest`` with a fake clock: a pass costs len(subset) × the per-sample
+    seconds of its batch size (batch 8 the cheapest), then with sizes above 5 out of memory."""
+    import torch
+
+    cost = {1: 1.0, 2: 0.6, 4: 0.5, 8: 0.4, 16: 0.9, 32: 0.9}
+    now, samples, fits = [0.0], [], [32]
+
+    def run(subset, batch_size):
+        if batch_size > fits[0]:
+            raise torch.OutOfMemoryError("CUDA out of memory.")
+        samples.append(list(subset))
+        now[0] += len(subset) * cost[batch_size]
+
+    hp = {"eval_batch_size": "fastest", "auto_batch_start": 32}
+    lengths = [(7 * i) % 100 for i in range(100)]  # items in no length order
+    items = [f"text of {n} tokens" for n in lengths]
+    size, speeds = faults.fastest_batch(run, items[:16], 32, clock=lambda: now[0])
+    assert size == 8 and list(speeds) == [1, 2, 4, 8, 16] and speeds[8] == pytest.approx(1 / 0.4)
+    fits[0] = 5
+    resolved = faults.resolve_eval_batch(hp, {"cuda": False}, run, items, lengths, clock=lambda: now[0])
+    assert resolved["eval_batch_size"] == 4  # 8 was faster but does not fit
+    timed = samples[-1]  # 16 items, every ~6th by length: the shortest and the longest included
+    assert len(timed) == 16 and timed[0] == "text of 0 tokens" and timed[-1] == "text of 99 tokens"
 
 
 def test_auto_eval_batch_finds_the_largest_that_fits_and_predicts_the_same(tmp_path, tiny_model, bbc_small,

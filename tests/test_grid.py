@@ -59,6 +59,9 @@ def test_schema_fills_defaults_and_names_bad_values():
     config["approaches"]["head"]["hparams"]["quantization"] = "int3"
     with pytest.raises(WorkflowError, match=r"'int3' is not one of \['nf4', 'fp4', 'none'\]"):
         validate(config, SCHEMA)
+    config["approaches"]["head"]["hparams"].update(quantization="nf4", precision="fp16")
+    with pytest.raises(WorkflowError, match=r"'fp16' is not one of \['auto', 'bf16', 'fp32'\]"):
+        validate(config, SCHEMA)
     with pytest.raises(WorkflowError, match=r"Additional properties are not allowed \('lr' was unexpected\)"):
         validate({**base_config(), "approaches": {"head": {"models": ["m1"], "hparams": {"lr": 1}}}}, SCHEMA)
 

@@ -97,3 +97,39 @@ def test_non_finite_loss_stops_the_cell_with_step_and_learning_rate(tmp_path, ti
     with pytest.raises(UserError, match=r"cell .*: training loss became (nan|inf) at step \d+ \(learning rate [0-9.e+]+\)"):
         head.train(str(tiny_model), str(bbc_small), str(tmp_path), rank=2, seed=1, hp=hp, threads=2)
     assert not (tmp_path / "adapter").exists() and not (tmp_path / "train_info.json").exists()
+
+
+def test_bf16_precision_trains_nf4_cell_on_cpu(tmp_path, tiny_model, bbc_small):
+    """precision bf16: the paper's bf16 mixed precision, here through CPU autocast (NF4 compute in
+    bf16, fp32 master weights of the trained LoRA and head parameters)."""
+    import torch
+    from safetensors.torch import load_file
+
+    hp = {**TINY_HEAD_HP, "max_epochs": 1, "precision": "bf16"}
+    info = head.train(str(tiny_model), str(bbc_small), str(tmp_path), rank=2, seed=1, hp=hp, threads=2)
+    assert info["dtype"] == "bfloat16" and np.isfinite(info["train_loss"])
+    saved = load_file(tmp_path / "adapter" / "adapter_model.safetensors")
+    assert {t.dtype for t in saved.values()} == {torch.float32}
+    head.predict(str(tmp_path / "adapter"), str(bbc_small), str(tmp_path), hp, threads=2)
+    probs = np.stack(pd.read_parquet(tmp_path / "predictions.parquet")["probs"])
+    assert probs.shape == (30, 5) and np.allclose(probs.sum(1), 1, atol=1e-3)
+    assert json.loads((tmp_path / "throughput.json").read_text())["dtype"] == "bfloat16"
+
+
+def test_unknown_precision_is_refused():
+    from clsbench import UserError
+
+    with pytest.raises(UserError, match=r"precision: 'fp8' is not one of auto, bf16, fp32"):
+        head.device_setup(2, "fp8")
+
+
+def test_fastest_eval_batch_predicts_the_same(trained_cell, bbc_small, tmp_path):
+    """``eval_batch_size: fastest`` times the sizes on this machine and records the one it chose;
+    the predictions do not depend on it."""
+    out, _ = trained_cell
+    info = head.predict(str(out / "adapter"), str(bbc_small), str(tmp_path), {**TINY_HEAD_HP, "eval_batch_size": "fastest"},
+                        threads=2)
+    assert info["eval_batch_size"] in (1, 2, 4, 8, 16)
+    fastest, fixed = (pd.read_parquet(d / "predictions.parquet") for d in (tmp_path, out))
+    assert fastest["pred"].map(list).tolist() == fixed["pred"].map(list).tolist()
+    assert np.allclose(np.stack(fastest["probs"]), np.stack(fixed["probs"]), atol=1e-4)

@@ -136,3 +136,13 @@ def test_ids_beyond_z_render_and_score(lm):
     assert "AD:topic 29" in prompts.render("x", labels, False)
     probs = instruct.score_single(model, enc, [enc.prompt_ids("some text")], 8, "cpu")
     assert probs.shape == (1, 30) and probs.sum() == pytest.approx(1)
+
+
+def test_bf16_precision_instruct_cell_on_cpu(tmp_path, tiny_model, bbc_small):
+    """precision bf16 with NF4 (CPU autocast in the SFTTrainer); both inference modes run in bf16."""
+    hp = {**HP, "quantization": "nf4", "precision": "bf16"}
+    info = instruct.train(str(tiny_model), str(bbc_small), str(tmp_path), rank=2, seed=1, hp=hp, threads=2)
+    assert info["dtype"] == "bfloat16" and np.isfinite(info["train_loss"])
+    infos = instruct.predict(str(tmp_path / "adapter"), str(bbc_small), str(tmp_path), hp, threads=2)
+    probs = np.stack(pd.read_parquet(tmp_path / "predictions.parquet")["probs"])
+    assert np.allclose(probs.sum(1), 1, atol=1e-3) and infos["generate"]["n"] == len(probs)

@@ -65,14 +65,17 @@ def resume_point(ckpt_dir: str | Path, run_key: dict | None = None) -> str | Non
 
 
 # ---------------------------------------------------------------- out of memory
+AUTO_BATCH = ("auto", "fastest")  # eval_batch_size values resolved at prediction time
+
+
 def configured_plan(hp: dict, stage: str) -> dict:
-    """Batch sizes as configured. ``eval_batch_size: auto`` is resolved by the predict step
-    (:func:`resolve_eval_batch`); validation during training then uses twice the micro-batch (a
+    """Batch sizes as configured. ``eval_batch_size: auto`` / ``fastest`` is resolved by the predict
+    step (:func:`resolve_eval_batch`); validation during training then uses twice the micro-batch (a
     forward pass without stored activations fits where a training step of that size does)."""
     plan = {"eval_batch_size": hp.get("eval_batch_size", 8)}
     if stage == "train":
         plan.update(batch_size=hp["batch_size"], grad_accum=hp.get("grad_accum", 1))
-        if plan["eval_batch_size"] == "auto":
+        if plan["eval_batch_size"] in AUTO_BATCH:
             plan["eval_batch_size"] = 2 * hp["batch_size"]
     return plan
 
@@ -179,15 +182,52 @@ def largest_batch(probe, start: int) -> int:
         raise
 
 
-def resolve_eval_batch(hp: dict, env: dict, probe) -> dict:
-    """``hp`` with ``eval_batch_size: auto`` replaced by :func:`largest_batch` from ``auto_batch_start``
-    (default 256 on a GPU; 32 on a CPU, where a larger batch does not run faster and host memory
-    runs out by being killed, not with an exception). A number is returned as it is."""
-    if hp.get("eval_batch_size") != "auto":
+def fastest_batch(run, sample: list, limit: int, clock=None) -> tuple[int, dict[int, float]]:
+    """The inference batch with the most samples/s, for ``eval_batch_size: fastest``: ``run(sample,
+    bs)`` (a length-sorted pass over ``sample`` in batches of ``bs``) is timed for bs = 1, 2, 4, ...
+    up to ``limit`` and len(sample), after one warm-up batch. Returns (size, {size: samples/s}).
+    On a GPU throughput grows with the batch until memory runs out; on a CPU it need not (README
+    "Throughput": batch 1 was fastest for 1024-token texts on the 2-core CPU measured)."""
+    import time
+
+    clock = clock or time.perf_counter
+    run(sample[:1], 1)
+    speeds = {}
+    size = 1
+    while size <= min(limit, len(sample)):
+        t0 = clock()
+        run(sample, size)
+        speeds[size] = len(sample) / max(clock() - t0, 1e-9)
+        size *= 2
+    return max(speeds, key=speeds.get), speeds
+
+
+def resolve_eval_batch(hp: dict, env: dict, run, items: list, lengths: list[int], clock=None) -> dict:
+    """``hp`` with an ``eval_batch_size`` of ``auto`` or ``fastest`` replaced by a number (a number
+    is returned as it is). ``run(subset, bs)``: inference over ``subset`` of ``items`` (token
+    ``lengths``) in batches of ``bs``.
+
+    auto     :func:`largest_batch`: the ``bs`` longest items from ``auto_batch_start`` (default 256
+             on a GPU; 32 on a CPU, where host memory runs out by being killed, not with an
+             exception), halving after out-of-memory.
+    fastest  the largest that fits, then :func:`fastest_batch` over a length-stratified sample of the
+             items (every k-th by length; 64 items on a GPU, 16 on a CPU) for the sizes up to it."""
+    import numpy as np
+
+    goal = hp.get("eval_batch_size")
+    if goal not in AUTO_BATCH:
         return hp
+    by_length = [items[i] for i in np.argsort(lengths, kind="stable")]
     start = hp.get("auto_batch_start") or (256 if env["cuda"] else 32)
-    size = largest_batch(probe, start)
-    print(f"eval_batch_size auto: {size} (tried from {start})", flush=True)
+    size = largest_batch(lambda bs: run(by_length[::-1][:bs], bs), start)
+    if goal == "fastest":
+        n = min(len(items), 64 if env["cuda"] else 16)
+        sample = [by_length[i] for i in np.linspace(0, len(items) - 1, n).round().astype(int)]
+        size, speeds = fastest_batch(run, sample, size, clock)
+        print("eval_batch_size fastest: " + ", ".join(f"{bs}: {v:.3g}" for bs, v in speeds.items())
+              + f" samples/s -> {size}", flush=True)
+    else:
+        print(f"eval_batch_size auto: {size} (tried from {start})", flush=True)
     return {**hp, "eval_batch_size": size}
 
 

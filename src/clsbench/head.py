@@ -40,7 +40,14 @@ FROZEN_HEAD = "score.safetensors"
 
 
 # ---------------------------------------------------------------- device, model
-def device_setup(threads: int | None = None) -> dict:
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
+def device_setup(threads: int | None = None, precision: str | None = "auto") -> dict:
+    """Device, thread count and compute dtype of a job. ``precision`` (the ``precision``
+    hyperparameter): bf16 = the paper's bf16 mixed precision (bf16 matmuls, fp32 master weights of
+    the trained parameters; on a CPU through autocast), fp32, or auto = bf16 on a GPU, fp32 on a CPU
+    (bf16 pays on CPUs with AVX512-BF16 or AMX only; README "Throughput" has measured figures)."""
     from .gpu import claim
 
     claim()  # one GPU per job on multi-GPU machines, before CUDA initialises
@@ -51,9 +58,13 @@ def device_setup(threads: int | None = None) -> dict:
     if threads:
         torch.set_num_threads(threads)
     cuda = torch.cuda.is_available()
+    precision = precision or "auto"
+    if precision not in PRECISIONS:
+        raise UserError(f"hyperparameter precision: {precision!r} is not one of {', '.join(PRECISIONS)}")
+    bf16 = precision == "bf16" or (precision == "auto" and cuda)
     return {"cuda": cuda, "device": "cuda" if cuda else "cpu",
             "device_name": torch.cuda.get_device_name(0) if cuda else f"cpu ({torch.get_num_threads()} threads)",
-            "compute_dtype": torch.bfloat16 if cuda else torch.float32}
+            "compute_dtype": torch.bfloat16 if bf16 else torch.float32}
 
 
 def quantization_config(hp: dict, compute_dtype, keep: tuple[str, ...] = ("score",)):
@@ -213,7 +224,7 @@ def build_model(info: dict, labels: list[str], multi: bool, tok, hp: dict, env: 
     from peft import get_peft_model, prepare_model_for_kbit_training
 
     kwargs = classification_kwargs(labels, multi, tok.pad_token_id)
-    if approach == "encoder":  # fp32 master weights; bf16 autocast on GPU through the Trainer
+    if approach == "encoder":  # fp32 master weights; bf16 autocast through the Trainer (precision bf16)
         return load_classifier(info["path"], {**hp, "quantization": "none"}, env, dtype=torch.float32, **kwargs)
     model = load_classifier(info["path"], hp, env, **kwargs)
     if hp.get("quantization", "nf4") != "none":
@@ -230,7 +241,7 @@ def train(model_json: str, data_dir: str, out_dir: str, rank: int, seed: int, hp
     if approach == "frozen":
         return train_frozen(model_json, data_dir, out_dir, seed, hp, threads)
 
-    env = device_setup(threads)
+    env = device_setup(threads, hp.get("precision"))
     out_dir = Path(out_dir)
     info = read_json(model_json)
     splits, labels, multi = load_prepared(data_dir)
@@ -256,7 +267,7 @@ def train(model_json: str, data_dir: str, out_dir: str, rank: int, seed: int, hp
         num_train_epochs=hp["max_epochs"], eval_strategy="epoch", logging_nan_inf_filter=False, save_strategy="epoch", save_total_limit=1,
         load_best_model_at_end=True, metric_for_best_model="f1_micro", greater_is_better=True,
         max_grad_norm=hp.get("max_grad_norm", 1.0), logging_strategy="steps",
-        logging_steps=max(1, steps_per_epoch // 5), seed=seed, data_seed=seed, bf16=env["cuda"],
+        logging_steps=max(1, steps_per_epoch // 5), seed=seed, data_seed=seed, bf16=env["compute_dtype"] == torch.bfloat16,
         use_cpu=not env["cuda"], report_to="none", disable_tqdm=True, dataloader_num_workers=0,
         train_sampling_strategy=throughput.sampling_strategy(hp))
     timer = eval_timer()
@@ -402,7 +413,7 @@ def train_frozen(model_json: str, data_dir: str, out_dir: str, seed: int, hp: di
     import torch
     from transformers import get_scheduler, set_seed
 
-    env = device_setup(threads)
+    env = device_setup(threads, hp.get("precision"))
     out_dir = Path(out_dir)
     info = read_json(model_json)
     splits, labels, multi = load_prepared(data_dir)
@@ -495,12 +506,6 @@ def predict_logits(model, tok, texts: list[str], max_length: int, batch_size: in
     return out, [len(ids) for ids in enc["input_ids"]]
 
 
-def longest(texts: list[str], tok, max_length: int, n: int) -> list[str]:
-    """The ``n`` texts with the most tokens (after truncation): the costliest batch of a sorted pass."""
-    lengths = [len(ids) for ids in tok(texts, truncation=True, max_length=max_length)["input_ids"]]
-    return [texts[i] for i in np.argsort(lengths, kind="stable")[::-1][:n]]
-
-
 def load_trained(adapter_dir: str | Path, hp: dict, env: dict):
     """The trained classifier: base (quantised as in training) + adapter + head, base + head
     (frozen), or the fine-tuned encoder."""
@@ -531,7 +536,7 @@ def predict(adapter_dir: str, data_dir: str, out_dir: str, hp: dict, split: str 
     """Write ``predictions.parquet`` (id, gold, probs, pred) and ``predict_info.json`` into ``out_dir``."""
     import torch
 
-    env = device_setup(threads)
+    env = device_setup(threads, hp.get("precision"))
     splits, labels, multi = load_prepared(data_dir)
     df = splits[split]
     out_dir = Path(out_dir)
@@ -539,8 +544,10 @@ def predict(adapter_dir: str, data_dir: str, out_dir: str, hp: dict, split: str 
     faults.check_sums(adapter_dir, derived=(out_dir / "predictions.parquet", out_dir / "metrics.json"))
     model, tok = load_trained(adapter_dir, hp, env)
     texts = list(df["text"])
-    hp = faults.resolve_eval_batch(hp, env, lambda bs: predict_logits(
-        model, tok, longest(texts, tok, hp["max_length"], bs), hp["max_length"], bs, env["device"]))
+    if hp.get("eval_batch_size") in faults.AUTO_BATCH:
+        lengths = [len(ids) for ids in tok(texts, truncation=True, max_length=hp["max_length"])["input_ids"]]
+        hp = faults.resolve_eval_batch(hp, env, lambda subset, bs: predict_logits(
+            model, tok, subset, hp["max_length"], bs, env["device"]), texts, lengths)
     plan = faults.batch_plan(hp, out_dir, "predict")  # halved after an out-of-memory failure
     bs = plan["eval_batch_size"]
     with faults.oom_retry(out_dir, "predict", hp, plan):

@@ -147,7 +147,7 @@ def train(model_json: str, data_dir: str, out_dir: str, rank: int, seed: int, hp
     from transformers import set_seed
     from trl import SFTConfig, SFTTrainer
 
-    env = device_setup(threads)
+    env = device_setup(threads, hp.get("precision"))
     if not env["cuda"]:
         _score_answer_positions_only()
     out_dir = Path(out_dir)
@@ -185,7 +185,7 @@ def train(model_json: str, data_dir: str, out_dir: str, rank: int, seed: int, hp
         completion_only_loss=hp.get("loss", "answer_only") == "answer_only", max_length=None,
         eval_strategy="epoch" if hp.get("eval_each_epoch", True) else "no", save_strategy="epoch", save_total_limit=1,
         logging_strategy="steps", logging_steps=max(1, steps_per_epoch // 5),
-        logging_nan_inf_filter=False, seed=seed, data_seed=seed, bf16=env["cuda"], use_cpu=not env["cuda"],
+        logging_nan_inf_filter=False, seed=seed, data_seed=seed, bf16=env["compute_dtype"] == torch.bfloat16, use_cpu=not env["cuda"],
         report_to="none", disable_tqdm=True, dataloader_num_workers=0, train_sampling_strategy=throughput.sampling_strategy(hp))
     timer = eval_timer()
     trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds, processing_class=tok,
@@ -429,7 +429,7 @@ def predict(source: str, data_dir: str, out_dir: str, hp: dict, approach: str = 
     ``source``: the cell's ``adapter/`` (instruct) or the model's folder (zero-shot)."""
     import torch
 
-    env = device_setup(threads)
+    env = device_setup(threads, hp.get("precision"))
     splits, labels, multi = load_prepared(data_dir)
     df = splits[split]
     out_dir = Path(out_dir)
@@ -442,9 +442,8 @@ def predict(source: str, data_dir: str, out_dir: str, hp: dict, approach: str = 
     rows = [enc.prompt_ids(text) for text in df["text"]]
     encode_seconds = time.perf_counter() - t0
     lengths = [len(r) for r in rows]
-    longest = sorted(rows, key=len, reverse=True)
-    hp = faults.resolve_eval_batch(hp, env, lambda bs: [run_mode(m, model, enc, longest[:bs], {**hp, "eval_batch_size": bs}, env)
-                                                         for m in modes])
+    hp = faults.resolve_eval_batch(hp, env, lambda subset, bs: [
+        run_mode(m, model, enc, subset, {**hp, "eval_batch_size": bs}, env) for m in modes], rows, lengths)
     plan = faults.batch_plan(hp, out_dir, "predict")  # halved after an out-of-memory failure
     configured, hp = hp, {**hp, "eval_batch_size": plan["eval_batch_size"]}
     infos = {}
