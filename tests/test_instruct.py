@@ -146,3 +146,15 @@ def test_bf16_precision_instruct_cell_on_cpu(tmp_path, tiny_model, bbc_small):
     infos = instruct.predict(str(tmp_path / "adapter"), str(bbc_small), str(tmp_path), hp, threads=2)
     probs = np.stack(pd.read_parquet(tmp_path / "predictions.parquet")["probs"])
     assert np.allclose(probs.sum(1), 1, atol=1e-3) and infos["generate"]["n"] == len(probs)
+
+
+def test_lm_head_gets_a_contiguous_input(lm):
+    """The last-position slice transformers hands the LM head is made contiguous (torch's CPU linear
+    on the strided slice copies the whole LM-head weight per batch row: see contiguous_lm_head_input)."""
+    model, _ = lm
+    seen = []
+    handle = model.get_output_embeddings().register_forward_pre_hook(lambda m, args: seen.append(args[0].is_contiguous()))
+    with torch.inference_mode():
+        model(input_ids=torch.tensor([[5, 6, 7, 8], [9, 10, 11, 12]]), logits_to_keep=1)
+    handle.remove()
+    assert seen == [True]

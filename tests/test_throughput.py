@@ -133,7 +133,7 @@ def test_throughput_table_shows_tokens_memory_and_the_paper_beside_ours():
     from clsbench import tables
 
     base = {"dataset": "clv", "seed": 42, "mode": "classifier", "train_samples_per_second": 22.74,
-            "infer_samples_per_second": 9.08}
+            "infer_samples_per_second": 9.08, "device": "NVIDIA L4", "dtype": "bfloat16"}
     df = pd.DataFrame([{**base, "model": "llama-3-2-1b", "approach": "head", "rank": 8, "train_tokens_per_second": 900.0,
                         "infer_tokens_per_second": 4000.0, "peak_memory_mb": 5000.0},
                        {**base, "model": "gemma-3-270m", "approach": "zeroshot", "rank": 0, "mode": "score",
@@ -149,3 +149,4 @@ def test_throughput_table_shows_tokens_memory_and_the_paper_beside_ours():
     assert table["infer_tokens_per_second"].tolist() == [4000, 300]  # instruct/zeroshot: prompt tokens
     assert pd.isna(table.iloc[1]["train_peak_memory_mb"])  # no training: its peak is the inference's
     assert "train_mfu" not in table  # no cell recorded it
+    assert list(table.columns[-2:]) == ["device", "dtype"] and set(table["dtype"]) == {"bfloat16"}

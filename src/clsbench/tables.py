@@ -33,6 +33,7 @@ COLUMNS = ["dataset", "model", "approach", "rank", "seed", "mode", "f1_micro", "
 THROUGHPUT_EXTRA = ["train_tokens_per_second", "infer_tokens_per_second", "infer_prompt_tokens_per_second",
                     "peak_memory_mb", "train_peak_memory_mb", "infer_peak_memory_mb", "train_padding_fraction",
                     "infer_padding_fraction", "train_mfu", "infer_mfu"]
+THROUGHPUT_CONTEXT = ["device", "dtype"]  # what was measured: the throughput table's last columns
 APPROACH_TITLES = {"head": "Classification head", "frozen": "Frozen LLM + head (no LoRA)",
                    "instruct": "Instruction tuning", "zeroshot": "Zero-shot prompting",
                    "encoder": "Encoder (full fine-tuning)", "tfidf": "TF-IDF + logistic regression"}
@@ -53,12 +54,12 @@ def collect(metric_files: list[str | Path]) -> pd.DataFrame:
         row["f1_micro_ci_low"], row["f1_micro_ci_high"] = metrics.get("f1_micro_ci95", [None, None])
         row["rank"], row["seed"] = int(match["rank"]), int(match["seed"])
         row["mode"] = match["mode"] or ("score" if match["approach"] in GENERATIVE else "classifier")
-        row.update({k: metrics.get(k) for k in THROUGHPUT_EXTRA})
+        row.update({k: metrics.get(k) for k in THROUGHPUT_EXTRA + THROUGHPUT_CONTEXT})
         row["_dir"] = str(Path(path).parent)
         row["_predictions"] = str(Path(path).parent / ("predictions_generate.parquet" if match["mode"]
                                                        else "predictions.parquet"))
         rows.append(row)
-    df = pd.DataFrame(rows, columns=[*COLUMNS, *THROUGHPUT_EXTRA, "_dir", "_predictions"])
+    df = pd.DataFrame(rows, columns=[*COLUMNS, *THROUGHPUT_EXTRA, *THROUGHPUT_CONTEXT, "_dir", "_predictions"])
     integers = ["trainable_params", "total_params", "epochs_run", "best_epoch", "n"]
     df[integers] = df[integers].astype("Int64")  # stay integers where some cells have no value (tfidf epochs)
     tfidf = df[df["approach"] == "tfidf"].groupby("dataset")["f1_micro"].mean()
@@ -128,7 +129,7 @@ def render(metric_files: list[str | Path], out_csv: str | Path, out_md: str | Pa
     df = collect(metric_files)
     df["paper_f1_micro"] = paper_figures(df, "f1_micro", paper_datasets or {})
     with atomic_path(out_csv) as tmp:
-        df.drop(columns=["_dir", "_predictions", *THROUGHPUT_EXTRA]).to_csv(tmp, index=False, float_format="%.4f")
+        df.drop(columns=["_dir", "_predictions", *THROUGHPUT_EXTRA, *THROUGHPUT_CONTEXT]).to_csv(tmp, index=False, float_format="%.4f")
     table = paper_layout(df)
     note = ("Micro-F1 on each dataset's test split (mean ± sd where several seeds ran); in brackets the "
             "distance to the TF-IDF + logistic regression line where it ran. "
@@ -187,6 +188,9 @@ def throughput_table(df: pd.DataFrame, paper_datasets: dict[str, str]) -> pd.Dat
     for name, values in extra.items():  # only the figures some cell has
         if values.notna().any():
             out[name] = values
+    for name in THROUGHPUT_CONTEXT:
+        if name in df and df[name].notna().any():
+            out[name] = df[name]
     return out
 
 
