@@ -3,7 +3,6 @@ import json
 
 import numpy as np
 import pandas as pd
-import pytest
 
 from clsbench import head, metrics, models, tfidf
 from conftest import TINY_HEAD_HP
@@ -42,8 +41,6 @@ def test_frozen_head_trains_only_the_score_layer(tmp_path, tiny_model, bbc_small
 
 def test_frozen_features_are_the_pooled_last_token(tiny_model, bbc_small):
     """The cached features times the head's weights give the classifier's own logits."""
-    import torch
-
     env = head.device_setup(2)
     info = json.loads(tiny_model.read_text())
     tok = models.load_tokenizer(info["path"])

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from . import UserError
-from .io import atomic_path, read_json, run_cli, write_json
+from .io import atomic_path, read_json, run_cli
 from .metrics import indicator
 
 SPLITS = ("train", "val", "test")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import accuracy_score, f1_score, hamming_loss, precision_recall_fscore_support
+from sklearn.metrics import accuracy_score, hamming_loss, precision_recall_fscore_support
 
 from . import UserError
 from .io import read_json, run_cli, write_json
