@@ -53,6 +53,8 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import pandas as pd  # noqa: E402
 
+from clsbench.head import PRECISIONS  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 ARCHS = REPO / "benchmarks" / "archs"
 SMALL = ["smollm2-135m", "gemma-3-270m"]  # the CPU default
@@ -78,24 +80,18 @@ def settings(name: str, approach: str, cuda: bool, ours_batch: int | None, ours_
             "modes": ["score", "generate"] if approach == "instruct" else ["classifier"]}
 
 
-def matmul_peak(dtype_name: str, device: str, n: int = 2048, repeats: int = 8) -> float:
-    """Achieved FLOP/s of an n × n matrix product in ``dtype_name``: the machine's practical dense
-    peak, against which the model FLOP/s of each measurement can be read (on a GPU MFU uses the
-    data-sheet peak)."""
-    import time
-
+def matmul_peak(dtype_name: str, device: str, n: int = 2048) -> float:
+    """Achieved FLOP/s of an n × n matrix product in ``dtype_name`` (torch.utils.benchmark, which
+    synchronises CUDA): the machine's practical dense peak, against which the model FLOP/s of each
+    measurement can be read (on a GPU MFU uses the data-sheet peak)."""
     import torch
+    from torch.utils.benchmark import Timer
 
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
     a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
-    torch.mm(a, b)
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    sync()
-    t0 = time.perf_counter()
-    for _ in range(repeats):
-        torch.mm(a, b)
-    sync()
-    return 2 * n ** 3 * repeats / (time.perf_counter() - t0)
+    seconds = Timer("torch.mm(a, b)", globals={"torch": torch, "a": a, "b": b},
+                    num_threads=torch.get_num_threads()).blocked_autorange(min_run_time=1).median
+    return 2 * n ** 3 / seconds
 
 
 def default_hparams(approach: str) -> dict:
@@ -293,7 +289,7 @@ def main(argv: list[str] | None = None) -> None:
                         "batch of 8 (default 8 on a GPU; 1 on a CPU, where larger batches ran slower)")
     parser.add_argument("--ours-eval-batch", type=int, help="our inference batch (default: eval_batch_size fastest, "
                         "the size with the most samples/s on a sample of the test texts, chosen per run)")
-    parser.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
                         help="compute precision of both settings (the pipeline's precision hyperparameter; auto: "
                         "bf16 on a GPU, fp32 on a CPU; the paper's is bf16)")
     parser.add_argument("--threads", type=int)
