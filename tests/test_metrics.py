@@ -28,6 +28,48 @@ def test_multi_label_metrics_by_hand():
     assert m["hamming_loss"] == pytest.approx(2 / 9)
 
 
+def test_invalid_single_label_answer_is_a_wrong_answer():
+    """An unparseable answer (empty prediction, valid False) is a miss and a false positive:
+    single-label micro-F1 equals accuracy."""
+    gold = [["a"], ["b"], ["a"], ["c"], ["b"]]
+    pred = [["a"], [], [], ["a"], ["b"]]
+    invalid = [False, True, True, False, False]
+    m = metrics.classification_metrics(gold, pred, ["a", "b", "c"], multi_label=False, invalid=invalid)
+    assert m["accuracy"] == pytest.approx(2 / 5) and m["f1_micro"] == pytest.approx(m["accuracy"])
+    assert m["precision_micro"] == pytest.approx(2 / 5) and m["invalid_answers"] == 2
+    assert m["per_class"]["b"]["recall"] == pytest.approx(1 / 2)  # the invalid answer missed its b
+    # without the invalid flag an empty prediction would be a miss only: micro-F1 above accuracy
+    lenient = metrics.classification_metrics(gold, pred, ["a", "b", "c"], multi_label=False)
+    assert lenient["f1_micro"] > lenient["accuracy"]
+
+
+def test_invalid_multi_label_answer_costs_precision_too():
+    gold = [["a", "b"], ["b"]]
+    m = metrics.classification_metrics(gold, [["a", "b"], []], ["a", "b"], multi_label=True, invalid=[False, True])
+    # TP=2, FN=1 (b), FP=1 (the invalid answer) -> P=R=F=2/3
+    assert m["f1_micro"] == pytest.approx(2 / 3) and m["precision_micro"] == pytest.approx(2 / 3)
+    assert m["subset_accuracy"] == pytest.approx(1 / 2) and m["hamming_loss"] == pytest.approx(1 / 4)
+
+
+def test_evaluate_scores_invalid_generated_answers_as_wrong(tmp_path):
+    """A generate-mode cache, hand-made: evaluate gives micro-F1 = accuracy and a CI around it."""
+    labels = tmp_path / "labels.json"
+    labels.write_text(json.dumps({"labels": ["a", "b"], "multi_label": False}))
+    gold = [["a"], ["b"]] * 10
+    pred = [["a"], ["b"]] * 5 + [["a"], []] * 5
+    valid = [True, True] * 5 + [True, False] * 5
+    pd.DataFrame({"id": [str(i) for i in range(20)], "gold": gold, "pred": pred, "valid": valid,
+                  "generated": ["x"] * 20}).to_parquet(tmp_path / "p.parquet")
+    m = metrics.evaluate(tmp_path / "p.parquet", labels)
+    assert m["accuracy"] == pytest.approx(0.75) and m["f1_micro"] == pytest.approx(0.75)
+    low, high = m["f1_micro_ci95"]
+    assert low <= 0.75 <= high
+    # the paired test sees the invalid answers as errors too
+    pd.DataFrame({"id": [str(i) for i in range(20)], "gold": gold, "pred": gold}).to_parquet(tmp_path / "q.parquet")
+    result = metrics.compare(tmp_path / "q.parquet", tmp_path / "p.parquet", labels)
+    assert result["delta_ci_low"] > 0 and result["p_value"] == pytest.approx(2 * 0.5**5)
+
+
 def test_unknown_predicted_label_is_an_error():
     with pytest.raises(UserError, match="label 'z' in predictions is not in the label set"):
         metrics.classification_metrics([["a"]], [["z"]], ["a", "b"], multi_label=False)

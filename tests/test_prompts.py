@@ -4,7 +4,7 @@ import json
 import pytest
 
 from clsbench import UserError
-from clsbench.prompts import (answer, check_labels, label_ids, multi_answer_prefix, parse_multi, parse_single,
+from clsbench.prompts import (answer, check_labels, label_ids, parse_multi, parse_single,
                               render)
 
 LABELS = ["business", "entertainment", "politics", "sport", "tech"]
@@ -32,7 +32,6 @@ def test_multi_label_prompt_is_appendix_b2():
     # gold set in the allowed set's order, whatever order it comes in; the empty set is allowed
     assert answer(["tech", "business"], LABELS, multi_label=True) == ' ["business", "tech"]'
     assert answer([], LABELS, multi_label=True) == " []"
-    assert multi_answer_prefix(["business"]) + ', "tech"]' == ' ["business", "tech"]'
 
 
 def test_ids_extend_past_z():
@@ -74,8 +73,8 @@ def test_parse_single(output, expected):
     ('labels: ["sport"]', ["sport"]),                           # with the key repeated
     ('Sure! labels: ["Sport" ,  "TECH"] hope this helps', ["sport", "tech"]),  # extra text, case, spaces
     ("['politics']", ["politics"]),                             # single quotes
-    ('["business", "weather"]', ["business"]),                  # outside the allowed set: dropped
-    ('["weather"]', []),                                        # only unknown labels: an empty answer
+    ('["business", "weather"]', None),                          # a label outside the allowed set: invalid
+    ('["weather"]', None),                                      # only unknown labels: invalid, not empty
     ('["business", "te', ["business"]),                         # cut off by the token limit
     ("[business, sport]", ["business", "sport"]),               # unquoted names
     ("business, sport", ["business", "sport"]),                 # no list, every part a label

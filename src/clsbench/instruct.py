@@ -100,6 +100,27 @@ class Encoder:
     def answer_ids(self, gold: list[str]) -> list[int]:
         return self.ids(prompts.answer(gold, self.labels, self.multi)) + [self.eos]
 
+    def next_item_events(self, chosen: list[str], later: list[str]) -> list[list[list[int]]]:
+        """Multi-label scoring: the token sequences (from the answer's start) of each way the list
+        can go on after the labels ``chosen``: one group per label of ``later`` (the next item is that
+        label: the list ends after it, or goes on to any later label), then the group "the list ends
+        here". Every sequence is the tokenised training target of a label set, or a prefix of one
+        that ends at the first token where going on departs from ending, so the events are
+        disjoint and each is what training taught the model to emit (a bare closing quote after a
+        label, which no target has, is never scored)."""
+        groups = []
+        for j, name in enumerate(later):
+            ends = self.answer_ids(chosen + [name])
+            goes_on = []
+            for nxt in later[j + 1:]:
+                target = self.answer_ids(chosen + [name, nxt])
+                shared = next((k for k, (a, b) in enumerate(zip(ends, target)) if a != b), len(ends) - 1)
+                if target[:shared + 1] not in goes_on:
+                    goes_on.append(target[:shared + 1])
+            groups.append([ends] + goes_on)
+        groups.append([self.answer_ids(chosen)])
+        return groups
+
     def training_examples(self, df: pd.DataFrame):
         """A tokenised prompt/completion dataset (input_ids, completion_mask) for SFTTrainer."""
         from datasets import Dataset
@@ -282,17 +303,18 @@ def prompt_cache(model, rows: list[list[int]], pad_id: int, device: str):
 
 
 def continuation_logprobs(model, cache, continuations: list[list[list[int]]], device: str,
-                          max_elements: int = 2**26, prompts_of: list[int] | None = None) -> np.ndarray:
-    """log P(continuation | prompt) for the C continuations of each of the cached batch's prompts
-    (``prompts_of[k]``: the cache row of ``continuations[k]``, default k), as an array (len, C);
-    the prompts are not run again (their KV cache is reused)."""
+                          max_elements: int = 2**26, prompts_of: list[int] | None = None) -> list[np.ndarray]:
+    """log P(continuation | prompt) for the continuations of each of the cached batch's prompts
+    (``prompts_of[k]``: the cache row of ``continuations[k]``, default k; rows may hold different
+    numbers of continuations), one array per row; the prompts are not run again (their KV cache
+    is reused)."""
     import torch
 
     past, prompt_mask, first = cache
-    n_cont = len(continuations[0])
+    counts = [len(row) for row in continuations]
     flat = [c for row in continuations for c in row]
     rows_of = torch.tensor(prompts_of if prompts_of is not None else range(len(continuations)))
-    owner = rows_of.repeat_interleave(n_cont)
+    owner = rows_of.repeat_interleave(torch.tensor(counts))
     width = max(map(len, flat))
     ids = torch.zeros((len(flat), width), dtype=torch.long)
     mask = torch.zeros((len(flat), width), dtype=torch.long)
@@ -316,7 +338,7 @@ def continuation_logprobs(model, cache, continuations: list[list[list[int]]], de
                 target = ids[rows, 1:].to(logits.device)
                 logp = torch.log_softmax(logits[:, :-1], -1).gather(-1, target[..., None])[..., 0]
                 scores[rows] += (logp.cpu().double() * mask[rows, 1:]).sum(-1)
-    return scores.reshape(len(continuations), n_cont).numpy()
+    return np.split(scores.numpy(), np.cumsum(counts)[:-1])
 
 
 def score_single(model, enc: Encoder, prompt_rows: list[list[int]], batch_size: int, device: str) -> np.ndarray:
@@ -328,10 +350,11 @@ def score_single(model, enc: Encoder, prompt_rows: list[list[int]], batch_size: 
     if len(set(first)) == len(first):
         logits = first_token_scores(model, prompt_rows, first, batch_size, enc.tok.pad_token_id, device)
     else:  # e.g. IDs beyond Z whose first token is shared: score every whole answer
-        logits = np.concatenate([
-            continuation_logprobs(model, prompt_cache(model, prompt_rows[s:s + batch_size], enc.tok.pad_token_id, device),
-                                  [answers] * len(prompt_rows[s:s + batch_size]), device)
-            for s in range(0, len(prompt_rows), batch_size)])
+        logits = np.stack([
+            row for s in range(0, len(prompt_rows), batch_size)
+            for row in continuation_logprobs(model, prompt_cache(model, prompt_rows[s:s + batch_size],
+                                                                 enc.tok.pad_token_id, device),
+                                             [answers] * len(prompt_rows[s:s + batch_size]), device)])
     return softmax(logits, axis=1)
 
 
@@ -339,10 +362,13 @@ def score_multi(model, enc: Encoder, prompt_rows: list[list[int]], threshold: fl
                 device: str) -> np.ndarray:
     """Per-label probabilities by ordered, constrained scoring of the JSON list (see module docstring).
 
-    Skipping a label leaves the list's text unchanged, so the next label's probability is the same
-    candidate scores renormalised over the later labels and ``]``: the model runs again only for
-    the texts whose list just grew (about |labels chosen| + 1 passes, not one per label)."""
-    from scipy.special import softmax
+    The events of one decision are token sequences of :meth:`Encoder.next_item_events`, each a
+    prefix of the tokenised training target of some label set, so the model is asked exactly what
+    it was trained to emit. Skipping a label leaves the list's tokens unchanged, so the next label's
+    probability is the same event scores renormalised over the later labels and closing the list:
+    the model runs again only for the texts whose list just grew (about |labels chosen| + 1 passes,
+    not one per label)."""
+    from scipy.special import logsumexp, softmax
 
     labels = enc.labels
     probs = np.zeros((len(prompt_rows), len(labels)))
@@ -350,14 +376,16 @@ def score_multi(model, enc: Encoder, prompt_rows: list[list[int]], threshold: fl
         batch = prompt_rows[s:s + batch_size]
         cache = prompt_cache(model, batch, enc.tok.pad_token_id, device)
         chosen = [[] for _ in batch]
-        scored = [None] * len(batch)  # (first label index, log-probs of labels[first:] + ["]"])
+        scored = [None] * len(batch)  # (first label index, log-probs of labels[first:] + [close])
         for i in range(len(labels)):
             stale = [b for b in range(len(batch)) if scored[b] is None]
             if stale:
-                continuations = [[enc.ids(prompts.multi_answer_prefix(chosen[b] + [name])) for name in labels[i:]]
-                                 + [enc.ids(prompts.multi_answer_prefix(chosen[b]) + "]") + [enc.eos]] for b in stale]
-                for b, row in zip(stale, continuation_logprobs(model, cache, continuations, device, prompts_of=stale)):
-                    scored[b] = (i, row)
+                events = [enc.next_item_events(chosen[b], labels[i:]) for b in stale]
+                flat = [[seq for group in groups for seq in group] for groups in events]
+                rows = continuation_logprobs(model, cache, flat, device, prompts_of=stale)
+                for b, groups, row in zip(stale, events, rows):
+                    bounds = np.cumsum([0] + [len(g) for g in groups])
+                    scored[b] = (i, np.array([logsumexp(row[lo:hi]) for lo, hi in zip(bounds[:-1], bounds[1:])]))
             for b in range(len(batch)):
                 first, row = scored[b]
                 p_i = softmax(row[i - first:])[0]

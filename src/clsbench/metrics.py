@@ -26,21 +26,48 @@ def indicator(rows, labels: list[str]) -> np.ndarray:
     return y
 
 
-def classification_metrics(gold_rows, pred_rows, labels: list[str], multi_label: bool) -> dict:
-    """micro/macro/weighted F1, per-class P/R/F1, and accuracy (single) or subset acc. + Hamming loss (multi)."""
+def scored_indicators(gold_rows, pred_rows, labels: list[str], invalid=None) -> tuple[np.ndarray, np.ndarray]:
+    """(gold, pred) 0/1 matrices as every metric scores them. An invalid answer (generate mode: the
+    text named no allowed label) is a wrong answer: it predicts no label and one false positive, held
+    in an extra column that no gold row has. So single-label micro-F1 equals accuracy, and an invalid
+    answer costs a multi-label cell precision too, not only recall."""
     gold, pred = indicator(gold_rows, labels), indicator(pred_rows, labels)
+    invalid = np.zeros(len(gold), dtype=bool) if invalid is None else np.asarray(invalid, dtype=bool)
+    if invalid.any():
+        pred[invalid] = 0
+        gold = np.hstack([gold, np.zeros((len(gold), 1), dtype=np.int8)])
+        pred = np.hstack([pred, invalid[:, None].astype(np.int8)])
+    return gold, pred
+
+
+def invalid_mask(df: pd.DataFrame) -> np.ndarray | None:
+    """Rows of a predictions table whose answer was invalid (``valid`` column of generate mode)."""
+    return None if "valid" not in df.columns else ~df["valid"].astype(bool).to_numpy()
+
+
+def classification_metrics(gold_rows, pred_rows, labels: list[str], multi_label: bool, invalid=None) -> dict:
+    """micro/macro/weighted F1, per-class P/R/F1, and accuracy (single) or subset acc. + Hamming loss
+    (multi). ``invalid``: rows whose answer was invalid, scored as wrong (:func:`scored_indicators`);
+    micro figures and accuracy count their false positive, per-class and macro figures their miss."""
+    gold, pred = scored_indicators(gold_rows, pred_rows, labels, invalid)
+    n_labels = len(labels)
     out = {"n": len(gold)}
-    for avg in ("micro", "macro", "weighted"):
-        p, r, f, _ = precision_recall_fscore_support(gold, pred, average=avg, zero_division=0)
+    p, r, f, _ = precision_recall_fscore_support(gold, pred, average="micro", zero_division=0)
+    out["f1_micro"], out["precision_micro"], out["recall_micro"] = float(f), float(p), float(r)
+    for avg in ("macro", "weighted"):
+        p, r, f, _ = precision_recall_fscore_support(gold, pred, average=avg, labels=list(range(n_labels)),
+                                                     zero_division=0)
         out[f"f1_{avg}"], out[f"precision_{avg}"], out[f"recall_{avg}"] = float(f), float(p), float(r)
-    p, r, f, s = precision_recall_fscore_support(gold, pred, average=None, zero_division=0)
+    p, r, f, s = precision_recall_fscore_support(gold, pred, average=None, labels=list(range(n_labels)),
+                                                 zero_division=0)
     out["per_class"] = {label: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
                         for i, label in enumerate(labels)}
     if multi_label:
         out["subset_accuracy"] = float(accuracy_score(gold, pred))
-        out["hamming_loss"] = float(hamming_loss(gold, pred))
+        out["hamming_loss"] = float(hamming_loss(gold[:, :n_labels], pred[:, :n_labels]))
     else:
         out["accuracy"] = float(accuracy_score(gold, pred))
+    out["invalid_answers"] = int(np.sum(invalid)) if invalid is not None else 0
     return out
 
 
@@ -122,9 +149,11 @@ def compare(pred_a: str | Path, pred_b: str | Path, labels_json: str | Path) -> 
     if len(joined) != len(a) or len(joined) != len(b):
         raise UserError(f"{pred_a} and {pred_b} do not hold the same test texts")
     labels = meta["labels"]
-    gold = indicator(list(map(list, joined["gold_a"])), labels)
-    pa = indicator(list(map(list, joined["pred_a"])), labels)
-    pb = indicator(list(map(list, joined["pred_b"])), labels)
+    gold_rows = list(map(list, joined["gold_a"]))
+    gold, pa = scored_indicators(gold_rows, list(map(list, joined["pred_a"])), labels, _invalid(joined, "_a"))
+    _, pb = scored_indicators(gold_rows, list(map(list, joined["pred_b"])), labels, _invalid(joined, "_b"))
+    width = max(gold.shape[1], pa.shape[1], pb.shape[1])  # the invalid-answer column, where either has one
+    gold, pa, pb = (np.pad(m, ((0, 0), (0, width - m.shape[1]))) for m in (gold, pa, pb))
     low, high, p_boot = paired_bootstrap(gold, pa, pb)
     out = {"n": len(joined), "delta_ci_low": low, "delta_ci_high": high}
     if meta["multi_label"]:
@@ -132,6 +161,11 @@ def compare(pred_a: str | Path, pred_b: str | Path, labels_json: str | Path) -> 
     else:
         out.update(test="McNemar (exact)", p_value=mcnemar((pa == gold).all(1), (pb == gold).all(1)))
     return out
+
+
+def _invalid(joined: pd.DataFrame, suffix: str):
+    column = f"valid{suffix}"
+    return None if column not in joined.columns else ~joined[column].fillna(True).astype(bool).to_numpy()
 
 
 def read_predictions(path: str | Path, infos: list[str | Path] = ()) -> pd.DataFrame:
@@ -154,16 +188,15 @@ def evaluate(predictions: str | Path, labels_json: str | Path, extra: list[str |
     for col in ("id", "gold", "pred"):
         if col not in df.columns:
             raise UserError(f"{predictions}: column '{col}' missing; the predictions cache is not valid")
-    metrics = classification_metrics(list(map(list, df["gold"])), list(map(list, df["pred"])),
-                                     meta["labels"], meta["multi_label"])
+    gold_rows, pred_rows, invalid = list(map(list, df["gold"])), list(map(list, df["pred"])), invalid_mask(df)
+    metrics = classification_metrics(gold_rows, pred_rows, meta["labels"], meta["multi_label"], invalid)
     metrics["multi_label"] = meta["multi_label"]
-    gold = indicator(list(map(list, df["gold"])), meta["labels"])
-    pred = indicator(list(map(list, df["pred"])), meta["labels"])
+    gold, pred = scored_indicators(gold_rows, pred_rows, meta["labels"], invalid)
     metrics["f1_micro_ci95"] = list(bootstrap_f1_micro(gold, pred))
     if "probs" in df.columns and df["probs"].notna().all():
         probs = np.stack(df["probs"]).astype(np.float64)
-        if probs.shape == gold.shape:
-            metrics.update(calibration(probs, gold, meta["multi_label"]))
+        if probs.shape == (len(gold), len(meta["labels"])):
+            metrics.update(calibration(probs, gold[:, :len(meta["labels"])], meta["multi_label"]))
     for path in extra:
         for key, value in read_json(path).items():
             if key not in ("labels", "multi_label", "n"):

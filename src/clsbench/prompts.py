@@ -94,11 +94,6 @@ def answer(gold: list[str], labels: list[str], multi_label: bool) -> str:
     return f" {label_ids(len(labels))[index]}\t{labels[index]}"
 
 
-def multi_answer_prefix(chosen: list[str]) -> str:
-    """The JSON list's text up to and including the last chosen label (constrained scoring)."""
-    return " [" + ", ".join(json.dumps(name, ensure_ascii=False) for name in chosen)
-
-
 def _fold(s: str) -> str:
     return " ".join(s.split()).casefold()
 
@@ -135,7 +130,8 @@ def parse_multi(output: str, labels: list[str]) -> list[str] | None:
 
     Accepts the JSON list with or without the ``labels:`` key, extra text around it, single
     quotes, any case and spacing of names, and a list cut off by the token limit (the complete
-    names in it count). Names outside the allowed set are dropped; ``[]`` is a valid empty answer.
+    names in it count). A name outside the allowed set makes the whole answer invalid (a model
+    that answers with an unknown label is wrong, not partly right); ``[]`` is a valid empty answer.
     Without any list, a delimiter-separated line counts only if all its parts are allowed labels.
     """
     folded = {_fold(name): name for name in labels}
@@ -152,7 +148,9 @@ def parse_multi(output: str, labels: list[str]) -> list[str] | None:
                 names.append(double)
         if not found and body.strip() and end >= 0:
             names = [part.strip() for part in body.split(",")]  # [business, sport] without quotes
-        chosen = {folded[_fold(n)] for n in names if _fold(n) in folded}
+        if any(_fold(n) not in folded for n in names):
+            return None
+        chosen = {folded[_fold(n)] for n in names}
         return [name for name in labels if name in chosen]
     text = output.strip().removeprefix("labels:").strip()
     lines = [line for line in text.splitlines() if line.strip()]
