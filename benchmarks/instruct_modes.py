@@ -6,7 +6,7 @@ and the same loaded model. Prints a table and writes benchmarks/out/instruct_mod
     python benchmarks/instruct_modes.py results/bbc-news/gemma-3-270m/zeroshot/r0/s42
     python benchmarks/instruct_modes.py <cell> --eval-batch-size 1      # the paper's inference batch
 
-Hyperparameters (max_length, eval batch size, threshold) come from the config the cell was run with.
+Hyperparameters (text_tokens, eval batch size, threshold) come from the config the cell was run with.
 """
 from __future__ import annotations
 

@@ -313,8 +313,10 @@ def main(argv: list[str] | None = None) -> None:
     for path in archs:
         model_json = prepare_model(path, args.work, cuda)
         for approach in args.approaches:
-            base = {**default_hparams(approach), "max_length": max_length, "precision": args.precision}
-            base.update({"max_epochs": 1} if approach == "head" else {"epochs": 1, "eval_each_epoch": False})
+            # the same text budget for both approaches: head reads max_length tokens, instruct's prompt
+            # carries as many text tokens around its instruction
+            length_key = "max_length" if approach == "head" else "text_tokens"
+            base = {**default_hparams(approach), length_key: max_length, "precision": args.precision, "max_epochs": 1}
             for name in args.settings:
                 s = settings(name, approach, cuda, args.ours_batch, args.ours_eval_batch)
                 run_dir = args.work / "runs" / path.stem / approach / name

@@ -292,7 +292,7 @@ def test_auto_eval_batch_finds_the_largest_that_fits_and_predicts_the_same(tmp_p
     from clsbench import instruct
     from clsbench.io import read_json
 
-    hp = {"max_length": 112, "quantization": "none", "threshold": 0.5, "auto_batch_start": 32}
+    hp = {"text_tokens": 40, "quantization": "none", "threshold": 0.5, "auto_batch_start": 32}
     source = read_json(tiny_model)["path"]
     monkeypatch.setenv(faults.OOM_ENV, "5")
     infos = instruct.predict(source, str(bbc_small), str(tmp_path / "auto"), {**hp, "eval_batch_size": "auto"},
@@ -310,9 +310,9 @@ def test_instruct_training_and_inference_retry_out_of_memory_with_smaller_batche
     """The instruct trainer and predictor through their command line under the simulated limit of 4
     texts per forward pass (a mock of a full GPU): each first attempt exits 3 and records halved
     batch sizes, each retry (what Snakemake's ``retries:`` runs) uses them and succeeds."""
-    hp = {"max_length": 112, "quantization": "nf4", "lora_alpha": 16, "lora_dropout": 0.0, "target_modules": "all-linear",
-          "optimizer": "adamw_torch", "learning_rate": 1e-3, "epochs": 1, "batch_size": 8, "grad_accum": 1,
-          "eval_batch_size": 8, "gradient_checkpointing": False, "eval_each_epoch": False, "threshold": 0.5}
+    hp = {"text_tokens": 40, "quantization": "nf4", "lora_alpha": 16, "lora_dropout": 0.0, "target_modules": "all-linear",
+          "optimizer": "adamw_torch", "learning_rate": 1e-3, "max_epochs": 1, "patience": 2, "batch_size": 8, "grad_accum": 1,
+          "eval_batch_size": 8, "gradient_checkpointing": False, "threshold": 0.5}
     out = tmp_path / "cell"
     train = [sys.executable, "-m", "clsbench.instruct", "train", "--model-json", str(tiny_model), "--data-dir",
              str(bbc_small), "--out-dir", str(out), "--rank", "4", "--seed", "1", "--hparams", json.dumps(hp),

@@ -12,8 +12,8 @@ from clsbench.data import load_prepared
 from clsbench.io import read_json
 from clsbench.models import load_tokenizer
 
-HP = {"max_length": 112, "eval_batch_size": 8, "quantization": "none", "threshold": 0.5, "lora_alpha": 16,
-      "lora_dropout": 0.05, "learning_rate": 1e-3, "batch_size": 8, "grad_accum": 1, "epochs": 1,
+HP = {"text_tokens": 40, "eval_batch_size": 8, "quantization": "none", "threshold": 0.5, "lora_alpha": 16,
+      "lora_dropout": 0.05, "learning_rate": 1e-3, "batch_size": 8, "grad_accum": 1, "max_epochs": 1, "patience": 2,
       "gradient_checkpointing": False, "optimizer": "adamw_torch"}
 LABELS = ["business", "entertainment", "politics", "sport", "tech"]
 
@@ -29,20 +29,41 @@ def test_long_text_is_cut_never_the_instruction_or_answer(lm):
     _, tok = lm
     enc = instruct.Encoder(tok, LABELS, False, HP)
     ids = enc.prompt_ids("word " * 500)
-    assert len(ids) + enc.answer_budget <= HP["max_length"]
+    assert len(ids) + enc.answer_budget <= enc.max_length
+    assert len(ids) - len(enc.prompt_ids("")) == HP["text_tokens"]  # the text keeps exactly its budget
     text = tok.decode(ids, skip_special_tokens=True)
     assert text.startswith("you are a classifier") and text.rstrip().endswith("answer :")  # uncased tokenizer
     short = enc.prompt_ids("a short text")
     assert "a short text" in tok.decode(short)
     example = enc.training_examples(pd.DataFrame({"text": ["word " * 500], "labels": [["sport"]]}))[0]
-    assert len(example["input_ids"]) <= HP["max_length"]
+    assert len(example["input_ids"]) <= enc.max_length
     answer = [t for t, m in zip(example["input_ids"], example["completion_mask"]) if m]
     assert answer == enc.answer_ids(["sport"]) and answer[-1] == enc.eos  # the answer is whole, eos-terminated
 
 
-def test_max_length_too_small_for_the_instruction_is_refused(lm):
-    with pytest.raises(UserError, match="raise max_length"):
-        instruct.Encoder(lm[1], LABELS, False, {**HP, "max_length": 40})
+def test_more_labels_never_shorten_the_text(lm):
+    """The text budget is its own hyperparameter; the prompt's total length is derived."""
+    _, tok = lm
+    few = instruct.Encoder(tok, LABELS, True, HP)
+    many = instruct.Encoder(tok, LABELS + [f"extra label {i}" for i in range(20)], True, HP)
+    text = "word " * 500
+    carried = [len(e.prompt_ids(text)) - len(e.prompt_ids("")) for e in (few, many)]
+    assert carried == [HP["text_tokens"]] * 2 and many.max_length > few.max_length
+    cov = few.coverage(["word " * 10, text])
+    assert cov["text_truncated_share"] == 0.5 and cov["text_tokens_limit"] == HP["text_tokens"]
+
+
+@pytest.mark.parametrize("budget", [0, -3])
+def test_text_budget_without_room_for_the_text_is_refused(lm, budget):
+    with pytest.raises(UserError, match="leaves no room for the text"):
+        instruct.Encoder(lm[1], LABELS, False, {**HP, "text_tokens": budget})
+
+
+def test_prompt_longer_than_the_model_context_is_refused(lm):
+    model, tok = lm
+    enc = instruct.Encoder(tok, LABELS, False, {**HP, "text_tokens": 1000})
+    with pytest.raises(UserError, match=r"exceed the model's context of 256; lower text_tokens to at most \d+"):
+        enc.check_fits(model.config)
 
 
 def test_label_with_a_tab_is_refused(lm):
@@ -117,10 +138,14 @@ def test_training_learns_the_answer_format_and_reloads(tmp_path, tiny_model, bbc
     from peft import AutoPeftModelForCausalLM
 
     info = instruct.train(str(tiny_model), str(bbc_small), str(tmp_path), rank=4, seed=42,
-                          hp={**HP, "epochs": 2, "learning_rate": 5e-3}, threads=2)
+                          hp={**HP, "max_epochs": 2, "learning_rate": 5e-3}, threads=2)
     log = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
     losses = [h["loss"] for h in log if "loss" in h]
     assert losses[-1] < losses[0]  # answer-only loss goes down
+    # validated on micro-F1 every epoch (score mode), the best epoch kept, as the head cells are
+    val = [h["eval_f1_micro"] for h in log if "eval_f1_micro" in h]
+    assert len(val) == info["epochs_run"] == 2 and info["best_val_f1_micro"] == max(val)
+    assert info["best_epoch"] == 1 + val.index(max(val))
     assert 0 < info["trainable_params"] < info["total_params"]
     assert not (tmp_path / "checkpoints").exists()
     model = AutoPeftModelForCausalLM.from_pretrained(tmp_path / "adapter")  # needs no other argument
@@ -132,7 +157,7 @@ def test_training_learns_the_answer_format_and_reloads(tmp_path, tiny_model, bbc
 def test_ids_beyond_z_render_and_score(lm):
     model, tok = lm
     labels = [f"topic {i}" for i in range(30)]
-    enc = instruct.Encoder(tok, labels, False, {**HP, "max_length": 400})
+    enc = instruct.Encoder(tok, labels, False, {**HP, "text_tokens": 40})
     assert "AD:topic 29" in prompts.render("x", labels, False)
     probs = instruct.score_single(model, enc, [enc.prompt_ids("some text")], 8, "cpu")
     assert probs.shape == (1, 30) and probs.sum() == pytest.approx(1)
@@ -183,7 +208,7 @@ def test_multi_label_scoring_events_are_prefixes_of_training_targets(any_tokeniz
     decision are disjoint (none is a prefix of another)."""
     from itertools import combinations
 
-    enc = instruct.Encoder(any_tokenizer, LABELS, True, {**HP, "max_length": 256})
+    enc = instruct.Encoder(any_tokenizer, LABELS, True, HP)
     targets = {s: enc.answer_ids(list(s)) for n in range(len(LABELS) + 1) for s in combinations(LABELS, n)}
     for n in range(len(LABELS)):
         for chosen in combinations(LABELS, n):

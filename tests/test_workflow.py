@@ -28,10 +28,10 @@ TINY_GRID = {
                                "hparams": {"max_epochs": 1, "max_length": 32, "batch_size": 16}},
                    "tfidf": {"hparams": {"min_df": 1}},
                    "instruct": {"models": ["tiny-llama"], "ranks": [4],
-                                "hparams": {"max_length": 112, "batch_size": 8, "grad_accum": 1, "eval_batch_size": 8,
-                                            "epochs": 1, "learning_rate": 1e-3, "gradient_checkpointing": False,
+                                "hparams": {"text_tokens": 40, "batch_size": 8, "grad_accum": 1, "eval_batch_size": 8,
+                                            "max_epochs": 1, "learning_rate": 1e-3, "gradient_checkpointing": False,
                                             "group_by_length": True}},
-                   "zeroshot": {"models": ["tiny-llama"], "hparams": {"max_length": 112, "eval_batch_size": 8}}},
+                   "zeroshot": {"models": ["tiny-llama"], "hparams": {"text_tokens": 40, "eval_batch_size": 8}}},
 }
 GENERATIVE_CELLS = [f"results/{d}/tiny-llama/{a}/s42" for d in ("news", "news-pairs") for a in ("instruct/r4", "zeroshot/r0")]
 CELLS = [f"results/{d}/tiny-llama/head/r{r}/s42" for d in ("news", "news-pairs") for r in (2, 4)]

@@ -14,6 +14,7 @@ import argparse
 import csv
 import importlib.util
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -275,6 +276,25 @@ def load_splits(key: str, spec: dict, base_dir: str | Path | None = None) -> tup
     raise UserError(f"dataset '{key}': unknown source '{source}'")
 
 
+def first_words(text: str, n: int) -> str:
+    """The text up to the end of its ``n``-th word (whitespace inside kept)."""
+    match = re.match(r"\s*(?:\S+\s+){%d}" % (n - 1) + r"\S+", text) if n > 0 else None
+    return match[0].strip() if match else text
+
+
+def cut_texts(splits: dict[str, pd.DataFrame], max_words: int | None) -> tuple[dict[str, pd.DataFrame], dict[str, float]]:
+    """The dataset's own cut (``max_words``), applied before anything else so that every approach,
+    TF-IDF included, reads the same text of each example; returns the share of texts cut per split."""
+    if not max_words:
+        return splits, {}
+    out, share = {}, {}
+    for name, df in splits.items():
+        cut = df["text"].map(lambda t: first_words(t, max_words))
+        share[name] = float((cut != df["text"]).mean())
+        out[name] = df.assign(text=cut)
+    return out, share
+
+
 def dedupe(splits: dict[str, pd.DataFrame]) -> tuple[dict[str, pd.DataFrame], dict[str, int]]:
     """Drop exact-duplicate texts within each split, then val/test texts already in train (leakage)."""
     removed = {}
@@ -298,6 +318,9 @@ def prepare(key: str, spec: dict, out_dir: str | Path, base_dir: str | Path | No
     split_cfg = {"val": 0.1, "test": 0.2, "seed": 42, **spec.get("split", {})}
     seed = split_cfg["seed"]
     splits, info = load_splits(key, spec, base_dir)
+    splits, cut_share = cut_texts(splits, spec.get("max_words"))
+    if spec.get("max_words"):
+        info = {**info, "max_words": spec["max_words"], "texts_cut_share": cut_share}
     splits, removed = dedupe(splits)
     if "all" in splits:
         splits = split_frame(splits["all"], split_cfg["val"], split_cfg["test"], seed, multi)

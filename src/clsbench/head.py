@@ -32,7 +32,7 @@ from .data import load_prepared
 from .faults import resume_point  # noqa: F401  (re-exported: other trainers resume the same way)
 from .io import atomic_path, read_json, run_cli, sha256, write_json, write_jsonl, write_predictions
 from .metrics import indicator
-from .models import load_tokenizer, local_dir
+from .models import load_tokenizer, local_dir, prefixed, text_coverage
 from . import throughput
 
 ADAPTER_BASE = "base"
@@ -305,6 +305,7 @@ def train(model_json: str, data_dir: str, out_dir: str, rank: int, seed: int, hp
         "device": env["device_name"], "dtype": str(env["compute_dtype"]).replace("torch.", ""),
         "quantization": "none" if approach == "encoder" else hp.get("quantization", "nf4"),
         "peak_memory_mb": _peak_memory_mb(env),
+        **prefixed("train_", text_coverage(tok, splits["train"]["text"], hp["max_length"])),
     }
     # Table 3 figures + tokens/s, padding, peak memory, model FLOPs / MFU (clsbench.throughput)
     train_info.update(throughput.write_train(
@@ -476,6 +477,7 @@ def train_frozen(model_json: str, data_dir: str, out_dir: str, seed: int, hp: di
         "train_samples_per_second": len(feats["train"]) * epoch / (feature_seconds + head_seconds),
         "train_tokens_per_second": n_tokens / feature_seconds,
         "n_train": len(feats["train"]), "n_val": len(feats["val"]), "device": env["device_name"],
+        **prefixed("train_", text_coverage(tok, splits["train"]["text"], hp["max_length"])),
         "dtype": str(env["compute_dtype"]).replace("torch.", ""), "quantization": hp.get("quantization", "nf4"),
         "peak_memory_mb": _peak_memory_mb(env),
     }
@@ -564,7 +566,8 @@ def predict(adapter_dir: str, data_dir: str, out_dir: str, hp: dict, split: str 
     probs = probabilities(logits, multi)
     pred = decide(probs, multi, hp.get("threshold", 0.5))
     info = {"split": split, "n": len(df), "infer_wall_seconds": wall, "eval_batch_size": bs,
-            "device": env["device_name"], "peak_memory_mb": _peak_memory_mb(env), "labels": labels, "multi_label": multi}
+            "device": env["device_name"], "peak_memory_mb": _peak_memory_mb(env), "labels": labels, "multi_label": multi,
+            **text_coverage(tok, texts, hp["max_length"])}
     info.update(throughput.write(out_dir, throughput.record(
         "infer", lengths=lengths, seconds=wall, batch_size=bs, order="sorted", env=env,
         peak_memory_mb=info["peak_memory_mb"], config=model.config, kind="forward")))

@@ -19,8 +19,9 @@ generate  greedy decoding of at most as many tokens as the longest answer, parse
           :mod:`clsbench.prompts`; an unparseable answer counts as invalid (no label).
           -> ``predictions_generate.parquet`` (+ generated, valid), ``predict_info_generate.json``
 
-Texts are truncated so that instruction + text + answer fit ``max_length`` tokens: the text is
-cut, never the instruction or the answer.
+A prompt carries at most ``text_tokens`` tokens of the text (the hyperparameter, the same budget
+as the other approaches' ``max_length``); its total length is derived (instruction with the
+allowed labels + text + longest answer), so more labels never shorten the text.
 """
 from __future__ import annotations
 
@@ -42,7 +43,8 @@ from .faults import resume_point
 from .head import (ADAPTER_BASE, _check_finite, _peak_memory_mb, count_parameters, decide, device_setup,
                    eval_timer, finite_loss_guard, quantization_config, run_key, save_adapter)
 from .io import atomic_path, read_json, run_cli, sha256, write_json, write_jsonl
-from .models import load_tokenizer
+from .metrics import indicator
+from .models import load_tokenizer, prefixed
 from . import throughput
 
 MODES = ("score", "generate")
@@ -57,7 +59,6 @@ class Encoder:
         self.tok, self.labels, self.multi = tok, labels, multi_label
         self.delimiter = hp.get("label_delimiter", prompts.DEFAULT_DELIMITER)
         self.chat = hp.get("chat_template", False)
-        self.max_length = hp["max_length"]
         self.eos = tok.eos_token_id if tok.eos_token_id is not None else tok.sep_token_id
         if self.eos is None:
             raise UserError(f"tokenizer {tok.name_or_path} has no eos (or sep) token to end an answer with")
@@ -67,12 +68,21 @@ class Encoder:
         longest = (prompts.answer(labels, labels, True) if multi_label else
                    max((prompts.answer([name], labels, False) for name in labels), key=lambda a: len(self.ids(a))))
         self.answer_budget = len(self.ids(longest)) + 1  # + eos
-        instruction_tokens = len(self._encode(""))
-        self.text_budget = self.max_length - instruction_tokens - self.answer_budget
-        if self.text_budget < 8:
-            raise UserError(f"max_length {self.max_length} leaves {self.text_budget} tokens for the text after the "
-                            f"instruction ({instruction_tokens} tokens) and the longest answer "
-                            f"({self.answer_budget}); raise max_length")
+        self.instruction_tokens = len(self._encode(""))
+        self.text_budget = hp["text_tokens"]
+        if not isinstance(self.text_budget, int) or self.text_budget < 1:
+            raise UserError(f"hyperparameter text_tokens: {self.text_budget!r} leaves no room for the text; "
+                            "give the number of text tokens the prompt carries (e.g. the head's max_length)")
+        # derived, so that more labels or a longer instruction never shorten the text
+        self.max_length = self.instruction_tokens + self.text_budget + self.answer_budget
+
+    def check_fits(self, config) -> None:
+        """Refuse a prompt the model cannot position: instruction + text + answer > its context."""
+        limit = getattr(config, "max_position_embeddings", None)
+        if limit and self.max_length > limit:
+            raise UserError(f"instruction ({self.instruction_tokens} tokens) + text_tokens {self.text_budget} + "
+                            f"answer ({self.answer_budget}) = {self.max_length} tokens exceed the model's context of "
+                            f"{limit}; lower text_tokens to at most {limit - self.instruction_tokens - self.answer_budget}")
 
     def ids(self, s: str) -> list[int]:
         return self.tok(s, add_special_tokens=False)["input_ids"]
@@ -86,7 +96,7 @@ class Encoder:
         return self.tok(prompt, add_special_tokens=not self.chat)["input_ids"]
 
     def prompt_ids(self, text: str) -> list[int]:
-        """The prompt's ids with the text cut to the token budget (decoded back, re-encoded with the rest)."""
+        """The prompt's ids with the text cut to ``text_tokens`` (decoded back, re-encoded with the rest)."""
         budget, text_ids = self.text_budget, self.ids(text)
         for _ in range(4):
             cut = text if len(text_ids) <= budget else self.tok.decode(text_ids[:budget])
@@ -95,7 +105,13 @@ class Encoder:
             if over <= 0:
                 return ids
             budget -= over  # re-tokenising merged across the cut: take that many tokens more off
-        raise UserError(f"cannot fit a prompt into max_length {self.max_length}")
+        raise UserError(f"cannot fit a prompt of {self.max_length} tokens around this text")
+
+    def coverage(self, texts) -> dict:
+        """How much of each text the prompts carry (see :func:`clsbench.models.text_coverage`)."""
+        from .models import coverage_record
+
+        return coverage_record([len(self.ids(t)) for t in texts], self.text_budget)
 
     def answer_ids(self, gold: list[str]) -> list[int]:
         return self.ids(prompts.answer(gold, self.labels, self.multi)) + [self.eos]
@@ -171,14 +187,53 @@ def _score_answer_positions_only() -> None:
         trl_utils._use_triton = lambda device: True
 
 
+def val_micro_f1(model, enc: Encoder, rows: list[list[int]], gold: np.ndarray, hp: dict, batch_size: int,
+                 device: str) -> float:
+    """Validation micro-F1 of the model being trained, in score mode (no free text: the same
+    decision rule as the test predictions, and no invalid answers to tell apart from learning)."""
+    from sklearn.metrics import f1_score
+
+    was_training = model.training
+    model.eval()
+    try:
+        probs, _, _ = run_mode("score", model, enc, rows, {**hp, "eval_batch_size": batch_size}, {"device": device})
+    finally:
+        model.train(was_training)
+    pred = decide(probs, enc.multi, hp.get("threshold", 0.5))
+    return float(f1_score(gold, pred, average="micro", zero_division=0))
+
+
+def _scored_sft_trainer():
+    """TRL's SFTTrainer whose evaluation is validation micro-F1 (score mode) instead of the token
+    loss, so early stopping and the best epoch restored follow the rule of the head and encoder
+    cells (``metric_for_best_model="f1_micro"``, resumable through the trainer state)."""
+    from trl import SFTTrainer
+
+    class ScoredSFTTrainer(SFTTrainer):
+        def __init__(self, *args, val_f1, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.val_f1 = val_f1
+
+        def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
+            t0 = time.perf_counter()
+            metrics = {f"{metric_key_prefix}_f1_micro": self.val_f1(self.model),
+                       f"{metric_key_prefix}_runtime": time.perf_counter() - t0}
+            self.log(metrics)
+            self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+            return metrics
+
+    return ScoredSFTTrainer
+
+
 def train(model_json: str, data_dir: str, out_dir: str, rank: int, seed: int, hp: dict,
           threads: int | None = None) -> dict:
     """Instruction-tune one cell; writes ``adapter/``, ``train_log.jsonl``, ``train_info.json``."""
     import torch
     from peft import LoraConfig, TaskType, get_peft_model, prepare_model_for_kbit_training
-    from transformers import set_seed
-    from trl import SFTConfig, SFTTrainer
+    from transformers import EarlyStoppingCallback, set_seed
+    from trl import SFTConfig
 
+    ScoredSFTTrainer = _scored_sft_trainer()
     env = device_setup(threads, hp.get("precision"))
     if not env["cuda"]:
         _score_answer_positions_only()
@@ -190,6 +245,7 @@ def train(model_json: str, data_dir: str, out_dir: str, rank: int, seed: int, hp
     enc = Encoder(tok, labels, multi, hp)
     set_seed(seed)
     model = load_lm(info["path"], hp, env)
+    enc.check_fits(model.config)
     checkpointing = hp.get("gradient_checkpointing", True)
     if hp.get("quantization", "nf4") != "none":
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing,
@@ -209,19 +265,24 @@ def train(model_json: str, data_dir: str, out_dir: str, rank: int, seed: int, hp
     ckpt = out_dir / "checkpoints"
     args = SFTConfig(
         output_dir=str(ckpt), per_device_train_batch_size=plan["batch_size"], gradient_accumulation_steps=plan["grad_accum"],
-        per_device_eval_batch_size=plan["eval_batch_size"], num_train_epochs=hp["epochs"],
+        per_device_eval_batch_size=plan["eval_batch_size"], num_train_epochs=hp["max_epochs"],
         learning_rate=hp["learning_rate"], weight_decay=hp.get("weight_decay", 0.01),
         max_grad_norm=hp.get("max_grad_norm", 0.3), lr_scheduler_type=hp.get("lr_scheduler", "cosine"),
         warmup_steps=hp.get("warmup_ratio", 0.03), optim=optim,
         activation_checkpointing=False,  # set up by peft above (TRL's default would switch it on)
         completion_only_loss=hp.get("loss", "answer_only") == "answer_only", max_length=None,
-        eval_strategy="epoch" if hp.get("eval_each_epoch", True) else "no", save_strategy="epoch", save_total_limit=1,
+        eval_strategy="epoch", save_strategy="epoch", save_total_limit=1,
+        load_best_model_at_end=True, metric_for_best_model="f1_micro", greater_is_better=True,
         logging_strategy="steps", logging_steps=max(1, steps_per_epoch // 5),
         logging_nan_inf_filter=False, seed=seed, data_seed=seed, bf16=env["compute_dtype"] == torch.bfloat16, use_cpu=not env["cuda"],
         report_to="none", disable_tqdm=True, dataloader_num_workers=0, train_sampling_strategy=throughput.sampling_strategy(hp))
     timer = eval_timer()
-    trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds, processing_class=tok,
-                         callbacks=[timer, finite_loss_guard(out_dir)])
+    val_rows = [enc.prompt_ids(text) for text in splits["val"]["text"]]
+    val_gold = indicator(splits["val"]["labels"], labels)
+    trainer = ScoredSFTTrainer(
+        model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds, processing_class=tok,
+        callbacks=[EarlyStoppingCallback(early_stopping_patience=hp["patience"]), timer, finite_loss_guard(out_dir)],
+        val_f1=lambda m: val_micro_f1(m, enc, val_rows, val_gold, hp, plan["eval_batch_size"], env["device"]))
     if env["cuda"]:
         torch.cuda.reset_peak_memory_stats()
     last = resume_point(ckpt, run_key(model_json, data_dir, "instruct", rank, seed, hp))
@@ -238,9 +299,12 @@ def train(model_json: str, data_dir: str, out_dir: str, rank: int, seed: int, hp
     epochs_run = round(trainer.state.epoch or 0)
     trained_here = epochs_run - resumed_epochs  # epochs this process trained (throughput)
     train_seconds = wall - timer.eval_seconds
+    evals = [h for h in history if "eval_f1_micro" in h]
+    best = max(evals, key=lambda h: h["eval_f1_micro"]) if evals else {}
     train_info = {
         "approach": "instruct", "rank": rank, "seed": seed, "trainable_params": int(trainable), "total_params": int(total),
-        "epochs_run": epochs_run, "train_wall_seconds": wall, "eval_seconds_during_training": timer.eval_seconds,
+        "epochs_run": epochs_run, "best_epoch": round(best.get("epoch", 0)), "best_val_f1_micro": best.get("eval_f1_micro"),
+        "train_wall_seconds": wall, "eval_seconds_during_training": timer.eval_seconds,
         "train_loss": result.training_loss, "n_train": len(train_ds), "n_val": len(val_ds),
         "micro_batch": plan["batch_size"], "grad_accum": plan["grad_accum"],
         "effective_batch": plan["batch_size"] * plan["grad_accum"],
@@ -248,6 +312,7 @@ def train(model_json: str, data_dir: str, out_dir: str, rank: int, seed: int, hp
         "mean_prompt_tokens": float(np.mean([sum(1 - m for m in mask) for mask in train_ds["completion_mask"]])),
         "device": env["device_name"], "dtype": str(env["compute_dtype"]).replace("torch.", ""),
         "quantization": hp.get("quantization", "nf4"), "peak_memory_mb": _peak_memory_mb(env),
+        "prompt_max_length": enc.max_length, **prefixed("train_", enc.coverage(splits["train"]["text"])),
     }
     # samples/s, tokens/s (prompt + answer), padding, peak memory, model FLOPs / MFU (clsbench.throughput)
     train_info.update(throughput.write_train(
@@ -477,6 +542,7 @@ def predict(source: str, data_dir: str, out_dir: str, hp: dict, approach: str = 
                                                 for stem, ext in (("predictions", "parquet"), ("metrics", "json"))))
     model, tok = load_for_inference(source, hp, env)
     enc = Encoder(tok, labels, multi, hp)
+    enc.check_fits(model.config)
     t0 = time.perf_counter()
     rows = [enc.prompt_ids(text) for text in df["text"]]
     encode_seconds = time.perf_counter() - t0
@@ -498,7 +564,8 @@ def predict(source: str, data_dir: str, out_dir: str, hp: dict, approach: str = 
         info = {"split": split, "mode": mode, "n": len(df), "infer_wall_seconds": wall,
                 "mean_prompt_tokens": sum(lengths) / len(df), "prompt_encode_seconds": encode_seconds,
                 "eval_batch_size": hp["eval_batch_size"], "device": env["device_name"],
-                "peak_memory_mb": _peak_memory_mb(env), "labels": labels, "multi_label": multi}
+                "peak_memory_mb": _peak_memory_mb(env), "labels": labels, "multi_label": multi,
+                "prompt_max_length": enc.max_length, **enc.coverage(df["text"])}
         rec = throughput.record("infer", lengths=lengths, seconds=wall, batch_size=hp["eval_batch_size"],
                                 order="sorted", env=env, peak_memory_mb=info["peak_memory_mb"], config=model.config,
                                 kind="forward")

@@ -18,6 +18,8 @@ import importlib.util
 import json
 from pathlib import Path
 
+import numpy as np
+
 from . import UserError
 from .io import atomic_path, read_json, run_cli, write_json
 
@@ -61,6 +63,26 @@ def load_tokenizer(path: str | Path, **kwargs):
             raise UserError(f"tokenizer of {path} has neither a pad nor an eos token; set one in the model config")
         tok.pad_token = tok.eos_token
     return tok
+
+
+def coverage_record(text_lengths, budget: int) -> dict:
+    """What a cell saw of its texts: mean text tokens it read (after its limit ``budget``), and the
+    share of texts the limit cut short (beyond the dataset's own cut, applied at preparation)."""
+    lengths = np.asarray(list(text_lengths))
+    return {"text_tokens_mean": float(np.minimum(lengths, budget).mean()), "text_tokens_limit": int(budget),
+            "text_truncated_share": float((lengths > budget).mean())}
+
+
+def text_coverage(tok, texts, max_length: int) -> dict:
+    """:func:`coverage_record` of a classifier that reads ``tok(text, truncation=True,
+    max_length=max_length)``: the special tokens it adds (BOS, [CLS]/[SEP]) take room from the text."""
+    specials = len(tok("")["input_ids"])
+    lengths = [len(ids) for ids in tok(list(texts), add_special_tokens=False)["input_ids"]]
+    return coverage_record(lengths, max_length - specials)
+
+
+def prefixed(prefix: str, record: dict) -> dict:
+    return {prefix + key: value for key, value in record.items()}
 
 
 def convert_gguf(spec: dict, out: Path) -> None:

@@ -56,9 +56,11 @@ def run(data_dir: str, out_dir: str, seed: int, hp: dict) -> dict:
         "train_samples_per_second": len(train) / train_wall, "n_train": len(train), "device": "cpu"})
     with atomic_path(out_dir / "model.joblib") as tmp:
         joblib.dump(model, tmp)
+    analyzer = model[0].build_tokenizer()  # whole texts: TF-IDF has no length limit
     write_predictions(out_dir, test, probs, pred, labels, {
         "split": "test", "n": len(test), "infer_wall_seconds": infer_wall,
-        "infer_samples_per_second": len(test) / infer_wall, "device": "cpu"})
+        "infer_samples_per_second": len(test) / infer_wall, "device": "cpu",
+        "text_tokens_mean": float(np.mean([len(analyzer(t)) for t in test["text"]])), "text_truncated_share": 0.0})
     return {"n_params": n_params, "train_wall_seconds": train_wall}
 
 
