@@ -29,5 +29,6 @@ rule all:
     input:
         all_metrics(),
         rules.tables.output,
+        rules.claims.output,
         rules.figures.output,
     default_target: True

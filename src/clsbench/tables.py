@@ -27,7 +27,8 @@ CELL_RE = re.compile(r"results/(?P<dataset>[^/]+)/(?P<model>[^/]+)/(?P<approach>
 GENERATIVE = {"instruct", "zeroshot"}  # cells with two inference modes: score (metrics.json) and generate
 COLUMNS = ["dataset", "model", "approach", "rank", "seed", "mode", "f1_micro", "f1_macro", "trainable_params", "total_params",
            "epochs_run", "best_epoch", "train_samples_per_second", "infer_samples_per_second", "n",
-           "f1_micro_ci_low", "f1_micro_ci_high", "ece", "brier", "invalid_output_rate"]
+           "f1_micro_ci_low", "f1_micro_ci_high", "ece", "brier", "invalid_output_rate", "accuracy",
+           "effective_batch", "text_tokens_mean", "text_truncated_share"]
 # throughput figures beyond samples/s, shown in the throughput table where the cells' info files have
 # them (clsbench.throughput records; instruct's predict_info names its tokens "prompt" tokens)
 THROUGHPUT_EXTRA = ["train_tokens_per_second", "infer_tokens_per_second", "infer_prompt_tokens_per_second",
@@ -121,7 +122,17 @@ def uncertainty_layout(df: pd.DataFrame) -> pd.DataFrame:
         "micro-F1 [95% CI]": [f"{fmt(f)} [{fmt(lo)}, {fmt(hi)}]" for f, lo, hi in
                               zip(df["f1_micro"], df["f1_micro_ci_low"], df["f1_micro_ci_high"])],
         "ECE": df["ece"].map(fmt), "Brier": df["brier"].map(fmt),
-        "Invalid outputs": df["invalid_output_rate"].map(fmt)})
+        "Invalid outputs": df["invalid_output_rate"].map(fmt),
+        "Epochs (best)": [_epochs(e, b) for e, b in zip(df["epochs_run"], df["best_epoch"])],
+        "Batch": df["effective_batch"].map(lambda x: "" if x is None or pd.isna(x) else str(int(x))),
+        "Text tokens seen": df["text_tokens_mean"].map(lambda x: fmt(x, 1)),
+        "Cut by limit": df["text_truncated_share"].map(lambda x: "" if x is None or pd.isna(x) else f"{x:.1%}")})
+
+
+def _epochs(run, best) -> str:
+    if run is None or pd.isna(run) or not run:
+        return ""
+    return f"{int(run)}" + ("" if best is None or pd.isna(best) or not best else f" ({int(best)})")
 
 
 def render(metric_files: list[str | Path], out_csv: str | Path, out_md: str | Path,
@@ -143,7 +154,11 @@ def render(metric_files: list[str | Path], out_csv: str | Path, out_md: str | Pa
                        "Percentile bootstrap 95% interval of micro-F1 (1000 resamples of the test texts, seed 0); "
                        "expected calibration error over 15 equal-width bins (single-label: top-class confidence; "
                        "multi-label: every per-label probability) and Brier score, from the cached "
-                       "probabilities.\n\n" + uncertainty_layout(df).to_markdown(index=False, disable_numparse=True) + "\n")
+                       "probabilities. Epochs trained (best epoch restored, by validation micro-F1), effective "
+                       "training batch, mean test-text tokens the cell read (TF-IDF: its word tokens, whole texts), "
+                       "and the share of test texts its length limit cut beyond the dataset's own cut: an "
+                       "approach that reads less of the text than another is marked here.\n\n"
+                       + uncertainty_layout(df).to_markdown(index=False, disable_numparse=True) + "\n")
     return df
 
 

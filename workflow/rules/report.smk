@@ -34,6 +34,29 @@ rule tables:
         "-- {input.metrics} > {log} 2>&1"
 
 
+rule claims:
+    """The paper's claims tested on the cached predictions: Δ with 95% interval, p-value and verdict per claim."""
+    input:
+        metrics=all_metrics(),
+        predictions=[f"{cell.path}/predictions.parquet" for cell in CELLS],
+        labels=expand("results/data/{dataset}/labels.json", dataset=grid_datasets()),
+    output:
+        csv=report("reports/tables/claims.csv", category="Claims", caption="../report/claims.rst"),
+        md="reports/tables/claims.md",
+        tex="reports/tables/claims.tex",
+    log:
+        "results/logs/report/claims.log",
+    benchmark:
+        "results/benchmarks/report/claims.tsv"
+    resources:
+        mem_mb=4000,
+        runtime=10,
+    conda:
+        "../../envs/clsbench.yaml"
+    shell:
+        "python -m clsbench.claims --out-dir reports/tables -- {input.metrics} > {log} 2>&1"
+
+
 rule figures:
     """Bubble plots, F1 bars, reliability diagrams and training curves from the cells' cached outputs."""
     input:

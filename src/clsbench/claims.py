@@ -1,0 +1,192 @@
+"""The paper's claims, tested on the grid's cached predictions (``reports/tables/claims.*``).
+
+Each claim is "approach A beats approach B" on some datasets, by micro-F1 or by calibration (ECE,
+lower is better). Its evidence is every pair of cells (A, B) on the same dataset and seed, and the
+same model where the claim says so; a deterministic cell (TF-IDF, zero-shot) pairs with every seed
+of the other side. Pairs of all seeds, models and datasets are pooled: Δ is A's figure minus B's
+over the pooled test forecasts (for ECE: B's minus A's, so that Δ > 0 always favours A), and its
+95% interval and two-sided p-value come from one bootstrap that resamples test texts (each text
+with all its seeds and models, so repeated seeds do not pass for independent evidence).
+
+Verdict at α = 0.05, derived from the interval, never written by hand: *supported* when its lower
+end is above the claim's margin (0 unless the claim says "far"), *contradicted* when its upper end
+is below the margin, *inconclusive* otherwise, *not run* when the grid has no pair of cells for it.
+"""
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .io import atomic_path, read_json, run_cli
+from .metrics import forecasts, invalid_mask, scored_indicators
+
+ALPHA = 0.05
+DETERMINISTIC = {"tfidf", "zeroshot"}  # one seed stands for all
+
+
+@dataclass(frozen=True)
+class Claim:
+    key: str
+    text: str
+    a: str  # approach of side A (claimed better)
+    b: str
+    metric: str = "f1_micro"  # or "ece"
+    datasets: str = "all"  # all | single | multi
+    same_model: bool = True
+    rank_a: int | None = None  # None: the lowest rank of A's cells
+    rank_b: int | None = None
+    margin: float = 0.0
+
+
+CLAIMS = [
+    Claim("a", "head ≥ instruction tuning on single-label data (same model)", "head", "instruct", datasets="single"),
+    Claim("b", "head better calibrated than instruction tuning (ECE)", "head", "instruct", metric="ece"),
+    Claim("c", "LoRA is essential: head > frozen LLM + head", "head", "frozen"),
+    Claim("d", "rank 16 ≥ rank 8 on multi-label data", "head", "head", datasets="multi", rank_a=16, rank_b=8),
+    Claim("e", "zero-shot prompting far below instruction tuning (by > 0.10)", "instruct", "zeroshot", margin=0.10),
+    Claim("f", "head ≥ fine-tuned encoder", "head", "encoder", same_model=False),
+    Claim("g", "head ≥ TF-IDF + logistic regression", "head", "tfidf", same_model=False),
+]
+
+
+def _side(df: pd.DataFrame, approach: str, rank: int | None) -> pd.DataFrame:
+    cells = df[(df["approach"] == approach) & (df["mode"].isin(["classifier", "score"]))]
+    if cells.empty:
+        return cells
+    cells = cells[cells["rank"] == (rank if rank is not None else cells["rank"].min())]
+    if approach in DETERMINISTIC:  # further seeds would only repeat the same predictions
+        cells = cells[cells["seed"] == cells["seed"].min()]
+    return cells
+
+
+def pairs(df: pd.DataFrame, claim: Claim, multi: dict[str, bool]) -> list[tuple[pd.Series, pd.Series]]:
+    """The (A cell, B cell) pairs a claim is judged on (score mode for instruct / zero-shot cells)."""
+    wanted = [d for d in dict.fromkeys(df["dataset"]) if claim.datasets == "all" or multi[d] == (claim.datasets == "multi")]
+    side_a, side_b = _side(df, claim.a, claim.rank_a), _side(df, claim.b, claim.rank_b)
+    out = []
+    for _, a in side_a[side_a["dataset"].isin(wanted)].iterrows():
+        for _, b in side_b[side_b["dataset"] == a["dataset"]].iterrows():
+            if claim.same_model and a["model"] != b["model"]:
+                continue
+            if a["seed"] != b["seed"] and not (DETERMINISTIC & {claim.a, claim.b}):
+                continue
+            out.append((a, b))
+    return out
+
+
+def _units(pred_file: str, labels: list[str], multi: bool, metric: str, width: int):
+    """Per test text: (id, TP, FP, FN) for micro-F1, or the text's forecasts' summed (hit − conf)
+    per confidence bin and its forecast count for ECE."""
+    df = pd.read_parquet(pred_file).sort_values("id").reset_index(drop=True)
+    gold, pred = scored_indicators(list(map(list, df["gold"])), list(map(list, df["pred"])), labels, invalid_mask(df))
+    if metric == "f1_micro":
+        gold, pred = (np.pad(m, ((0, 0), (0, width - m.shape[1]))) for m in (gold, pred))
+        g, p = gold.astype(bool), pred.astype(bool)
+        return df["id"].to_numpy(), np.stack([(g & p).sum(1), (~g & p).sum(1), (g & ~p).sum(1)], 1).astype(float)
+    probs = np.stack(df["probs"]).astype(np.float64)
+    conf, hit = forecasts(probs, gold[:, :len(labels)], multi)
+    per_text = conf.reshape(len(df), -1), hit.reshape(len(df), -1)
+    bins = 15
+    which = np.minimum((per_text[0] * bins).astype(int), bins - 1)
+    sums = np.zeros((len(df), bins + 1))
+    for k in range(bins):
+        sums[:, k] = ((per_text[1] - per_text[0]) * (which == k)).sum(1)
+    sums[:, bins] = per_text[0].shape[1]
+    return df["id"].to_numpy(), sums
+
+
+def _figure(metric: str, totals: np.ndarray) -> np.ndarray:
+    """micro-F1 or ECE from summed units (last axis); any leading axes are resamples."""
+    if metric == "f1_micro":
+        tp, fp, fn = totals[..., 0], totals[..., 1], totals[..., 2]
+        return np.divide(2 * tp, 2 * tp + fp + fn, out=np.zeros_like(tp), where=(2 * tp + fp + fn) > 0)
+    return np.abs(totals[..., :-1]).sum(-1) / totals[..., -1]
+
+
+def judge(claim: Claim, cell_pairs, data_root: Path, n_boot: int = 2000, seed: int = 0) -> dict:
+    """Δ (in A's favour), its 95% interval, p-value and verdict over the pooled pairs."""
+    if not cell_pairs:
+        return {"pairs": 0, "verdict": "not run"}
+    groups, units_a, units_b = [], [], []
+    for a, b in cell_pairs:
+        meta = read_json(Path(data_root) / a["dataset"] / "labels.json")
+        width = len(meta["labels"]) + 1  # + the invalid-answer column
+        ids_a, ua = _units(a["_predictions"], meta["labels"], meta["multi_label"], claim.metric, width)
+        ids_b, ub = _units(b["_predictions"], meta["labels"], meta["multi_label"], claim.metric, width)
+        if not np.array_equal(ids_a, ids_b):
+            raise ValueError(f"{a['_predictions']} and {b['_predictions']} do not hold the same test texts")
+        groups += [f"{a['dataset']}/{i}" for i in ids_a]
+        units_a.append(ua)
+        units_b.append(ub)
+    ua, ub = np.concatenate(units_a), np.concatenate(units_b)
+    names, group = np.unique(groups, return_inverse=True)
+    # one row per test text: its units summed over seeds and models
+    per_a = np.zeros((len(names), ua.shape[1]))
+    per_b = np.zeros((len(names), ub.shape[1]))
+    np.add.at(per_a, group, ua)
+    np.add.at(per_b, group, ub)
+    sign = 1.0 if claim.metric == "f1_micro" else -1.0  # lower ECE is better
+    fig_a, fig_b = _figure(claim.metric, per_a.sum(0)), _figure(claim.metric, per_b.sum(0))
+    rng = np.random.default_rng(seed)
+    weights = rng.multinomial(len(names), np.full(len(names), 1 / len(names)), size=n_boot).astype(float)
+    delta = sign * (_figure(claim.metric, weights @ per_a) - _figure(claim.metric, weights @ per_b))
+    low, high = np.quantile(delta, [ALPHA / 2, 1 - ALPHA / 2])
+    p = float(min(1.0, 2 * min(np.mean(delta <= 0), np.mean(delta >= 0))))
+    verdict = "supported" if low > claim.margin else "contradicted" if high < claim.margin else "inconclusive"
+    return {"pairs": len(cell_pairs), "texts": len(names), "a_value": float(fig_a), "b_value": float(fig_b),
+            "delta": float(sign * (fig_a - fig_b)), "ci_low": float(low), "ci_high": float(high), "p_value": p,
+            "verdict": verdict}
+
+
+def _describe(cell_pairs, side: int) -> str:
+    cells = sorted({(c["approach"], int(c["rank"]), c["model"]) for pair in cell_pairs for c in [pair[side]]})
+    return "; ".join(f"{a}{f' r{r}' if r else ''} {m}" for a, r, m in cells)
+
+
+def claims_table(df: pd.DataFrame, data_root: str | Path = "results/data") -> pd.DataFrame:
+    """One row per claim of :data:`CLAIMS` (see the module docstring)."""
+    data_root = Path(data_root)
+    multi = {d: read_json(data_root / d / "labels.json")["multi_label"] for d in dict.fromkeys(df["dataset"])}
+    rows = []
+    for claim in CLAIMS:
+        found = pairs(df, claim, multi)
+        result = judge(claim, found, data_root)
+        rows.append({
+            "claim": claim.key, "statement": claim.text, "metric": "ECE" if claim.metric == "ece" else "micro-F1",
+            "a": _describe(found, 0), "b": _describe(found, 1),
+            "datasets": ", ".join(dict.fromkeys(a["dataset"] for a, _ in found)),
+            "seeds": ", ".join(str(s) for s in sorted({int(a["seed"]) for a, _ in found})),
+            "margin": claim.margin, **result})
+    columns = ["claim", "statement", "metric", "a", "b", "datasets", "seeds", "pairs", "texts", "a_value", "b_value",
+               "delta", "ci_low", "ci_high", "p_value", "margin", "verdict"]
+    return pd.DataFrame(rows).reindex(columns=columns)
+
+
+NOTE = ("Each row pools every pair of cells (A, B) on the same dataset and seed (and the same model where the "
+        "claim says so; TF-IDF and zero-shot cells are deterministic and pair with every seed). a_value / b_value: "
+        "the pooled micro-F1 or ECE of A and B over the paired test texts; delta: A's advantage (micro-F1 of A minus "
+        "B; for ECE, B minus A). 95% interval and two-sided p-value: bootstrap of 2000 resamples of test texts, each "
+        "text with all its seeds and models. Instruct and zero-shot cells in score mode. Verdict at α = 0.05: "
+        "supported if the interval lies above the margin, contradicted if below, inconclusive otherwise; "
+        "'not run' if the grid has no cells for the claim (configs/claims.yaml runs them all).")
+
+
+def main(argv: list[str] | None = None) -> None:
+    from .tables import collect, write_table
+
+    parser = argparse.ArgumentParser(description="Test the paper's claims on the cells' cached predictions.")
+    parser.add_argument("--out-dir", required=True)
+    parser.add_argument("--data-root", default="results/data")
+    parser.add_argument("metrics", nargs="+", help="the cells' metrics.json files")
+    args = parser.parse_args(argv)
+    table = claims_table(collect(args.metrics), args.data_root)
+    write_table(table, Path(args.out_dir), "claims", "The paper's claims, tested on this grid", NOTE)
+    print(table[["claim", "pairs", "delta", "ci_low", "ci_high", "p_value", "verdict"]].to_string(index=False))
+
+
+if __name__ == "__main__":
+    run_cli(main)
