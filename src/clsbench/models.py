@@ -54,7 +54,14 @@ def find_gguf(spec: dict, scratch: Path) -> Path:
 
 
 def load_tokenizer(path: str | Path, **kwargs):
-    """Tokenizer with a pad token (pad = eos where the tokenizer has none)."""
+    """Tokenizer with a pad token (pad = eos where the tokenizer has none).
+
+    The classification head pools the rightmost token that is not the pad token (transformers'
+    sequence classification). A tokenizer that appends eos to every text would then have its eos
+    skipped as padding when pad = eos, and the head would pool the token before it; such a
+    tokenizer gets its unk token as pad instead, so the head pools the eos the text ends with, as the
+    paper does. A tokenizer that appends no eos (SmolLM2, Gemma, Llama 3) is left as it is: its head
+    pools the text's last token (the paper appends an eos; we do not add one)."""
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(path), **kwargs)
@@ -62,7 +69,18 @@ def load_tokenizer(path: str | Path, **kwargs):
         if tok.eos_token is None:
             raise UserError(f"tokenizer of {path} has neither a pad nor an eos token; set one in the model config")
         tok.pad_token = tok.eos_token
+    if tok.pad_token_id == tok.eos_token_id and appends_eos(tok):
+        if tok.unk_token is None or tok.unk_token_id == tok.eos_token_id:
+            raise UserError(f"tokenizer of {path} appends its eos token to every text and pads with it too, so the "
+                            "classification head could not find the text's end; give it a distinct pad token")
+        tok.pad_token = tok.unk_token
     return tok
+
+
+def appends_eos(tok) -> bool:
+    """Whether the tokenizer ends every encoded text with its eos token."""
+    ids = tok("a")["input_ids"]
+    return tok.eos_token_id is not None and bool(ids) and ids[-1] == tok.eos_token_id
 
 
 def coverage_record(text_lengths, budget: int) -> dict:
