@@ -42,6 +42,10 @@ def test_model_overrides_approach_hparams():
     (lambda c: c["models"].update({"data": {"source": "config"}}), r"key 'data' must be a slug"),
     (lambda c: c["datasets"]["d2"].update(base="zzz"), r"datasets.d2.base: 'zzz' is not a dataset key"),
     (lambda c: c["approaches"].update(magic={"models": []}), r"approaches.magic: unknown approach"),
+    (lambda c: c["approaches"].update(frozen={"seeds": [42]}), r"approaches.frozen.models: list at least one model key "
+     r"\(an overlay that sets only seeds or hparams of 'frozen' needs a base config that runs it\)"),
+    (lambda c: c["approaches"]["head"].update(seeds=[]), r"approaches.head.seeds: an empty list; leave the key out"),
+    (lambda c: c["approaches"]["head"].update(datasets=[]), r"approaches.head.datasets: an empty list"),
 ])
 def test_bad_grid_is_named(mutate, message):
     config = base_config()
@@ -80,9 +84,35 @@ def test_default_config_cells():
     for d in ("bbc-news", "bbc-news-pairs"):
         assert {f"results/{d}/smollm2-135m/head/r8/s42", f"results/{d}/smollm2-135m/frozen/r0/s42",
                 f"results/{d}/minilm-l6/encoder/r0/s42", f"results/{d}/tfidf/tfidf/r0/s42",
-                f"results/{d}/smollm2-135m/instruct/r64/s42", f"results/{d}/gemma-3-270m/instruct/r64/s42",
-                f"results/{d}/smollm2-135m/zeroshot/r0/s42", f"results/{d}/gemma-3-270m/zeroshot/r0/s42"} <= paths
-    assert len(paths) == 16
+                f"results/{d}/smollm2-135m/instruct/r64/s42", f"results/{d}/smollm2-135m/zeroshot/r0/s42"} <= paths
+    assert len(paths) == 12
+
+
+def test_default_config_gives_every_approach_the_same_text_and_training_budget():
+    """Fair by construction: one text budget and one training budget for head, instruct and encoder."""
+    config = grid.load_config(REPO / "config.yaml")
+    hp = {a: grid.hparams(config, a, config["approaches"][a].get("models", ["tfidf"])[0])
+          for a in ("head", "instruct", "encoder", "frozen")}
+    assert hp["head"]["max_length"] == hp["encoder"]["max_length"] == hp["instruct"]["text_tokens"] == hp["frozen"]["max_length"]
+    for key in ("max_epochs", "patience"):
+        assert hp["head"][key] == hp["instruct"][key] == hp["encoder"][key]
+    assert {hp[a]["batch_size"] * hp[a].get("grad_accum", 1) for a in ("head", "instruct", "encoder")} == {8}
+    assert config["datasets"]["bbc-news"]["max_words"] == 2 * config["datasets"]["bbc-news-pairs"]["words_per_part"]
+
+
+def test_claims_overlay_runs_every_cell_the_claims_need():
+    from snakemake.utils import update_config
+
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    update_config(config, yaml.safe_load((REPO / "configs" / "claims.yaml").read_text()))
+    validate(config, SCHEMA)
+    cells = grid.cells(config)
+    trained = [c for c in cells if c.approach in ("head", "frozen", "instruct", "encoder")]
+    assert {c.seed for c in trained} == {42, 43, 44}
+    assert {c.seed for c in cells if c.approach in ("zeroshot", "tfidf")} == {42}
+    for model in ("smollm2-135m", "gemma-3-270m"):
+        assert {(c.approach, c.rank) for c in cells if c.model == model} == {
+            ("head", 8), ("head", 16), ("frozen", 0), ("instruct", 64), ("zeroshot", 0)}
 
 
 def snakemake_cli(*args, cwd=REPO):
@@ -100,12 +130,12 @@ def job_counts(*args, cwd):
 def test_dry_run_of_default_config_lists_every_cell(tmp_path):
     (tmp_path / "config.yaml").write_text((REPO / "config.yaml").read_text())
     counts = job_counts(cwd=tmp_path)
-    assert counts["evaluate"] == len(grid.cells(grid.load_config(REPO / "config.yaml"))) == 16
+    assert counts["evaluate"] == len(grid.cells(grid.load_config(REPO / "config.yaml"))) == 12
     assert counts["train_head"] == counts["predict_head"] == 2
     assert counts["train_classifier"] == counts["predict_classifier"] == 4 and counts["tfidf"] == 2
-    # instruct r=64 and zero-shot, SmolLM2-135M and Gemma-3-270m, both datasets; each with a generate mode
-    assert counts["train_instruct"] == counts["predict_instruct"] == counts["predict_zeroshot"] == 4
-    assert counts["evaluate_generate"] == 8
+    # instruct r=64 and zero-shot of SmolLM2-135M on both datasets, each with a generate mode
+    assert counts["train_instruct"] == counts["predict_instruct"] == counts["predict_zeroshot"] == 2
+    assert counts["evaluate_generate"] == 4 and counts["claims"] == 1
 
 
 def test_dry_run_of_paper_config_lists_the_papers_grid_without_weights(tmp_path):

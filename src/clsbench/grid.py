@@ -48,7 +48,12 @@ def check(config: dict) -> None:
         if name not in APPROACHES:
             raise UserError(f"approaches.{name}: unknown approach (known: {list(APPROACHES)})")
         if name not in MODEL_FREE and not block.get("models"):
-            raise UserError(f"approaches.{name}.models: list at least one model key")
+            raise UserError(f"approaches.{name}.models: list at least one model key (an overlay that sets only "
+                            f"seeds or hparams of '{name}' needs a base config that runs it)")
+        for key in ("seeds", "datasets"):
+            if block.get(key) == []:
+                raise UserError(f"approaches.{name}.{key}: an empty list; leave the key out to use "
+                                f"{'the top-level seeds' if key == 'seeds' else 'every dataset'}")
         for model in block.get("models", []):
             if model not in config.get("models", {}):
                 raise UserError(f"approaches.{name}.models: model key '{model}' does not exist "
