@@ -12,11 +12,14 @@ score     no free text. Single-label: one forward pass of the prompt; the next-t
           is scored label by label in the allowed set's order (the order it is trained in): label
           i's probability is P(next list item is label i | decisions on labels before it), the
           model's probability mass of continuing the list with label i against continuing it with
-          a later label or closing it, with the prompt's KV cache reused. Threshold 0.5. Invalid
-          answers are impossible; the probabilities feed the calibration report.
+          a later label or closing it, with the prompt's KV cache reused; every event scored is a
+          token sequence of a tokenised training target (:meth:`Encoder.next_item_events`).
+          Threshold 0.5. Invalid answers are impossible; the probabilities feed the calibration
+          report.
           -> ``predictions.parquet`` (id, gold, probs, pred), ``predict_info.json``
 generate  greedy decoding of at most as many tokens as the longest answer, parsed by
-          :mod:`clsbench.prompts`; an unparseable answer counts as invalid (no label).
+          :mod:`clsbench.prompts`; an answer naming no allowed label, or any label outside the
+          allowed set, is invalid (``valid`` False) and scored as a wrong answer by the metrics.
           -> ``predictions_generate.parquet`` (+ generated, valid), ``predict_info_generate.json``
 
 A prompt carries at most ``text_tokens`` tokens of the text (the hyperparameter, the same budget
