@@ -22,8 +22,16 @@ GRID = {"threads": 1,
         "models": {"tiny-llama": TINY_MODEL_SPEC},
         "approaches": {"head": {"models": ["tiny-llama"], "ranks": [2, 4],
                                 "hparams": {**TINY_HEAD_HP, "max_epochs": 1, "max_length": 32}},
+                       "instruct": {"models": ["tiny-llama"], "ranks": [4],
+                                    "hparams": {"text_tokens": 40, "batch_size": 8, "eval_batch_size": 8,
+                                                "max_epochs": 1, "learning_rate": 1e-3,
+                                                "gradient_checkpointing": False}},
                        "tfidf": {"hparams": {"min_df": 1}}}}
-CELLS = ["news/tiny-llama/head/r2/s42", "news/tiny-llama/head/r4/s42", "news/tfidf/tfidf/r0/s42"]
+CELLS = ["news/tiny-llama/head/r2/s42", "news/tiny-llama/head/r4/s42", "news/tiny-llama/instruct/r4/s42",
+         "news/tfidf/tfidf/r0/s42"]
+# rules of this grid that declare gpu=1, and those that do not (the profile must route them apart)
+GPU_RULES = ["train_head", "predict_head", "train_instruct", "predict_instruct"]
+CPU_RULES = ["prepare_dataset", "prepare_model", "train_tfidf", "evaluate"]
 
 
 @pytest.fixture(scope="module")
@@ -53,14 +61,20 @@ def test_tiny_grid_on_slurm_equals_local_run(cluster, tmp_path):
     slurm, local = tmp_path / "slurm", tmp_path / "local"
     slurm.mkdir()
     local.mkdir()
-    on_slurm = run(slurm, "--executor", "slurm", "--jobs", "4", "--slurm-status-command", "squeue", "--slurm-no-account",
-                   "--slurm-init-seconds-before-status-checks", "5", "--latency-wait", "10",
-                   "--default-resources", "slurm_partition=cpu", "mem_mb=1000", "runtime=30",
-                   "--set-resources", "train_head:slurm_partition=gpu", "predict_head:slurm_partition=gpu",
-                   "train_head:mem_mb=2000", "predict_head:mem_mb=2000")
+    # the shipped profile, with only what a one-node test cluster needs changed: no account, small
+    # memory and runtime requests, one CPU per GPU job, squeue instead of an accounting database
+    small = [f"{rule}:mem_mb=1500" for rule in GPU_RULES + ["prepare_model"]]
+    on_slurm = run(slurm, "--workflow-profile", str(REPO / "profiles" / "slurm"), "--jobs", "4",
+                   "--slurm-status-command", "squeue", "--slurm-no-account", "--slurm-init-seconds-before-status-checks",
+                   "5", "--latency-wait", "10", "--default-resources", "mem_mb=1000", "runtime=30", "cpus_per_gpu=1",
+                   "--config", "threads=1", "--set-resources", *small)
     out = on_slurm.stdout + on_slurm.stderr
     assert on_slurm.returncode == 0, out[-3000:]
-    assert "13 of 13 steps (100%) done" in out
+    assert "18 of 18 steps (100%) done" in out
+    for rule in GPU_RULES:  # partition chosen by the plugin from the rule's gpu=1 (profiles/slurm/partitions.yaml)
+        assert f"Auto-selected partition 'gpu' for job {rule}" in out, rule
+    for rule in CPU_RULES:
+        assert f"Auto-selected partition 'cpu' for job {rule}" in out, rule
     local_run = run(local, "--cores", "2", "--resources", "gpu=1")
     assert local_run.returncode == 0, (local_run.stdout + local_run.stderr)[-3000:]
     for cell in CELLS:
