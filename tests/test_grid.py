@@ -54,6 +54,26 @@ def test_bad_grid_is_named(mutate, message):
         grid.cells(config)
 
 
+@pytest.mark.parametrize("mutate, message", [
+    (lambda c: c["approaches"]["head"].setdefault("hparams", {}).update(epochs=3),
+     r"approaches.head.hparams.epochs: renamed to 'max_epochs'"),
+    (lambda c: c["approaches"].update(instruct={"models": ["m1"], "hparams": {"max_length": 512}}),
+     r"approaches.instruct.hparams.max_length: renamed to 'text_tokens'"),
+    (lambda c: c["approaches"]["head"].setdefault("hparams", {}).update(optimizer="adamw_8bit"),
+     r"approaches.head.hparams.optimizer: 'adamw_8bit' is now 'adamw_bnb_8bit'"),
+    (lambda c: c["models"]["m1"].update(hparams={"head": {"optimizer": "adamw"}}),
+     r"models.m1.hparams.head.optimizer: 'adamw' is now 'adamw_torch'"),
+])
+def test_old_spellings_are_refused_naming_the_new_one(mutate, message):
+    config = base_config()
+    mutate(config)
+    with pytest.raises(UserError, match=message):
+        grid.refuse_renamed(config)
+    config = base_config()  # the new spellings pass, and max_length stays the head's key
+    config["approaches"]["head"].setdefault("hparams", {}).update(max_epochs=3, max_length=64, optimizer="adamw_bnb_8bit")
+    grid.refuse_renamed(config)
+
+
 def test_schema_fills_defaults_and_names_bad_values():
     config = base_config()
     validate(config, SCHEMA)
@@ -160,3 +180,8 @@ def test_malformed_config_stops_with_the_key(tmp_path):
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(bad))
     run = snakemake_cli("-n", "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path))
     assert run.returncode != 0 and "0 is less than the minimum of 1" in run.stdout + run.stderr
+    bad["approaches"]["head"]["hparams"].update(batch_size=8, optimizer="adamw_8bit")
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(bad))
+    run = snakemake_cli("-n", "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path))
+    assert run.returncode != 0
+    assert "approaches.head.hparams.optimizer: 'adamw_8bit' is now 'adamw_bnb_8bit'" in run.stdout + run.stderr

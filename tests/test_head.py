@@ -93,7 +93,7 @@ def test_non_finite_loss_stops_the_cell_with_step_and_learning_rate(tmp_path, ti
     from clsbench import UserError
 
     hp = {**TINY_HEAD_HP, "quantization": "none", "learning_rate": 1e12, "head_learning_rate": 1e12,
-          "optimizer": "adamw", "max_grad_norm": 1e30, "max_epochs": 3}
+          "optimizer": "adamw_torch", "max_grad_norm": 1e30, "max_epochs": 3}
     with pytest.raises(UserError, match=r"cell .*: training loss became (nan|inf) at step \d+ \(learning rate [0-9.e+]+\)"):
         head.train(str(tiny_model), str(bbc_small), str(tmp_path), rank=2, seed=1, hp=hp, threads=2)
     assert not (tmp_path / "adapter").exists() and not (tmp_path / "train_info.json").exists()

@@ -18,6 +18,10 @@ RANKED = {"head", "instruct"}  # approaches whose cells take a LoRA rank; the ot
 MODEL_FREE = {"tfidf": "tfidf"}  # approaches that use no model of `models:`; their cells' model slug
 APPROACHES = ("head", "frozen", "encoder", "tfidf", "instruct", "zeroshot")
 GENERATIVE = {"instruct", "zeroshot"}  # cells with a second inference mode (generate): metrics_generate.json
+# One vocabulary for settings every approach shares: old spellings are refused, naming the new one.
+RENAMED_KEYS = {"epochs": "max_epochs"}
+RENAMED_KEYS_OF = {"instruct": {"max_length": "text_tokens"}, "zeroshot": {"max_length": "text_tokens"}}
+RENAMED_OPTIMIZERS = {"adamw_8bit": "adamw_bnb_8bit", "adamw": "adamw_torch"}
 
 
 @dataclass(frozen=True)
@@ -32,6 +36,25 @@ class Cell:
     def path(self) -> str:
         """The cell's folder (relative to the working directory)."""
         return f"results/{self.dataset}/{self.model}/{self.approach}/r{self.rank}/s{self.seed}"
+
+
+def refuse_renamed(config: dict) -> None:
+    """Stop on a hyperparameter spelled the old way (approach blocks and per-model overrides), with
+    the key path and the new spelling; run before the schema, whose message could not name it."""
+    blocks = [(f"approaches.{name}.hparams", name, (block or {}).get("hparams") or {})
+              for name, block in (config.get("approaches") or {}).items()]
+    blocks += [(f"models.{key}.hparams.{name}", name, hp or {})
+               for key, spec in (config.get("models") or {}).items()
+               for name, hp in ((spec or {}).get("hparams") or {}).items()]
+    for where, approach, hp in blocks:
+        for key in hp:
+            new = RENAMED_KEYS.get(key) or RENAMED_KEYS_OF.get(approach, {}).get(key)
+            if new:
+                raise UserError(f"{where}.{key}: renamed to '{new}' (one vocabulary for every approach)")
+        old = hp.get("optimizer")
+        if old in RENAMED_OPTIMIZERS:
+            raise UserError(f"{where}.optimizer: '{old}' is now '{RENAMED_OPTIMIZERS[old]}' (transformers' optimizer "
+                            f"names for every approach)")
 
 
 def check(config: dict) -> None:
@@ -96,6 +119,7 @@ def load_config(path: str | Path) -> dict:
     from snakemake.utils import validate
 
     config = yaml.safe_load(Path(path).read_text())
+    refuse_renamed(config)
     schema = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
     validate(config, str(schema))
     check(config)

@@ -192,24 +192,40 @@ def finite_loss_guard(cell: Path):
     return _Guard()
 
 
-def build_optimizer(model, hp: dict, steps: int):
-    """AdamW (8-bit via bitsandbytes by default) with a separate learning rate for the head."""
+OPTIMIZERS = ("adamw_torch", "adamw_bnb_8bit", "paged_adamw_32bit", "paged_adamw_8bit")  # transformers' names
+
+
+def optimizer_name(hp: dict, env: dict, default: str) -> str:
+    """The ``optimizer`` hyperparameter (transformers' ``optim`` names, every approach); a paged
+    optimizer pages its state between GPU and CPU memory, so without a GPU adamw_torch is used."""
+    name = hp.get("optimizer", default)
+    if name.startswith("paged") and not env["cuda"]:
+        print(f"optimizer {name} pages optimizer state between GPU and CPU memory; no GPU here: using adamw_torch")
+        return "adamw_torch"
+    return name
+
+
+def build_optimizer(model, hp: dict, steps: int, name: str):
+    """AdamW of the ``name`` variant (:data:`OPTIMIZERS`) with a separate learning rate for the head."""
     import torch
     from transformers import get_scheduler
 
     head_lr = hp.get("head_learning_rate") or hp["learning_rate"]
     head, body = [], []
-    for name, p in model.named_parameters():
+    for param_name, p in model.named_parameters():
         if p.requires_grad:
-            (head if ".score." in name or name.startswith("score.") or "modules_to_save" in name else body).append(p)
+            (head if ".score." in param_name or param_name.startswith("score.") or "modules_to_save" in param_name
+             else body).append(p)
     groups = [{"params": body, "lr": hp["learning_rate"]}, {"params": head, "lr": head_lr}]
     groups = [g for g in groups if g["params"]]
-    if hp.get("optimizer", "adamw_8bit") == "adamw_8bit":
+    if name == "adamw_torch":
+        opt = torch.optim.AdamW(groups, weight_decay=hp.get("weight_decay", 0.0))
+    else:
         import bitsandbytes as bnb
 
-        opt = bnb.optim.AdamW8bit(groups, weight_decay=hp.get("weight_decay", 0.0))
-    else:
-        opt = torch.optim.AdamW(groups, weight_decay=hp.get("weight_decay", 0.0))
+        cls = {"adamw_bnb_8bit": bnb.optim.AdamW8bit, "paged_adamw_32bit": bnb.optim.PagedAdamW32bit,
+               "paged_adamw_8bit": bnb.optim.PagedAdamW8bit}[name]
+        opt = cls(groups, weight_decay=hp.get("weight_decay", 0.0))
     sched = get_scheduler(hp.get("lr_scheduler", "linear"), opt,
                           num_warmup_steps=math.ceil(hp.get("warmup_ratio", 0.0) * steps), num_training_steps=steps)
     return opt, sched
@@ -255,7 +271,8 @@ def train(model_json: str, data_dir: str, out_dir: str, rank: int, seed: int, hp
     val_ds = tokenize_split(splits["val"], tok, labels, multi, hp["max_length"])
     steps_per_epoch = math.ceil(len(train_ds) / (hp["batch_size"] * hp["grad_accum"]))
     plan = faults.batch_plan(hp, out_dir, "train")  # smaller micro-batches after an out-of-memory failure
-    optimizers = build_optimizer(model, hp, steps_per_epoch * hp["max_epochs"])
+    optim = optimizer_name(hp, env, "adamw_torch" if approach == "encoder" else "adamw_bnb_8bit")
+    optimizers = build_optimizer(model, hp, steps_per_epoch * hp["max_epochs"], optim)
 
     def compute_metrics(pred):
         return {"f1_micro": micro_f1_from_logits(pred.predictions, pred.label_ids, multi, threshold)}
@@ -299,7 +316,7 @@ def train(model_json: str, data_dir: str, out_dir: str, rank: int, seed: int, hp
         "epochs_run": epochs_run, "best_epoch": round(best.get("epoch", 0)), "best_val_f1_micro": best.get("eval_f1_micro"),
         "train_wall_seconds": wall, "eval_seconds_during_training": timer.eval_seconds,
         "train_loss": result.training_loss, "resumed_from": Path(last).name if last else None,
-        "micro_batch": plan["batch_size"], "grad_accum": plan["grad_accum"],
+        "optimizer": optim, "micro_batch": plan["batch_size"], "grad_accum": plan["grad_accum"],
         "effective_batch": plan["batch_size"] * plan["grad_accum"], "val_batch_size": plan["eval_batch_size"],
         "n_train": len(train_ds), "n_val": len(val_ds),
         "device": env["device_name"], "dtype": str(env["compute_dtype"]).replace("torch.", ""),

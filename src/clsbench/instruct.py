@@ -43,7 +43,7 @@ from . import UserError, prompts
 from .data import load_prepared
 from . import faults
 from .faults import resume_point
-from .head import (ADAPTER_BASE, _check_finite, _peak_memory_mb, count_parameters, decide, device_setup,
+from .head import (ADAPTER_BASE, _check_finite, _peak_memory_mb, count_parameters, decide, device_setup, optimizer_name,
                    eval_timer, finite_loss_guard, quantization_config, run_key, save_adapter)
 from .io import atomic_path, read_json, run_cli, sha256, write_json, write_jsonl
 from .metrics import indicator
@@ -259,10 +259,7 @@ def train(model_json: str, data_dir: str, out_dir: str, rank: int, seed: int, hp
     trainable, total = count_parameters(model)
     train_ds, val_ds = enc.training_examples(splits["train"]), enc.training_examples(splits["val"])
 
-    optim = hp.get("optimizer", "paged_adamw_32bit")
-    if optim.startswith("paged") and not env["cuda"]:
-        print(f"optimizer {optim} pages optimizer state between GPU and CPU memory; no GPU here: using adamw_torch")
-        optim = "adamw_torch"
+    optim = optimizer_name(hp, env, "paged_adamw_32bit")
     steps_per_epoch = math.ceil(len(train_ds) / (hp["batch_size"] * hp["grad_accum"]))
     plan = faults.batch_plan(hp, out_dir, "train")  # smaller micro-batches after an out-of-memory failure
     ckpt = out_dir / "checkpoints"

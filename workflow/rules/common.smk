@@ -3,10 +3,17 @@ import json
 import sys
 from pathlib import Path
 
+from snakemake.utils import validate
+
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))  # dry runs work without installing the package
 
 from clsbench import UserError, grid
 
+try:
+    grid.refuse_renamed(config)
+except UserError as err:
+    raise WorkflowError(f"config: {err}")
+validate(config, "../schemas/config.schema.yaml")
 try:
     CELLS = grid.cells(config)
 except UserError as err:
