@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from . import UserError
-from .io import atomic_path, read_json, run_cli, write_json
+from .io import atomic_path, run_cli, write_json
 
 
 def package_dir(package: str) -> Path:
@@ -200,10 +200,6 @@ def local_dir(info: dict) -> Path:
     from huggingface_hub import snapshot_download
 
     return Path(snapshot_download(info["path"], revision=info.get("revision"), local_files_only=True))
-
-
-def load_info(model_json: str | Path) -> dict:
-    return read_json(model_json)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -30,8 +30,8 @@ COLUMNS = ["dataset", "model", "approach", "rank", "seed", "mode", "f1_micro", "
            "f1_micro_ci_low", "f1_micro_ci_high", "ece", "brier", "invalid_output_rate", "accuracy",
            "effective_batch", "text_tokens_mean", "text_truncated_share"]
 # throughput figures beyond samples/s, shown in the throughput table where the cells' info files have
-# them (clsbench.throughput records; instruct's predict_info names its tokens "prompt" tokens)
-THROUGHPUT_EXTRA = ["train_tokens_per_second", "infer_tokens_per_second", "infer_prompt_tokens_per_second",
+# them (clsbench.throughput records)
+THROUGHPUT_EXTRA = ["train_tokens_per_second", "infer_tokens_per_second",
                     "peak_memory_mb", "train_peak_memory_mb", "infer_peak_memory_mb", "train_padding_fraction",
                     "infer_padding_fraction", "train_mfu", "infer_mfu"]
 THROUGHPUT_CONTEXT = ["device", "dtype"]  # what was measured: the throughput table's last columns
@@ -198,7 +198,6 @@ def throughput_table(df: pd.DataFrame, paper_datasets: dict[str, str]) -> pd.Dat
         out[f"{stage}_over_paper"] = out[f"{stage}_samples_per_second"] / out[f"paper_{stage}_samples_per_second"]
     extra = {k: pd.to_numeric(df[k], errors="coerce") for k in THROUGHPUT_EXTRA}
     trained = out["train_samples_per_second"].notna()  # its train_info.json recorded the peak memory first
-    extra["infer_tokens_per_second"] = extra["infer_tokens_per_second"].fillna(extra.pop("infer_prompt_tokens_per_second"))
     extra["train_peak_memory_mb"] = extra["train_peak_memory_mb"].fillna(extra.pop("peak_memory_mb").where(trained))
     for name, values in extra.items():  # only the figures some cell has
         if values.notna().any():
