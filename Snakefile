@@ -23,9 +23,9 @@ include: "workflow/rules/report.smk"
 
 
 rule all:
+    default_target: True
     input:
         all_metrics(),
         rules.tables.output,
         rules.claims.output,
         rules.figures.output,
-    default_target: True

@@ -201,14 +201,14 @@ def measure_infer(job: dict) -> list[dict]:
     config = AutoConfig.from_pretrained(job["model_dir"])
     records = []
     for mode in job["modes"]:  # eval_batch_size fastest: chosen per mode as the pipeline does (untimed)
-        bs = faults.resolve_eval_batch(hp, env, lambda subset, size: run(mode, subset, size), items,
+        bs = faults.resolve_eval_batch(hp, env, lambda subset, size, mode=mode: run(mode, subset, size), items,
                                        lengths)["eval_batch_size"]
         run(mode, items[:bs], bs)  # warm-up, not timed
         if env["cuda"]:
             import torch
 
             torch.cuda.reset_peak_memory_stats()
-        _, seconds = instruct._timed(lambda: run(mode, items, bs), env)
+        _, seconds = instruct._timed(lambda mode=mode, bs=bs: run(mode, items, bs), env)
         records.append(throughput.record("infer", lengths=lengths, seconds=seconds, batch_size=bs, order=order, env=env,
                                          peak_memory_mb=head._peak_memory_mb(env), config=config, kind="forward",
                                          mode=mode))

@@ -3,9 +3,9 @@ import json
 
 import numpy as np
 import pandas as pd
+from conftest import TINY_HEAD_HP
 
 from clsbench import head, metrics, models, tfidf
-from conftest import TINY_HEAD_HP
 
 
 def test_tfidf_single_label_on_bbc(tmp_path, bbc_small):
@@ -25,7 +25,7 @@ def test_tfidf_multi_label_one_vs_rest(tmp_path, pairs_small):
     pred = pd.read_parquet(tmp_path / "predictions.parquet")
     probs = np.stack(pred["probs"])
     labels = json.loads((pairs_small / "labels.json").read_text())["labels"]
-    assert [list(p) for p in pred["pred"]] == [[l for l, q in zip(labels, row) if q >= 0.5] for row in probs]
+    assert [list(p) for p in pred["pred"]] == [[name for name, q in zip(labels, row) if q >= 0.5] for row in probs]
 
 
 def test_frozen_head_trains_only_the_score_layer(tmp_path, tiny_model, bbc_small):

@@ -3,9 +3,9 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import USPTO
 
 from clsbench import UserError, data
-from conftest import USPTO
 
 
 def write_csv(path, rows, columns=("text", "label")):

@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from conftest import TINY_HEAD_HP, TINY_MODEL_SPEC
 from safetensors.numpy import load_file
+from test_workflow import snakemake, snakemake_cmd
 
 from clsbench import faults
-from conftest import TINY_HEAD_HP, TINY_MODEL_SPEC
-from test_workflow import snakemake, snakemake_cmd
 
 CELL = "results/news/tiny-llama/head/r2/s42"
 TARGET = f"{CELL}/metrics.json"

@@ -3,11 +3,11 @@ import sys
 
 import pytest
 import yaml
+from conftest import REPO
 from snakemake.utils import validate
 from snakemake_interface_common.exceptions import WorkflowError
 
 from clsbench import UserError, grid
-from conftest import REPO
 
 SCHEMA = str(REPO / "workflow" / "schemas" / "config.schema.yaml")
 

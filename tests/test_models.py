@@ -16,8 +16,9 @@ def test_config_source_builds_a_loadable_model_with_pad_token(tiny_model):
 
 
 def test_pad_token_falls_back_to_eos(tmp_path):
+    from tokenizers import Tokenizer
+    from tokenizers import models as tkm
     from transformers import PreTrainedTokenizerFast
-    from tokenizers import Tokenizer, models as tkm
 
     raw = Tokenizer(tkm.WordLevel({"<eos>": 0, "hello": 1, "<unk>": 2}, unk_token="<unk>"))
     PreTrainedTokenizerFast(tokenizer_object=raw, eos_token="<eos>", unk_token="<unk>").save_pretrained(tmp_path)

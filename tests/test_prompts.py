@@ -4,8 +4,7 @@ import json
 import pytest
 
 from clsbench import UserError
-from clsbench.prompts import (answer, check_labels, label_ids, parse_multi, parse_single,
-                              render)
+from clsbench.prompts import answer, check_labels, label_ids, parse_multi, parse_single, render
 
 LABELS = ["business", "entertainment", "politics", "sport", "tech"]
 

@@ -11,7 +11,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-
 from conftest import REPO, TINY_HEAD_HP, TINY_MODEL_SPEC
 
 pytestmark = pytest.mark.e2e

@@ -6,9 +6,9 @@ import sys
 
 import pytest
 import yaml
+from conftest import REPO, TINY_LLAMA
 
 from clsbench import grid, throughput
-from conftest import REPO, TINY_LLAMA
 
 
 def test_model_flops_by_hand():

@@ -9,7 +9,6 @@ import sys
 import pandas as pd
 import pytest
 import yaml
-
 from conftest import REPO, TINY_HEAD_HP, TINY_MODEL_SPEC
 
 pytestmark = pytest.mark.e2e

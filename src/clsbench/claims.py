@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .io import atomic_path, read_json, run_cli
+from .io import read_json, run_cli
 from .metrics import forecasts, invalid_mask, scored_indicators
 
 ALPHA = 0.05

@@ -278,7 +278,7 @@ def load_splits(key: str, spec: dict, base_dir: str | Path | None = None) -> tup
 
 def first_words(text: str, n: int) -> str:
     """The text up to the end of its ``n``-th word (whitespace inside kept)."""
-    match = re.match(r"\s*(?:\S+\s+){%d}" % (n - 1) + r"\S+", text) if n > 0 else None
+    match = re.match(rf"\s*(?:\S+\s+){{{n - 1}}}\S+", text) if n > 0 else None
     return match[0].strip() if match else text
 
 

@@ -19,8 +19,8 @@ import contextlib
 import json
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from . import UserError
 from .io import read_json, sha256, write_json

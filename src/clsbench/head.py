@@ -27,13 +27,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import UserError, faults
+from . import UserError, faults, throughput
 from .data import load_prepared
 from .faults import resume_point  # noqa: F401  (re-exported: other trainers resume the same way)
 from .io import atomic_path, read_json, run_cli, sha256, write_json, write_jsonl, write_predictions
 from .metrics import indicator
 from .models import load_tokenizer, local_dir, prefixed, text_coverage
-from . import throughput
 
 ADAPTER_BASE = "base"
 FROZEN_HEAD = "score.safetensors"

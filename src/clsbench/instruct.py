@@ -39,16 +39,26 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import UserError, prompts
+from . import UserError, faults, prompts, throughput
 from .data import load_prepared
-from . import faults
 from .faults import resume_point
-from .head import (ADAPTER_BASE, _check_finite, _peak_memory_mb, count_parameters, decide, device_setup, optimizer_name,
-                   eval_timer, finite_loss_guard, quantization_config, run_key, save_adapter)
+from .head import (
+    ADAPTER_BASE,
+    _check_finite,
+    _peak_memory_mb,
+    count_parameters,
+    decide,
+    device_setup,
+    eval_timer,
+    finite_loss_guard,
+    optimizer_name,
+    quantization_config,
+    run_key,
+    save_adapter,
+)
 from .io import atomic_path, read_json, run_cli, sha256, write_json, write_jsonl
 from .metrics import indicator
 from .models import load_tokenizer, prefixed
-from . import throughput
 
 MODES = ("score", "generate")
 
@@ -557,7 +567,7 @@ def predict(source: str, data_dir: str, out_dir: str, hp: dict, approach: str = 
             run_mode(mode, model, enc, rows[:hp["eval_batch_size"]], hp, env)  # warm-up, not timed
             if env["cuda"]:
                 torch.cuda.reset_peak_memory_stats()
-            (probs, pred, texts), wall = _timed(lambda: run_mode(mode, model, enc, rows, hp, env), env)
+            (probs, pred, texts), wall = _timed(lambda mode=mode: run_mode(mode, model, enc, rows, hp, env), env)
         table = pd.DataFrame({"id": df["id"].values, "gold": list(df["labels"]),
                               "probs": [p.astype(np.float32) for p in probs] if probs is not None else None,
                               "pred": [p if p is not None else [] for p in pred]})

@@ -5,7 +5,9 @@ from pathlib import Path
 
 from snakemake.utils import validate
 
-sys.path.insert(0, str(Path(workflow.basedir) / "src"))  # dry runs work without installing the package
+sys.path.insert(
+    0, str(Path(workflow.basedir) / "src")
+)  # dry runs work without installing the package
 
 from clsbench import UserError, grid
 
@@ -34,8 +36,12 @@ wildcard_constraints:
 
 def all_metrics():
     """Every cell's metrics.json, plus metrics_generate.json of cells with a generate mode."""
-    return [f"{cell.path}/{name}" for cell in CELLS
-            for name in ["metrics.json"] + (["metrics_generate.json"] if cell.approach in grid.GENERATIVE else [])]
+    return [
+        f"{cell.path}/{name}"
+        for cell in CELLS
+        for name in ["metrics.json"]
+        + (["metrics_generate.json"] if cell.approach in grid.GENERATIVE else [])
+    ]
 
 
 def as_json(obj):
@@ -48,13 +54,21 @@ def hparams_json(wildcards):
 
 
 def dataset_spec_json(wildcards):
-    spec = {k: v for k, v in config["datasets"][wildcards.dataset].items() if k != "paper_dataset"}  # report-only key
+    spec = {
+        k: v
+        for k, v in config["datasets"][wildcards.dataset].items()
+        if k != "paper_dataset"
+    }  # report-only key
     return as_json(spec)
 
 
 def paper_dataset_args():
     """--paper-datasets clv=CLV ...: which of our datasets stands in for which of the paper's."""
-    pairs = [f"{k}={v['paper_dataset']}" for k, v in config["datasets"].items() if v.get("paper_dataset")]
+    pairs = [
+        f"{k}={v['paper_dataset']}"
+        for k, v in config["datasets"].items()
+        if v.get("paper_dataset")
+    ]
     return "--paper-datasets " + " ".join(pairs) if pairs else ""
 
 
@@ -69,7 +83,10 @@ def dataset_base_inputs(wildcards):
 
 
 def dataset_files(name):
-    return expand("results/data/{{dataset}}/{f}", f=[f"{s}.parquet" for s in ("train", "val", "test")] + [name])
+    return expand(
+        "results/data/{{dataset}}/{f}",
+        f=[f"{s}.parquet" for s in ("train", "val", "test")] + [name],
+    )
 
 
 def grid_datasets():
@@ -79,4 +96,6 @@ def grid_datasets():
 
 def grid_models():
     """Models of `models:` that at least one cell uses (tfidf cells use none)."""
-    return [m for m in dict.fromkeys(cell.model for cell in CELLS) if m in config["models"]]
+    return [
+        m for m in dict.fromkeys(cell.model for cell in CELLS) if m in config["models"]
+    ]

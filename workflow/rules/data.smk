@@ -3,25 +3,29 @@ rule prepare_dataset:
     input:
         dataset_base_inputs,
     output:
-        splits=expand("results/data/{{dataset}}/{split}.parquet", split=["train", "val", "test"]),
+        splits=expand(
+            "results/data/{{dataset}}/{split}.parquet", split=["train", "val", "test"]
+        ),
         labels="results/data/{dataset}/labels.json",
         stats=report(
             "results/data/{dataset}/stats.json",
             category="Datasets",
             caption="../report/dataset_stats.rst",
         ),
-    params:
-        spec=dataset_spec_json,
-        base_arg=lambda wc, input: f"--base-dir {Path(input[0]).parent}" if input else "",
     log:
         "results/logs/data/{dataset}.log",
     benchmark:
         "results/benchmarks/data/{dataset}.tsv"
+    conda:
+        "../../envs/clsbench.yaml"
     resources:
         mem_mb=4000,
         runtime=30,
-    conda:
-        "../../envs/clsbench.yaml"
+    params:
+        spec=dataset_spec_json,
+        base_arg=lambda wc, input: (
+            f"--base-dir {Path(input[0]).parent}" if input else ""
+        ),
     shell:
         "python -m clsbench.data --key {wildcards.dataset} --spec {params.spec:q} "
         "--out results/data/{wildcards.dataset} {params.base_arg} > {log} 2>&1"

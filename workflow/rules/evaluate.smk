@@ -11,11 +11,11 @@ rule evaluate:
         LOG + "/evaluate.log",
     benchmark:
         BENCH + "/evaluate.tsv"
+    conda:
+        "../../envs/clsbench.yaml"
     resources:
         mem_mb=2000,
         runtime=10,
-    conda:
-        "../../envs/clsbench.yaml"
     shell:
         "python -m clsbench.metrics --predictions {input.predictions} --labels {input.labels} "
         "--extra {input.train_info} {input.predict_info} --out {output} > {log} 2>&1"
@@ -30,17 +30,17 @@ rule evaluate_generate:
         predict_info=CELL + "/predict_info_generate.json",
     output:
         CELL + "/metrics_generate.json",
-    wildcard_constraints:
-        approach="instruct|zeroshot",
     log:
         LOG + "/evaluate_generate.log",
     benchmark:
         BENCH + "/evaluate_generate.tsv"
+    wildcard_constraints:
+        approach="instruct|zeroshot",
+    conda:
+        "../../envs/clsbench.yaml"
     resources:
         mem_mb=2000,
         runtime=10,
-    conda:
-        "../../envs/clsbench.yaml"
     shell:
         "python -m clsbench.metrics --predictions {input.predictions} --labels {input.labels} "
         "--extra {input.train_info} {input.predict_info} --out {output} > {log} 2>&1"

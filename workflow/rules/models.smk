@@ -2,17 +2,17 @@ rule prepare_model:
     """Make one model loadable offline: de-quantise packaged GGUF, build from config, or fetch from the hub."""
     output:
         "results/models/{model}/model.json",
-    params:
-        spec=model_spec_json,
     log:
         "results/logs/models/{model}.log",
     benchmark:
         "results/benchmarks/models/{model}.tsv"
+    conda:
+        "../../envs/clsbench.yaml"
     resources:
         mem_mb=16000,
         runtime=60,
-    conda:
-        "../../envs/clsbench.yaml"
+    params:
+        spec=model_spec_json,
     shell:
         "python -m clsbench.models --key {wildcards.model} --spec {params.spec:q} "
         "--out results/models/{wildcards.model} > {log} 2>&1"

@@ -6,21 +6,21 @@ rule predict_head:
     output:
         predictions="results/{dataset}/{model}/head/r{rank}/s{seed}/predictions.parquet",
         info="results/{dataset}/{model}/head/r{rank}/s{seed}/predict_info.json",
-    params:
-        hparams=lambda wc: as_json(grid.hparams(config, "head", wc.model)),
-        out_dir=lambda wc, output: Path(output.info).parent,
     log:
         "results/logs/{dataset}/{model}/head/r{rank}/s{seed}/predict.log",
     benchmark:
         "results/benchmarks/{dataset}/{model}/head/r{rank}/s{seed}/predict.tsv"
-    threads: config["threads"]
     retries: 2  # an out-of-memory failure records halved batch sizes for the retry (clsbench.faults)
+    conda:
+        "../../envs/clsbench.yaml"
+    threads: config["threads"]
     resources:
         gpu=1,
         mem_mb=lambda wc, attempt: 16000 * attempt,  # host memory: more on each retry
         runtime=120,
-    conda:
-        "../../envs/clsbench.yaml"
+    params:
+        hparams=lambda wc: as_json(grid.hparams(config, "head", wc.model)),
+        out_dir=lambda wc, output: Path(output.info).parent,
     shell:
         "python -m clsbench.head predict --adapter-dir {input.adapter} --data-dir results/data/{wildcards.dataset} "
         "--out-dir {params.out_dir} --hparams {params.hparams:q} --threads {threads} > {log} 2>&1"
@@ -34,24 +34,24 @@ rule predict_classifier:
     output:
         predictions=CELL + "/predictions.parquet",
         info=CELL + "/predict_info.json",
-    wildcard_constraints:
-        approach="frozen|encoder",
-        rank="0",
-    params:
-        hparams=hparams_json,
-        out_dir=lambda wc, output: Path(output.info).parent,
     log:
         LOG + "/predict.log",
     benchmark:
         BENCH + "/predict.tsv"
-    threads: config["threads"]
+    wildcard_constraints:
+        approach="frozen|encoder",
+        rank="0",
     retries: 2  # an out-of-memory failure records halved batch sizes for the retry (clsbench.faults)
+    conda:
+        "../../envs/clsbench.yaml"
+    threads: config["threads"]
     resources:
         gpu=1,
         mem_mb=lambda wc, attempt: 16000 * attempt,  # host memory: more on each retry
         runtime=120,
-    conda:
-        "../../envs/clsbench.yaml"
+    params:
+        hparams=hparams_json,
+        out_dir=lambda wc, output: Path(output.info).parent,
     shell:
         "python -m clsbench.head predict --adapter-dir {input.adapter} --data-dir results/data/{wildcards.dataset} "
         "--out-dir {params.out_dir} --hparams {params.hparams:q} --threads {threads} > {log} 2>&1"
@@ -67,29 +67,30 @@ GENERATIVE_OUTPUTS = {
 
 rule predict_instruct:
     """Both inference modes of an instruct cell in one job (the model loads once): label scoring
-    (predictions.parquet, with probabilities) and free generation + parsing (predictions_generate.parquet)."""
+    (predictions.parquet, with probabilities) and free generation + parsing (predictions_generate.parquet).
+    """
     input:
         adapter=CELL + "/adapter",
         data=dataset_files("labels.json"),
     output:
         **GENERATIVE_OUTPUTS,
-    wildcard_constraints:
-        approach="instruct",
-    params:
-        hparams=hparams_json,
-        out_dir=lambda wc, output: Path(output.info).parent,
     log:
         LOG + "/predict.log",
     benchmark:
         BENCH + "/predict.tsv"
-    threads: config["threads"]
+    wildcard_constraints:
+        approach="instruct",
     retries: 2  # an out-of-memory failure records halved batch sizes for the retry (clsbench.faults)
+    conda:
+        "../../envs/clsbench.yaml"
+    threads: config["threads"]
     resources:
         gpu=1,
         mem_mb=lambda wc, attempt: 16000 * attempt,  # host memory: more on each retry
         runtime=240,
-    conda:
-        "../../envs/clsbench.yaml"
+    params:
+        hparams=hparams_json,
+        out_dir=lambda wc, output: Path(output.info).parent,
     shell:
         "python -m clsbench.instruct predict --source {input.adapter} --data-dir results/data/{wildcards.dataset} "
         "--out-dir {params.out_dir} --hparams {params.hparams:q} --threads {threads} > {log} 2>&1"
@@ -103,24 +104,24 @@ rule predict_zeroshot:
     output:
         **GENERATIVE_OUTPUTS,
         train_info=CELL + "/train_info.json",
-    wildcard_constraints:
-        approach="zeroshot",
-        rank="0",
-    params:
-        hparams=hparams_json,
-        out_dir=lambda wc, output: Path(output.info).parent,
     log:
         LOG + "/predict.log",
     benchmark:
         BENCH + "/predict.tsv"
-    threads: config["threads"]
+    wildcard_constraints:
+        approach="zeroshot",
+        rank="0",
     retries: 2  # an out-of-memory failure records halved batch sizes for the retry (clsbench.faults)
+    conda:
+        "../../envs/clsbench.yaml"
+    threads: config["threads"]
     resources:
         gpu=1,
         mem_mb=lambda wc, attempt: 16000 * attempt,  # host memory: more on each retry
         runtime=240,
-    conda:
-        "../../envs/clsbench.yaml"
+    params:
+        hparams=hparams_json,
+        out_dir=lambda wc, output: Path(output.info).parent,
     shell:
         "python -m clsbench.instruct predict --approach zeroshot --source {input.model} "
         "--data-dir results/data/{wildcards.dataset} --out-dir {params.out_dir} --hparams {params.hparams:q} "

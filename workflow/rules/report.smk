@@ -16,18 +16,20 @@ rule tables:
         ),
         md=expand("reports/tables/{table}.md", table=TABLES),
         tex=expand("reports/tables/{table}.tex", table=TABLES),
-    params:
-        paper=paper_dataset_args(),
-        tokenizers=lambda wc, input: " ".join(f"{Path(m).parent.name}={m}" for m in input.models),
     log:
         "results/logs/report/tables.log",
     benchmark:
         "results/benchmarks/report/tables.tsv"
+    conda:
+        "../../envs/clsbench.yaml"
     resources:
         mem_mb=2000,
         runtime=10,
-    conda:
-        "../../envs/clsbench.yaml"
+    params:
+        paper=paper_dataset_args(),
+        tokenizers=lambda wc, input: " ".join(
+            f"{Path(m).parent.name}={m}" for m in input.models
+        ),
     shell:
         "python -m clsbench.tables --out-dir reports/tables --stats {input.stats} {params.paper} "
         "--tokenizers {params.tokenizers} "
@@ -41,18 +43,22 @@ rule claims:
         predictions=[f"{cell.path}/predictions.parquet" for cell in CELLS],
         labels=expand("results/data/{dataset}/labels.json", dataset=grid_datasets()),
     output:
-        csv=report("reports/tables/claims.csv", category="Claims", caption="../report/claims.rst"),
+        csv=report(
+            "reports/tables/claims.csv",
+            category="Claims",
+            caption="../report/claims.rst",
+        ),
         md="reports/tables/claims.md",
         tex="reports/tables/claims.tex",
     log:
         "results/logs/report/claims.log",
     benchmark:
         "results/benchmarks/report/claims.tsv"
+    conda:
+        "../../envs/clsbench.yaml"
     resources:
         mem_mb=4000,
         runtime=10,
-    conda:
-        "../../envs/clsbench.yaml"
     shell:
         "python -m clsbench.claims --out-dir reports/tables -- {input.metrics} > {log} 2>&1"
 
@@ -63,14 +69,20 @@ rule figures:
         metrics=all_metrics(),
         labels=expand("results/data/{dataset}/labels.json", dataset=grid_datasets()),
     output:
-        bars=report("reports/figures/f1_bars.png", category="Figures", caption="../report/f1_bars.rst"),
+        bars=report(
+            "reports/figures/f1_bars.png",
+            category="Figures",
+            caption="../report/f1_bars.rst",
+        ),
         bubbles=report(
             expand("reports/figures/bubble_{dataset}.png", dataset=grid_datasets()),
             category="Figures",
             caption="../report/bubble.rst",
         ),
         reliability=report(
-            expand("reports/figures/reliability_{dataset}.png", dataset=grid_datasets()),
+            expand(
+                "reports/figures/reliability_{dataset}.png", dataset=grid_datasets()
+            ),
             category="Calibration",
             caption="../report/reliability.rst",
         ),
@@ -82,16 +94,20 @@ rule figures:
         pdfs=expand(
             "reports/figures/{name}.pdf",
             name=["f1_bars"]
-            + [f"{kind}_{d}" for kind in ("bubble", "reliability", "training") for d in grid_datasets()],
+            + [
+                f"{kind}_{d}"
+                for kind in ("bubble", "reliability", "training")
+                for d in grid_datasets()
+            ],
         ),
     log:
         "results/logs/report/figures.log",
     benchmark:
         "results/benchmarks/report/figures.tsv"
+    conda:
+        "../../envs/clsbench.yaml"
     resources:
         mem_mb=2000,
         runtime=10,
-    conda:
-        "../../envs/clsbench.yaml"
     shell:
         "python -m clsbench.plots --out reports/figures {input.metrics} > {log} 2>&1"

@@ -7,21 +7,21 @@ rule train_head:
         adapter=directory("results/{dataset}/{model}/head/r{rank}/s{seed}/adapter"),
         train_log="results/{dataset}/{model}/head/r{rank}/s{seed}/train_log.jsonl",
         info="results/{dataset}/{model}/head/r{rank}/s{seed}/train_info.json",
-    params:
-        hparams=lambda wc: as_json(grid.hparams(config, "head", wc.model)),
-        out_dir=lambda wc, output: Path(output.info).parent,
     log:
         "results/logs/{dataset}/{model}/head/r{rank}/s{seed}/train.log",
     benchmark:
         "results/benchmarks/{dataset}/{model}/head/r{rank}/s{seed}/train.tsv"
-    threads: config["threads"]
     retries: 2  # an out-of-memory failure records halved batch sizes for the retry (clsbench.faults)
+    conda:
+        "../../envs/clsbench.yaml"
+    threads: config["threads"]
     resources:
         gpu=1,
         mem_mb=lambda wc, attempt: 16000 * attempt,  # host memory: more on each retry
         runtime=720,
-    conda:
-        "../../envs/clsbench.yaml"
+    params:
+        hparams=lambda wc: as_json(grid.hparams(config, "head", wc.model)),
+        out_dir=lambda wc, output: Path(output.info).parent,
     shell:
         "python -m clsbench.head train --model-json {input.model} --data-dir results/data/{wildcards.dataset} "
         "--out-dir {params.out_dir} --rank {wildcards.rank} --seed {wildcards.seed} "
@@ -37,24 +37,24 @@ rule train_classifier:
         adapter=directory(CELL + "/adapter"),
         train_log=CELL + "/train_log.jsonl",
         info=CELL + "/train_info.json",
-    wildcard_constraints:
-        approach="frozen|encoder",
-        rank="0",
-    params:
-        hparams=hparams_json,
-        out_dir=lambda wc, output: Path(output.info).parent,
     log:
         LOG + "/train.log",
     benchmark:
         BENCH + "/train.tsv"
-    threads: config["threads"]
+    wildcard_constraints:
+        approach="frozen|encoder",
+        rank="0",
     retries: 2  # an out-of-memory failure records halved batch sizes for the retry (clsbench.faults)
+    conda:
+        "../../envs/clsbench.yaml"
+    threads: config["threads"]
     resources:
         gpu=1,
         mem_mb=lambda wc, attempt: 16000 * attempt,  # host memory: more on each retry
         runtime=720,
-    conda:
-        "../../envs/clsbench.yaml"
+    params:
+        hparams=hparams_json,
+        out_dir=lambda wc, output: Path(output.info).parent,
     shell:
         "python -m clsbench.head train --approach {wildcards.approach} --model-json {input.model} "
         "--data-dir results/data/{wildcards.dataset} --out-dir {params.out_dir} --rank 0 --seed {wildcards.seed} "
@@ -70,18 +70,18 @@ rule tfidf:
         train_info="results/{dataset}/tfidf/tfidf/r0/s{seed}/train_info.json",
         predict_info="results/{dataset}/tfidf/tfidf/r0/s{seed}/predict_info.json",
         model="results/{dataset}/tfidf/tfidf/r0/s{seed}/model.joblib",
-    params:
-        hparams=lambda wc: as_json(grid.hparams(config, "tfidf", "tfidf")),
-        out_dir=lambda wc, output: Path(output.model).parent,
     log:
         "results/logs/{dataset}/tfidf/tfidf/r0/s{seed}/train.log",
     benchmark:
         "results/benchmarks/{dataset}/tfidf/tfidf/r0/s{seed}/train.tsv"
+    conda:
+        "../../envs/clsbench.yaml"
     resources:
         mem_mb=4000,
         runtime=30,
-    conda:
-        "../../envs/clsbench.yaml"
+    params:
+        hparams=lambda wc: as_json(grid.hparams(config, "tfidf", "tfidf")),
+        out_dir=lambda wc, output: Path(output.model).parent,
     shell:
         "python -m clsbench.tfidf --data-dir results/data/{wildcards.dataset} --out-dir {params.out_dir} "
         "--seed {wildcards.seed} --hparams {params.hparams:q} > {log} 2>&1"
@@ -96,21 +96,21 @@ rule train_instruct:
         adapter=directory("results/{dataset}/{model}/instruct/r{rank}/s{seed}/adapter"),
         train_log="results/{dataset}/{model}/instruct/r{rank}/s{seed}/train_log.jsonl",
         info="results/{dataset}/{model}/instruct/r{rank}/s{seed}/train_info.json",
-    params:
-        hparams=lambda wc: as_json(grid.hparams(config, "instruct", wc.model)),
-        out_dir=lambda wc, output: Path(output.info).parent,
     log:
         "results/logs/{dataset}/{model}/instruct/r{rank}/s{seed}/train.log",
     benchmark:
         "results/benchmarks/{dataset}/{model}/instruct/r{rank}/s{seed}/train.tsv"
-    threads: config["threads"]
     retries: 2  # an out-of-memory failure records halved batch sizes for the retry (clsbench.faults)
+    conda:
+        "../../envs/clsbench.yaml"
+    threads: config["threads"]
     resources:
         gpu=1,
         mem_mb=lambda wc, attempt: 16000 * attempt,  # host memory: more on each retry
         runtime=720,
-    conda:
-        "../../envs/clsbench.yaml"
+    params:
+        hparams=lambda wc: as_json(grid.hparams(config, "instruct", wc.model)),
+        out_dir=lambda wc, output: Path(output.info).parent,
     shell:
         "python -m clsbench.instruct train --model-json {input.model} --data-dir results/data/{wildcards.dataset} "
         "--out-dir {params.out_dir} --rank {wildcards.rank} --seed {wildcards.seed} "
