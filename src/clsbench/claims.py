@@ -163,7 +163,8 @@ def claims_table(df: pd.DataFrame, data_root: str | Path = "results/data") -> pd
             "margin": claim.margin, **result})
     columns = ["claim", "statement", "metric", "a", "b", "datasets", "seeds", "pairs", "texts", "a_value", "b_value",
                "delta", "ci_low", "ci_high", "p_value", "margin", "verdict"]
-    return pd.DataFrame(rows).reindex(columns=columns)
+    table = pd.DataFrame(rows).reindex(columns=columns)
+    return table.astype({"pairs": "Int64", "texts": "Int64"})  # counts, empty where a claim did not run
 
 
 NOTE = ("Each row pools every pair of cells (A, B) on the same dataset and seed (and the same model where the "
