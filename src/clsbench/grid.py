@@ -18,6 +18,7 @@ RANKED = {"head", "instruct"}  # approaches whose cells take a LoRA rank; the ot
 MODEL_FREE = {"tfidf": "tfidf"}  # approaches that use no model of `models:`; their cells' model slug
 APPROACHES = ("head", "frozen", "encoder", "tfidf", "instruct", "zeroshot")
 GENERATIVE = {"instruct", "zeroshot"}  # cells with a second inference mode (generate): metrics_generate.json
+EPOCH_TRAINED = {"head", "frozen", "encoder", "instruct"}  # cells that write train_log.jsonl
 # One vocabulary for settings every approach shares: old spellings are refused, naming the new one.
 RENAMED_KEYS = {"epochs": "max_epochs"}
 RENAMED_KEYS_OF = {"instruct": {"max_length": "text_tokens"}, "zeroshot": {"max_length": "text_tokens"}}

@@ -89,6 +89,15 @@ def dataset_files(name):
     )
 
 
+def train_logs():
+    """train_log.jsonl of every cell whose approach trains over epochs (the training curves)."""
+    return [
+        f"{cell.path}/train_log.jsonl"
+        for cell in CELLS
+        if cell.approach in grid.EPOCH_TRAINED
+    ]
+
+
 def grid_datasets():
     """Datasets that have at least one cell, in config order."""
     return list(dict.fromkeys(cell.dataset for cell in CELLS))

@@ -1,16 +1,16 @@
 rule evaluate:
     """metrics.json of one cell, computed from its cached predictions only."""
     input:
-        predictions=CELL + "/predictions.parquet",
+        predictions=f"{CELL}/predictions.parquet",
         labels="results/data/{dataset}/labels.json",
-        train_info=CELL + "/train_info.json",
-        predict_info=CELL + "/predict_info.json",
+        train_info=f"{CELL}/train_info.json",
+        predict_info=f"{CELL}/predict_info.json",
     output:
-        CELL + "/metrics.json",
+        f"{CELL}/metrics.json",
     log:
-        LOG + "/evaluate.log",
+        f"{LOG}/evaluate.log",
     benchmark:
-        BENCH + "/evaluate.tsv"
+        f"{BENCH}/evaluate.tsv"
     conda:
         "../../envs/clsbench.yaml"
     resources:
@@ -24,16 +24,16 @@ rule evaluate:
 rule evaluate_generate:
     """metrics_generate.json: the generate mode of an instruct / zero-shot cell (adds the invalid-output rate)."""
     input:
-        predictions=CELL + "/predictions_generate.parquet",
+        predictions=f"{CELL}/predictions_generate.parquet",
         labels="results/data/{dataset}/labels.json",
-        train_info=CELL + "/train_info.json",
-        predict_info=CELL + "/predict_info_generate.json",
+        train_info=f"{CELL}/train_info.json",
+        predict_info=f"{CELL}/predict_info_generate.json",
     output:
-        CELL + "/metrics_generate.json",
+        f"{CELL}/metrics_generate.json",
     log:
-        LOG + "/evaluate_generate.log",
+        f"{LOG}/evaluate_generate.log",
     benchmark:
-        BENCH + "/evaluate_generate.tsv"
+        f"{BENCH}/evaluate_generate.tsv"
     wildcard_constraints:
         approach="instruct|zeroshot",
     conda:

@@ -29,15 +29,15 @@ rule predict_head:
 rule predict_classifier:
     """Cache test-set predictions of a frozen-LLM or encoder cell."""
     input:
-        adapter=CELL + "/adapter",
+        adapter=f"{CELL}/adapter",
         data=dataset_files("labels.json"),
     output:
-        predictions=CELL + "/predictions.parquet",
-        info=CELL + "/predict_info.json",
+        predictions=f"{CELL}/predictions.parquet",
+        info=f"{CELL}/predict_info.json",
     log:
-        LOG + "/predict.log",
+        f"{LOG}/predict.log",
     benchmark:
-        BENCH + "/predict.tsv"
+        f"{BENCH}/predict.tsv"
     wildcard_constraints:
         approach="frozen|encoder",
         rank="0",
@@ -58,10 +58,10 @@ rule predict_classifier:
 
 
 GENERATIVE_OUTPUTS = {
-    "predictions": CELL + "/predictions.parquet",
-    "info": CELL + "/predict_info.json",
-    "generated": CELL + "/predictions_generate.parquet",
-    "generated_info": CELL + "/predict_info_generate.json",
+    "predictions": f"{CELL}/predictions.parquet",
+    "info": f"{CELL}/predict_info.json",
+    "generated": f"{CELL}/predictions_generate.parquet",
+    "generated_info": f"{CELL}/predict_info_generate.json",
 }
 
 
@@ -70,14 +70,14 @@ rule predict_instruct:
     (predictions.parquet, with probabilities) and free generation + parsing (predictions_generate.parquet).
     """
     input:
-        adapter=CELL + "/adapter",
+        adapter=f"{CELL}/adapter",
         data=dataset_files("labels.json"),
     output:
         **GENERATIVE_OUTPUTS,
     log:
-        LOG + "/predict.log",
+        f"{LOG}/predict.log",
     benchmark:
-        BENCH + "/predict.tsv"
+        f"{BENCH}/predict.tsv"
     wildcard_constraints:
         approach="instruct",
     retries: 2  # an out-of-memory failure records halved batch sizes for the retry (clsbench.faults)
@@ -103,11 +103,11 @@ rule predict_zeroshot:
         data=dataset_files("labels.json"),
     output:
         **GENERATIVE_OUTPUTS,
-        train_info=CELL + "/train_info.json",
+        train_info=f"{CELL}/train_info.json",
     log:
-        LOG + "/predict.log",
+        f"{LOG}/predict.log",
     benchmark:
-        BENCH + "/predict.tsv"
+        f"{BENCH}/predict.tsv"
     wildcard_constraints:
         approach="zeroshot",
         rank="0",

@@ -8,6 +8,10 @@ rule tables:
         stats=expand("results/data/{dataset}/stats.json", dataset=grid_datasets()),
         predictions=[f"{cell.path}/predictions.parquet" for cell in CELLS],
         models=expand("results/models/{model}/model.json", model=grid_models()),
+        train_texts=expand(
+            "results/data/{dataset}/train.parquet", dataset=grid_datasets()
+        ),
+        labels=expand("results/data/{dataset}/labels.json", dataset=grid_datasets()),
     output:
         csv=report(
             expand("reports/tables/{table}.csv", table=TABLES),
@@ -68,6 +72,8 @@ rule figures:
     input:
         metrics=all_metrics(),
         labels=expand("results/data/{dataset}/labels.json", dataset=grid_datasets()),
+        predictions=[f"{cell.path}/predictions.parquet" for cell in CELLS],
+        train_logs=train_logs(),
     output:
         bars=report(
             "reports/figures/f1_bars.png",

@@ -34,13 +34,13 @@ rule train_classifier:
         model="results/models/{model}/model.json",
         data=dataset_files("labels.json"),
     output:
-        adapter=directory(CELL + "/adapter"),
-        train_log=CELL + "/train_log.jsonl",
-        info=CELL + "/train_info.json",
+        adapter=directory(f"{CELL}/adapter"),
+        train_log=f"{CELL}/train_log.jsonl",
+        info=f"{CELL}/train_info.json",
     log:
-        LOG + "/train.log",
+        f"{LOG}/train.log",
     benchmark:
-        BENCH + "/train.tsv"
+        f"{BENCH}/train.tsv"
     wildcard_constraints:
         approach="frozen|encoder",
         rank="0",
