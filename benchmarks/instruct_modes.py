@@ -31,7 +31,7 @@ def main() -> None:
     args = parser.parse_args()
     cell = Path(args.cell)
     dataset, model, approach = cell.parts[-5], cell.parts[-4], cell.parts[-3]
-    hp = grid.hparams(grid.load_config(args.config), approach, model)
+    hp = grid.hparams(grid.load_config(args.config), approach, model, dataset)
     if args.eval_batch_size:
         hp["eval_batch_size"] = args.eval_batch_size
     source = cell / "adapter" if approach == "instruct" else read_json(f"results/models/{model}/model.json")["path"]

@@ -35,6 +35,28 @@ def test_model_overrides_approach_hparams():
     assert grid.hparams(config, "head", "m2") == {"batch_size": 2, "learning_rate": 1e-4}
 
 
+def test_dataset_overrides_apply_after_the_models_and_are_checked():
+    config = base_config()
+    config["approaches"]["head"]["hparams"] = {"batch_size": 8, "max_length": 512}
+    config["models"]["m2"]["hparams"] = {"head": {"batch_size": 2, "max_length": 256}}
+    config["datasets"]["d1"]["hparams"] = {"head": {"max_length": 1024}}
+    assert grid.hparams(config, "head", "m1", "d1") == {"batch_size": 8, "max_length": 1024}
+    assert grid.hparams(config, "head", "m2", "d1") == {"batch_size": 2, "max_length": 1024}
+    assert grid.hparams(config, "head", "m2", "d2") == {"batch_size": 2, "max_length": 256}
+    schema = yaml.safe_load(grid.SCHEMA.read_text())
+    grid.check_overrides(config, schema)
+    for kind, key, block, message in [
+        ("datasets", "d1", {"head": {"max_lenght": 8}}, r"datasets.d1.hparams.head: Additional properties .*'max_lenght'"),
+        ("datasets", "d1", {"instruct": {"text_tokens": 0}}, r"datasets.d1.hparams.instruct.text_tokens: 0 is less than"),
+        ("models", "m1", {"head": {"quantization": "int3"}}, r"models.m1.hparams.head.quantization: 'int3' is not one of"),
+        ("datasets", "d2", {"magic": {}}, r"datasets.d2.hparams.magic: unknown approach"),
+    ]:
+        bad = base_config()
+        bad[kind][key]["hparams"] = block
+        with pytest.raises(UserError, match=message):
+            grid.check_overrides(bad, schema)
+
+
 @pytest.mark.parametrize("mutate, message", [
     (lambda c: c["approaches"]["head"].update(models=["nope"]), r"approaches.head.models: model key 'nope' does not exist"),
     (lambda c: c["approaches"]["head"].update(datasets=["nope"]), r"dataset key 'nope' does not exist"),

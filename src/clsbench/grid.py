@@ -19,6 +19,7 @@ MODEL_FREE = {"tfidf": "tfidf"}  # approaches that use no model of `models:`; th
 APPROACHES = ("head", "frozen", "encoder", "tfidf", "instruct", "zeroshot")
 GENERATIVE = {"instruct", "zeroshot"}  # cells with a second inference mode (generate): metrics_generate.json
 EPOCH_TRAINED = {"head", "frozen", "encoder", "instruct"}  # cells that write train_log.jsonl
+SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
 # One vocabulary for settings every approach shares: old spellings are refused, naming the new one.
 RENAMED_KEYS = {"epochs": "max_epochs"}
 RENAMED_KEYS_OF = {"instruct": {"max_length": "text_tokens"}, "zeroshot": {"max_length": "text_tokens"}}
@@ -44,8 +45,9 @@ def refuse_renamed(config: dict) -> None:
     the key path and the new spelling; run before the schema, whose message could not name it."""
     blocks = [(f"approaches.{name}.hparams", name, (block or {}).get("hparams") or {})
               for name, block in (config.get("approaches") or {}).items()]
-    blocks += [(f"models.{key}.hparams.{name}", name, hp or {})
-               for key, spec in (config.get("models") or {}).items()
+    blocks += [(f"{kind}.{key}.hparams.{name}", name, hp or {})
+               for kind in ("models", "datasets")
+               for key, spec in (config.get(kind) or {}).items()
                for name, hp in ((spec or {}).get("hparams") or {}).items()]
     for where, approach, hp in blocks:
         for key in hp:
@@ -108,11 +110,32 @@ def cells(config: dict) -> list[Cell]:
     return out
 
 
-def hparams(config: dict, approach: str, model: str) -> dict:
-    """The approach's hyperparameters, with the model's per-approach overrides applied."""
+def hparams(config: dict, approach: str, model: str, dataset: str | None = None) -> dict:
+    """A cell's hyperparameters: the approach's block, then the model's overrides for the approach
+    (``models.<key>.hparams.<approach>``), then the dataset's (``datasets.<key>.hparams.<approach>``)."""
     merged = dict(config["approaches"][approach].get("hparams", {}))
-    merged.update(config["models"].get(model, {}).get("hparams", {}).get(approach, {}))
+    merged.update(((config["models"].get(model) or {}).get("hparams") or {}).get(approach, {}))
+    if dataset is not None:
+        merged.update(((config["datasets"].get(dataset) or {}).get("hparams") or {}).get(approach, {}))
     return merged
+
+
+def check_overrides(config: dict, schema: dict) -> None:
+    """Per-model and per-dataset overrides name a known approach and hold only that approach's
+    hyperparameters with allowed values (the schema's own check of the approach block)."""
+    import jsonschema
+
+    for kind in ("models", "datasets"):
+        for key, spec in (config.get(kind) or {}).items():
+            for approach, values in ((spec or {}).get("hparams") or {}).items():
+                where = f"{kind}.{key}.hparams.{approach}"
+                if approach not in APPROACHES:
+                    raise UserError(f"{where}: unknown approach (known: {list(APPROACHES)})")
+                target = {"$defs": schema["$defs"], "$ref": f"#/$defs/{approach}/properties/hparams"}
+                error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(target).iter_errors(values))
+                if error is not None:
+                    path = "".join(f".{p}" for p in error.absolute_path)
+                    raise UserError(f"{where}{path}: {error.message}")
 
 
 def load_config(path: str | Path) -> dict:
@@ -121,7 +144,7 @@ def load_config(path: str | Path) -> dict:
 
     config = yaml.safe_load(Path(path).read_text())
     refuse_renamed(config)
-    schema = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
-    validate(config, str(schema))
+    validate(config, str(SCHEMA))
+    check_overrides(config, yaml.safe_load(SCHEMA.read_text()))
     check(config)
     return config

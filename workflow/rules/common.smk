@@ -17,6 +17,7 @@ except UserError as err:
     raise WorkflowError(f"config: {err}")
 validate(config, "../schemas/config.schema.yaml")
 try:
+    grid.check_overrides(config, grid.yaml.safe_load(grid.SCHEMA.read_text()))
     CELLS = grid.cells(config)
 except UserError as err:
     raise WorkflowError(f"config: {err}")
@@ -50,7 +51,9 @@ def as_json(obj):
 
 
 def hparams_json(wildcards):
-    return as_json(grid.hparams(config, wildcards.approach, wildcards.model))
+    return as_json(
+        grid.hparams(config, wildcards.approach, wildcards.model, wildcards.dataset)
+    )
 
 
 def dataset_spec_json(wildcards):

@@ -19,7 +19,7 @@ rule predict_head:
         mem_mb=lambda wc, attempt: 16000 * attempt,  # host memory: more on each retry
         runtime=120,
     params:
-        hparams=lambda wc: as_json(grid.hparams(config, "head", wc.model)),
+        hparams=lambda wc: as_json(grid.hparams(config, "head", wc.model, wc.dataset)),
         out_dir=lambda wc, output: Path(output.info).parent,
     shell:
         "python -m clsbench.head predict --adapter-dir {input.adapter} --data-dir results/data/{wildcards.dataset} "

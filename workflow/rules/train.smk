@@ -20,7 +20,7 @@ rule train_head:
         mem_mb=lambda wc, attempt: 16000 * attempt,  # host memory: more on each retry
         runtime=720,
     params:
-        hparams=lambda wc: as_json(grid.hparams(config, "head", wc.model)),
+        hparams=lambda wc: as_json(grid.hparams(config, "head", wc.model, wc.dataset)),
         out_dir=lambda wc, output: Path(output.info).parent,
     shell:
         "python -m clsbench.head train --model-json {input.model} --data-dir results/data/{wildcards.dataset} "
@@ -80,7 +80,7 @@ rule tfidf:
         mem_mb=4000,
         runtime=30,
     params:
-        hparams=lambda wc: as_json(grid.hparams(config, "tfidf", "tfidf")),
+        hparams=lambda wc: as_json(grid.hparams(config, "tfidf", "tfidf", wc.dataset)),
         out_dir=lambda wc, output: Path(output.model).parent,
     shell:
         "python -m clsbench.tfidf --data-dir results/data/{wildcards.dataset} --out-dir {params.out_dir} "
@@ -109,7 +109,9 @@ rule train_instruct:
         mem_mb=lambda wc, attempt: 16000 * attempt,  # host memory: more on each retry
         runtime=720,
     params:
-        hparams=lambda wc: as_json(grid.hparams(config, "instruct", wc.model)),
+        hparams=lambda wc: as_json(
+            grid.hparams(config, "instruct", wc.model, wc.dataset)
+        ),
         out_dir=lambda wc, output: Path(output.info).parent,
     shell:
         "python -m clsbench.instruct train --model-json {input.model} --data-dir results/data/{wildcards.dataset} "
