@@ -96,11 +96,60 @@ def test_empty_text_stops_or_drops(tmp_path):
     assert sum(stats[s]["n"] for s in ("train", "val", "test")) == 30
 
 
-def test_label_in_test_absent_from_train(tmp_path):
+def test_label_in_test_absent_from_train_stops_or_is_dropped(tmp_path):
     spec = {"source": "files", "train": write_csv(tmp_path / "tr.csv", labelled(10, "ab")),
-            "test": write_csv(tmp_path / "te.csv", [("new doc", "zebra")])}
+            "test": write_csv(tmp_path / "te.csv", [("new doc", "zebra"), ("an a doc", "a")])}
     with pytest.raises(UserError, match=r"\['zebra'\] occur in test but never in train"):
-        data.prepare("d", spec, tmp_path / "out")
+        data.prepare("d", {**spec, "on_unseen_label": "error"}, tmp_path / "out")
+    stats = data.prepare("d", spec, tmp_path / "out")  # default: drop; a single-label example goes with its label
+    assert stats["test"]["n"] == 1
+    assert stats["unseen_labels_dropped"]["test"]["labels"] == {"zebra": 1}
+    assert stats["unseen_labels_dropped"]["test"]["examples_removed"] == 1
+
+
+def long_tail_rows(seed=0, n_labels=64):
+    """Multi-label texts with Zipf-distributed label frequencies; the last dozen labels have 1-3
+    examples each; 40% of the texts carry a second, frequent label."""
+    rng = np.random.default_rng(seed)
+    labels = [f"l{i:02d}" for i in range(n_labels)]
+    counts = np.maximum((300 / np.arange(1, n_labels + 1) ** 1.1).astype(int), 4)
+    counts[-12:] = rng.integers(1, 4, 12)
+    rows = []
+    for label, count in zip(labels, counts):
+        for k in range(count):
+            second = labels[rng.integers(0, 5)] if rng.random() < 0.4 else label
+            rows.append((f"document {label} {k}", ",".join(sorted({label, second}))))
+    return rows
+
+
+def test_long_tail_caps_and_val_carving_keep_every_label(tmp_path):
+    rows = long_tail_rows()
+    spec = {"source": "files", "multi_label": True, "label_separator": ",",
+            "train": write_csv(tmp_path / "train.csv", rows),
+            "test": write_csv(tmp_path / "test.csv", rows[::7] + [("unseen topic", "l05,zzz")]),
+            "split": {"val": 0.15, "seed": 3}, "max_train": 120}
+    stats = data.prepare("tail", spec, tmp_path / "out")
+    source = pd.Series([x for _, labs in rows for x in labs.split(",")]).value_counts()
+    assert len(source) >= 60 and (source <= 3).sum() >= 10  # the long tail the test is about
+    train = pd.read_parquet(tmp_path / "out" / "train.parquet")
+    in_train = {x for row in train["labels"] for x in row}
+    assert set(source[source >= 2].index) <= in_train  # no label with 2+ source examples lost to val or the cap
+    assert len(train) <= 120 + (source >= 2).sum()  # the cap, plus at most one moved example per label
+    assert stats["unseen_labels_dropped"]["test"]["labels"] == {"zzz": 1}
+    test = pd.read_parquet(tmp_path / "out" / "test.parquet")
+    assert ["l05"] in [list(r) for r in test["labels"]]  # the example stays, without the unseen label
+    labels = json.loads((tmp_path / "out" / "labels.json").read_text())["labels"]
+    assert set(labels) == in_train
+
+
+def test_single_file_split_keeps_labels_with_two_examples_in_train(tmp_path):
+    rows = long_tail_rows(seed=1)
+    spec = {"source": "files", "multi_label": True, "label_separator": ",", "path": write_csv(tmp_path / "all.csv", rows),
+            "split": {"val": 0.15, "test": 0.15, "seed": 5}}
+    data.prepare("tail", spec, tmp_path / "out")
+    source = pd.Series([x for _, labs in rows for x in labs.split(",")]).value_counts()
+    train = pd.read_parquet(tmp_path / "out" / "train.parquet")
+    assert set(source[source >= 2].index) <= {x for row in train["labels"] for x in row}
 
 
 def test_unknown_label_against_fixed_label_set(tmp_path):

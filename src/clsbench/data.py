@@ -185,12 +185,57 @@ def parse_labels(value, spec: dict, where: str, row: int) -> list[str]:
 
 
 # ---------------------------------------------------------------- splitting
-def stratified_take(df: pd.DataFrame, n: int, seed: int, multi_label: bool) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Split ``df`` into (a stratified sample of ``n`` rows, the rest)."""
+def stratified_take(df: pd.DataFrame, n: int, seed: int, multi_label: bool, keep_labels_in: str | None = None,
+                    min_examples: int = 1) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Split ``df`` into (a stratified sample of ``n`` rows, the rest). ``keep_labels_in`` ("take" or
+    "rest"): that side keeps at least one example of every label with at least ``min_examples``
+    examples in ``df`` (stratification alone keeps a rare label only by chance; :func:`cover_labels`)."""
     if n >= len(df):
         return df, df.iloc[:0]
     if n <= 0:
         return df.iloc[:0], df
+    take, rest = _stratified_indices(df, n, seed, multi_label)
+    if keep_labels_in == "take":
+        take, rest = cover_labels(df["labels"], take, rest, seed, min_examples)
+    elif keep_labels_in == "rest":
+        rest, take = cover_labels(df["labels"], rest, take, seed, min_examples)
+    return df.iloc[np.sort(take)], df.iloc[np.sort(rest)]
+
+
+def cover_labels(labels: pd.Series, keep: np.ndarray, other: np.ndarray, seed: int,
+                 min_examples: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Swap examples between two index sets until ``keep`` holds at least one example of every label
+    with at least ``min_examples`` examples in all (rarest label first). Each swap moves an example of the missing
+    label into ``keep`` and, to keep both sizes, one example back whose labels all stay covered in
+    ``keep``; where there is none, the example moves without a swap (``keep`` grows by one)."""
+    rows = [list(r) for r in labels]
+    total = pd.Series([x for r in rows for x in r]).value_counts()
+    rng = np.random.default_rng(seed)
+    keep, other = list(keep), list(other)
+
+    def counts(idx):
+        return pd.Series([x for i in idx for x in rows[i]], dtype=object).value_counts()
+
+    for label in total[total >= min_examples].sort_values().index:
+        have = counts(keep)
+        if have.get(label, 0) > 0:
+            continue
+        carriers = [i for i in other if label in rows[i]]
+        incoming = min(carriers, key=lambda i: (len(rows[i]), rng.random()))
+        other.remove(incoming)
+        keep.append(incoming)
+        have = counts(keep)
+        spare = [i for i in keep if i != incoming and all(have.get(x, 0) >= 2 for x in rows[i])
+                 and all(x != label for x in rows[i])]
+        if spare:
+            back = max(spare, key=lambda i: (min((have[x] for x in rows[i]), default=0), rng.random()))
+            keep.remove(back)
+            other.append(back)
+    return np.array(keep, dtype=int), np.array(other, dtype=int)
+
+
+def _stratified_indices(df: pd.DataFrame, n: int, seed: int, multi_label: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(indices of a stratified sample of ``n`` rows, the other indices)."""
     if multi_label:
         from iterstrat.ml_stratifiers import MultilabelStratifiedShuffleSplit
 
@@ -215,14 +260,15 @@ def stratified_take(df: pd.DataFrame, n: int, seed: int, multi_label: bool) -> t
         counts = y.value_counts()
         stratify = y if counts.min() >= 2 and n >= counts.size and len(df) - n >= counts.size else None
         take_idx, rest_idx = train_test_split(np.arange(len(df)), train_size=n, random_state=seed, stratify=stratify)
-    return df.iloc[np.sort(take_idx)], df.iloc[np.sort(rest_idx)]
+    return take_idx, rest_idx
 
 
 def split_frame(df: pd.DataFrame, val: float, test: float, seed: int, multi_label: bool) -> dict[str, pd.DataFrame]:
-    """Stratified train/val/test split with fixed seed (iterative stratification for multi-label)."""
+    """Stratified train/val/test split with fixed seed (iterative stratification for multi-label).
+    Train keeps every label with at least 2 examples; val never takes a label's last train example."""
     n_test, n_val = round(test * len(df)), round(val * len(df))
-    test_df, rest = stratified_take(df, n_test, seed, multi_label)
-    val_df, train_df = stratified_take(rest, n_val, seed, multi_label)
+    test_df, rest = stratified_take(df, n_test, seed, multi_label, keep_labels_in="rest", min_examples=2)
+    val_df, train_df = stratified_take(rest, n_val, seed, multi_label, keep_labels_in="rest")
     return {"train": train_df, "val": val_df, "test": test_df}
 
 
@@ -326,7 +372,7 @@ def prepare(key: str, spec: dict, out_dir: str | Path, base_dir: str | Path | No
         splits = split_frame(splits["all"], split_cfg["val"], split_cfg["test"], seed, multi)
     elif "val" not in splits:
         splits["val"], splits["train"] = stratified_take(splits["train"], round(split_cfg["val"] * len(splits["train"])),
-                                                         seed, multi)
+                                                         seed, multi, keep_labels_in="rest")
 
     def name(split: str) -> str:  # the dataset and the file the split comes from
         return f"dataset '{key}' ({spec.get(split) or spec.get('path') or spec['source']})"
@@ -334,19 +380,29 @@ def prepare(key: str, spec: dict, out_dir: str | Path, base_dir: str | Path | No
     for split in SPLITS:
         cap = spec.get(f"max_{split}")
         if cap is not None:
-            splits[split] = stratified_take(splits[split], cap, seed, multi)[0]
+            splits[split] = stratified_take(splits[split], cap, seed, multi,
+                                            keep_labels_in="take" if split == "train" else None)[0]
         if len(splits[split]) == 0:
             raise UserError(f"{name(split)}: the {split} split is empty after de-duplication, filtering and caps")
     train_labels = sorted({label for row in splits["train"]["labels"] for label in row})
     labels = list(spec["labels"]) if spec.get("labels") else train_labels
+    unseen: dict = {}
     for split in SPLITS:
         found = {label for row in splits[split]["labels"] for label in row}
         if spec.get("labels") and found - set(labels):
             raise UserError(f"{name(split)}: label(s) {sorted(found - set(labels))} in the {split} split are not "
                             f"in the configured label set {labels[:10]}{' ...' if len(labels) > 10 else ''}")
-        if split != "train" and (found - set(train_labels)):
-            raise UserError(f"{name(split)}: label(s) {sorted(found - set(train_labels))} occur in {split} "
-                            "but never in train; the model could not learn them")
+        missing = found - set(train_labels)
+        if split != "train" and missing:
+            if spec.get("on_unseen_label", "drop") == "error":
+                raise UserError(f"{name(split)}: label(s) {sorted(missing)} occur in {split} but never in train; the "
+                                "model could not learn them (on_unseen_label: drop removes them from those examples)")
+            splits[split], unseen[split] = drop_unseen_labels(splits[split], missing, multi)
+            print(f"{name(split)}: label(s) never in train removed from the {split} split: {unseen[split]}")
+            if len(splits[split]) == 0:
+                raise UserError(f"{name(split)}: the {split} split is empty once labels never seen in train are removed")
+    if unseen:
+        info = {**info, "unseen_labels_dropped": unseen}
     stats = dataset_stats(splits, labels, multi, removed, info)
     with atomic_path(out_dir, is_dir=True) as tmp:
         for split in SPLITS:
@@ -354,6 +410,22 @@ def prepare(key: str, spec: dict, out_dir: str | Path, base_dir: str | Path | No
         (tmp / "labels.json").write_text(json.dumps({"labels": labels, "multi_label": multi}, indent=2) + "\n")
         (tmp / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
     return stats
+
+
+def drop_unseen_labels(df: pd.DataFrame, unseen: set[str], multi_label: bool) -> tuple[pd.DataFrame, dict]:
+    """Remove labels that never occur in train (``on_unseen_label: drop``). Multi-label examples keep
+    their other labels (or none); a single-label example has no label left and is removed. Returns
+    the frame and a record: per label the examples it was removed from, and the examples removed."""
+    hit = df["labels"].map(lambda row: any(label in unseen for label in row))
+    record = {"labels": {label: int(df["labels"].map(lambda row, x=label: x in row).sum()) for label in sorted(unseen)},
+              "reason": "never in the train split after caps and de-duplication"}
+    if multi_label:
+        df = df.assign(labels=[[x for x in row if x not in unseen] for row in df["labels"]])
+        record["examples_removed"] = 0
+    else:
+        df = df[~hit]
+        record["examples_removed"] = int(hit.sum())
+    return df, record
 
 
 def dataset_stats(splits: dict[str, pd.DataFrame], labels: list[str], multi: bool, removed: dict, info: dict) -> dict:
