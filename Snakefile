@@ -6,9 +6,9 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-# The embedded default grid, unless --configfile / --config gave one (Snakemake would otherwise
-# deep-merge the two grids).
-if not config:
+# The embedded default grid, unless --configfile gave a grid (Snakemake would otherwise deep-merge
+# the two grids); --config overrides alone (the SLURM profile's threads) apply on top of it.
+if "datasets" not in config:
 
     configfile: "config.yaml"
 

@@ -71,13 +71,16 @@ def test_label_with_a_tab_is_refused(lm):
         instruct.Encoder(lm[1], ["a\tb", "c"], False, HP)
 
 
-def test_tokenizer_without_pad_token_gets_eos(tmp_path, tiny_model):
+def test_tokenizer_without_pad_token_gets_a_pad_that_is_not_its_appended_eos(tmp_path, tiny_model):
+    """No pad token: pad = eos, except where the tokenizer appends that eos to every text itself
+    (this WordPiece tokenizer appends [SEP]): then unk, so the appended eos is never masked as padding."""
     tok = load_tokenizer(read_json(tiny_model)["path"])
     tok.eos_token = tok.sep_token
     tok.pad_token = None
     tok.save_pretrained(tmp_path)
     reloaded = load_tokenizer(tmp_path)
-    assert reloaded.pad_token == reloaded.eos_token == "[SEP]"
+    assert reloaded.eos_token == "[SEP]" and reloaded("a")["input_ids"][-1] == reloaded.eos_token_id
+    assert reloaded.pad_token == "[UNK]"
     enc = instruct.Encoder(reloaded, LABELS, True, HP)
     ids, mask, _ = instruct._batch([enc.prompt_ids("one"), enc.prompt_ids("a longer text here")],
                                    reloaded.pad_token_id, "cpu")

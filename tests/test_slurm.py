@@ -30,7 +30,7 @@ CELLS = ["news/tiny-llama/head/r2/s42", "news/tiny-llama/head/r4/s42", "news/tin
          "news/tfidf/tfidf/r0/s42"]
 # rules of this grid that declare gpu=1, and those that do not (the profile must route them apart)
 GPU_RULES = ["train_head", "predict_head", "train_instruct", "predict_instruct"]
-CPU_RULES = ["prepare_dataset", "prepare_model", "train_tfidf", "evaluate"]
+CPU_RULES = ["prepare_dataset", "prepare_model", "tfidf", "evaluate"]
 
 
 @pytest.fixture(scope="module")

@@ -101,7 +101,8 @@ def test_paper_settings_preset_overlays_the_default_grid():
             continue
         hp = grid.hparams(config, approach, config["approaches"][approach]["models"][0])
         assert {k: hp[k] for k in settings} == settings
-        assert hp["max_length"] == default[approach]["max_length"]  # only the batch settings change
+        text = "text_tokens" if approach in grid.GENERATIVE else "max_length"
+        assert hp[text] == default[approach][text]  # only the batch settings change
     assert grid.cells(config) == grid.cells(yaml.safe_load((REPO / "config.yaml").read_text()))
 
 
