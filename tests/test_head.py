@@ -73,6 +73,41 @@ def test_multilabel_head_uses_sigmoid_and_threshold(tmp_path, tiny_model, pairs_
     assert [list(p) for p in pred["pred"]] == [[name for name, q in zip(labels, row) if q >= 0.5] for row in probs]
 
 
+def test_tuned_thresholds_maximise_each_labels_validation_f1():
+    probs = np.array([[0.9, 0.30, 0.2], [0.8, 0.25, 0.1], [0.2, 0.35, 0.3], [0.1, 0.10, 0.4]])
+    gold = np.array([[1, 1, 0], [1, 1, 0], [0, 1, 0], [0, 0, 0]])
+    thresholds = head.tune_thresholds(probs, gold)
+    assert thresholds[0] == 0.5  # 0.25-0.75 separate label 0 perfectly: the one closest to 0.5 wins
+    assert thresholds[1] == 0.25  # label 1's positives sit at 0.25-0.35, its negative at 0.10
+    assert thresholds[2] == 0.5  # no positive on validation: the default stays
+
+
+def test_balanced_class_weights():
+    rows = [["a"]] * 6 + [["b"]] * 2 + [["c"]] * 1
+    w = head.class_weights(rows, ["a", "b", "c", "d"], False, "balanced").numpy()
+    assert np.allclose(w, [9 / (4 * 6), 9 / (4 * 2), 9 / (4 * 1), 1.0])  # n / (classes x count); unseen d: 1
+    pw = head.class_weights([["a", "b"], ["a"], ["a"], []], ["a", "b"], True, "balanced").numpy()
+    assert np.allclose(pw, [1 / 3, 3 / 1])  # BCE pos_weight: negatives / positives per label
+    assert head.class_weights(rows, ["a", "b", "c"], False, "none") is None
+
+
+@pytest.mark.parametrize("approach", ["head", "frozen"])
+def test_multilabel_cell_with_class_weights_and_tuned_thresholds(tmp_path, tiny_model, pairs_small, approach):
+    hp = {**TINY_HEAD_HP, "max_epochs": 1, "class_weights": "balanced", "threshold": "tuned"}
+    info = head.train(str(tiny_model), str(pairs_small), str(tmp_path), rank=2, seed=1, hp=hp, threads=2,
+                      approach=approach)
+    assert info["class_weights"] == "balanced"
+    labels = json.loads((pairs_small / "labels.json").read_text())["labels"]
+    tuned = json.loads((tmp_path / "adapter" / "thresholds.json").read_text())
+    assert list(tuned) == labels and tuned == pytest.approx(info["thresholds"])
+    assert "thresholds.json" in (tmp_path / "adapter" / "SHA256SUMS").read_text()  # part of the checked adapter
+    head.predict(str(tmp_path / "adapter"), str(pairs_small), str(tmp_path), hp, threads=2)
+    pred = pd.read_parquet(tmp_path / "predictions.parquet")
+    probs = np.stack(pred["probs"])
+    expected = [[name for name, q in zip(labels, row) if q >= tuned[name]] for row in probs]
+    assert [list(p) for p in pred["pred"]] == expected
+
+
 def test_failed_training_leaves_no_adapter(tmp_path, tiny_model, bbc_small):
     hp = {**TINY_HEAD_HP, "target_modules": ["no_such_module"]}
     with pytest.raises(ValueError):

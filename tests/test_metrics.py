@@ -97,6 +97,22 @@ def test_f1_table_csv_and_paper_layout(tmp_path):
     assert "–" in md  # r=16 has no pairs cell
 
 
+def test_per_label_table_holds_multi_label_cells_rarest_label_first(tmp_path):
+    files = []
+    for seed, f1_rare in ((1, 0.2), (2, 0.4)):
+        path = write_cell(tmp_path, "pairs", "m", 8, seed, 0.7)
+        metrics = json.loads(path.read_text())
+        metrics.update(subset_accuracy=0.5, per_class={"common": {"f1": 0.9, "support": 40},
+                                                       "rare": {"f1": f1_rare, "support": 3}})
+        path.write_text(json.dumps(metrics))
+        files.append(path)
+    files.append(write_cell(tmp_path, "news", "m", 8, 1, 0.9))  # single-label: not in the table
+    table = tables.per_label_table(tables.collect(files))
+    assert table["label"].tolist() == ["rare", "common"] and set(table["dataset"]) == {"pairs"}
+    rare = table.iloc[0]
+    assert rare["seeds"] == 2 and rare["f1_mean"] == pytest.approx(0.3) and rare["f1_sd"] == pytest.approx(0.1414, abs=1e-3)
+
+
 def test_instruct_cells_enter_once_per_inference_mode(tmp_path):
     files = [write_cell(tmp_path, "news", "m", 8, 1, 0.9), write_cell(tmp_path, "news", "m", 64, 1, 0.8, approach="instruct")]
     generate = files[1].parent / "metrics_generate.json"

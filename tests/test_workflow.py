@@ -93,7 +93,10 @@ def test_full_tiny_grid_produces_every_cell_and_the_table(finished_run):
     assert (table.loc[table["approach"] != "zeroshot", "trainable_params"] > 0).all()
     md = (finished_run / "reports/tables/f1.md").read_text()
     assert "Classification head (r=2)" in md and "news-pairs" in md and "TF-IDF + logistic regression" in md
-    for stem in ("f1", "throughput", "dataset_stats", "calibration"):
+    per_label = pd.read_csv(finished_run / "reports/tables/per_label.csv")
+    assert set(per_label["dataset"]) == {"news-pairs"} and per_label["label"].nunique() == 5  # multi-label only
+    assert per_label["f1_mean"].between(0, 1).all() and (per_label["support"] > 0).all()
+    for stem in ("f1", "throughput", "dataset_stats", "calibration", "per_label"):
         for ext in ("csv", "md", "tex"):
             assert (finished_run / "reports/tables" / f"{stem}.{ext}").exists(), f"{stem}.{ext}"
     for name in ("f1_bars", "bubble_news", "bubble_news-pairs", "reliability_news", "training_news-pairs"):

@@ -36,6 +36,7 @@ from .models import load_tokenizer, local_dir, prefixed, text_coverage
 
 ADAPTER_BASE = "base"
 FROZEN_HEAD = "score.safetensors"
+THRESHOLDS, THRESHOLDS_FILE = "thresholds", "thresholds.json"  # threshold: tuned (per label, chosen on val)
 
 
 # ---------------------------------------------------------------- device, model
@@ -145,6 +146,59 @@ def decide(probs: np.ndarray, multi_label: bool, threshold: float) -> np.ndarray
     out = np.zeros_like(probs, dtype=np.int8)
     out[np.arange(len(probs)), probs.argmax(axis=1)] = 1
     return out
+
+
+def fixed_threshold(hp: dict) -> float:
+    """The threshold of training-time validation: the configured one, 0.5 when it is ``tuned``."""
+    threshold = hp.get("threshold", 0.5)
+    return 0.5 if threshold == "tuned" else float(threshold)
+
+
+def tune_thresholds(probs: np.ndarray, gold: np.ndarray, grid: np.ndarray | None = None) -> np.ndarray:
+    """Per-label thresholds with the best F1 of that label on validation (``threshold: tuned``); ties
+    go to the threshold closest to 0.5, and a label without a positive keeps 0.5."""
+    from sklearn.metrics import f1_score
+
+    grid = np.round(np.arange(0.05, 0.951, 0.05), 2) if grid is None else grid
+    out = np.full(probs.shape[1], 0.5)
+    for j in range(probs.shape[1]):
+        if gold[:, j].sum() == 0:
+            continue
+        scores = [f1_score(gold[:, j], probs[:, j] >= g, zero_division=0) for g in grid]
+        best = max(scores)
+        out[j] = min((g for g, s in zip(grid, scores) if s == best), key=lambda g: abs(g - 0.5))
+    return out
+
+
+def class_weights(rows, labels: list[str], multi_label: bool, mode: str):
+    """Loss weights from the training labels (``class_weights: balanced``): cross-entropy weights
+    n / (classes x count) (scikit-learn's "balanced"), or BCE ``pos_weight`` negatives / positives per
+    label; None for ``none``. A class without training examples gets weight 1."""
+    import torch
+
+    if mode in (None, "none"):
+        return None
+    y = indicator(rows, labels).astype(np.float64)
+    pos = y.sum(0)
+    if multi_label:
+        weights = np.where(pos > 0, (len(y) - pos) / np.maximum(pos, 1), 1.0)
+    else:
+        weights = np.where(pos > 0, len(y) / (len(labels) * np.maximum(pos, 1)), 1.0)
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+def weighted_loss(weights, multi_label: bool):
+    """A Trainer ``compute_loss_func`` with class weights (the model's own loss has none)."""
+    import torch
+
+    def loss(outputs, labels, num_items_in_batch=None):
+        logits = outputs.logits.float()
+        w = weights.to(logits.device)
+        if multi_label:
+            return torch.nn.functional.binary_cross_entropy_with_logits(logits, labels.float(), pos_weight=w)
+        return torch.nn.functional.cross_entropy(logits, labels.view(-1), weight=w)
+
+    return loss
 
 
 def micro_f1_from_logits(logits: np.ndarray, y: np.ndarray, multi_label: bool, threshold: float) -> float:
@@ -261,7 +315,7 @@ def train(model_json: str, data_dir: str, out_dir: str, rank: int, seed: int, hp
     info = read_json(model_json)
     splits, labels, multi = load_prepared(data_dir)
     tok = load_tokenizer(info["path"])
-    threshold = hp.get("threshold", 0.5)
+    threshold = fixed_threshold(hp)
     set_seed(seed)
     model = build_model(info, labels, multi, tok, hp, env, approach, rank)
     trainable, total = count_parameters(model)
@@ -287,9 +341,11 @@ def train(model_json: str, data_dir: str, out_dir: str, rank: int, seed: int, hp
         use_cpu=not env["cuda"], report_to="none", disable_tqdm=True, dataloader_num_workers=0,
         train_sampling_strategy=throughput.sampling_strategy(hp))
     timer = eval_timer()
+    weights = class_weights(splits["train"]["labels"], labels, multi, hp.get("class_weights", "none"))
     trainer = Trainer(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds,
                       processing_class=tok, data_collator=DataCollatorWithPadding(tok),
                       compute_metrics=compute_metrics, optimizers=optimizers,
+                      compute_loss_func=weighted_loss(weights, multi) if weights is not None else None,
                       callbacks=[EarlyStoppingCallback(early_stopping_patience=hp["patience"]), timer,
                                  finite_loss_guard(out_dir)])
     if env["cuda"]:
@@ -309,13 +365,18 @@ def train(model_json: str, data_dir: str, out_dir: str, rank: int, seed: int, hp
     best = max(evals, key=lambda h: h["eval_f1_micro"]) if evals else {}
     epochs_run = round(trainer.state.epoch or 0)
     train_seconds = wall - timer.eval_seconds
+    extra = {}
+    if multi and hp.get("threshold") == "tuned":  # on validation, with the restored best epoch
+        val_probs = probabilities(trainer.predict(val_ds).predictions, True)
+        extra[THRESHOLDS] = dict(zip(labels, tune_thresholds(val_probs, indicator(splits["val"]["labels"], labels))))
     trained_here = epochs_run - resumed_epochs  # epochs this process trained (throughput)
     train_info = {
         "approach": approach, "rank": rank, "seed": seed, "trainable_params": int(trainable), "total_params": int(total),
         "epochs_run": epochs_run, "best_epoch": round(best.get("epoch", 0)), "best_val_f1_micro": best.get("eval_f1_micro"),
         "train_wall_seconds": wall, "eval_seconds_during_training": timer.eval_seconds,
         "train_loss": result.training_loss, "resumed_from": Path(last).name if last else None,
-        "optimizer": optim, "micro_batch": plan["batch_size"], "grad_accum": plan["grad_accum"],
+        "optimizer": optim, "class_weights": hp.get("class_weights", "none"), **extra,
+        "micro_batch": plan["batch_size"], "grad_accum": plan["grad_accum"],
         "effective_batch": plan["batch_size"] * plan["grad_accum"], "val_batch_size": plan["eval_batch_size"],
         "n_train": len(train_ds), "n_val": len(val_ds),
         "device": env["device_name"], "dtype": str(env["compute_dtype"]).replace("torch.", ""),
@@ -334,9 +395,12 @@ def train(model_json: str, data_dir: str, out_dir: str, rank: int, seed: int, hp
         with atomic_path(out_dir / "adapter", is_dir=True) as tmp:
             trainer.model.save_pretrained(tmp)
             tok.save_pretrained(tmp)
+            if extra:
+                write_json(tmp / THRESHOLDS_FILE, extra[THRESHOLDS])
             faults.write_sums(tmp)
     else:
-        save_adapter(trainer.model, out_dir / "adapter", info, labels, multi, tok.pad_token_id)
+        save_adapter(trainer.model, out_dir / "adapter", info, labels, multi, tok.pad_token_id,
+                     thresholds=extra.get(THRESHOLDS))
     shutil.rmtree(ckpt, ignore_errors=True)  # outputs complete: nothing left to resume
     return train_info
 
@@ -364,10 +428,11 @@ def _peak_memory_mb(env: dict) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def save_adapter(model, final: Path, info: dict, labels: list[str] | None, multi: bool, pad_token_id: int) -> None:
+def save_adapter(model, final: Path, info: dict, labels: list[str] | None, multi: bool, pad_token_id: int,
+                 thresholds: dict | None = None) -> None:
     """Save adapter + head (peft) or the head alone (frozen), plus ``base/`` (classification config +
-    links to the base weights and tokenizer). ``labels=None``: a causal-LM adapter, whose ``base/``
-    links the base model's own config."""
+    links to the base weights and tokenizer) and the tuned per-label ``thresholds.json`` if any.
+    ``labels=None``: a causal-LM adapter, whose ``base/`` links the base model's own config."""
     from safetensors.torch import save_file
     from transformers import AutoConfig
 
@@ -392,6 +457,8 @@ def save_adapter(model, final: Path, info: dict, labels: list[str] | None, multi
             cfg = json.loads(cfg_path.read_text())
             cfg["base_model_name_or_path"] = str((final / ADAPTER_BASE).resolve())
             cfg_path.write_text(json.dumps(cfg, indent=2))
+        if thresholds:
+            write_json(tmp / THRESHOLDS_FILE, thresholds)
         faults.write_sums(tmp)
 
 
@@ -453,7 +520,8 @@ def train_frozen(model_json: str, data_dir: str, out_dir: str, seed: int, hp: di
     steps_per_epoch = math.ceil(len(feats["train"]) / batch)
     sched = get_scheduler(hp.get("lr_scheduler", "linear"), opt, num_warmup_steps=0,
                           num_training_steps=steps_per_epoch * hp["max_epochs"])
-    loss_fn = torch.nn.BCEWithLogitsLoss() if multi else torch.nn.CrossEntropyLoss()
+    weights = class_weights(splits["train"]["labels"], labels, multi, hp.get("class_weights", "none"))
+    loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=weights) if multi else torch.nn.CrossEntropyLoss(weight=weights)
     gen = torch.Generator().manual_seed(seed)
     history, best, best_weight, waited = [], -1.0, weight.detach().clone(), 0
     t1 = time.perf_counter()
@@ -473,7 +541,7 @@ def train_frozen(model_json: str, data_dir: str, out_dir: str, seed: int, hp: di
         with torch.no_grad():
             val_logits = (feats["val"] @ weight.T).numpy()
         gold = y["val"].numpy() if multi else y["val"].numpy().argmax(1)
-        f1 = micro_f1_from_logits(val_logits, gold, multi, hp.get("threshold", 0.5))
+        f1 = micro_f1_from_logits(val_logits, gold, multi, fixed_threshold(hp))
         history.append({"eval_f1_micro": f1, "epoch": epoch})
         _check_finite(history, out_dir)
         if f1 > best:
@@ -483,6 +551,11 @@ def train_frozen(model_json: str, data_dir: str, out_dir: str, seed: int, hp: di
             if waited >= hp["patience"]:
                 break
     head_seconds = time.perf_counter() - t1
+    extra = {}
+    if multi and hp.get("threshold") == "tuned":
+        with torch.no_grad():
+            val_probs = probabilities((feats["val"] @ best_weight.T).numpy(), True)
+        extra[THRESHOLDS] = dict(zip(labels, tune_thresholds(val_probs, y["val"].numpy())))
     model.score.weight.data = best_weight.to(model.score.weight.device, model.score.weight.dtype)
     model.score.weight.requires_grad = True  # marks what save_adapter stores
     n_tokens = sum(map(len, tok(list(splits["train"]["text"]), truncation=True, max_length=hp["max_length"])["input_ids"]))
@@ -495,13 +568,13 @@ def train_frozen(model_json: str, data_dir: str, out_dir: str, seed: int, hp: di
         "n_train": len(feats["train"]), "n_val": len(feats["val"]), "device": env["device_name"],
         **prefixed("train_", text_coverage(tok, splits["train"]["text"], hp["max_length"])),
         "dtype": str(env["compute_dtype"]).replace("torch.", ""), "quantization": hp.get("quantization", "nf4"),
-        "peak_memory_mb": _peak_memory_mb(env),
+        "peak_memory_mb": _peak_memory_mb(env), "class_weights": hp.get("class_weights", "none"), **extra,
     }
     write_jsonl(out_dir / "train_log.jsonl", history)
     write_json(out_dir / "train_info.json", train_info)
     for name, p in model.named_parameters():
         p.requires_grad = name == "score.weight"
-    save_adapter(model, out_dir / "adapter", info, labels, multi, tok.pad_token_id)
+    save_adapter(model, out_dir / "adapter", info, labels, multi, tok.pad_token_id, thresholds=extra.get(THRESHOLDS))
     return train_info
 
 
@@ -580,8 +653,13 @@ def predict(adapter_dir: str, data_dir: str, out_dir: str, hp: dict, split: str 
             torch.cuda.synchronize()
         wall = time.perf_counter() - t0
     probs = probabilities(logits, multi)
-    pred = decide(probs, multi, hp.get("threshold", 0.5))
+    threshold = fixed_threshold(hp)
+    if multi and hp.get("threshold") == "tuned":
+        tuned = read_json(Path(adapter_dir) / THRESHOLDS_FILE)
+        threshold = np.array([tuned[label] for label in labels])
+    pred = decide(probs, multi, threshold)
     info = {"split": split, "n": len(df), "infer_wall_seconds": wall, "eval_batch_size": bs,
+            "threshold": threshold.tolist() if isinstance(threshold, np.ndarray) else threshold,
             "device": env["device_name"], "peak_memory_mb": _peak_memory_mb(env), "labels": labels, "multi_label": multi,
             **text_coverage(tok, texts, hp["max_length"])}
     info.update(throughput.write(out_dir, throughput.record(

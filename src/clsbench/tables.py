@@ -121,6 +121,7 @@ def uncertainty_layout(df: pd.DataFrame) -> pd.DataFrame:
         "Model": df["model"], "Dataset": df["dataset"], "Seed": df["seed"],
         "micro-F1 [95% CI]": [f"{fmt(f)} [{fmt(lo)}, {fmt(hi)}]" for f, lo, hi in
                               zip(df["f1_micro"], df["f1_micro_ci_low"], df["f1_micro_ci_high"])],
+        "macro-F1": df["f1_macro"].map(fmt),
         "ECE": df["ece"].map(fmt), "Brier": df["brier"].map(fmt),
         "Invalid outputs": df["invalid_output_rate"].map(fmt),
         "Epochs (best)": [_epochs(e, b) for e, b in zip(df["epochs_run"], df["best_epoch"])],
@@ -253,6 +254,29 @@ def paired_table(df: pd.DataFrame, data_root: str | Path = "results/data") -> pd
                                        "delta_ci_low", "delta_ci_high", "test", "p_value"])
 
 
+def per_label_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Per-label F1 of every multi-label cell (mean and sd over seeds), rarest label first: where the
+    long tail of a label set is won or lost, which micro-F1 hides."""
+    rows = []
+    for _, cell in df.iterrows():
+        metrics = read_json(Path(cell["_dir"]) / ("metrics_generate.json" if cell["mode"] == "generate"
+                                                  else "metrics.json"))
+        if "subset_accuracy" not in metrics:  # single-label
+            continue
+        for label, figures in metrics["per_class"].items():
+            rows.append({"dataset": cell["dataset"], "label": label, "support": figures["support"],
+                         "approach": cell["approach"], "rank": cell["rank"], "model": cell["model"],
+                         "mode": cell["mode"], "seed": cell["seed"], "f1": figures["f1"]})
+    columns = ["dataset", "label", "support", "approach", "rank", "model", "mode", "seeds", "f1_mean", "f1_sd"]
+    if not rows:
+        return pd.DataFrame(columns=columns)
+    long = pd.DataFrame(rows)
+    keys = ["dataset", "label", "support", "approach", "rank", "model", "mode"]
+    out = long.groupby(keys, sort=False).agg(seeds=("seed", "size"), f1_mean=("f1", "mean"),
+                                             f1_sd=("f1", "std")).reset_index()
+    return out.sort_values(["dataset", "support", "label"], kind="stable")[columns].reset_index(drop=True)
+
+
 def render_all(metric_files: list[str | Path], stats_files: list[str | Path], out_dir: str | Path,
                paper_datasets: dict[str, str], tokenizers: dict[str, str] | None = None) -> None:
     """Every table: F1 (CSV, Markdown, LaTeX), throughput, dataset statistics, calibration."""
@@ -271,6 +295,9 @@ def render_all(metric_files: list[str | Path], stats_files: list[str | Path], ou
                 "Same test texts. Single-label: exact McNemar test on per-text correctness; multi-label: paired "
                 "bootstrap (2000 joint resamples) of the micro-F1 difference. delta = head minus the other cell; "
                 "its 95% interval is the paired bootstrap's.")
+    write_table(per_label_table(df), out_dir, "per_label", "Per-label F1 (multi-label datasets)",
+                "F1 of each label on the test split (support: its test examples), mean and sd over seeds, "
+                "rarest label first. Empty where the grid has no multi-label dataset.")
     write_table(df[["dataset", "model", "approach", "rank", "seed", "mode", "f1_micro", "f1_micro_ci_low",
                     "f1_micro_ci_high", "ece", "brier"]], out_dir, "calibration", "Calibration and uncertainty",
                 "Bootstrap 95% interval of micro-F1 (1000 resamples, seed 0); ECE over 15 equal-width bins; Brier score.")

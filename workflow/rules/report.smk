@@ -1,4 +1,4 @@
-TABLES = ["f1", "throughput", "dataset_stats", "calibration", "paired_tests"]
+TABLES = ["f1", "throughput", "dataset_stats", "calibration", "paired_tests", "per_label"]
 
 
 rule tables:
