@@ -53,6 +53,18 @@ def test_more_labels_never_shorten_the_text(lm):
     assert cov["text_truncated_share"] == 0.5 and cov["text_tokens_limit"] == HP["text_tokens"]
 
 
+def test_answer_budget_is_the_longest_training_answer(lm):
+    """With many labels, generation and the prompt budget an answer as long as the training split's
+    largest label set, not a list of every label."""
+    _, tok = lm
+    many = LABELS + [f"extra label {i}" for i in range(60)]
+    every = instruct.Encoder(tok, many, True, HP)
+    trained = instruct.Encoder(tok, many, True, HP, train_labels=[["sport"], ["business", "extra label 7"], []])
+    longest = trained.answer_ids(["business", "extra label 7"])
+    assert trained.answer_budget == len(longest) < every.answer_budget / 10
+    assert trained.max_length - trained.answer_budget == every.max_length - every.answer_budget  # same text room
+
+
 @pytest.mark.parametrize("budget", [0, -3])
 def test_text_budget_without_room_for_the_text_is_refused(lm, budget):
     with pytest.raises(UserError, match="leaves no room for the text"):

@@ -68,7 +68,7 @@ class Encoder:
     """Token ids of prompts and answers for one dataset and tokenizer (the same for training and
     inference, so the model sees at test time exactly the prompt it was trained on)."""
 
-    def __init__(self, tok, labels: list[str], multi_label: bool, hp: dict):
+    def __init__(self, tok, labels: list[str], multi_label: bool, hp: dict, train_labels=None):
         self.tok, self.labels, self.multi = tok, labels, multi_label
         self.delimiter = hp.get("label_delimiter", prompts.DEFAULT_DELIMITER)
         self.chat = hp.get("chat_template", False)
@@ -78,9 +78,14 @@ class Encoder:
         prompts.check_labels(labels, multi_label, self.delimiter)
         self.head = prompts.instruction(labels, multi_label, self.delimiter)
         self.tail = prompts.tail(multi_label)
-        longest = (prompts.answer(labels, labels, True) if multi_label else
-                   max((prompts.answer([name], labels, False) for name in labels), key=lambda a: len(self.ids(a))))
-        self.answer_budget = len(self.ids(longest)) + 1  # + eos
+        # the longest answer to budget for: a multi-label list of the training split's largest label set
+        # (with 100 labels, all of them would cost hundreds of tokens no training answer has), else all
+        if multi_label:
+            sets = {tuple(row) for row in train_labels} if train_labels is not None else {tuple(labels)}
+            candidates = [prompts.answer(list(s), labels, True) for s in sets]
+        else:
+            candidates = [prompts.answer([name], labels, False) for name in labels]
+        self.answer_budget = max(len(self.ids(a)) for a in candidates) + 1  # + eos; generation's max_new_tokens
         self.instruction_tokens = len(self._encode(""))
         self.text_budget = hp["text_tokens"]
         if not isinstance(self.text_budget, int) or self.text_budget < 1:
@@ -255,7 +260,7 @@ def train(model_json: str, data_dir: str, out_dir: str, rank: int, seed: int, hp
     splits, labels, multi = load_prepared(data_dir)
     tok = load_tokenizer(info["path"])
     tok.padding_side = "right"
-    enc = Encoder(tok, labels, multi, hp)
+    enc = Encoder(tok, labels, multi, hp, train_labels=splits["train"]["labels"])
     set_seed(seed)
     model = load_lm(info["path"], hp, env)
     enc.check_fits(model.config)
@@ -551,7 +556,7 @@ def predict(source: str, data_dir: str, out_dir: str, hp: dict, approach: str = 
         faults.check_sums(source, derived=tuple(out_dir / f"{stem}{suffix}.{ext}" for suffix in ("", "_generate")
                                                 for stem, ext in (("predictions", "parquet"), ("metrics", "json"))))
     model, tok = load_for_inference(source, hp, env)
-    enc = Encoder(tok, labels, multi, hp)
+    enc = Encoder(tok, labels, multi, hp, train_labels=splits["train"]["labels"])
     enc.check_fits(model.config)
     t0 = time.perf_counter()
     rows = [enc.prompt_ids(text) for text in df["text"]]
