@@ -1,3 +1,4 @@
+import re
 import subprocess
 import sys
 
@@ -189,6 +190,17 @@ def test_dry_run_of_paper_config_lists_the_papers_grid_without_weights(tmp_path)
     assert counts["train_instruct"] == counts["predict_zeroshot"] == 38
     assert counts["evaluate"] == 120 and counts["evaluate_generate"] == 76
     assert counts["prepare_model"] == 26 and counts["prepare_dataset"] == 2
+
+
+def test_patents_overlay_runs_every_approach_on_the_patent_set_only(tmp_path):
+    run = snakemake_cli("-n", "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path), "--configfile",
+                        str(REPO / "config.yaml"), str(REPO / "configs" / "patents.yaml"))
+    assert run.returncode == 0, run.stderr[-2000:]
+    cells = set(re.findall(r"results/([a-z0-9-]+)/[a-z0-9-]+/([a-z]+)/r\d+/s\d+/metrics.json", run.stdout))
+    assert {dataset for dataset, _ in cells} == {"uspto-ipc"}
+    assert {approach for _, approach in cells} == {"head", "frozen", "encoder", "tfidf", "instruct", "zeroshot"}
+    config = yaml.safe_load((REPO / "configs" / "patents.yaml").read_text())
+    assert config["datasets"]["uspto-ipc"]["paper_dataset"] == "WIPO"
 
 
 def test_malformed_config_stops_with_the_key(tmp_path):
