@@ -170,6 +170,15 @@ def tune_thresholds(probs: np.ndarray, gold: np.ndarray, grid: np.ndarray | None
     return out
 
 
+def tuned_thresholds(hp: dict, multi_label: bool, labels: list[str], val_probs, val_gold: np.ndarray) -> dict:
+    """``{"thresholds": {label: threshold}}`` for ``threshold: tuned`` on multi-label data, else {}.
+    ``val_probs``: a callable giving the validation probabilities of the restored best model (called
+    only when needed)."""
+    if not (multi_label and hp.get("threshold") == "tuned"):
+        return {}
+    return {THRESHOLDS: dict(zip(labels, tune_thresholds(val_probs(), val_gold)))}
+
+
 def class_weights(rows, labels: list[str], multi_label: bool, mode: str):
     """Loss weights from the training labels (``class_weights: balanced``): cross-entropy weights
     n / (classes x count) (scikit-learn's "balanced"), or BCE ``pos_weight`` negatives / positives per
@@ -365,10 +374,8 @@ def train(model_json: str, data_dir: str, out_dir: str, rank: int, seed: int, hp
     best = max(evals, key=lambda h: h["eval_f1_micro"]) if evals else {}
     epochs_run = round(trainer.state.epoch or 0)
     train_seconds = wall - timer.eval_seconds
-    extra = {}
-    if multi and hp.get("threshold") == "tuned":  # on validation, with the restored best epoch
-        val_probs = probabilities(trainer.predict(val_ds).predictions, True)
-        extra[THRESHOLDS] = dict(zip(labels, tune_thresholds(val_probs, indicator(splits["val"]["labels"], labels))))
+    extra = tuned_thresholds(hp, multi, labels, lambda: probabilities(trainer.predict(val_ds).predictions, True),
+                             indicator(splits["val"]["labels"], labels))
     trained_here = epochs_run - resumed_epochs  # epochs this process trained (throughput)
     train_info = {
         "approach": approach, "rank": rank, "seed": seed, "trainable_params": int(trainable), "total_params": int(total),
@@ -551,11 +558,8 @@ def train_frozen(model_json: str, data_dir: str, out_dir: str, seed: int, hp: di
             if waited >= hp["patience"]:
                 break
     head_seconds = time.perf_counter() - t1
-    extra = {}
-    if multi and hp.get("threshold") == "tuned":
-        with torch.no_grad():
-            val_probs = probabilities((feats["val"] @ best_weight.T).numpy(), True)
-        extra[THRESHOLDS] = dict(zip(labels, tune_thresholds(val_probs, y["val"].numpy())))
+    extra = tuned_thresholds(hp, multi, labels, lambda: probabilities((feats["val"] @ best_weight.T).numpy(), True),
+                             y["val"].numpy())
     model.score.weight.data = best_weight.to(model.score.weight.device, model.score.weight.dtype)
     model.score.weight.requires_grad = True  # marks what save_adapter stores
     n_tokens = sum(map(len, tok(list(splits["train"]["text"]), truncation=True, max_length=hp["max_length"])["input_ids"]))
