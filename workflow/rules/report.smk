@@ -1,4 +1,11 @@
-TABLES = ["f1", "throughput", "dataset_stats", "calibration", "paired_tests", "per_label"]
+TABLES = [
+    "f1",
+    "throughput",
+    "dataset_stats",
+    "calibration",
+    "paired_tests",
+    "per_label",
+]
 
 
 rule tables:
