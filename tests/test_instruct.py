@@ -116,6 +116,23 @@ def test_cached_continuation_scores_equal_a_full_forward_pass(lm):
             assert got[b][c] == pytest.approx(expected, abs=1e-4)
 
 
+def test_continuations_read_off_a_shared_pass_score_as_their_own_pass(lm):
+    """A continuation that differs from another only in its last token (multi-label "list ends" vs
+    "list goes on") is read off that one's pass: same log-probs as scoring each on its own."""
+    model, tok = lm
+    enc = instruct.Encoder(tok, LABELS, True, HP)
+    rows = [enc.prompt_ids(t) for t in ("shares rose", "the match ended in a draw after extra time")]
+    events = [[seq for group in enc.next_item_events(chosen, LABELS[i:]) for seq in group]
+              for chosen, i in ((["business"], 1), ([], 0))]
+    assert len(set(instruct._carriers(events[1], [0] * len(events[1])))) < len(events[1])  # passes are shared
+    cache = instruct.prompt_cache(model, rows, tok.pad_token_id, "cpu")
+    shared = instruct.continuation_logprobs(model, cache, events, "cpu")
+    alone = [np.array([instruct.continuation_logprobs(model, cache, [[seq]], "cpu", prompts_of=[b])[0][0]
+                       for seq in row]) for b, row in enumerate(events)]
+    for got, expected in zip(shared, alone):
+        assert np.allclose(got, expected, atol=1e-4)
+
+
 def test_first_token_scoring_matches_whole_answer_scoring_of_single_tokens(lm):
     model, tok = lm
     enc = instruct.Encoder(tok, LABELS, False, HP)

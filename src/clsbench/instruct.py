@@ -382,12 +382,30 @@ def prompt_cache(model, rows: list[list[int]], pad_id: int, device: str):
     return out.past_key_values, mask, torch.log_softmax(out.logits[:, -1].float(), -1)
 
 
+def _carriers(flat: list[list[int]], owner: list[int]) -> list[int]:
+    """For each continuation, the row whose forward pass scores it: a continuation whose tokens
+    but the last are a prefix of another row of the same prompt is read off that row's next-token
+    log-probs (multi-label events share all but their last token with the label's "list ends"
+    target), so the model runs once per distinct path, not once per continuation."""
+    by_prefix, carrier = {}, [0] * len(flat)
+    for k in sorted(range(len(flat)), key=lambda k: -len(flat[k])):
+        key = (owner[k], tuple(flat[k][:-1]))
+        if key in by_prefix:
+            carrier[k] = by_prefix[key]
+            continue
+        carrier[k] = k
+        for m in range(len(flat[k]) + 1):
+            by_prefix.setdefault((owner[k], tuple(flat[k][:m])), k)
+    return carrier
+
+
 def continuation_logprobs(model, cache, continuations: list[list[list[int]]], device: str,
                           max_elements: int = 2**26, prompts_of: list[int] | None = None) -> list[np.ndarray]:
     """log P(continuation | prompt) for the continuations of each of the cached batch's prompts
     (``prompts_of[k]``: the cache row of ``continuations[k]``, default k; rows may hold different
     numbers of continuations), one array per row; the prompts are not run again (their KV cache
-    is reused)."""
+    is reused), and continuations that differ from another only in their last token share its
+    pass (:func:`_carriers`)."""
     import torch
 
     past, prompt_mask, first = cache
@@ -395,29 +413,42 @@ def continuation_logprobs(model, cache, continuations: list[list[list[int]]], de
     flat = [c for row in continuations for c in row]
     rows_of = torch.tensor(prompts_of if prompts_of is not None else range(len(continuations)))
     owner = rows_of.repeat_interleave(torch.tensor(counts))
-    width = max(map(len, flat))
-    ids = torch.zeros((len(flat), width), dtype=torch.long)
-    mask = torch.zeros((len(flat), width), dtype=torch.long)
-    for i, row in enumerate(flat):
-        ids[i, :len(row)] = torch.tensor(row)
-        mask[i, :len(row)] = 1
-    scores = first.cpu().double()[owner, ids[:, 0]]
+    scores = first.cpu().double()[owner, torch.tensor([c[0] for c in flat])]
+    carrier = _carriers(flat, owner.tolist())
+    runs = sorted(set(carrier))  # the rows the model runs on
+    width = max(len(flat[k]) for k in runs)
     if width > 1:  # the later tokens, in chunks of rows that keep the logits tensor small
+        ids = torch.zeros((len(runs), width), dtype=torch.long)
+        mask = torch.zeros((len(runs), width), dtype=torch.long)
+        for i, k in enumerate(runs):
+            ids[i, :len(flat[k])] = torch.tensor(flat[k])
+            mask[i, :len(flat[k])] = 1
+        run_owner = owner[runs]
+        slot = {k: i for i, k in enumerate(runs)}
+        readers = [[] for _ in runs]  # continuations (with more than one token) read off each run row
+        for k, c in enumerate(carrier):
+            if len(flat[k]) > 1:
+                readers[slot[c]].append(k)
         vocab = first.shape[-1]
         chunk = max(1, max_elements // (width * vocab))
         with torch.inference_mode():
-            for start in range(0, len(flat), chunk):
+            for start in range(0, len(runs), chunk):
                 rows = slice(start, start + chunk)
                 sub = copy.deepcopy(past)
-                sub.batch_select_indices(owner[rows].to(prompt_mask.device))
-                pmask = prompt_mask[owner[rows].to(prompt_mask.device)]
+                sub.batch_select_indices(run_owner[rows].to(prompt_mask.device))
+                pmask = prompt_mask[run_owner[rows].to(prompt_mask.device)]
                 attn = torch.cat([pmask, mask[rows].to(pmask.device)], 1)
                 positions = pmask.sum(1, keepdim=True) + torch.arange(width, device=pmask.device)
                 logits = model(input_ids=ids[rows].to(device), attention_mask=attn, position_ids=positions,
                                past_key_values=sub, use_cache=True).logits.float()
-                target = ids[rows, 1:].to(logits.device)
-                logp = torch.log_softmax(logits[:, :-1], -1).gather(-1, target[..., None])[..., 0]
-                scores[rows] += (logp.cpu().double() * mask[rows, 1:]).sum(-1)
+                logp = torch.log_softmax(logits, -1)
+                # token t of a continuation given the tokens before it: its run row's position t - 1
+                picks = [(k, i - start, t - 1, flat[k][t]) for i in range(start, min(start + chunk, len(runs)))
+                         for k in readers[i] for t in range(1, len(flat[k]))]
+                if picks:
+                    k, row, pos, tok = (torch.tensor(col) for col in zip(*picks))
+                    scores.index_add_(0, k, logp[row.to(logp.device), pos.to(logp.device), tok.to(logp.device)]
+                                      .cpu().double())
     return np.split(scores.numpy(), np.cumsum(counts)[:-1])
 
 
