@@ -97,6 +97,25 @@ def test_old_spellings_are_refused_naming_the_new_one(mutate, message):
     grid.refuse_renamed(config)
 
 
+@pytest.mark.parametrize("yaml_text, message", [
+    ("seeds: []", r"^seeds: \[\] should be non-empty$"),
+    ("approaches: {}", r"^approaches: the grid has no cells"),
+    ("approaches: {head: {enabled: false, models: [m1], ranks: [8]}}", r"^approaches: the grid has no cells"),
+    ("approaches: {head: {models: [m1], ranks: [8], hparams: {learning_rate: 1e-3}}}",
+     r"^approaches.head.hparams.learning_rate: '1e-3' is not of type 'number' \(YAML reads 1e-3 as text; write 1.0e-3\)$"),
+    ("approaches: {head: {models: [m1], ranks: [8], hparams: {learning_rate: '0.001'}}}",
+     r"\(write it without quotes: 0.001\)$"),
+    ("approaches: {head: {models: [m1], ranks: [8, x]}}", r"^approaches.head.ranks\[1\]: 'x' is not of type 'integer'$"),
+    ("models: {m1: {source: config, hparams: {head: {learning_rate: 5E-4}}}}",
+     r"^models.m1.hparams.head.learning_rate: .* \(YAML reads 5E-4 as text; write 5.0e-4\)$"),
+])
+def test_config_mistakes_stop_with_one_line_naming_the_key(yaml_text, message):
+    config = base_config()
+    config.update(yaml.safe_load(yaml_text))
+    with pytest.raises(UserError, match=message):
+        grid.validated_cells(config)
+
+
 def test_schema_fills_defaults_and_names_bad_values():
     config = base_config()
     validate(config, SCHEMA)

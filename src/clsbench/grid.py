@@ -107,6 +107,8 @@ def cells(config: dict) -> list[Cell]:
                 for rank in ranks:
                     for seed in block.get("seeds") or config.get("seeds", [42]):
                         out.append(Cell(dataset, model, approach, int(rank), int(seed)))
+    if not out:
+        raise UserError("approaches: the grid has no cells (no approach listed, or every one has enabled: false)")
     return out
 
 
@@ -118,6 +120,33 @@ def hparams(config: dict, approach: str, model: str, dataset: str | None = None)
     if dataset is not None:
         merged.update(((config["datasets"].get(dataset) or {}).get("hparams") or {}).get(approach, {}))
     return merged
+
+
+def schema_error(error, where: str = "config") -> str:
+    """One line for a JSON-schema error: the key path, the message, and for a number written
+    ``1e-3`` (text to YAML 1.1, which PyYAML reads) the spelling that is a number."""
+    path = "".join(f".{p}" if isinstance(p, str) else f"[{p}]" for p in error.absolute_path).lstrip(".")
+    line = f"{where}{'.' if where and path else ''}{path}: {error.message}"
+    if error.validator == "type" and isinstance(error.instance, str):
+        try:
+            number = float(error.instance)
+        except ValueError:
+            return line
+        mantissa, _, exponent = error.instance.lower().partition("e")
+        if exponent and "." not in mantissa:
+            line += f" (YAML reads {error.instance} as text; write {mantissa}.0e{exponent})"
+        else:
+            line += f" (write it without quotes: {number!r})"
+    return line
+
+
+def check_schema(config: dict, schema: dict) -> None:
+    """The config against the schema, stopping at the first error with one line naming the key."""
+    import jsonschema
+
+    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(config))
+    if error is not None:
+        raise UserError(schema_error(error, ""))
 
 
 def check_overrides(config: dict, schema: dict) -> None:
@@ -134,17 +163,25 @@ def check_overrides(config: dict, schema: dict) -> None:
                 target = {"$defs": schema["$defs"], "$ref": f"#/$defs/{approach}/properties/hparams"}
                 error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(target).iter_errors(values))
                 if error is not None:
-                    path = "".join(f".{p}" for p in error.absolute_path)
-                    raise UserError(f"{where}{path}: {error.message}")
+                    raise UserError(schema_error(error, where))
+
+
+def validated_cells(config: dict) -> list[Cell]:
+    """Every check of a config, in the order that names a mistake best, then its cells: old
+    spellings, the schema (one line; Snakemake's ``validate`` then fills the defaults in), overrides,
+    cross-references. Raises UserError."""
+    from snakemake.utils import validate
+
+    schema = yaml.safe_load(SCHEMA.read_text())
+    refuse_renamed(config)
+    check_schema(config, schema)
+    validate(config, str(SCHEMA))
+    check_overrides(config, schema)
+    return cells(config)
 
 
 def load_config(path: str | Path) -> dict:
     """Read and validate a config file outside Snakemake (tests, scripts): schema defaults + checks."""
-    from snakemake.utils import validate
-
     config = yaml.safe_load(Path(path).read_text())
-    refuse_renamed(config)
-    validate(config, str(SCHEMA))
-    check_overrides(config, yaml.safe_load(SCHEMA.read_text()))
-    check(config)
+    validated_cells(config)
     return config

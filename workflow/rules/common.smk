@@ -3,8 +3,6 @@ import json
 import sys
 from pathlib import Path
 
-from snakemake.utils import validate
-
 sys.path.insert(
     0, str(Path(workflow.basedir) / "src")
 )  # dry runs work without installing the package
@@ -12,13 +10,7 @@ sys.path.insert(
 from clsbench import UserError, grid
 
 try:
-    grid.refuse_renamed(config)
-except UserError as err:
-    raise WorkflowError(f"config: {err}")
-validate(config, "../schemas/config.schema.yaml")
-try:
-    grid.check_overrides(config, grid.yaml.safe_load(grid.SCHEMA.read_text()))
-    CELLS = grid.cells(config)
+    CELLS = grid.validated_cells(config)  # fills the schema's defaults into config
 except UserError as err:
     raise WorkflowError(f"config: {err}")
 
