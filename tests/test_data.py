@@ -203,3 +203,91 @@ def test_uspto_ipc_through_generic_csv_source(tmp_path):
     assert stats["labels"] == 8 and stats["multi_label"]
     assert stats["test"]["n"] == 698 and 5500 < stats["train"]["n"] <= 5584
     assert 0.3 < stats["train"]["multi_label_share"] < 0.45
+
+
+# ------------------------------------------------------------------ labels that say the options do not fit the data
+PIPE_JOINED = [(f"doc {i}", "business|politics" if i % 3 else "business") for i in range(30)] + \
+              [(f"pol {i}", "politics") for i in range(15)]
+
+
+@pytest.mark.parametrize("options, message", [
+    ({}, r"label 'business\|politics' joins label names with '\|' \(1 such label\(s\)\) but the dataset is "
+         r"single-label; set multi_label: true and label_separator: '\|'"),
+    ({"multi_label": True}, r"label 'business\|politics' joins label names with '\|' .* but label_separator ',' "
+                            r"splits no row; set label_separator: '\|'"),
+])
+def test_labels_joined_by_another_separator_stop_naming_the_option(tmp_path, options, message):
+    spec = {"source": "files", "path": write_csv(tmp_path / "d.csv", PIPE_JOINED), **options}
+    with pytest.raises(UserError, match=rf"^dataset 'd': {message}$"):
+        data.prepare("d", spec, tmp_path / "out")
+    stats = data.prepare("d", {**spec, "multi_label": True, "label_separator": "|"}, tmp_path / "out")
+    assert stats["labels"] == 2 and stats["train"]["multi_label_share"] > 0.3
+
+
+def test_multi_label_rows_that_all_join_unknown_names_stop(tmp_path):
+    rows = [(f"doc {i}", ["a;b", "c;d", "a;d"][i % 3]) for i in range(30)]
+    spec = {"source": "files", "path": write_csv(tmp_path / "d.csv", rows), "multi_label": True}
+    with pytest.raises(UserError, match=r"joins label names with ';' \(3 such label\(s\)\) but label_separator ',' "
+                                        r"splits no row; set label_separator: ';'"):
+        data.prepare("d", spec, tmp_path / "out")
+
+
+def test_single_label_names_with_a_slash_are_fine(tmp_path):
+    rows = labelled(10, ("Sci/Tech", "World", "Sports"))
+    stats = data.prepare("d", {"source": "files", "path": write_csv(tmp_path / "d.csv", rows)}, tmp_path / "out")
+    assert stats["labels"] == 3
+
+
+def test_labels_differing_only_in_case_stop_unless_folded_or_kept(tmp_path):
+    rows = labelled(10, ("business", "Business", "sport", "SPORT ", "tech"))
+    spec = {"source": "files", "path": write_csv(tmp_path / "d.csv", rows)}
+    with pytest.raises(UserError, match=r"^dataset 'd': label names differ only in case: 'Business' / 'business'; "
+                                        r"'SPORT' / 'sport' \(2 group\(s\)\); set labels_case: fold"):
+        data.prepare("d", spec, tmp_path / "out")
+    folded = data.prepare("d", {**spec, "labels_case": "fold"}, tmp_path / "out")
+    assert folded["labels"] == 3 and folded["train"]["label_counts"]["business"] > folded["train"]["label_counts"]["tech"]
+    assert data.prepare("d", {**spec, "labels_case": "keep"}, tmp_path / "out2")["labels"] == 5
+
+
+def test_single_class_data_stops_at_preparation(tmp_path):
+    spec = {"source": "files", "path": write_csv(tmp_path / "d.csv", labelled(20, ("only",)))}
+    with pytest.raises(UserError, match=r"the train split has 1 label name\(s\) \(\['only'\]\); a classifier needs "
+                                        r"at least two"):
+        data.prepare("d", spec, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------ files: where a reading error is
+def test_jsonl_line_that_does_not_parse_is_named_by_line_number(tmp_path):
+    lines = [json.dumps({"text": f"doc {i}", "label": "ab"[i % 2]}) for i in range(9)]
+    lines[6] = '{"text": "broken, "label": "a"}'
+    (tmp_path / "d.jsonl").write_text("\n".join(lines) + "\n")
+    with pytest.raises(UserError, match=r"d.jsonl: line 7 is not valid JSON \(Expecting ',' delimiter at column 20\)"):
+        data.prepare("d", {"source": "files", "path": str(tmp_path / "d.jsonl")}, tmp_path / "out")
+
+
+def test_semicolon_csv_names_the_delimiter_option(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_text("text;label\n" + "".join(f"doc {i};{'ab'[i % 2]}\n" for i in range(30)))
+    spec = {"source": "files", "path": str(path)}
+    with pytest.raises(UserError, match=r"d.csv: the header is one column \('text;label'\) with delimiter ','; "
+                                        r"set delimiter: ';' in the dataset config"):
+        data.prepare("d", spec, tmp_path / "out")
+    assert data.prepare("d", {**spec, "delimiter": ";"}, tmp_path / "out")["labels"] == 2
+
+
+def test_ids_without_an_id_column_name_the_split_and_row(tmp_path):
+    spec = {"source": "files", "train": write_csv(tmp_path / "tr.csv", labelled(10)),
+            "test": write_csv(tmp_path / "te.csv", [(f"unseen {t}", label) for t, label in labelled(2)])}
+    data.prepare("d", spec, tmp_path / "out")
+    splits, _, _ = data.load_prepared(tmp_path / "out")
+    assert set(splits["test"]["id"]) == {f"test-{i}" for i in range(6)}
+    assert all(i.startswith("train-") for s in ("train", "val") for i in splits[s]["id"])
+
+
+def test_empty_texts_dropped_are_counted_in_stats(tmp_path, capsys):
+    rows = labelled(10) + [("   ", "a"), ("", "b")]
+    spec = {"source": "files", "path": write_csv(tmp_path / "d.csv", rows), "on_empty_text": "drop"}
+    stats = data.prepare("d", spec, tmp_path / "out")
+    assert stats["empty_texts_dropped"] == {"row": 2}
+    assert "2 row(s) with an empty text dropped (on_empty_text: drop)" in capsys.readouterr().out

@@ -4,7 +4,7 @@ import sys
 
 import pytest
 import yaml
-from conftest import REPO
+from conftest import REPO, USPTO
 from snakemake.utils import validate
 from snakemake_interface_common.exceptions import WorkflowError
 
@@ -211,8 +211,12 @@ def test_dry_run_of_paper_config_lists_the_papers_grid_without_weights(tmp_path)
     assert counts["prepare_model"] == 26 and counts["prepare_dataset"] == 2
 
 
+@pytest.mark.skipif(not USPTO.exists(), reason="../shared/data/uspto-ipc not present")
 def test_patents_overlay_runs_every_approach_on_the_patent_set_only(tmp_path):
-    run = snakemake_cli("-n", "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path), "--configfile",
+    (tmp_path / "shared").symlink_to(USPTO.parents[1])  # runs/patents of a checkout beside shared/
+    workdir = tmp_path / "checkout" / "runs" / "patents"
+    workdir.mkdir(parents=True)
+    run = snakemake_cli("-n", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir), "--configfile",
                         str(REPO / "config.yaml"), str(REPO / "configs" / "patents.yaml"))
     assert run.returncode == 0, run.stderr[-2000:]
     cells = set(re.findall(r"results/([a-z0-9-]+)/[a-z0-9-]+/([a-z]+)/r\d+/s\d+/metrics.json", run.stdout))
@@ -238,3 +242,18 @@ def test_malformed_config_stops_with_the_key(tmp_path):
     run = snakemake_cli("-n", "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path))
     assert run.returncode != 0
     assert "approaches.head.hparams.optimizer: 'adamw_8bit' is now 'adamw_bnb_8bit'" in run.stdout + run.stderr
+
+
+def test_an_edited_data_file_rebuilds_its_dataset(tmp_path):
+    rows = "".join(f"doc number {i},{'ab'[i % 2]}\n" for i in range(40))
+    (tmp_path / "d.csv").write_text("text,label\n" + rows)
+    config = {"datasets": {"mine": {"source": "files", "path": "d.csv"}}, "models": {"unused": {"source": "config"}},
+              "approaches": {"tfidf": {"hparams": {"min_df": 1}}}}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    common = ("--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path), "--cores", "1")
+    built = snakemake_cli(*common, "results/data/mine/stats.json")
+    assert built.returncode == 0, built.stderr[-2000:]
+    assert "Nothing to be done" in snakemake_cli(*common, "-n", "results/data/mine/stats.json").stdout
+    (tmp_path / "d.csv").write_text("text,label\n" + rows + "one more doc,a\n")
+    again = snakemake_cli(*common, "-n", "results/data/mine/stats.json")
+    assert "prepare_dataset" in again.stdout and "d.csv" in again.stdout  # reason: updated input files

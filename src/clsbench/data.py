@@ -68,11 +68,11 @@ def read_table(path: str | Path, spec: dict) -> pd.DataFrame:
         if not head:
             raise UserError(f"{path}: the file is empty")
         if fmt in ("csv", "tsv"):
-            return read_delimited(path, "\t" if fmt == "tsv" else ",", read_as)
+            return read_delimited(path, spec.get("delimiter") or ("\t" if fmt == "tsv" else ","), read_as)
         if fmt == "jsonl":
             if head.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"["):
                 raise UserError(f"{path}: is one JSON array; write one JSON object per line (JSONL)")
-            return pd.read_json(path, lines=True, dtype=False, encoding=read_as)
+            return read_jsonl(path, read_as)
         return pd.read_parquet(path)
     except LookupError:
         raise UserError(f"{path}: unknown encoding '{encoding}'") from None
@@ -85,6 +85,23 @@ def read_table(path: str | Path, spec: dict) -> pd.DataFrame:
         raise UserError(f"{path}: cannot be read as {fmt}: {first}") from None
 
 
+def read_jsonl(path: Path, encoding: str) -> pd.DataFrame:
+    """One JSON object per line (blank lines skipped); a line that does not parse stops the run with its number."""
+    records = []
+    with open(path, encoding=encoding) as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise UserError(f"{path}: line {number} is not valid JSON ({err.msg} at column {err.colno})") from None
+            if not isinstance(record, dict):
+                raise UserError(f"{path}: line {number} is a JSON {type(record).__name__}, not an object")
+            records.append(record)
+    return pd.DataFrame.from_records(records)
+
+
 def read_delimited(path: Path, sep: str, encoding: str) -> pd.DataFrame:
     """CSV / TSV as strings, with the csv module: a line with more or fewer fields than the header (a
     stray line break or quote) stops the run instead of becoming a shifted or half-empty row."""
@@ -94,17 +111,20 @@ def read_delimited(path: Path, sep: str, encoding: str) -> pd.DataFrame:
         try:
             records = [(reader.line_num, r) for r in reader if r]  # blank lines are skipped
         except csv.Error as err:
-            raise UserError(f"{path}: cannot be read as {'csv' if sep == ',' else 'tsv'}: {err} at line "
-                            f"{reader.line_num}") from None
+            raise UserError(f"{path}: cannot be read with delimiter {sep!r}: {err} at line {reader.line_num}") from None
     if not records:
         raise UserError(f"{path}: no header line")
     header = records[0][1]
+    others = [d for d in (",", ";", "\t", "|") if d != sep and d in "".join(header)]
+    if len(header) == 1 and others:
+        raise UserError(f"{path}: the header is one column ('{header[0][:60]}') with delimiter {sep!r}; "
+                        f"set delimiter: {others[0]!r} in the dataset config")
     if len(set(header)) < len(header):
         raise UserError(f"{path}: the header names a column twice ({', '.join(header)})")
     for line, r in records[1:]:
         if len(r) != len(header):
-            raise UserError(f"{path}: line {line} has {len(r)} field(s), the header {len(header)} "
-                            "(a line break or quote inside an unquoted field?)")
+            raise UserError(f"{path}: line {line} has {len(r)} field(s), the header {len(header)} with delimiter "
+                            f"{sep!r} (a line break or quote inside an unquoted field, or another delimiter?)")
     return pd.DataFrame([r for _, r in records[1:]], columns=header, dtype=str)
 
 
@@ -113,7 +133,7 @@ def load_hub(spec: dict) -> dict[str, pd.DataFrame]:
     import datasets
 
     try:
-        ds = datasets.load_dataset(spec["hub_id"], spec.get("hub_config"))
+        ds = datasets.load_dataset(spec["hub_id"], spec.get("hub_config"), revision=spec.get("hub_revision"))
     except Exception as err:  # offline, unknown id, gated ...
         raise UserError(f"cannot load hub dataset '{spec['hub_id']}': {type(err).__name__}: "
                         f"{str(err).splitlines()[0] if str(err) else ''} (no network? use a local file source)") from None
@@ -121,8 +141,9 @@ def load_hub(spec: dict) -> dict[str, pd.DataFrame]:
     return {split: ds[names[split]].to_pandas() for split in SPLITS if names[split] in ds}
 
 
-def normalise(df: pd.DataFrame, spec: dict, where: str) -> pd.DataFrame:
-    """Map the source's columns onto id / text / labels (list[str]) and check them."""
+def normalise(df: pd.DataFrame, spec: dict, where: str, id_prefix: str = "row", info: dict | None = None) -> pd.DataFrame:
+    """Map the source's columns onto id / text / labels (list[str]) and check them. Without an id
+    column, ids are ``<id_prefix>-<data row>`` (0-based); empty texts dropped are counted in ``info``."""
     text_columns = spec.get("text_columns", ["text"])
     label_column = spec.get("label_column", "label")
     if len(df) == 0:
@@ -136,13 +157,16 @@ def normalise(df: pd.DataFrame, spec: dict, where: str) -> pd.DataFrame:
     id_column = spec.get("id_column")
     if id_column and id_column not in df.columns:
         raise UserError(f"{where}: id column '{id_column}' not found")
-    ids = df[id_column].astype(str) if id_column else pd.Series([f"{where.split(':')[-1]}-{i}" for i in range(len(df))])
+    ids = df[id_column].astype(str) if id_column else pd.Series([f"{id_prefix}-{i}" for i in range(len(df))])
     out = pd.DataFrame({"id": ids.values, "text": texts.str.strip().values,
                         "labels": [parse_labels(v, spec, where, i) for i, v in enumerate(df[label_column])]})
     empty = np.flatnonzero(out["text"].str.len().values == 0)
     if len(empty):
         if spec.get("on_empty_text", "error") == "drop":
             out = out.drop(index=out.index[empty]).reset_index(drop=True)
+            print(f"{where}: {len(empty)} row(s) with an empty text dropped (on_empty_text: drop)")
+            if info is not None:
+                info.setdefault("empty_texts_dropped", {})[id_prefix] = len(empty)
         else:
             rows = ", ".join(str(i) for i in empty[:5]) + (" ..." if len(empty) > 5 else "")
             raise UserError(f"{where}: {len(empty)} empty text(s) at row(s) {rows}; "
@@ -304,14 +328,15 @@ def load_splits(key: str, spec: dict, base_dir: str | Path | None = None) -> tup
                                  f"dataset '{key}'")}, info
     if source == "files":
         if "path" in spec:
-            return {"all": normalise(read_table(spec["path"], spec), spec, f"dataset '{key}': {spec['path']}")}, info
+            return {"all": normalise(read_table(spec["path"], spec), spec, f"dataset '{key}': {spec['path']}",
+                                     "row", info)}, info
         missing = [s for s in ("train", "test") if s not in spec]
         if missing:
             raise UserError(f"dataset '{key}': source 'files' needs 'path' or 'train' and 'test' (missing: {missing})")
-        return {s: normalise(read_table(spec[s], spec), spec, f"dataset '{key}': {spec[s]}")
+        return {s: normalise(read_table(spec[s], spec), spec, f"dataset '{key}': {spec[s]}", s, info)
                 for s in SPLITS if s in spec}, info
     if source == "hub":
-        return {s: normalise(df, spec, f"dataset '{key}' (hub {spec['hub_id']}) split {s}")
+        return {s: normalise(df, spec, f"dataset '{key}' (hub {spec['hub_id']}) split {s}", s, info)
                 for s, df in load_hub(spec).items()}, info
     if source == "derived_pairs":
         if base_dir is None:
@@ -320,6 +345,41 @@ def load_splits(key: str, spec: dict, base_dir: str | Path | None = None) -> tup
         return {s: derive_pairs(pd.read_parquet(Path(base_dir) / f"{s}.parquet"), spec, seed + i)
                 for i, s in enumerate(SPLITS)}, info
     raise UserError(f"dataset '{key}': unknown source '{source}'")
+
+
+LABEL_JOINERS = (",", ";", "|", "/", "+")  # characters that join label names in multi-label data
+
+
+def check_label_names(splits: dict[str, pd.DataFrame], spec: dict, where: str) -> dict[str, pd.DataFrame]:
+    """Stop on label names that say the label options do not fit the data: names that join other
+    names (multi-label data read as single-label, or a ``label_separator`` that matches nothing) and
+    names that differ only in case (unless ``labels_case`` says fold or keep). Returns the splits,
+    labels folded to lower case under ``labels_case: fold``."""
+    if spec.get("labels_case") == "fold":
+        splits = {name: df.assign(labels=[list(dict.fromkeys(x.lower() for x in row)) for row in df["labels"]])
+                  for name, df in splits.items()}
+    names = {label for df in splits.values() for row in df["labels"] for label in row}
+    multi, sep = spec.get("multi_label", False), spec.get("label_separator", ",")
+    for joiner in (j for j in LABEL_JOINERS if not (multi and j == sep)):
+        joined = sorted(n for n in names if joiner in n)
+        parts_known = [n for n in joined if all(p.strip() in names for p in n.split(joiner) if p.strip())]
+        lone = multi and not any(len(row) > 1 for df in splits.values() for row in df["labels"])
+        if parts_known or (joined and lone):
+            example = (parts_known or joined)[0]
+            fix = (f"label_separator: {joiner!r}" if multi else f"multi_label: true and label_separator: {joiner!r}")
+            read_as = (f"label_separator {sep!r} splits no row" if multi else "the dataset is single-label")
+            raise UserError(f"{where}: label '{example}' joins label names with {joiner!r} ({len(joined)} such "
+                            f"label(s)) but {read_as}; set {fix}")
+    if spec.get("labels_case") is None:
+        by_fold: dict[str, set] = {}
+        for name in names:
+            by_fold.setdefault(name.casefold(), set()).add(name)
+        clashes = [sorted(group) for group in by_fold.values() if len(group) > 1]
+        if clashes:
+            shown = "; ".join(" / ".join(f"'{n}'" for n in group) for group in sorted(clashes)[:3])
+            raise UserError(f"{where}: label names differ only in case: {shown} ({len(clashes)} group(s)); "
+                            "set labels_case: fold to merge them or labels_case: keep to keep them apart")
+    return splits
 
 
 def first_words(text: str, n: int) -> str:
@@ -364,6 +424,8 @@ def prepare(key: str, spec: dict, out_dir: str | Path, base_dir: str | Path | No
     split_cfg = {"val": 0.1, "test": 0.2, "seed": 42, **spec.get("split", {})}
     seed = split_cfg["seed"]
     splits, info = load_splits(key, spec, base_dir)
+    if spec["source"] != "derived_pairs":  # a derived set's labels are its base's, checked there
+        splits = check_label_names(splits, spec, f"dataset '{key}'")
     splits, cut_share = cut_texts(splits, spec.get("max_words"))
     if spec.get("max_words"):
         info = {**info, "max_words": spec["max_words"], "texts_cut_share": cut_share}
@@ -385,6 +447,9 @@ def prepare(key: str, spec: dict, out_dir: str | Path, base_dir: str | Path | No
         if len(splits[split]) == 0:
             raise UserError(f"{name(split)}: the {split} split is empty after de-duplication, filtering and caps")
     train_labels = sorted({label for row in splits["train"]["labels"] for label in row})
+    if len(train_labels) < 2:
+        raise UserError(f"{name('train')}: the train split has {len(train_labels)} label name(s) "
+                        f"({train_labels}); a classifier needs at least two")
     labels = list(spec["labels"]) if spec.get("labels") else train_labels
     unseen: dict = {}
     for split in SPLITS:

@@ -126,7 +126,8 @@ def schema_error(error, where: str = "config") -> str:
     """One line for a JSON-schema error: the key path, the message, and for a number written
     ``1e-3`` (text to YAML 1.1, which PyYAML reads) the spelling that is a number."""
     path = "".join(f".{p}" if isinstance(p, str) else f"[{p}]" for p in error.absolute_path).lstrip(".")
-    line = f"{where}{'.' if where and path else ''}{path}: {error.message}"
+    key = f"{where}{'.' if where and path else ''}{path}"
+    line = f"{key}: {error.message}" if key else error.message
     if error.validator == "type" and isinstance(error.instance, str):
         try:
             number = float(error.instance)

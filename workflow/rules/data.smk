@@ -1,7 +1,7 @@
 rule prepare_dataset:
     """Load, de-duplicate, split and cap one dataset."""
     input:
-        dataset_base_inputs,
+        dataset_source_inputs,
     output:
         splits=expand(
             "results/data/{{dataset}}/{split}.parquet", split=["train", "val", "test"]
@@ -23,8 +23,11 @@ rule prepare_dataset:
         runtime=30,
     params:
         spec=dataset_spec_json,
+        source_version=dataset_source_version,
         base_arg=lambda wc, input: (
-            f"--base-dir {Path(input[0]).parent}" if input else ""
+            f"--base-dir {Path(input[0]).parent}"
+            if config["datasets"][wc.dataset].get("base")
+            else ""
         ),
     shell:
         "python -m clsbench.data --key {wildcards.dataset} --spec {params.spec:q} "
