@@ -257,3 +257,19 @@ def test_an_edited_data_file_rebuilds_its_dataset(tmp_path):
     (tmp_path / "d.csv").write_text("text,label\n" + rows + "one more doc,a\n")
     again = snakemake_cli(*common, "-n", "results/data/mine/stats.json")
     assert "prepare_dataset" in again.stdout and "d.csv" in again.stdout  # reason: updated input files
+
+
+def test_jobs_run_the_code_of_the_checkout_whose_snakefile_runs(tmp_path):
+    """A second checkout with its own (here: marked) code: its jobs run that code, not the installed clsbench."""
+    import shutil
+
+    copy = tmp_path / "other-checkout"
+    copy.mkdir()
+    for name in ("Snakefile", "config.yaml", "workflow", "profiles", "src", "envs"):
+        (shutil.copytree if (REPO / name).is_dir() else shutil.copy)(REPO / name, copy / name)
+    module = copy / "src" / "clsbench" / "data.py"
+    module.write_text(module.read_text().replace("    stats = prepare(", "    print('code of the other checkout')\n"
+                                                                        "    stats = prepare(", 1))
+    run = snakemake_cli("--cores", "1", "results/data/bbc-news/stats.json", cwd=copy)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "code of the other checkout" in (copy / "results" / "logs" / "data" / "bbc-news.log").read_text()

@@ -1,5 +1,6 @@
 # Grid, wildcard constraints and input functions (the grid itself is clsbench.grid).
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -8,6 +9,12 @@ sys.path.insert(
 )  # dry runs work without installing the package
 
 from clsbench import UserError, grid
+
+# Jobs run this checkout's code, not whichever clsbench happens to be installed (two checkouts, or
+# an environment built elsewhere, would otherwise run other code than the Snakefile read).
+shell.prefix(
+    f"export PYTHONPATH={shlex.quote(str(Path(workflow.basedir) / 'src'))}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; "  # formatted like a rule's shell
+)
 
 try:
     CELLS = grid.validated_cells(config)  # fills the schema's defaults into config
