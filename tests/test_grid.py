@@ -259,6 +259,24 @@ def test_an_edited_data_file_rebuilds_its_dataset(tmp_path):
     assert "prepare_dataset" in again.stdout and "d.csv" in again.stdout  # reason: updated input files
 
 
+def test_a_truncated_prepared_split_is_prepared_again_in_the_same_run(tmp_path):
+    rows = "".join(f"doc number {i},{'ab'[i % 2]}\n" for i in range(40))
+    (tmp_path / "d.csv").write_text("text,label\n" + rows)
+    config = {"datasets": {"mine": {"source": "files", "path": "d.csv"}}, "models": {"unused": {"source": "config"}},
+              "approaches": {"tfidf": {"hparams": {"min_df": 1}}}}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    common = ("--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path), "--cores", "1")
+    target = "results/mine/tfidf/tfidf/r0/s42/metrics.json"
+    assert snakemake_cli(*common, target).returncode == 0
+    split = tmp_path / "results" / "data" / "mine" / "train.parquet"
+    split.write_bytes(split.read_bytes()[:100])
+    run = snakemake_cli(*common, "--forcerun", "tfidf", target)  # a job that reads the split
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "train.parquet: SHA-256 differs from SHA256SUMS (truncated or corrupted); removed" in run.stderr
+    assert "prepared again for the jobs that read it" in run.stderr
+    assert split.stat().st_size > 100 and "prepare_dataset" in run.stdout + run.stderr
+
+
 def test_jobs_run_the_code_of_the_checkout_whose_snakefile_runs(tmp_path):
     """A second checkout with its own (here: marked) code: its jobs run that code, not the installed clsbench."""
     import shutil

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import UserError
+from . import UserError, faults
 from .io import atomic_path, read_json, run_cli
 from .metrics import indicator
 
@@ -474,6 +474,7 @@ def prepare(key: str, spec: dict, out_dir: str | Path, base_dir: str | Path | No
             splits[split].reset_index(drop=True).to_parquet(tmp / f"{split}.parquet", index=False)
         (tmp / "labels.json").write_text(json.dumps({"labels": labels, "multi_label": multi}, indent=2) + "\n")
         (tmp / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
+        faults.write_sums(tmp)  # checked by load_prepared and before each run (workflow/rules/common.smk)
     return stats
 
 
@@ -511,6 +512,7 @@ def dataset_stats(splits: dict[str, pd.DataFrame], labels: list[str], multi: boo
 def load_prepared(data_dir: str | Path) -> tuple[dict[str, pd.DataFrame], list[str], bool]:
     """Read a prepared dataset folder: (splits, label names, multi_label)."""
     data_dir = Path(data_dir)
+    faults.check_sums(data_dir)  # a damaged split is removed (with its folder) and rebuilt on the next run
     meta = read_json(data_dir / "labels.json")
     splits = {s: pd.read_parquet(data_dir / f"{s}.parquet") for s in SPLITS}
     for df in splits.values():

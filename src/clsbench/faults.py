@@ -245,7 +245,7 @@ def corrupted(path: Path, why: str, *remove: Path) -> UserError:
     for r in remove:
         shutil.rmtree(r) if r.is_dir() else r.unlink(missing_ok=True)
     return UserError(f"{path}: {why} (truncated or corrupted); removed {', '.join(map(str, remove))}; "
-                     "run snakemake again to rebuild this cell")
+                     "run snakemake again to rebuild it")
 
 
 def check_sums(folder: str | Path, derived: tuple[Path, ...] = ()) -> None:

@@ -8,7 +8,7 @@ sys.path.insert(
     0, str(Path(workflow.basedir) / "src")
 )  # dry runs work without installing the package
 
-from clsbench import UserError, grid
+from clsbench import UserError, faults, grid
 
 # Jobs run this checkout's code, not whichever clsbench happens to be installed (two checkouts, or
 # an environment built elsewhere, would otherwise run other code than the Snakefile read).
@@ -20,6 +20,18 @@ try:
     CELLS = grid.validated_cells(config)  # fills the schema's defaults into config
 except UserError as err:
     raise WorkflowError(f"config: {err}")
+
+# A prepared dataset damaged since it was written (a truncated split: SHA256SUMS differs) is removed
+# here, before the jobs are planned, so that a job that reads it has it prepared again in this run
+# instead of failing (preparation is deterministic: finished cells stay valid and are kept).
+for dataset in dict.fromkeys(cell.dataset for cell in CELLS):
+    try:
+        faults.check_sums(Path("results/data") / dataset)
+    except UserError as err:
+        print(
+            f"{err.args[0].split('; run snakemake')[0]}; prepared again for the jobs that read it",
+            file=sys.stderr,
+        )
 
 CELL = "results/{dataset}/{model}/{approach}/r{rank}/s{seed}"
 LOG = "results/logs/{dataset}/{model}/{approach}/r{rank}/s{seed}"
