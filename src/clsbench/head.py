@@ -33,6 +33,7 @@ from .faults import resume_point  # noqa: F401  (re-exported: other trainers res
 from .io import atomic_path, read_json, run_cli, sha256, write_json, write_jsonl, write_predictions
 from .metrics import indicator
 from .models import load_tokenizer, local_dir, prefixed, text_coverage
+from .progress import Progress, trainer_progress
 
 ADAPTER_BASE = "base"
 FROZEN_HEAD = "score.safetensors"
@@ -315,6 +316,7 @@ def train(model_json: str, data_dir: str, out_dir: str, rank: int, seed: int, hp
     """Train one cell; writes ``adapter/``, ``train_log.jsonl`` and ``train_info.json`` into ``out_dir``."""
     import torch
     from transformers import DataCollatorWithPadding, EarlyStoppingCallback, Trainer, TrainingArguments, set_seed
+    from transformers.trainer_callback import PrinterCallback
 
     if approach == "frozen":
         return train_frozen(model_json, data_dir, out_dir, seed, hp, threads)
@@ -356,7 +358,8 @@ def train(model_json: str, data_dir: str, out_dir: str, rank: int, seed: int, hp
                       compute_metrics=compute_metrics, optimizers=optimizers,
                       compute_loss_func=weighted_loss(weights, multi) if weights is not None else None,
                       callbacks=[EarlyStoppingCallback(early_stopping_patience=hp["patience"]), timer,
-                                 finite_loss_guard(out_dir)])
+                                 finite_loss_guard(out_dir), trainer_progress()])
+    trainer.remove_callback(PrinterCallback)  # trainer_progress prints each log event with step, total, time left
     if env["cuda"]:
         torch.cuda.reset_peak_memory_stats()
     last = resume_point(ckpt, run_key(model_json, data_dir, approach, rank, seed, hp))
@@ -584,8 +587,9 @@ def train_frozen(model_json: str, data_dir: str, out_dir: str, seed: int, hp: di
 
 # ---------------------------------------------------------------- prediction
 def predict_logits(model, tok, texts: list[str], max_length: int, batch_size: int,
-                   device: str) -> tuple[np.ndarray, list[int]]:
-    """Logits for ``texts``, batched in order of length (least padding); returns (logits, token lengths)."""
+                   device: str, progress=None) -> tuple[np.ndarray, list[int]]:
+    """Logits for ``texts``, batched in order of length (least padding); returns (logits, token lengths).
+    ``progress``: a :class:`clsbench.progress.Progress` told of each batch done."""
     import torch
 
     enc = tok(texts, truncation=True, max_length=max_length)
@@ -598,6 +602,8 @@ def predict_logits(model, tok, texts: list[str], max_length: int, batch_size: in
                              "attention_mask": [enc["attention_mask"][i] for i in idx]}, return_tensors="pt")
             logits = model(**{k: v.to(device) for k, v in batch.items()}).logits
             out[idx] = logits.float().cpu().numpy()
+            if progress is not None:
+                progress.update(len(idx))
     return out, [len(ids) for ids in enc["input_ids"]]
 
 
@@ -652,7 +658,8 @@ def predict(adapter_dir: str, data_dir: str, out_dir: str, hp: dict, split: str 
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
         t0 = time.perf_counter()
-        logits, lengths = predict_logits(model, tok, texts, hp["max_length"], bs, env["device"])
+        logits, lengths = predict_logits(model, tok, texts, hp["max_length"], bs, env["device"],
+                                         Progress(f"predict {split}", len(texts)))
         if env["cuda"]:
             torch.cuda.synchronize()
         wall = time.perf_counter() - t0

@@ -59,6 +59,7 @@ from .head import (
 from .io import atomic_path, read_json, run_cli, sha256, write_json, write_jsonl
 from .metrics import indicator
 from .models import load_tokenizer, prefixed
+from .progress import Progress, trainer_progress
 
 MODES = ("score", "generate")
 
@@ -249,6 +250,7 @@ def train(model_json: str, data_dir: str, out_dir: str, rank: int, seed: int, hp
     import torch
     from peft import LoraConfig, TaskType, get_peft_model, prepare_model_for_kbit_training
     from transformers import EarlyStoppingCallback, set_seed
+    from transformers.trainer_callback import PrinterCallback
     from trl import SFTConfig
 
     ScoredSFTTrainer = _scored_sft_trainer()
@@ -296,8 +298,10 @@ def train(model_json: str, data_dir: str, out_dir: str, rank: int, seed: int, hp
     val_gold = indicator(splits["val"]["labels"], labels)
     trainer = ScoredSFTTrainer(
         model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds, processing_class=tok,
-        callbacks=[EarlyStoppingCallback(early_stopping_patience=hp["patience"]), timer, finite_loss_guard(out_dir)],
+        callbacks=[EarlyStoppingCallback(early_stopping_patience=hp["patience"]), timer, finite_loss_guard(out_dir),
+                   trainer_progress()],
         val_f1=lambda m: val_micro_f1(m, enc, val_rows, val_gold, hp, plan["eval_batch_size"], env["device"]))
+    trainer.remove_callback(PrinterCallback)  # trainer_progress prints each log event with step, total, time left
     if env["cuda"]:
         torch.cuda.reset_peak_memory_stats()
     last = resume_point(ckpt, run_key(model_json, data_dir, "instruct", rank, seed, hp))
@@ -357,7 +361,7 @@ def _batch(rows: list[list[int]], pad_id: int, device: str):
 
 
 def first_token_scores(model, prompt_rows: list[list[int]], token_ids: list[int], batch_size: int, pad_id: int,
-                       device: str) -> np.ndarray:
+                       device: str, progress=None) -> np.ndarray:
     """Next-token logits of ``token_ids`` after each prompt (one forward pass per batch)."""
     import torch
 
@@ -369,6 +373,8 @@ def first_token_scores(model, prompt_rows: list[list[int]], token_ids: list[int]
             ids, mask, pos = _batch([prompt_rows[i] for i in idx], pad_id, device)
             logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=1).logits[:, -1]
             out[idx] = logits[:, token_ids].float().cpu().numpy()
+            if progress is not None:
+                progress.update(len(idx))
     return out
 
 
@@ -452,25 +458,29 @@ def continuation_logprobs(model, cache, continuations: list[list[list[int]]], de
     return np.split(scores.numpy(), np.cumsum(counts)[:-1])
 
 
-def score_single(model, enc: Encoder, prompt_rows: list[list[int]], batch_size: int, device: str) -> np.ndarray:
+def score_single(model, enc: Encoder, prompt_rows: list[list[int]], batch_size: int, device: str,
+                 progress=None) -> np.ndarray:
     """Class probabilities: softmax over the answers' first-token scores (whole answers where first tokens collide)."""
     from scipy.special import softmax
 
     answers = [enc.answer_ids([name]) for name in enc.labels]
     first = [a[0] for a in answers]
     if len(set(first)) == len(first):
-        logits = first_token_scores(model, prompt_rows, first, batch_size, enc.tok.pad_token_id, device)
+        logits = first_token_scores(model, prompt_rows, first, batch_size, enc.tok.pad_token_id, device, progress)
     else:  # e.g. IDs beyond Z whose first token is shared: score every whole answer
-        logits = np.stack([
-            row for s in range(0, len(prompt_rows), batch_size)
-            for row in continuation_logprobs(model, prompt_cache(model, prompt_rows[s:s + batch_size],
-                                                                 enc.tok.pad_token_id, device),
-                                             [answers] * len(prompt_rows[s:s + batch_size]), device)])
+        rows = []
+        for s in range(0, len(prompt_rows), batch_size):
+            batch = prompt_rows[s:s + batch_size]
+            rows += continuation_logprobs(model, prompt_cache(model, batch, enc.tok.pad_token_id, device),
+                                          [answers] * len(batch), device)
+            if progress is not None:
+                progress.update(len(batch))
+        logits = np.stack(rows)
     return softmax(logits, axis=1)
 
 
 def score_multi(model, enc: Encoder, prompt_rows: list[list[int]], threshold: float, batch_size: int,
-                device: str) -> np.ndarray:
+                device: str, progress=None) -> np.ndarray:
     """Per-label probabilities by ordered, constrained scoring of the JSON list (see module docstring).
 
     The events of one decision are token sequences of :meth:`Encoder.next_item_events`, each a
@@ -504,10 +514,13 @@ def score_multi(model, enc: Encoder, prompt_rows: list[list[int]], threshold: fl
                 if p_i >= threshold:
                     chosen[b].append(labels[i])
                     scored[b] = None
+        if progress is not None:
+            progress.update(len(batch))
     return probs
 
 
-def generate(model, enc: Encoder, prompt_rows: list[list[int]], batch_size: int, device: str) -> list[str]:
+def generate(model, enc: Encoder, prompt_rows: list[list[int]], batch_size: int, device: str,
+             progress=None) -> list[str]:
     """Greedy answers (at most the longest answer's length), decoded without special tokens."""
     import torch
 
@@ -523,6 +536,8 @@ def generate(model, enc: Encoder, prompt_rows: list[list[int]], batch_size: int,
                                  temperature=None)
             for i, row in zip(idx, gen[:, ids.shape[1]:]):
                 out[i] = enc.tok.decode(row, skip_special_tokens=True)
+            if progress is not None:
+                progress.update(len(idx))
     return out
 
 
@@ -554,21 +569,21 @@ def _timed(fn, env: dict):
     return result, time.perf_counter() - t0
 
 
-def run_mode(mode: str, model, enc: Encoder, rows: list[list[int]], hp: dict, env: dict):
+def run_mode(mode: str, model, enc: Encoder, rows: list[list[int]], hp: dict, env: dict, progress=None):
     """(probs or None, predicted label lists, generated texts or None)."""
     bs, threshold = hp["eval_batch_size"], hp.get("threshold", 0.5)
     names = np.array(enc.labels)
     if mode == "generate":
-        texts = generate(model, enc, rows, bs, env["device"])
+        texts = generate(model, enc, rows, bs, env["device"], progress)
         parse = prompts.parse_multi if enc.multi else prompts.parse_single
         parsed = [parse(t, enc.labels) for t in texts]
         if not enc.multi:
             parsed = [None if p is None else [enc.labels[p]] for p in parsed]
         return None, parsed, texts
     if enc.multi:
-        probs = score_multi(model, enc, rows, threshold, bs, env["device"])
+        probs = score_multi(model, enc, rows, threshold, bs, env["device"], progress)
     else:
-        probs = score_single(model, enc, rows, bs, env["device"])
+        probs = score_single(model, enc, rows, bs, env["device"], progress)
     pred = decide(probs, enc.multi, threshold)
     return probs, [list(names[row.astype(bool)]) for row in pred], None
 
@@ -603,7 +618,9 @@ def predict(source: str, data_dir: str, out_dir: str, hp: dict, approach: str = 
             run_mode(mode, model, enc, rows[:hp["eval_batch_size"]], hp, env)  # warm-up, not timed
             if env["cuda"]:
                 torch.cuda.reset_peak_memory_stats()
-            (probs, pred, texts), wall = _timed(lambda mode=mode: run_mode(mode, model, enc, rows, hp, env), env)
+            progress = Progress(f"predict {split} ({mode})", len(rows))
+            (probs, pred, texts), wall = _timed(
+                lambda mode=mode, progress=progress: run_mode(mode, model, enc, rows, hp, env, progress), env)
         table = pd.DataFrame({"id": df["id"].values, "gold": list(df["labels"]),
                               "probs": [p.astype(np.float32) for p in probs] if probs is not None else None,
                               "pred": [p if p is not None else [] for p in pred]})

@@ -94,6 +94,9 @@ def run_cli(main: Callable[[list[str] | None], Any], argv: list[str] | None = No
     """Run a module's ``main``; a :class:`UserError` becomes one ``error: ...`` line and exit code 2
     (or the error's ``exit_code``: 3 for out of memory)."""
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # progress bars only clutter the rule logs
+    from .progress import quiet_libraries
+
+    quiet_libraries()
     try:
         main(argv)
     except UserError as err:
