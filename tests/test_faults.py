@@ -168,7 +168,7 @@ def test_truncated_predictions_are_removed_and_rebuilt(oom_run):
     failed = snakemake(workdir, "--", TARGET)
     assert failed.returncode != 0
     assert (f"{CELL}/predictions.parquet: SHA-256 differs from the one recorded in {CELL}/predict_info.json "
-            f"(truncated or corrupted); removed {CELL}/predictions.parquet; run snakemake again to rebuild this cell"
+            f"(truncated or corrupted); removed {CELL}/predictions.parquet; run snakemake again to rebuild it"
             in output(failed))
     assert not pred.exists()
     rebuilt = snakemake(workdir, "--", TARGET)
@@ -190,11 +190,44 @@ def test_corrupted_adapter_is_removed_and_the_cell_retrained(oom_run):
     assert failed.returncode != 0
     assert (f"{CELL}/adapter/adapter_model.safetensors: SHA-256 differs from SHA256SUMS (truncated or corrupted); "
             f"removed {CELL}/adapter, {CELL}/predictions.parquet, {CELL}/metrics.json; run snakemake again to rebuild "
-            "this cell" in output(failed))
+            "it" in output(failed))
     rebuilt = snakemake(workdir, "--", TARGET)
     assert rebuilt.returncode == 0, output(rebuilt)[-3000:]
     assert json.loads((workdir / CELL / "train_info.json").read_text())["micro_batch"] == 8
     same_metrics(json.loads((workdir / TARGET).read_text()), original)
+
+
+def test_truncated_adapter_is_retrained_in_the_same_run(oom_run):
+    """Cut short (found before the jobs are planned, without hashing): removed and trained again for
+    the forced prediction in the same run, not a retry that waits for a missing input."""
+    workdir, _, original = oom_run
+    weights = workdir / CELL / "adapter" / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    run = snakemake(workdir, "--forcerun", "predict_head", "--", TARGET)
+    assert run.returncode == 0, output(run)[-3000:]
+    assert (f"{CELL}/adapter/adapter_model.safetensors holds 1000 bytes, its header says" in output(run)
+            and f"removed {CELL}/adapter; trained again for the jobs that read it" in output(run))
+    assert "train_head" in output(run) and "Trying to restart job" not in output(run)
+    same_metrics(json.loads((workdir / TARGET).read_text()), original)
+
+
+def test_quick_check_finds_a_cut_file_without_hashing(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(64, 64)}, tmp_path / "w.safetensors")
+    (tmp_path / "config.json").write_text('{"a": 1}')
+    faults.write_sums(tmp_path)
+    assert faults.quick_check(tmp_path) is None
+    (tmp_path / "config.json").write_text('{"a": ')
+    assert faults.quick_check(tmp_path) == f"{tmp_path}/config.json cannot be read (JSONDecodeError)"
+    (tmp_path / "config.json").unlink()
+    assert faults.quick_check(tmp_path) == f"{tmp_path}/SHA256SUMS lists a missing file 'config.json'"
+    (tmp_path / "config.json").write_text('{"a": 1}')
+    data = (tmp_path / "w.safetensors").read_bytes()
+    (tmp_path / "w.safetensors").write_bytes(data[:-10])
+    assert faults.quick_check(tmp_path) == (f"{tmp_path}/w.safetensors holds {len(data) - 10} bytes, "
+                                            f"its header says {len(data)}")
 
 
 # ---------------------------------------------------------------- concurrent and killed snakemake runs

@@ -263,6 +263,34 @@ def check_sums(folder: str | Path, derived: tuple[Path, ...] = ()) -> None:
             raise corrupted(path, f"SHA-256 differs from {SUMS}", folder, *derived)
 
 
+def quick_check(folder: str | Path) -> str | None:
+    """What is wrong with a folder carrying ``SHA256SUMS``, found without hashing (cheap enough to run
+    over every cell before each run): a listed file missing, a safetensors file shorter or longer
+    than its header says, a JSON file that does not parse. None if nothing is (the full check,
+    :func:`check_sums`, runs where the folder is read)."""
+    folder = Path(folder)
+    if not (folder / SUMS).exists():
+        return None
+    for line in (folder / SUMS).read_text().splitlines():
+        name = line.partition("  ")[2]
+        path = folder / name
+        if not name or not path.is_file():
+            return f"{folder / SUMS} lists a missing file {name!r}"
+        try:
+            if path.suffix == ".safetensors":
+                with open(path, "rb") as f:
+                    size = int.from_bytes(f.read(8), "little")
+                    header = json.loads(f.read(size))
+                end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+                if path.stat().st_size != 8 + size + end:
+                    return f"{path} holds {path.stat().st_size} bytes, its header says {8 + size + end}"
+            elif path.suffix == ".json":
+                json.loads(path.read_text())
+        except (ValueError, KeyError, TypeError, OSError, UnicodeDecodeError) as err:
+            return f"{path} cannot be read ({type(err).__name__})"
+    return None
+
+
 def check_file(path: str | Path, digest: str | None, recorded_in: str | Path) -> None:
     """``path`` matches the SHA-256 recorded in ``recorded_in`` (no record: an older cell, passes)."""
     path = Path(path)

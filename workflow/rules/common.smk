@@ -1,6 +1,7 @@
 # Grid, wildcard constraints and input functions (the grid itself is clsbench.grid).
 import json
 import shlex
+import shutil
 import sys
 from pathlib import Path
 
@@ -30,6 +31,18 @@ for dataset in dict.fromkeys(cell.dataset for cell in CELLS):
     except UserError as err:
         print(
             f"{err.args[0].split('; run snakemake')[0]}; prepared again for the jobs that read it",
+            file=sys.stderr,
+        )
+
+# Likewise a cell's trained model (adapter/) cut short since it was written: removed here, trained
+# again for the jobs that read it (a forced prediction), instead of failing after retries.
+for cell in CELLS:
+    problem = faults.quick_check(Path(cell.path) / "adapter")
+    if problem:
+        shutil.rmtree(Path(cell.path) / "adapter")
+        print(
+            f"{problem} (truncated or corrupted); removed {cell.path}/adapter; trained again "
+            "for the jobs that read it",
             file=sys.stderr,
         )
 
