@@ -240,13 +240,18 @@ def test_malformed_config_stops_with_the_key(tmp_path):
     assert "approaches.head.hparams.optimizer: 'adamw_8bit' is now 'adamw_bnb_8bit'" in run.stdout + run.stderr
 
 
-def test_an_edited_data_file_rebuilds_its_dataset(tmp_path):
+def tfidf_grid_on_a_csv(tmp_path):
+    """A working directory with a 40-row CSV dataset and a TF-IDF grid; (rows, common CLI arguments)."""
     rows = "".join(f"doc number {i},{'ab'[i % 2]}\n" for i in range(40))
     (tmp_path / "d.csv").write_text("text,label\n" + rows)
     config = {"datasets": {"mine": {"source": "files", "path": "d.csv"}}, "models": {"unused": {"source": "config"}},
               "approaches": {"tfidf": {"hparams": {"min_df": 1}}}}
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
-    common = ("--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path), "--cores", "1")
+    return rows, ("--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path), "--cores", "1")
+
+
+def test_an_edited_data_file_rebuilds_its_dataset(tmp_path):
+    rows, common = tfidf_grid_on_a_csv(tmp_path)
     built = snakemake_cli(*common, "results/data/mine/stats.json")
     assert built.returncode == 0, built.stderr[-2000:]
     assert "Nothing to be done" in snakemake_cli(*common, "-n", "results/data/mine/stats.json").stdout
@@ -256,12 +261,7 @@ def test_an_edited_data_file_rebuilds_its_dataset(tmp_path):
 
 
 def test_a_truncated_prepared_split_is_prepared_again_in_the_same_run(tmp_path):
-    rows = "".join(f"doc number {i},{'ab'[i % 2]}\n" for i in range(40))
-    (tmp_path / "d.csv").write_text("text,label\n" + rows)
-    config = {"datasets": {"mine": {"source": "files", "path": "d.csv"}}, "models": {"unused": {"source": "config"}},
-              "approaches": {"tfidf": {"hparams": {"min_df": 1}}}}
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
-    common = ("--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path), "--cores", "1")
+    _, common = tfidf_grid_on_a_csv(tmp_path)
     target = "results/mine/tfidf/tfidf/r0/s42/metrics.json"
     assert snakemake_cli(*common, target).returncode == 0
     split = tmp_path / "results" / "data" / "mine" / "train.parquet"
