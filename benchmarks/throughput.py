@@ -53,7 +53,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import pandas as pd  # noqa: E402
 
-from clsbench.head import PRECISIONS  # noqa: E402
+from clsbench.runtime import PRECISIONS  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 ARCHS = REPO / "benchmarks" / "archs"
@@ -174,11 +174,11 @@ def measure_train(job: dict) -> list[dict]:
 def measure_infer(job: dict) -> list[dict]:
     from transformers import AutoConfig
 
-    from clsbench import faults, head, instruct, throughput
+    from clsbench import faults, head, instruct, runtime, throughput
     from clsbench.data import load_prepared
 
     hp, adapter, order = job["hp"], str(Path(job["run_dir"]) / "adapter"), job["infer_order"]
-    env = head.device_setup(job["threads"], hp.get("precision"))
+    env = runtime.device_setup(job["threads"], hp.get("precision"))
     splits, labels, multi = load_prepared(job["data_dir"])
     texts = list(splits["test"]["text"])
     if job["approach"] == "head":
@@ -208,9 +208,9 @@ def measure_infer(job: dict) -> list[dict]:
             import torch
 
             torch.cuda.reset_peak_memory_stats()
-        _, seconds = instruct._timed(lambda mode=mode, bs=bs: run(mode, items, bs), env)
+        _, seconds = runtime.timed(lambda mode=mode, bs=bs: run(mode, items, bs), env)
         records.append(throughput.record("infer", lengths=lengths, seconds=seconds, batch_size=bs, order=order, env=env,
-                                         peak_memory_mb=head._peak_memory_mb(env), config=config, kind="forward",
+                                         peak_memory_mb=runtime.peak_memory_mb(env), config=config, kind="forward",
                                          mode=mode))
     return records
 

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 from conftest import TINY_HEAD_HP
 
-from clsbench import head, metrics, models, tfidf
+from clsbench import head, metrics, models, runtime, tfidf
 
 
 def test_tfidf_single_label_on_bbc(tmp_path, bbc_small):
@@ -41,7 +41,7 @@ def test_frozen_head_trains_only_the_score_layer(tmp_path, tiny_model, bbc_small
 
 def test_frozen_features_are_the_pooled_last_token(tiny_model, bbc_small):
     """The cached features times the head's weights give the classifier's own logits."""
-    env = head.device_setup(2)
+    env = runtime.device_setup(2)
     info = json.loads(tiny_model.read_text())
     tok = models.load_tokenizer(info["path"])
     model = head.load_classifier(info["path"], {"quantization": "none"}, env,

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from conftest import TINY_HEAD_HP
 
-from clsbench import head
+from clsbench import head, metrics, runtime
 
 
 @pytest.fixture(scope="module")
@@ -119,9 +119,9 @@ def test_probabilities_and_decisions():
     logits = np.array([[2.0, 0.0, -1.0], [0.0, 3.0, 0.0]])
     p = head.probabilities(logits, multi_label=False)
     assert np.allclose(p.sum(1), 1) and p.argmax(1).tolist() == [0, 1]
-    assert head.decide(p, False, 0.5).tolist() == [[1, 0, 0], [0, 1, 0]]
+    assert metrics.decide(p, False, 0.5).tolist() == [[1, 0, 0], [0, 1, 0]]
     q = head.probabilities(logits, multi_label=True)
-    assert head.decide(q, True, 0.5).tolist() == [[1, 1, 0], [1, 1, 1]]
+    assert metrics.decide(q, True, 0.5).tolist() == [[1, 1, 0], [1, 1, 1]]
 
 
 def test_non_finite_loss_stops_the_cell_with_step_and_learning_rate(tmp_path, tiny_model, bbc_small):
@@ -155,7 +155,7 @@ def test_unknown_precision_is_refused():
     from clsbench import UserError
 
     with pytest.raises(UserError, match=r"precision: 'fp8' is not one of auto, bf16, fp32"):
-        head.device_setup(2, "fp8")
+        runtime.device_setup(2, "fp8")
 
 
 def test_fastest_eval_batch_predicts_the_same(trained_cell, bbc_small, tmp_path):
@@ -192,7 +192,7 @@ def test_head_pools_the_intended_token_when_pad_is_eos(tmp_path, appends_eos):
     tok = models.load_tokenizer(path)
     assert models.appends_eos(tok) == appends_eos
     assert (tok.pad_token_id != tok.eos_token_id) == appends_eos  # unk pads where eos ends every text
-    model = head.load_classifier(path, {"quantization": "none"}, head.device_setup(1),
+    model = head.load_classifier(path, {"quantization": "none"}, runtime.device_setup(1),
                                  **head.classification_kwargs(["x", "y"], False, tok.pad_token_id)).eval()
     batch = tok(["a much longer first text here", "short"], padding=True, return_tensors="pt")
     with torch.inference_mode():

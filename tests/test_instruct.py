@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from clsbench import UserError, instruct, prompts
+from clsbench import UserError, instruct, prompts, runtime
 from clsbench.data import load_prepared
 from clsbench.io import read_json
 from clsbench.models import load_tokenizer
@@ -20,7 +20,7 @@ LABELS = ["business", "entertainment", "politics", "sport", "tech"]
 
 @pytest.fixture(scope="module")
 def lm(tiny_model):
-    env = instruct.device_setup(2)
+    env = runtime.device_setup(2)
     model, tok = instruct.load_for_inference(read_json(tiny_model)["path"], HP, env)
     return model, tok
 

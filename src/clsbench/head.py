@@ -30,56 +30,28 @@ import pandas as pd
 from . import UserError, faults, throughput
 from .data import load_prepared
 from .faults import resume_point  # noqa: F401  (re-exported: other trainers resume the same way)
-from .io import atomic_path, read_json, run_cli, sha256, write_json, write_jsonl, write_predictions
-from .metrics import indicator
+from .io import atomic_path, read_json, run_cli, write_json, write_jsonl, write_predictions
+from .metrics import decide, indicator
 from .models import load_tokenizer, local_dir, prefixed, text_coverage
 from .progress import Progress, trainer_progress
+from .runtime import (
+    check_finite,
+    count_parameters,
+    device_setup,
+    eval_timer,
+    finite_loss_guard,
+    optimizer_name,
+    peak_memory_mb,
+    quantization_config,
+    run_key,
+)
 
 ADAPTER_BASE = "base"
 FROZEN_HEAD = "score.safetensors"
 THRESHOLDS, THRESHOLDS_FILE = "thresholds", "thresholds.json"  # threshold: tuned (per label, chosen on val)
 
 
-# ---------------------------------------------------------------- device, model
-PRECISIONS = ("auto", "bf16", "fp32")
-
-
-def device_setup(threads: int | None = None, precision: str | None = "auto") -> dict:
-    """Device, thread count and compute dtype of a job. ``precision`` (the ``precision``
-    hyperparameter): bf16 = the paper's bf16 mixed precision (bf16 matmuls, fp32 master weights of
-    the trained parameters; on a CPU through autocast), fp32, or auto = bf16 on a GPU, fp32 on a CPU
-    (bf16 pays on CPUs with AVX512-BF16 or AMX only; README "Throughput" has measured figures)."""
-    from .gpu import claim
-
-    claim()  # one GPU per job on multi-GPU machines, before CUDA initialises
-    import torch
-    from transformers.utils import logging
-
-    logging.disable_progress_bar()
-    if threads:
-        torch.set_num_threads(threads)
-    cuda = torch.cuda.is_available()
-    precision = precision or "auto"
-    if precision not in PRECISIONS:
-        raise UserError(f"hyperparameter precision: {precision!r} is not one of {', '.join(PRECISIONS)}")
-    bf16 = precision == "bf16" or (precision == "auto" and cuda)
-    return {"cuda": cuda, "device": "cuda" if cuda else "cpu",
-            "device_name": torch.cuda.get_device_name(0) if cuda else f"cpu ({torch.get_num_threads()} threads)",
-            "compute_dtype": torch.bfloat16 if bf16 else torch.float32}
-
-
-def quantization_config(hp: dict, compute_dtype, keep: tuple[str, ...] = ("score",)):
-    """NF4 with double quantisation (QLoRA), or None when ``quantization: none``; ``keep``: modules
-    left unquantised (the classification head; ``lm_head`` for causal LMs)."""
-    if hp.get("quantization", "nf4") == "none":
-        return None
-    from transformers import BitsAndBytesConfig
-
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=hp.get("quantization", "nf4"),
-                              bnb_4bit_use_double_quant=hp.get("double_quant", True),
-                              bnb_4bit_compute_dtype=compute_dtype, llm_int8_skip_modules=list(keep))
-
-
+# ---------------------------------------------------------------- model
 def classification_kwargs(labels: list[str], multi_label: bool, pad_token_id: int) -> dict:
     return {"num_labels": len(labels), "id2label": dict(enumerate(labels)),
             "label2id": {label: i for i, label in enumerate(labels)}, "pad_token_id": pad_token_id,
@@ -109,18 +81,6 @@ def lora_config(hp: dict, rank: int):
                       target_modules=hp["target_modules"])
 
 
-def count_parameters(model) -> tuple[int, int]:
-    """(trainable, total) as the paper reports them: peft's count, corrected for 4-bit storage
-    (a ``Params4bit`` tensor packs two 4-bit values per byte of its storage type)."""
-    if hasattr(model, "get_nb_trainable_parameters"):
-        return model.get_nb_trainable_parameters()
-    trainable = total = 0
-    for p in model.parameters():
-        n = p.numel() * 2 * p.element_size() if p.__class__.__name__ == "Params4bit" else p.numel()
-        total += n
-        trainable += n if p.requires_grad else 0
-    return trainable, total
-
 
 # ---------------------------------------------------------------- data
 def tokenize_split(df: pd.DataFrame, tok, labels: list[str], multi_label: bool, max_length: int):
@@ -139,14 +99,6 @@ def probabilities(logits: np.ndarray, multi_label: bool) -> np.ndarray:
     logits = logits.astype(np.float64)
     return expit(logits) if multi_label else softmax(logits, axis=1)
 
-
-def decide(probs: np.ndarray, multi_label: bool, threshold: float) -> np.ndarray:
-    """Indicator matrix of predicted labels."""
-    if multi_label:
-        return (probs >= threshold).astype(np.int8)
-    out = np.zeros_like(probs, dtype=np.int8)
-    out[np.arange(len(probs)), probs.argmax(axis=1)] = 1
-    return out
 
 
 def fixed_threshold(hp: dict) -> float:
@@ -220,56 +172,9 @@ def micro_f1_from_logits(logits: np.ndarray, y: np.ndarray, multi_label: bool, t
 
 
 # ---------------------------------------------------------------- training
-def eval_timer():
-    """Trainer callback timing per-epoch evaluation, so train samples/s can exclude it
-    (``.eval_seconds``)."""
-    from transformers import TrainerCallback
-
-    class _Timer(TrainerCallback):
-        eval_seconds = 0.0
-        _t0 = None
-
-        def on_epoch_end(self, args, state, control, **kw):
-            self._t0 = time.perf_counter()
-
-        def on_evaluate(self, args, state, control, **kw):
-            if self._t0 is not None:
-                self.eval_seconds += time.perf_counter() - self._t0
-                self._t0 = None
-
-    return _Timer()
-
-
-def finite_loss_guard(cell: Path):
-    """Trainer callback: stop at the first logged non-finite loss, naming cell, step and learning rate."""
-    from transformers import TrainerCallback
-
-    class _Guard(TrainerCallback):
-        def on_log(self, args, state, control, logs=None, **kw):
-            loss = (logs or {}).get("loss")
-            if loss is not None and not math.isfinite(loss):
-                raise UserError(f"cell {cell}: training loss became {loss} at step {state.global_step} "
-                                f"(learning rate {logs.get('learning_rate')}); lower the learning rate or "
-                                "check the data; no output was written")
-
-    return _Guard()
-
-
-OPTIMIZERS = ("adamw_torch", "adamw_bnb_8bit", "paged_adamw_32bit", "paged_adamw_8bit")  # transformers' names
-
-
-def optimizer_name(hp: dict, env: dict, default: str) -> str:
-    """The ``optimizer`` hyperparameter (transformers' ``optim`` names, every approach); a paged
-    optimizer pages its state between GPU and CPU memory, so without a GPU adamw_torch is used."""
-    name = hp.get("optimizer", default)
-    if name.startswith("paged") and not env["cuda"]:
-        print(f"optimizer {name} pages optimizer state between GPU and CPU memory; no GPU here: using adamw_torch")
-        return "adamw_torch"
-    return name
-
 
 def build_optimizer(model, hp: dict, steps: int, name: str):
-    """AdamW of the ``name`` variant (:data:`OPTIMIZERS`) with a separate learning rate for the head."""
+    """AdamW of the ``name`` variant (:data:`clsbench.runtime.OPTIMIZERS`) with a separate learning rate for the head."""
     import torch
     from transformers import get_scheduler
 
@@ -372,7 +277,7 @@ def train(model_json: str, data_dir: str, out_dir: str, rank: int, seed: int, hp
         result = trainer.train(resume_from_checkpoint=last)
     wall = time.perf_counter() - t0
     history = trainer.state.log_history
-    _check_finite(history, out_dir)
+    check_finite(history, out_dir)
     evals = [h for h in history if "eval_f1_micro" in h]
     best = max(evals, key=lambda h: h["eval_f1_micro"]) if evals else {}
     epochs_run = round(trainer.state.epoch or 0)
@@ -391,7 +296,7 @@ def train(model_json: str, data_dir: str, out_dir: str, rank: int, seed: int, hp
         "n_train": len(train_ds), "n_val": len(val_ds),
         "device": env["device_name"], "dtype": str(env["compute_dtype"]).replace("torch.", ""),
         "quantization": "none" if approach == "encoder" else hp.get("quantization", "nf4"),
-        "peak_memory_mb": _peak_memory_mb(env),
+        "peak_memory_mb": peak_memory_mb(env),
         **prefixed("train_", text_coverage(tok, splits["train"]["text"], hp["max_length"])),
     }
     # Table 3 figures + tokens/s, padding, peak memory, model FLOPs / MFU (clsbench.throughput)
@@ -414,28 +319,6 @@ def train(model_json: str, data_dir: str, out_dir: str, rank: int, seed: int, hp
     shutil.rmtree(ckpt, ignore_errors=True)  # outputs complete: nothing left to resume
     return train_info
 
-
-def run_key(model_json: str, data_dir: str, approach: str, rank: int, seed: int, hp: dict) -> dict:
-    """What a checkpoint depends on: resuming is allowed only into the same training run."""
-    data = {f: sha256(Path(data_dir) / f) for f in ("train.parquet", "val.parquet", "labels.json")}
-    return {"approach": approach, "rank": rank, "seed": seed, "hp": hp, "model": read_json(model_json), "data": data}
-
-
-def _check_finite(history: list[dict], out_dir: Path) -> None:
-    for h in history:
-        if "loss" in h and not math.isfinite(h["loss"]):
-            raise UserError(f"{out_dir}: loss became {h['loss']} at step {h.get('step')} "
-                            f"(learning rate {h.get('learning_rate')}); lower the learning rate")
-
-
-def _peak_memory_mb(env: dict) -> float:
-    if env["cuda"]:
-        import torch
-
-        return torch.cuda.max_memory_allocated() / 2**20
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def save_adapter(model, final: Path, info: dict, labels: list[str] | None, multi: bool, pad_token_id: int,
@@ -553,7 +436,7 @@ def train_frozen(model_json: str, data_dir: str, out_dir: str, seed: int, hp: di
         gold = y["val"].numpy() if multi else y["val"].numpy().argmax(1)
         f1 = micro_f1_from_logits(val_logits, gold, multi, fixed_threshold(hp))
         history.append({"eval_f1_micro": f1, "epoch": epoch})
-        _check_finite(history, out_dir)
+        check_finite(history, out_dir)
         if f1 > best:
             best, best_weight, waited, best_epoch = f1, weight.detach().clone(), 0, epoch
         else:
@@ -575,7 +458,7 @@ def train_frozen(model_json: str, data_dir: str, out_dir: str, seed: int, hp: di
         "n_train": len(feats["train"]), "n_val": len(feats["val"]), "device": env["device_name"],
         **prefixed("train_", text_coverage(tok, splits["train"]["text"], hp["max_length"])),
         "dtype": str(env["compute_dtype"]).replace("torch.", ""), "quantization": hp.get("quantization", "nf4"),
-        "peak_memory_mb": _peak_memory_mb(env), "class_weights": hp.get("class_weights", "none"), **extra,
+        "peak_memory_mb": peak_memory_mb(env), "class_weights": hp.get("class_weights", "none"), **extra,
     }
     write_jsonl(out_dir / "train_log.jsonl", history)
     write_json(out_dir / "train_info.json", train_info)
@@ -671,7 +554,7 @@ def predict(adapter_dir: str, data_dir: str, out_dir: str, hp: dict, split: str 
     pred = decide(probs, multi, threshold)
     info = {"split": split, "n": len(df), "infer_wall_seconds": wall, "eval_batch_size": bs,
             "threshold": threshold.tolist() if isinstance(threshold, np.ndarray) else threshold,
-            "device": env["device_name"], "peak_memory_mb": _peak_memory_mb(env), "labels": labels, "multi_label": multi,
+            "device": env["device_name"], "peak_memory_mb": peak_memory_mb(env), "labels": labels, "multi_label": multi,
             **text_coverage(tok, texts, hp["max_length"])}
     info.update(throughput.write(out_dir, throughput.record(
         "infer", lengths=lengths, seconds=wall, batch_size=bs, order="sorted", env=env,

@@ -39,25 +39,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import UserError, faults, prompts, throughput
+from . import UserError, faults, prompts, runtime, throughput
 from .data import load_prepared
 from .faults import resume_point
-from .head import (
-    ADAPTER_BASE,
-    _check_finite,
-    _peak_memory_mb,
-    count_parameters,
-    decide,
-    device_setup,
-    eval_timer,
-    finite_loss_guard,
-    optimizer_name,
-    quantization_config,
-    run_key,
-    save_adapter,
-)
+from .head import ADAPTER_BASE, save_adapter
 from .io import atomic_path, read_json, run_cli, sha256, write_json, write_jsonl
-from .metrics import indicator
+from .metrics import decide, indicator
 from .models import load_tokenizer, prefixed
 from .progress import Progress, trainer_progress
 
@@ -173,7 +160,7 @@ def load_lm(path: str | Path, hp: dict, env: dict):
     """The causal LM, 4-bit NF4 (lm_head kept in full precision) unless ``quantization: none``."""
     from transformers import AutoModelForCausalLM
 
-    quant = quantization_config(hp, env["compute_dtype"], keep=("lm_head",))
+    quant = runtime.quantization_config(hp, env["compute_dtype"], keep=("lm_head",))
     kwargs = {"dtype": env["compute_dtype"]}
     if quant is not None:
         kwargs.update(quantization_config=quant, device_map={"": 0} if env["cuda"] else {"": "cpu"})
@@ -254,7 +241,7 @@ def train(model_json: str, data_dir: str, out_dir: str, rank: int, seed: int, hp
     from trl import SFTConfig
 
     ScoredSFTTrainer = _scored_sft_trainer()
-    env = device_setup(threads, hp.get("precision"))
+    env = runtime.device_setup(threads, hp.get("precision"))
     if not env["cuda"]:
         _score_answer_positions_only()
     out_dir = Path(out_dir)
@@ -273,10 +260,10 @@ def train(model_json: str, data_dir: str, out_dir: str, rank: int, seed: int, hp
     lora = LoraConfig(task_type=TaskType.CAUSAL_LM, r=rank, lora_alpha=hp["lora_alpha"], lora_dropout=hp["lora_dropout"],
                       bias=hp.get("lora_bias", "none"), target_modules=hp.get("target_modules", "all-linear"))
     model = get_peft_model(model, lora)  # "all-linear" excludes lm_head
-    trainable, total = count_parameters(model)
+    trainable, total = runtime.count_parameters(model)
     train_ds, val_ds = enc.training_examples(splits["train"]), enc.training_examples(splits["val"])
 
-    optim = optimizer_name(hp, env, "paged_adamw_32bit")
+    optim = runtime.optimizer_name(hp, env, "paged_adamw_32bit")
     steps_per_epoch = math.ceil(len(train_ds) / (hp["batch_size"] * hp["grad_accum"]))
     plan = faults.batch_plan(hp, out_dir, "train")  # smaller micro-batches after an out-of-memory failure
     ckpt = out_dir / "checkpoints"
@@ -293,18 +280,18 @@ def train(model_json: str, data_dir: str, out_dir: str, rank: int, seed: int, hp
         logging_strategy="steps", logging_steps=max(1, steps_per_epoch // 5),
         logging_nan_inf_filter=False, seed=seed, data_seed=seed, bf16=env["compute_dtype"] == torch.bfloat16, use_cpu=not env["cuda"],
         report_to="none", disable_tqdm=True, dataloader_num_workers=0, train_sampling_strategy=throughput.sampling_strategy(hp))
-    timer = eval_timer()
+    timer = runtime.eval_timer()
     val_rows = [enc.prompt_ids(text) for text in splits["val"]["text"]]
     val_gold = indicator(splits["val"]["labels"], labels)
     trainer = ScoredSFTTrainer(
         model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds, processing_class=tok,
-        callbacks=[EarlyStoppingCallback(early_stopping_patience=hp["patience"]), timer, finite_loss_guard(out_dir),
+        callbacks=[EarlyStoppingCallback(early_stopping_patience=hp["patience"]), timer, runtime.finite_loss_guard(out_dir),
                    trainer_progress()],
         val_f1=lambda m: val_micro_f1(m, enc, val_rows, val_gold, hp, plan["eval_batch_size"], env["device"]))
     trainer.remove_callback(PrinterCallback)  # trainer_progress prints each log event with step, total, time left
     if env["cuda"]:
         torch.cuda.reset_peak_memory_stats()
-    last = resume_point(ckpt, run_key(model_json, data_dir, "instruct", rank, seed, hp))
+    last = resume_point(ckpt, runtime.run_key(model_json, data_dir, "instruct", rank, seed, hp))
     resumed_epochs = round(read_json(Path(last) / "trainer_state.json")["epoch"]) if last else 0
     if last:
         print(f"cell {out_dir}: resuming from {Path(last).name} (epoch {resumed_epochs} done)", flush=True)
@@ -314,7 +301,7 @@ def train(model_json: str, data_dir: str, out_dir: str, rank: int, seed: int, hp
         result = trainer.train(resume_from_checkpoint=last)
     wall = time.perf_counter() - t0
     history = trainer.state.log_history
-    _check_finite(history, out_dir)
+    runtime.check_finite(history, out_dir)
     epochs_run = round(trainer.state.epoch or 0)
     trained_here = epochs_run - resumed_epochs  # epochs this process trained (throughput)
     train_seconds = wall - timer.eval_seconds
@@ -330,7 +317,7 @@ def train(model_json: str, data_dir: str, out_dir: str, rank: int, seed: int, hp
         "resumed_from": Path(last).name if last else None, "loss": hp.get("loss", "answer_only"), "optimizer": optim, "gradient_checkpointing": checkpointing,
         "mean_prompt_tokens": float(np.mean([sum(1 - m for m in mask) for mask in train_ds["completion_mask"]])),
         "device": env["device_name"], "dtype": str(env["compute_dtype"]).replace("torch.", ""),
-        "quantization": hp.get("quantization", "nf4"), "peak_memory_mb": _peak_memory_mb(env),
+        "quantization": hp.get("quantization", "nf4"), "peak_memory_mb": runtime.peak_memory_mb(env),
         "prompt_max_length": enc.max_length, **prefixed("train_", enc.coverage(splits["train"]["text"])),
     }
     # samples/s, tokens/s (prompt + answer), padding, peak memory, model FLOPs / MFU (clsbench.throughput)
@@ -557,18 +544,6 @@ def load_for_inference(source: str | Path, hp: dict, env: dict):
     return model.eval(), tok
 
 
-def _timed(fn, env: dict):
-    import torch
-
-    if env["cuda"]:
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    result = fn()
-    if env["cuda"]:
-        torch.cuda.synchronize()
-    return result, time.perf_counter() - t0
-
-
 def run_mode(mode: str, model, enc: Encoder, rows: list[list[int]], hp: dict, env: dict, progress=None):
     """(probs or None, predicted label lists, generated texts or None)."""
     bs, threshold = hp["eval_batch_size"], hp.get("threshold", 0.5)
@@ -594,7 +569,7 @@ def predict(source: str, data_dir: str, out_dir: str, hp: dict, approach: str = 
     ``source``: the cell's ``adapter/`` (instruct) or the model's folder (zero-shot)."""
     import torch
 
-    env = device_setup(threads, hp.get("precision"))
+    env = runtime.device_setup(threads, hp.get("precision"))
     splits, labels, multi = load_prepared(data_dir)
     df = splits[split]
     out_dir = Path(out_dir)
@@ -619,7 +594,7 @@ def predict(source: str, data_dir: str, out_dir: str, hp: dict, approach: str = 
             if env["cuda"]:
                 torch.cuda.reset_peak_memory_stats()
             progress = Progress(f"predict {split} ({mode})", len(rows))
-            (probs, pred, texts), wall = _timed(
+            (probs, pred, texts), wall = runtime.timed(
                 lambda mode=mode, progress=progress: run_mode(mode, model, enc, rows, hp, env, progress), env)
         table = pd.DataFrame({"id": df["id"].values, "gold": list(df["labels"]),
                               "probs": [p.astype(np.float32) for p in probs] if probs is not None else None,
@@ -627,7 +602,7 @@ def predict(source: str, data_dir: str, out_dir: str, hp: dict, approach: str = 
         info = {"split": split, "mode": mode, "n": len(df), "infer_wall_seconds": wall,
                 "mean_prompt_tokens": sum(lengths) / len(df), "prompt_encode_seconds": encode_seconds,
                 "eval_batch_size": hp["eval_batch_size"], "device": env["device_name"],
-                "peak_memory_mb": _peak_memory_mb(env), "labels": labels, "multi_label": multi,
+                "peak_memory_mb": runtime.peak_memory_mb(env), "labels": labels, "multi_label": multi,
                 "prompt_max_length": enc.max_length, **enc.coverage(df["text"])}
         rec = throughput.record("infer", lengths=lengths, seconds=wall, batch_size=hp["eval_batch_size"],
                                 order="sorted", env=env, peak_memory_mb=info["peak_memory_mb"], config=model.config,
@@ -645,7 +620,7 @@ def predict(source: str, data_dir: str, out_dir: str, hp: dict, approach: str = 
         write_json(out_dir / f"predict_info{suffix}.json", info)
         infos[mode] = info
     if approach == "zeroshot":  # no training: record what the evaluation expects of a cell
-        trainable, total = count_parameters(model)
+        trainable, total = runtime.count_parameters(model)
         write_json(out_dir / "train_info.json", {"approach": "zeroshot", "rank": 0, "trainable_params": 0,
                                                  "total_params": int(total), "epochs_run": 0,
                                                  "quantization": hp.get("quantization", "nf4")})

@@ -218,3 +218,12 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     run_cli(main)
+
+
+def decide(probs: np.ndarray, multi_label: bool, threshold: float) -> np.ndarray:
+    """Indicator matrix of predicted labels."""
+    if multi_label:
+        return (probs >= threshold).astype(np.int8)
+    out = np.zeros_like(probs, dtype=np.int8)
+    out[np.arange(len(probs)), probs.argmax(axis=1)] = 1
+    return out

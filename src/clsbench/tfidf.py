@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from .data import load_prepared
-from .head import decide
 from .io import atomic_path, run_cli, write_json, write_predictions
+from .metrics import decide
 
 
 def build(hp: dict, multi_label: bool, seed: int):

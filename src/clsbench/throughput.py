@@ -158,7 +158,7 @@ def record(stage: str, *, lengths: list[int], seconds: float, batch_size: int, o
 
     ``lengths``: token lengths of the samples of one pass (epoch), ``repeats`` passes of them timed
     in ``seconds``; ``batch_size`` and ``order`` (:func:`batches`) give the padding; ``env`` is
-    ``head.device_setup()``'s (device name, compute dtype); ``config`` (the model's HF config) and
+    ``runtime.device_setup()``'s (device name, compute dtype); ``config`` (the model's HF config) and
     ``kind`` give the model FLOPs and MFU; ``extra`` keys are added with the stage prefix."""
     groups = batches(lengths, batch_size, order, seed)
     flops = None

@@ -1,0 +1,156 @@
+"""What every trained approach's job needs from its runtime: device, threads and precision, 4-bit
+quantisation, parameter counts, Trainer callbacks (evaluation timer, non-finite loss guard), the
+key a checkpoint may resume into, peak memory, optimizer names and GPU-synchronised timing."""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+from . import UserError
+from .io import read_json, sha256
+
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
+
+def device_setup(threads: int | None = None, precision: str | None = "auto") -> dict:
+    """Device, thread count and compute dtype of a job. ``precision`` (the ``precision``
+    hyperparameter): bf16 = the paper's bf16 mixed precision (bf16 matmuls, fp32 master weights of
+    the trained parameters; on a CPU through autocast), fp32, or auto = bf16 on a GPU, fp32 on a CPU
+    (bf16 pays on CPUs with AVX512-BF16 or AMX only; README "Throughput" has measured figures)."""
+    from .gpu import claim
+
+    claim()  # one GPU per job on multi-GPU machines, before CUDA initialises
+    import torch
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
+    if threads:
+        torch.set_num_threads(threads)
+    cuda = torch.cuda.is_available()
+    precision = precision or "auto"
+    if precision not in PRECISIONS:
+        raise UserError(f"hyperparameter precision: {precision!r} is not one of {', '.join(PRECISIONS)}")
+    bf16 = precision == "bf16" or (precision == "auto" and cuda)
+    return {"cuda": cuda, "device": "cuda" if cuda else "cpu",
+            "device_name": torch.cuda.get_device_name(0) if cuda else f"cpu ({torch.get_num_threads()} threads)",
+            "compute_dtype": torch.bfloat16 if bf16 else torch.float32}
+
+
+
+def quantization_config(hp: dict, compute_dtype, keep: tuple[str, ...] = ("score",)):
+    """NF4 with double quantisation (QLoRA), or None when ``quantization: none``; ``keep``: modules
+    left unquantised (the classification head; ``lm_head`` for causal LMs)."""
+    if hp.get("quantization", "nf4") == "none":
+        return None
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=hp.get("quantization", "nf4"),
+                              bnb_4bit_use_double_quant=hp.get("double_quant", True),
+                              bnb_4bit_compute_dtype=compute_dtype, llm_int8_skip_modules=list(keep))
+
+
+
+def count_parameters(model) -> tuple[int, int]:
+    """(trainable, total) as the paper reports them: peft's count, corrected for 4-bit storage
+    (a ``Params4bit`` tensor packs two 4-bit values per byte of its storage type)."""
+    if hasattr(model, "get_nb_trainable_parameters"):
+        return model.get_nb_trainable_parameters()
+    trainable = total = 0
+    for p in model.parameters():
+        n = p.numel() * 2 * p.element_size() if p.__class__.__name__ == "Params4bit" else p.numel()
+        total += n
+        trainable += n if p.requires_grad else 0
+    return trainable, total
+
+
+
+def eval_timer():
+    """Trainer callback timing per-epoch evaluation, so train samples/s can exclude it
+    (``.eval_seconds``)."""
+    from transformers import TrainerCallback
+
+    class _Timer(TrainerCallback):
+        eval_seconds = 0.0
+        _t0 = None
+
+        def on_epoch_end(self, args, state, control, **kw):
+            self._t0 = time.perf_counter()
+
+        def on_evaluate(self, args, state, control, **kw):
+            if self._t0 is not None:
+                self.eval_seconds += time.perf_counter() - self._t0
+                self._t0 = None
+
+    return _Timer()
+
+
+
+def finite_loss_guard(cell: Path):
+    """Trainer callback: stop at the first logged non-finite loss, naming cell, step and learning rate."""
+    from transformers import TrainerCallback
+
+    class _Guard(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kw):
+            loss = (logs or {}).get("loss")
+            if loss is not None and not math.isfinite(loss):
+                raise UserError(f"cell {cell}: training loss became {loss} at step {state.global_step} "
+                                f"(learning rate {logs.get('learning_rate')}); lower the learning rate or "
+                                "check the data; no output was written")
+
+    return _Guard()
+
+
+
+def check_finite(history: list[dict], out_dir: Path) -> None:
+    for h in history:
+        if "loss" in h and not math.isfinite(h["loss"]):
+            raise UserError(f"{out_dir}: loss became {h['loss']} at step {h.get('step')} "
+                            f"(learning rate {h.get('learning_rate')}); lower the learning rate")
+
+
+
+def run_key(model_json: str, data_dir: str, approach: str, rank: int, seed: int, hp: dict) -> dict:
+    """What a checkpoint depends on: resuming is allowed only into the same training run."""
+    data = {f: sha256(Path(data_dir) / f) for f in ("train.parquet", "val.parquet", "labels.json")}
+    return {"approach": approach, "rank": rank, "seed": seed, "hp": hp, "model": read_json(model_json), "data": data}
+
+
+
+def peak_memory_mb(env: dict) -> float:
+    if env["cuda"]:
+        import torch
+
+        return torch.cuda.max_memory_allocated() / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+
+OPTIMIZERS = ("adamw_torch", "adamw_bnb_8bit", "paged_adamw_32bit", "paged_adamw_8bit")  # transformers' names
+
+
+
+def optimizer_name(hp: dict, env: dict, default: str) -> str:
+    """The ``optimizer`` hyperparameter (transformers' ``optim`` names, every approach); a paged
+    optimizer pages its state between GPU and CPU memory, so without a GPU adamw_torch is used."""
+    name = hp.get("optimizer", default)
+    if name.startswith("paged") and not env["cuda"]:
+        print(f"optimizer {name} pages optimizer state between GPU and CPU memory; no GPU here: using adamw_torch")
+        return "adamw_torch"
+    return name
+
+
+def timed(fn, env: dict):
+    """(``fn()``, seconds), synchronising the GPU around it so the time is the work's."""
+    import torch
+
+    if env["cuda"]:
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    result = fn()
+    if env["cuda"]:
+        torch.cuda.synchronize()
+    return result, time.perf_counter() - t0
