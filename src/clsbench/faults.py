@@ -239,16 +239,15 @@ def write_sums(folder: str | Path) -> None:
     (folder / SUMS).write_text("".join(f"{sha256(p)}  {p.relative_to(folder)}\n" for p in files))
 
 
-def corrupted(path: Path, why: str, *remove: Path) -> UserError:
+def corrupted(path: Path, why: str, *remove: Path, then: str = "run snakemake again to rebuild it") -> UserError:
     """Remove ``remove`` (the damaged output and what was computed from it; Snakemake does not rebuild a
     missing intermediate file while the files made from it exist) and return the error to raise."""
     for r in remove:
         shutil.rmtree(r) if r.is_dir() else r.unlink(missing_ok=True)
-    return UserError(f"{path}: {why} (truncated or corrupted); removed {', '.join(map(str, remove))}; "
-                     "run snakemake again to rebuild it")
+    return UserError(f"{path}: {why} (truncated or corrupted); removed {', '.join(map(str, remove))}; {then}")
 
 
-def check_sums(folder: str | Path, derived: tuple[Path, ...] = ()) -> None:
+def check_sums(folder: str | Path, derived: tuple[Path, ...] = (), then: str = "run snakemake again to rebuild it") -> None:
     """Every file listed in ``folder/SHA256SUMS`` exists and matches; otherwise ``folder`` and the
     ``derived`` files are removed. Folders written before checksums existed (no SHA256SUMS) pass."""
     folder = Path(folder)
@@ -258,9 +257,9 @@ def check_sums(folder: str | Path, derived: tuple[Path, ...] = ()) -> None:
         digest, _, name = line.partition("  ")
         path = folder / name
         if not name or not path.is_file():
-            raise corrupted(folder / SUMS, f"lists a missing file {name!r}", folder, *derived)
+            raise corrupted(folder / SUMS, f"lists a missing file {name!r}", folder, *derived, then=then)
         if sha256(path) != digest:
-            raise corrupted(path, f"SHA-256 differs from {SUMS}", folder, *derived)
+            raise corrupted(path, f"SHA-256 differs from {SUMS}", folder, *derived, then=then)
 
 
 def quick_check(folder: str | Path) -> str | None:

