@@ -44,7 +44,8 @@ def main() -> None:
             test = pd.read_parquet(data_dir / "test.parquet")[:args.n]
             test.to_parquet(Path(tmp, "data", "test.parquet"))
             data_dir = Path(tmp, "data")
-        infos = instruct.predict(str(source), str(data_dir), tmp, hp, approach, threads=args.threads)
+        untrained = None if approach == "instruct" else {"approach": approach}
+        infos = instruct.predict(str(source), str(data_dir), tmp, hp, threads=args.threads, untrained=untrained)
         rows = []
         for mode, info in infos.items():
             suffix = "" if mode == "score" else f"_{mode}"

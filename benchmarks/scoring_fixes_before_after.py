@@ -33,12 +33,14 @@ BEFORE = "1e2f2b3"
 
 def old_module(name: str, **attrs) -> types.ModuleType:
     """``clsbench.<name>`` as it was at :data:`BEFORE`, importable beside today's (the helpers it
-    imported from ``clsbench.head`` then live in ``clsbench.runtime`` / ``clsbench.metrics`` now)."""
-    from clsbench import head, runtime
+    imported from ``clsbench.head`` then live in ``clsbench.runtime`` / ``clsbench.metrics`` /
+    ``clsbench.adapters`` now)."""
+    from clsbench import adapters, head, runtime
     from clsbench import metrics as metrics_now
 
     for then, now in (("_check_finite", runtime.check_finite), ("_peak_memory_mb", runtime.peak_memory_mb),
-                      ("decide", metrics_now.decide)):
+                      ("decide", metrics_now.decide), ("ADAPTER_BASE", adapters.ADAPTER_BASE),
+                      ("save_adapter", adapters.save_adapter)):
         setattr(head, then, now)
     for moved in ("count_parameters", "device_setup", "eval_timer", "finite_loss_guard", "optimizer_name",
                   "quantization_config", "run_key"):

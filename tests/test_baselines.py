@@ -5,11 +5,11 @@ import numpy as np
 import pandas as pd
 from conftest import TINY_HEAD_HP
 
-from clsbench import head, metrics, models, runtime, tfidf
+from clsbench import classifier, encoder, frozen, metrics, models, runtime, tfidf
 
 
 def test_tfidf_single_label_on_bbc(tmp_path, bbc_small):
-    info = tfidf.run(str(bbc_small), str(tmp_path), seed=1, hp={"ngram_range": [1, 2], "min_df": 2, "C": 10.0})
+    info = tfidf.fit(str(bbc_small), str(tmp_path), seed=1, hp={"ngram_range": [1, 2], "min_df": 2, "C": 10.0})
     pred = pd.read_parquet(tmp_path / "predictions.parquet")
     probs = np.stack(pred["probs"])
     assert probs.shape == (30, 5) and np.allclose(probs.sum(1), 1)
@@ -21,7 +21,7 @@ def test_tfidf_single_label_on_bbc(tmp_path, bbc_small):
 
 
 def test_tfidf_multi_label_one_vs_rest(tmp_path, pairs_small):
-    tfidf.run(str(pairs_small), str(tmp_path), seed=1, hp={"min_df": 1})
+    tfidf.fit(str(pairs_small), str(tmp_path), seed=1, hp={"min_df": 1})
     pred = pd.read_parquet(tmp_path / "predictions.parquet")
     probs = np.stack(pred["probs"])
     labels = json.loads((pairs_small / "labels.json").read_text())["labels"]
@@ -30,12 +30,11 @@ def test_tfidf_multi_label_one_vs_rest(tmp_path, pairs_small):
 
 def test_frozen_head_trains_only_the_score_layer(tmp_path, tiny_model, bbc_small):
     hp = {**TINY_HEAD_HP, "max_epochs": 5}
-    info = head.train(str(tiny_model), str(bbc_small), str(tmp_path), rank=0, seed=1, hp=hp, threads=2,
-                      approach="frozen")
+    info = frozen.train(str(tiny_model), str(bbc_small), str(tmp_path), rank=0, seed=1, hp=hp, threads=2)
     assert info["trainable_params"] == 64 * 5  # hidden size x labels, no bias
     assert 1 <= info["best_epoch"] <= info["epochs_run"] <= 5
     assert sorted(p.name for p in (tmp_path / "adapter").iterdir()) == ["SHA256SUMS", "base", "score.safetensors"]
-    head.predict(str(tmp_path / "adapter"), str(bbc_small), str(tmp_path), hp, threads=2)
+    classifier.predict(str(tmp_path / "adapter"), str(bbc_small), str(tmp_path), hp, threads=2)
     assert len(pd.read_parquet(tmp_path / "predictions.parquet")) == 30
 
 
@@ -44,11 +43,11 @@ def test_frozen_features_are_the_pooled_last_token(tiny_model, bbc_small):
     env = runtime.device_setup(2)
     info = json.loads(tiny_model.read_text())
     tok = models.load_tokenizer(info["path"])
-    model = head.load_classifier(info["path"], {"quantization": "none"}, env,
-                                 **head.classification_kwargs(list("abcde"), False, tok.pad_token_id)).eval()
+    model = classifier.load_classifier(info["path"], {"quantization": "none"}, env,
+                                 **classifier.classification_kwargs(list("abcde"), False, tok.pad_token_id)).eval()
     texts = list(pd.read_parquet(bbc_small / "test.parquet")["text"][:6])
-    feats = head.last_token_features(model, tok, texts, 40, 4, "cpu")
-    logits, _ = head.predict_logits(model, tok, texts, 40, 4, "cpu")
+    feats = frozen.last_token_features(model, tok, texts, 40, 4, "cpu")
+    logits, _ = classifier.predict_logits(model, tok, texts, 40, 4, "cpu")
     assert np.allclose((feats @ model.score.weight.detach().T).numpy(), logits, atol=1e-4)
 
 
@@ -58,11 +57,10 @@ def test_encoder_full_fine_tuning(tmp_path_factory, bbc_small):
     hp = {"learning_rate": 1e-4, "weight_decay": 0.01, "warmup_ratio": 0.1, "max_length": 48, "batch_size": 16,
           "grad_accum": 1, "eval_batch_size": 32, "max_epochs": 1, "patience": 2, "optimizer": "adamw_torch"}
     out = tmp_path_factory.mktemp("enc-cell")
-    info = head.train(str(model_dir / "model.json"), str(bbc_small), str(out), rank=0, seed=1, hp=hp, threads=2,
-                      approach="encoder")
+    info = encoder.train(str(model_dir / "model.json"), str(bbc_small), str(out), rank=0, seed=1, hp=hp, threads=2)
     assert info["trainable_params"] == info["total_params"] > 22_000_000  # every parameter trains
     assert info["quantization"] == "none"
-    head.predict(str(out / "adapter"), str(bbc_small), str(out), hp, threads=2)
+    classifier.predict(str(out / "adapter"), str(bbc_small), str(out), hp, threads=2)
     from transformers import AutoModelForSequenceClassification
 
     reloaded = AutoModelForSequenceClassification.from_pretrained(str(out / "adapter"))

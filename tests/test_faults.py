@@ -21,7 +21,7 @@ from conftest import TINY_HEAD_HP, TINY_MODEL_SPEC
 from safetensors.numpy import load_file
 from test_workflow import snakemake, snakemake_cmd
 
-from clsbench import faults
+from clsbench import batching, faults
 
 CELL = "results/news/tiny-llama/head/r2/s42"
 TARGET = f"{CELL}/metrics.json"
@@ -54,7 +54,7 @@ def wait_for(pattern: str, proc, timeout: float = 300) -> None:
 
 # ---------------------------------------------------------------- resume after a kill
 def train_cmd(model_json, data_dir, out_dir, hp):
-    return [sys.executable, "-m", "clsbench.head", "train", "--model-json", str(model_json), "--data-dir",
+    return [sys.executable, "-m", "clsbench.cell", "train", "--approach", "head", "--model-json", str(model_json), "--data-dir",
             str(data_dir), "--out-dir", str(out_dir), "--rank", "4", "--seed", "1", "--hparams", json.dumps(hp),
             "--threads", "1"]
 
@@ -126,7 +126,7 @@ def oom_run(tmp_path_factory):
 
 def test_out_of_memory_is_retried_with_half_the_micro_batch(oom_run):
     workdir, out, _ = oom_run
-    assert out.count("Trying to restart job") == 2  # train_head and predict_head, once each
+    assert out.count("Trying to restart job") == 2  # train and predict, once each
     assert "error: cell results/news/tiny-llama/head/r2/s42: out of memory in train at micro-batch 8" in out
     train_log = (workdir / "results/logs/news/tiny-llama/head/r2/s42/train.log").read_text()
     assert ("the last attempt ran out of memory at micro-batch 8 x gradient accumulation 1 (effective batch 8), "
@@ -173,7 +173,7 @@ def test_truncated_predictions_are_removed_and_rebuilt(oom_run):
     assert not pred.exists()
     rebuilt = snakemake(workdir, "--", TARGET)
     assert rebuilt.returncode == 0, output(rebuilt)[-3000:]
-    assert "predict_head" in output(rebuilt) and "train_head" not in output(rebuilt)
+    assert "rule predict:" in output(rebuilt) and "rule train:" not in output(rebuilt)
     same_metrics(json.loads((workdir / TARGET).read_text()), original)
 
 
@@ -186,7 +186,7 @@ def test_corrupted_adapter_is_removed_and_the_cell_retrained(oom_run):
     data = bytearray(weights.read_bytes())
     data[len(data) // 2] ^= 0xFF  # one flipped byte, same size and a readable file
     weights.write_bytes(bytes(data))
-    failed = snakemake(workdir, "--forcerun", "predict_head", "--", TARGET)
+    failed = snakemake(workdir, "--forcerun", "predict", "--", TARGET)
     assert failed.returncode != 0
     assert (f"{CELL}/adapter/adapter_model.safetensors: SHA-256 differs from SHA256SUMS (truncated or corrupted); "
             f"removed {CELL}/adapter, {CELL}/predictions.parquet, {CELL}/metrics.json; run snakemake again to rebuild "
@@ -204,12 +204,12 @@ def test_truncated_adapter_is_retrained_in_the_same_run(oom_run):
     weights = workdir / CELL / "adapter" / "adapter_model.safetensors"
     size = weights.stat().st_size
     weights.write_bytes(weights.read_bytes()[:-1000])  # the header stays, the tensors are cut
-    run = snakemake(workdir, "--forcerun", "predict_head", "--", TARGET)
+    run = snakemake(workdir, "--forcerun", "predict", "--", TARGET)
     assert run.returncode == 0, output(run)[-3000:]
     assert (f"{CELL}/adapter/adapter_model.safetensors holds {size - 1000} bytes, its header says {size}"
             in output(run)
             and f"removed {CELL}/adapter; trained again for the jobs that read it" in output(run))
-    assert "train_head" in output(run) and "Trying to restart job" not in output(run)
+    assert "rule train:" in output(run) and "Trying to restart job" not in output(run)
     same_metrics(json.loads((workdir / TARGET).read_text()), original)
 
 
@@ -274,11 +274,11 @@ def test_largest_batch_halves_until_a_batch_fits():
         if batch_size > 12:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    assert faults.largest_batch(probe, 64) == 8 and tried == [64, 32, 16, 8]
+    assert batching.largest_batch(probe, 64) == 8 and tried == [64, 32, 16, 8]
     with pytest.raises(ValueError, match="not memory"):  # any other error is not a reason to shrink
-        faults.largest_batch(lambda bs: (_ for _ in ()).throw(ValueError("not memory")), 8)
+        batching.largest_batch(lambda bs: (_ for _ in ()).throw(ValueError("not memory")), 8)
     with pytest.raises(faults.OutOfMemory, match="inference batch of 1"):
-        faults.largest_batch(lambda bs: probe(100), 4)
+        batching.largest_batch(lambda bs: probe(100), 4)
     hp = {"eval_batch_size": 16}
     items, lengths = list(range(100)), list(range(100))
 
@@ -286,8 +286,8 @@ def test_largest_batch_halves_until_a_batch_fits():
         assert sorted(subset) == list(range(100 - batch_size, 100))  # the longest items
         probe(batch_size)
 
-    assert faults.resolve_eval_batch(hp, {"cuda": False}, run, items, lengths) is hp  # a number stays as configured
-    assert faults.resolve_eval_batch({"eval_batch_size": "auto", "auto_batch_start": 48}, {"cuda": False},
+    assert batching.resolve_eval_batch(hp, {"cuda": False}, run, items, lengths) is hp  # a number stays as configured
+    assert batching.resolve_eval_batch({"eval_batch_size": "auto", "auto_batch_start": 48}, {"cuda": False},
                                      run, items, lengths)["eval_batch_size"] == 12
     assert faults.configured_plan({"batch_size": 4, "eval_batch_size": "auto"}, "train")["eval_batch_size"] == 8
 
@@ -309,10 +309,10 @@ def test_fastest_batch_times_the_sizes_that_fit_on_a_length_stratified_sample():
     hp = {"eval_batch_size": "fastest", "auto_batch_start": 32}
     lengths = [(7 * i) % 100 for i in range(100)]  # items in no length order
     items = [f"text of {n} tokens" for n in lengths]
-    size, speeds = faults.fastest_batch(run, items[:16], 32, clock=lambda: now[0])
+    size, speeds = batching.fastest_batch(run, items[:16], 32, clock=lambda: now[0])
     assert size == 8 and list(speeds) == [1, 2, 4, 8, 16] and speeds[8] == pytest.approx(1 / 0.4)
     fits[0] = 5
-    resolved = faults.resolve_eval_batch(hp, {"cuda": False}, run, items, lengths, clock=lambda: now[0])
+    resolved = batching.resolve_eval_batch(hp, {"cuda": False}, run, items, lengths, clock=lambda: now[0])
     assert resolved["eval_batch_size"] == 4  # 8 was faster but does not fit
     timed = samples[-1]  # 16 items, every ~6th by length: the shortest and the longest included
     assert len(timed) == 16 and timed[0] == "text of 0 tokens" and timed[-1] == "text of 99 tokens"
@@ -330,12 +330,11 @@ def test_auto_eval_batch_finds_the_largest_that_fits_and_predicts_the_same(tmp_p
     hp = {"text_tokens": 40, "quantization": "none", "threshold": 0.5, "auto_batch_start": 32}
     source = read_json(tiny_model)["path"]
     monkeypatch.setenv(faults.OOM_ENV, "5")
-    infos = instruct.predict(source, str(bbc_small), str(tmp_path / "auto"), {**hp, "eval_batch_size": "auto"},
-                             approach="zeroshot", threads=1)
+    infos = instruct.predict_zeroshot(source, str(bbc_small), str(tmp_path / "auto"), {**hp, "eval_batch_size": "auto"},
+                                      threads=1)
     assert {mode: info["eval_batch_size"] for mode, info in infos.items()} == {"score": 4, "generate": 4}
     monkeypatch.delenv(faults.OOM_ENV)
-    instruct.predict(source, str(bbc_small), str(tmp_path / "fixed"), {**hp, "eval_batch_size": 4},
-                     approach="zeroshot", threads=1)
+    instruct.predict_zeroshot(source, str(bbc_small), str(tmp_path / "fixed"), {**hp, "eval_batch_size": 4}, threads=1)
     for name in ("predictions.parquet", "predictions_generate.parquet"):
         auto, fixed = (pd.read_parquet(tmp_path / d / name) for d in ("auto", "fixed"))
         assert auto["pred"].map(list).tolist() == fixed["pred"].map(list).tolist()
@@ -349,11 +348,11 @@ def test_instruct_training_and_inference_retry_out_of_memory_with_smaller_batche
           "optimizer": "adamw_torch", "learning_rate": 1e-3, "max_epochs": 1, "patience": 2, "batch_size": 8, "grad_accum": 1,
           "eval_batch_size": 8, "gradient_checkpointing": False, "threshold": 0.5}
     out = tmp_path / "cell"
-    train = [sys.executable, "-m", "clsbench.instruct", "train", "--model-json", str(tiny_model), "--data-dir",
+    train = [sys.executable, "-m", "clsbench.cell", "train", "--approach", "instruct", "--model-json", str(tiny_model), "--data-dir",
              str(bbc_small), "--out-dir", str(out), "--rank", "4", "--seed", "1", "--hparams", json.dumps(hp),
              "--threads", "1"]
-    predict = [sys.executable, "-m", "clsbench.instruct", "predict", "--source", str(out / "adapter"), "--data-dir",
-               str(bbc_small), "--out-dir", str(out), "--hparams", json.dumps(hp), "--threads", "1"]
+    predict = [sys.executable, "-m", "clsbench.cell", "predict", "--approach", "instruct", "--source", str(out / "adapter"),
+               "--data-dir", str(bbc_small), "--out-dir", str(out), "--seed", "1", "--hparams", json.dumps(hp), "--threads", "1"]
     env = {**os.environ, faults.OOM_ENV: "4"}
     for cmd, stage in ((train, "train"), (predict, "predict")):
         first = subprocess.run(cmd, capture_output=True, text=True, env=env)

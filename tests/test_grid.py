@@ -193,10 +193,10 @@ def test_dry_run_of_default_config_lists_every_cell(tmp_path):
     (tmp_path / "config.yaml").write_text((REPO / "config.yaml").read_text())
     counts = job_counts(cwd=tmp_path)
     assert counts["evaluate"] == len(grid.cells(grid.load_config(REPO / "config.yaml"))) == 12
-    assert counts["train_head"] == counts["predict_head"] == 2
-    assert counts["train_classifier"] == counts["predict_classifier"] == 4 and counts["tfidf"] == 2
+    # head, frozen, encoder and instruct cells train on both datasets; head, frozen and encoder predict
+    assert counts["train"] == 8 and counts["predict"] == 6 and counts["fit"] == 2
     # instruct r=64 and zero-shot of SmolLM2-135M on both datasets, each with a generate mode
-    assert counts["train_instruct"] == counts["predict_instruct"] == counts["predict_zeroshot"] == 2
+    assert counts["predict_prompted"] == counts["predict_untrained"] == 2
     assert counts["evaluate_generate"] == 4 and counts["claims"] == 1
 
 
@@ -205,8 +205,8 @@ def test_dry_run_of_paper_config_lists_the_papers_grid_without_weights(tmp_path)
     ablation, 4 BERT baselines, TF-IDF and zero-shot prompting of the 19 instruction models, on the
     two dataset slots: 32 + 38 + 2 + 8 + 2 + 38 = 120 cells."""
     counts = job_counts("--configfile", str(REPO / "configs" / "paper.yaml"), cwd=tmp_path)
-    assert counts["train_head"] == 32 and counts["train_classifier"] == 10 and counts["tfidf"] == 2
-    assert counts["train_instruct"] == counts["predict_zeroshot"] == 38
+    assert counts["train"] == 32 + 10 + 38 and counts["predict"] == 32 + 10 and counts["fit"] == 2
+    assert counts["predict_prompted"] == counts["predict_untrained"] == 38
     assert counts["evaluate"] == 120 and counts["evaluate_generate"] == 76
     assert counts["prepare_model"] == 26 and counts["prepare_dataset"] == 2
 
@@ -266,7 +266,7 @@ def test_a_truncated_prepared_split_is_prepared_again_in_the_same_run(tmp_path):
     assert snakemake_cli(*common, target).returncode == 0
     split = tmp_path / "results" / "data" / "mine" / "train.parquet"
     split.write_bytes(split.read_bytes()[:100])
-    run = snakemake_cli(*common, "--forcerun", "tfidf", target)  # a job that reads the split
+    run = snakemake_cli(*common, "--forcerun", "fit", target)  # a job that reads the split
     assert run.returncode == 0, run.stderr[-2000:]
     assert "train.parquet: SHA-256 differs from SHA256SUMS (truncated or corrupted); removed" in run.stderr
     assert "prepared again for the jobs that read it" in run.stderr

@@ -7,14 +7,14 @@ import pandas as pd
 import pytest
 from conftest import TINY_HEAD_HP
 
-from clsbench import head, metrics, runtime
+from clsbench import approaches, classifier, head, metrics, runtime
 
 
 @pytest.fixture(scope="module")
 def trained_cell(tmp_path_factory, tiny_model, bbc_small):
     out = tmp_path_factory.mktemp("cell")
     info = head.train(str(tiny_model), str(bbc_small), str(out), rank=4, seed=1, hp=TINY_HEAD_HP, threads=2)
-    head.predict(str(out / "adapter"), str(bbc_small), str(out), TINY_HEAD_HP, threads=2)
+    classifier.predict(str(out / "adapter"), str(bbc_small), str(out), TINY_HEAD_HP, threads=2)
     return out, info
 
 
@@ -50,7 +50,7 @@ def test_plain_autopeft_load_reproduces_cached_predictions(tmp_path, tiny_model,
 
     hp = {**TINY_HEAD_HP, "quantization": "none", "max_epochs": 1}
     head.train(str(tiny_model), str(bbc_small), str(tmp_path), rank=4, seed=3, hp=hp, threads=2)
-    head.predict(str(tmp_path / "adapter"), str(bbc_small), str(tmp_path), hp, threads=2)
+    classifier.predict(str(tmp_path / "adapter"), str(bbc_small), str(tmp_path), hp, threads=2)
     model = AutoPeftModelForSequenceClassification.from_pretrained(str(tmp_path / "adapter")).eval()
     tok = AutoTokenizer.from_pretrained(str(tmp_path / "adapter" / "base"))
     cached = pd.read_parquet(tmp_path / "predictions.parquet")
@@ -65,7 +65,7 @@ def test_plain_autopeft_load_reproduces_cached_predictions(tmp_path, tiny_model,
 def test_multilabel_head_uses_sigmoid_and_threshold(tmp_path, tiny_model, pairs_small):
     hp = {**TINY_HEAD_HP, "max_epochs": 1}
     head.train(str(tiny_model), str(pairs_small), str(tmp_path), rank=2, seed=1, hp=hp, threads=2)
-    head.predict(str(tmp_path / "adapter"), str(pairs_small), str(tmp_path), hp, threads=2)
+    classifier.predict(str(tmp_path / "adapter"), str(pairs_small), str(tmp_path), hp, threads=2)
     pred = pd.read_parquet(tmp_path / "predictions.parquet")
     probs = np.stack(pred["probs"])
     assert probs.shape[1] == 5 and not np.allclose(probs.sum(1), 1)  # independent sigmoids
@@ -76,7 +76,7 @@ def test_multilabel_head_uses_sigmoid_and_threshold(tmp_path, tiny_model, pairs_
 def test_tuned_thresholds_maximise_each_labels_validation_f1():
     probs = np.array([[0.9, 0.30, 0.2], [0.8, 0.25, 0.1], [0.2, 0.35, 0.3], [0.1, 0.10, 0.4]])
     gold = np.array([[1, 1, 0], [1, 1, 0], [0, 1, 0], [0, 0, 0]])
-    thresholds = head.tune_thresholds(probs, gold)
+    thresholds = classifier.tune_thresholds(probs, gold)
     assert thresholds[0] == 0.5  # 0.25-0.75 separate label 0 perfectly: the one closest to 0.5 wins
     assert thresholds[1] == 0.25  # label 1's positives sit at 0.25-0.35, its negative at 0.10
     assert thresholds[2] == 0.5  # no positive on validation: the default stays
@@ -84,24 +84,25 @@ def test_tuned_thresholds_maximise_each_labels_validation_f1():
 
 def test_balanced_class_weights():
     rows = [["a"]] * 6 + [["b"]] * 2 + [["c"]] * 1
-    w = head.class_weights(rows, ["a", "b", "c", "d"], False, "balanced").numpy()
+    w = classifier.class_weights(rows, ["a", "b", "c", "d"], False, "balanced").numpy()
     assert np.allclose(w, [9 / (4 * 6), 9 / (4 * 2), 9 / (4 * 1), 1.0])  # n / (classes x count); unseen d: 1
-    pw = head.class_weights([["a", "b"], ["a"], ["a"], []], ["a", "b"], True, "balanced").numpy()
+    pw = classifier.class_weights([["a", "b"], ["a"], ["a"], []], ["a", "b"], True, "balanced").numpy()
     assert np.allclose(pw, [1 / 3, 3 / 1])  # BCE pos_weight: negatives / positives per label
-    assert head.class_weights(rows, ["a", "b", "c"], False, "none") is None
+    assert classifier.class_weights(rows, ["a", "b", "c"], False, "none") is None
 
 
 @pytest.mark.parametrize("approach", ["head", "frozen"])
 def test_multilabel_cell_with_class_weights_and_tuned_thresholds(tmp_path, tiny_model, pairs_small, approach):
     hp = {**TINY_HEAD_HP, "max_epochs": 1, "class_weights": "balanced", "threshold": "tuned"}
-    info = head.train(str(tiny_model), str(pairs_small), str(tmp_path), rank=2, seed=1, hp=hp, threads=2,
-                      approach=approach)
+    train = approaches.get(approach).entry("train")
+    info = train(str(tiny_model), str(pairs_small), str(tmp_path), rank=2 if approach == "head" else 0, seed=1, hp=hp,
+                 threads=2)
     assert info["class_weights"] == "balanced"
     labels = json.loads((pairs_small / "labels.json").read_text())["labels"]
     tuned = json.loads((tmp_path / "adapter" / "thresholds.json").read_text())
     assert list(tuned) == labels and tuned == pytest.approx(info["thresholds"])
     assert "thresholds.json" in (tmp_path / "adapter" / "SHA256SUMS").read_text()  # part of the checked adapter
-    head.predict(str(tmp_path / "adapter"), str(pairs_small), str(tmp_path), hp, threads=2)
+    classifier.predict(str(tmp_path / "adapter"), str(pairs_small), str(tmp_path), hp, threads=2)
     pred = pd.read_parquet(tmp_path / "predictions.parquet")
     probs = np.stack(pred["probs"])
     expected = [[name for name, q in zip(labels, row) if q >= tuned[name]] for row in probs]
@@ -117,10 +118,10 @@ def test_failed_training_leaves_no_adapter(tmp_path, tiny_model, bbc_small):
 
 def test_probabilities_and_decisions():
     logits = np.array([[2.0, 0.0, -1.0], [0.0, 3.0, 0.0]])
-    p = head.probabilities(logits, multi_label=False)
+    p = classifier.probabilities(logits, multi_label=False)
     assert np.allclose(p.sum(1), 1) and p.argmax(1).tolist() == [0, 1]
     assert metrics.decide(p, False, 0.5).tolist() == [[1, 0, 0], [0, 1, 0]]
-    q = head.probabilities(logits, multi_label=True)
+    q = classifier.probabilities(logits, multi_label=True)
     assert metrics.decide(q, True, 0.5).tolist() == [[1, 1, 0], [1, 1, 1]]
 
 
@@ -145,7 +146,7 @@ def test_bf16_precision_trains_nf4_cell_on_cpu(tmp_path, tiny_model, bbc_small):
     assert info["dtype"] == "bfloat16" and np.isfinite(info["train_loss"])
     saved = load_file(tmp_path / "adapter" / "adapter_model.safetensors")
     assert {t.dtype for t in saved.values()} == {torch.float32}
-    head.predict(str(tmp_path / "adapter"), str(bbc_small), str(tmp_path), hp, threads=2)
+    classifier.predict(str(tmp_path / "adapter"), str(bbc_small), str(tmp_path), hp, threads=2)
     probs = np.stack(pd.read_parquet(tmp_path / "predictions.parquet")["probs"])
     assert probs.shape == (30, 5) and np.allclose(probs.sum(1), 1, atol=1e-3)
     assert json.loads((tmp_path / "throughput.json").read_text())["dtype"] == "bfloat16"
@@ -162,7 +163,7 @@ def test_fastest_eval_batch_predicts_the_same(trained_cell, bbc_small, tmp_path)
     """``eval_batch_size: fastest`` times the sizes on this machine and records the one it chose;
     the predictions do not depend on it."""
     out, _ = trained_cell
-    info = head.predict(str(out / "adapter"), str(bbc_small), str(tmp_path), {**TINY_HEAD_HP, "eval_batch_size": "fastest"},
+    info = classifier.predict(str(out / "adapter"), str(bbc_small), str(tmp_path), {**TINY_HEAD_HP, "eval_batch_size": "fastest"},
                         threads=2)
     assert info["eval_batch_size"] in (1, 2, 4, 8, 16)
     fastest, fixed = (pd.read_parquet(d / "predictions.parquet") for d in (tmp_path, out))
@@ -192,8 +193,8 @@ def test_head_pools_the_intended_token_when_pad_is_eos(tmp_path, appends_eos):
     tok = models.load_tokenizer(path)
     assert models.appends_eos(tok) == appends_eos
     assert (tok.pad_token_id != tok.eos_token_id) == appends_eos  # unk pads where eos ends every text
-    model = head.load_classifier(path, {"quantization": "none"}, runtime.device_setup(1),
-                                 **head.classification_kwargs(["x", "y"], False, tok.pad_token_id)).eval()
+    model = classifier.load_classifier(path, {"quantization": "none"}, runtime.device_setup(1),
+                                 **classifier.classification_kwargs(["x", "y"], False, tok.pad_token_id)).eval()
     batch = tok(["a much longer first text here", "short"], padding=True, return_tensors="pt")
     with torch.inference_mode():
         pooled = model(**batch).logits

@@ -149,8 +149,7 @@ def test_first_token_scoring_matches_whole_answer_scoring_of_single_tokens(lm):
 @pytest.mark.parametrize("dataset", ["bbc_small", "pairs_small"])
 def test_both_modes_write_their_caches(lm, dataset, request, tmp_path, tiny_model):
     data_dir = request.getfixturevalue(dataset)
-    infos = instruct.predict(read_json(tiny_model)["path"], str(data_dir), str(tmp_path), HP, approach="zeroshot",
-                             threads=2)
+    infos = instruct.predict_zeroshot(read_json(tiny_model)["path"], str(data_dir), str(tmp_path), HP, threads=2)
     _, labels, multi = load_prepared(data_dir)
     score = pd.read_parquet(tmp_path / "predictions.parquet")
     probs = np.stack(score["probs"])

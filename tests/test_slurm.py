@@ -29,8 +29,8 @@ GRID = {"threads": 1,
 CELLS = ["news/tiny-llama/head/r2/s42", "news/tiny-llama/head/r4/s42", "news/tiny-llama/instruct/r4/s42",
          "news/tfidf/tfidf/r0/s42"]
 # rules of this grid that declare gpu=1, and those that do not (the profile must route them apart)
-GPU_RULES = ["train_head", "predict_head", "train_instruct", "predict_instruct"]
-CPU_RULES = ["prepare_dataset", "prepare_model", "tfidf", "evaluate"]
+GPU_RULES = ["train", "predict", "predict_prompted"]  # head and instruct cells
+CPU_RULES = ["prepare_dataset", "prepare_model", "fit", "evaluate"]
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import pytest
 import yaml
 from conftest import REPO, TINY_LLAMA
 
-from clsbench import grid, throughput
+from clsbench import approaches, grid, throughput
 
 
 def test_model_flops_by_hand():
@@ -16,7 +16,7 @@ def test_model_flops_by_hand():
     # ΣT = 10, ΣT² = 9 + 49 = 58
     args = dict(n_params=1000, lengths=[3, 7], n_layers=2, attn_dim=8)
     assert throughput.model_flops(kind="forward", **args) == 2 * 1000 * 10 + 4 * 2 * 8 * 58 == 23712
-    assert throughput.model_flops(kind="train_frozen", **args) == 4 * 1000 * 10 + 12 * 2 * 8 * 58 == 51136
+    assert throughput.model_flops(kind="train_lora", **args) == 4 * 1000 * 10 + 12 * 2 * 8 * 58 == 51136
     assert throughput.model_flops(kind="train_full", **args) == 6 * 1000 * 10 + 12 * 2 * 8 * 58 == 71136
 
 
@@ -61,11 +61,11 @@ def test_record_and_write_merge_stages(tmp_path):
     config = AutoConfig.for_model(**TINY_LLAMA, vocab_size=100)
     env = {"device_name": "NVIDIA L4", "compute_dtype": "torch.bfloat16"}
     train = throughput.record("train", lengths=[3, 1, 2, 2], seconds=2.0, batch_size=2, order="sequential", env=env,
-                              peak_memory_mb=10.0, config=config, kind="train_frozen", repeats=3, grad_accum=4)
+                              peak_memory_mb=10.0, config=config, kind="train_lora", repeats=3, grad_accum=4)
     assert train["train_samples_per_second"] == 3 * 4 / 2.0 and train["train_tokens_per_second"] == 3 * 8 / 2.0
     assert train["train_padding_fraction"] == pytest.approx(0.2) and train["train_grad_accum"] == 4
     s = throughput.shape(config)
-    flops = 3 * throughput.model_flops(s.n_params, [3, 1, 2, 2], "train_frozen", s.n_layers, s.attn_dim)
+    flops = 3 * throughput.model_flops(s.n_params, [3, 1, 2, 2], "train_lora", s.n_layers, s.attn_dim)
     assert train["train_model_tflop"] == pytest.approx(flops / 1e12)
     assert train["train_mfu"] == pytest.approx(flops / 2.0 / 121e12)
     assert train["dtype"] == "bfloat16" and train["device"] == "NVIDIA L4"
@@ -101,7 +101,7 @@ def test_paper_settings_preset_overlays_the_default_grid():
             continue
         hp = grid.hparams(config, approach, config["approaches"][approach]["models"][0])
         assert {k: hp[k] for k in settings} == settings
-        text = "text_tokens" if approach in grid.GENERATIVE else "max_length"
+        text = "text_tokens" if approaches.get(approach).generative else "max_length"
         assert hp[text] == default[approach][text]  # only the batch settings change
     assert grid.cells(config) == grid.cells(yaml.safe_load((REPO / "config.yaml").read_text()))
 

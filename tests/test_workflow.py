@@ -30,9 +30,12 @@ TINY_GRID = {
                                 "hparams": {"text_tokens": 40, "batch_size": 8, "grad_accum": 1, "eval_batch_size": 8,
                                             "max_epochs": 1, "learning_rate": 1e-3, "gradient_checkpointing": False,
                                             "group_by_length": True}},
-                   "zeroshot": {"models": ["tiny-llama"], "hparams": {"text_tokens": 40, "eval_batch_size": 8}}},
+                   "zeroshot": {"models": ["tiny-llama"], "hparams": {"text_tokens": 40, "eval_batch_size": 8}},
+                   "fewshot": {"models": ["tiny-llama"], "datasets": ["news"],
+                               "hparams": {"text_tokens": 40, "eval_batch_size": 8, "shots": 1, "shot_tokens": 16}}},
 }
 GENERATIVE_CELLS = [f"results/{d}/tiny-llama/{a}/s42" for d in ("news", "news-pairs") for a in ("instruct/r4", "zeroshot/r0")]
+GENERATIVE_CELLS += ["results/news/tiny-llama/fewshot/r0/s42"]
 CELLS = [f"results/{d}/tiny-llama/head/r{r}/s42" for d in ("news", "news-pairs") for r in (2, 4)]
 OTHER_CELLS = [f"results/{d}/{m}/{a}/r0/s42" for d in ("news", "news-pairs")
                for m, a in (("tiny-llama", "frozen"), ("tfidf", "tfidf"))] + ["results/news/minilm-l6/encoder/r0/s42"]
@@ -79,9 +82,9 @@ def test_full_tiny_grid_produces_every_cell_and_the_table(finished_run):
             assert record[f"{stage}_model_tflop"] > 0 and record[f"{stage}_peak_memory_mb"] > 0, (cell, stage)
     table = pd.read_csv(finished_run / "reports/tables/f1.csv")
     assert len(table) == 9 + 2 * len(GENERATIVE_CELLS)  # instruct / zero-shot cells: one row per inference mode
-    assert set(table["approach"]) == {"head", "frozen", "encoder", "tfidf", "instruct", "zeroshot"}
+    assert set(table["approach"]) == {"head", "frozen", "encoder", "tfidf", "instruct", "zeroshot", "fewshot"}
     generate = table[table["mode"] == "generate"]
-    assert len(generate) == 4 and generate["invalid_output_rate"].between(0, 1).all() and generate["ece"].isna().all()
+    assert len(generate) == len(GENERATIVE_CELLS) and generate["invalid_output_rate"].between(0, 1).all() and generate["ece"].isna().all()
     paired = pd.read_csv(finished_run / "reports/tables/paired_tests.csv")
     assert paired["b"].str.contains("Instruction tuning \\(r=4\\), score").any()
     table = table[table["mode"] != "generate"]
@@ -90,7 +93,11 @@ def test_full_tiny_grid_produces_every_cell_and_the_table(finished_run):
     assert (table["f1_micro_ci_low"] <= table["f1_micro"]).all() and (table["f1_micro"] <= table["f1_micro_ci_high"]).all()
     assert table["ece"].between(0, 1).all() and table["brier"].notna().all()
     assert table["f1_micro"].between(0, 1).all()
-    assert (table.loc[table["approach"] != "zeroshot", "trainable_params"] > 0).all()
+    assert (table.loc[~table["approach"].isin(["zeroshot", "fewshot"]), "trainable_params"] > 0).all()
+    few = json.loads((finished_run / GENERATIVE_CELLS[-1] / "train_info.json").read_text())
+    zero = json.loads((finished_run / GENERATIVE_CELLS[1] / "train_info.json").read_text())
+    assert few["shots"] == 1 and len(few["example_ids"]) == 5  # one training example per label, recorded
+    assert few["prompt_max_length"] > zero["prompt_max_length"] + 5 * 16  # the examples sit in the prompt
     md = (finished_run / "reports/tables/f1.md").read_text()
     assert "Classification head (r=2)" in md and "news-pairs" in md and "TF-IDF + logistic regression" in md
     per_label = pd.read_csv(finished_run / "reports/tables/per_label.csv")
@@ -114,7 +121,7 @@ def test_nothing_left_to_do_after_a_run(finished_run):
 def test_rebuilding_one_cell_reruns_only_that_cell(finished_run):
     target = f"{CELLS[1]}/metrics.json"
     others = {c: (finished_run / c / "metrics.json").stat().st_mtime_ns for c in CELLS + OTHER_CELLS if c != CELLS[1]}
-    run = snakemake(finished_run, "--forcerun", "train_head", "--", target)
+    run = snakemake(finished_run, "--forcerun", "train", "--", target)
     out = run.stdout + run.stderr
     assert run.returncode == 0, out[-3000:]
     assert "3 of 3 steps (100%) done" in out  # train, predict, evaluate of this cell only
@@ -129,7 +136,7 @@ def test_changed_hyperparameter_is_detected(finished_run):
     try:
         run = snakemake(finished_run, "-n")
         out = run.stdout + run.stderr
-        assert run.returncode == 0 and "train_head" in out and "Params have changed" in out
+        assert run.returncode == 0 and "rule train:" in out and "Params have changed" in out
         assert "prepare_dataset" not in out
     finally:
         (finished_run / "config.yaml").write_text(yaml.safe_dump(TINY_GRID))

@@ -21,11 +21,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from . import approaches
 from .io import read_json, run_cli
 from .metrics import forecasts, invalid_mask, scored_indicators
 
 ALPHA = 0.05
-DETERMINISTIC = {"tfidf", "zeroshot"}  # one seed stands for all
+DETERMINISTIC = set(approaches.names(deterministic=True))  # one seed stands for all
 
 
 @dataclass(frozen=True)

@@ -10,19 +10,16 @@ from pathlib import Path
 
 import yaml
 
-from . import UserError
+from . import UserError, approaches
 
 SLUG = r"[a-z0-9][a-z0-9-]*"
-RESERVED = {"data", "models", "logs", "benchmarks", "tfidf"}  # results/ folders and the tfidf cells' model slug
-RANKED = {"head", "instruct"}  # approaches whose cells take a LoRA rank; the others are written r0
-MODEL_FREE = {"tfidf": "tfidf"}  # approaches that use no model of `models:`; their cells' model slug
-APPROACHES = ("head", "frozen", "encoder", "tfidf", "instruct", "zeroshot")
-GENERATIVE = {"instruct", "zeroshot"}  # cells with a second inference mode (generate): metrics_generate.json
-EPOCH_TRAINED = {"head", "frozen", "encoder", "instruct"}  # cells that write train_log.jsonl
+APPROACHES = approaches.NAMES
+MODEL_FREE = {a.name: a.model_slug for a in approaches.REGISTRY.values() if a.model_slug}  # their cells' model slug
+RESERVED = {"data", "models", "logs", "benchmarks", *MODEL_FREE.values()}  # results/ folders, model-free slugs
 SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
 # One vocabulary for settings every approach shares: old spellings are refused, naming the new one.
 RENAMED_KEYS = {"epochs": "max_epochs"}
-RENAMED_KEYS_OF = {"instruct": {"max_length": "text_tokens"}, "zeroshot": {"max_length": "text_tokens"}}
+RENAMED_KEYS_OF = {name: {"max_length": "text_tokens"} for name in approaches.names(modes=approaches.PROMPT_MODES)}
 RENAMED_OPTIMIZERS = {"adamw_8bit": "adamw_bnb_8bit", "adamw": "adamw_torch"}
 
 
@@ -88,7 +85,7 @@ def check(config: dict) -> None:
             if dataset not in config.get("datasets", {}):
                 raise UserError(f"approaches.{name}.datasets: dataset key '{dataset}' does not exist "
                                 f"(defined: {sorted(config.get('datasets', {}))})")
-        if name in RANKED and not block.get("ranks"):
+        if approaches.get(name).ranked and not block.get("ranks"):
             raise UserError(f"approaches.{name}.ranks: approach '{name}' needs at least one LoRA rank")
 
 
@@ -100,7 +97,7 @@ def cells(config: dict) -> list[Cell]:
         if not block.get("enabled", True):
             continue
         datasets = block.get("datasets") or list(config["datasets"])
-        ranks = block.get("ranks") if approach in RANKED else [0]
+        ranks = block.get("ranks") if approaches.get(approach).ranked else [0]
         models = [MODEL_FREE[approach]] if approach in MODEL_FREE else block.get("models", [])
         for dataset in datasets:
             for model in models:

@@ -28,25 +28,20 @@ allowed labels + text + longest answer), so more labels never shorten the text.
 """
 from __future__ import annotations
 
-import argparse
 import copy
-import json
-import math
-import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from . import UserError, faults, prompts, runtime, throughput
+from . import UserError, adapters, faults, prompts, runtime, throughput, training
+from .batching import resolve_eval_batch
 from .data import load_prepared
-from .faults import resume_point
-from .head import ADAPTER_BASE, save_adapter
-from .io import atomic_path, read_json, run_cli, sha256, write_json, write_jsonl
+from .io import atomic_path, read_json, sha256, write_json
 from .metrics import decide, indicator
 from .models import load_tokenizer, prefixed
-from .progress import Progress, trainer_progress
+from .progress import Progress
 
 MODES = ("score", "generate")
 
@@ -56,7 +51,7 @@ class Encoder:
     """Token ids of prompts and answers for one dataset and tokenizer (the same for training and
     inference, so the model sees at test time exactly the prompt it was trained on)."""
 
-    def __init__(self, tok, labels: list[str], multi_label: bool, hp: dict, train_labels=None):
+    def __init__(self, tok, labels: list[str], multi_label: bool, hp: dict, train_labels=None, examples=None):
         self.tok, self.labels, self.multi = tok, labels, multi_label
         self.delimiter = hp.get("label_delimiter", prompts.DEFAULT_DELIMITER)
         self.chat = hp.get("chat_template", False)
@@ -65,6 +60,9 @@ class Encoder:
             raise UserError(f"tokenizer {tok.name_or_path} has no eos (or sep) token to end an answer with")
         prompts.check_labels(labels, multi_label, self.delimiter)
         self.head = prompts.instruction(labels, multi_label, self.delimiter)
+        if examples:  # few-shot: solved examples, each cut to shot_tokens, between instruction and text
+            cut = [(self.tok.decode(self.ids(text)[:hp["shot_tokens"]]), gold) for text, gold in examples]
+            self.head += prompts.examples_block(cut, labels, multi_label)
         self.tail = prompts.tail(multi_label)
         # the longest answer to budget for: a multi-label list of the training split's largest label set
         # (with 100 labels, all of them would cost hundreds of tokens no training answer has), else all
@@ -234,12 +232,11 @@ def _scored_sft_trainer():
 def train(model_json: str, data_dir: str, out_dir: str, rank: int, seed: int, hp: dict,
           threads: int | None = None) -> dict:
     """Instruction-tune one cell; writes ``adapter/``, ``train_log.jsonl``, ``train_info.json``."""
-    import torch
     from peft import LoraConfig, TaskType, get_peft_model, prepare_model_for_kbit_training
-    from transformers import EarlyStoppingCallback, set_seed
-    from transformers.trainer_callback import PrinterCallback
+    from transformers import set_seed
     from trl import SFTConfig
 
+    hp = {"max_grad_norm": 0.3, **hp}  # Table 1's, where a caller gives none
     ScoredSFTTrainer = _scored_sft_trainer()
     env = runtime.device_setup(threads, hp.get("precision"))
     if not env["cuda"]:
@@ -264,72 +261,30 @@ def train(model_json: str, data_dir: str, out_dir: str, rank: int, seed: int, hp
     train_ds, val_ds = enc.training_examples(splits["train"]), enc.training_examples(splits["val"])
 
     optim = runtime.optimizer_name(hp, env, "paged_adamw_32bit")
-    steps_per_epoch = math.ceil(len(train_ds) / (hp["batch_size"] * hp["grad_accum"]))
-    plan = faults.batch_plan(hp, out_dir, "train")  # smaller micro-batches after an out-of-memory failure
-    ckpt = out_dir / "checkpoints"
+    plan = training.plan(hp, out_dir)
     args = SFTConfig(
-        output_dir=str(ckpt), per_device_train_batch_size=plan["batch_size"], gradient_accumulation_steps=plan["grad_accum"],
-        per_device_eval_batch_size=plan["eval_batch_size"], num_train_epochs=hp["max_epochs"],
+        **training.arguments(hp, plan, env, seed, out_dir, len(train_ds)),
         learning_rate=hp["learning_rate"], weight_decay=hp.get("weight_decay", 0.01),
-        max_grad_norm=hp.get("max_grad_norm", 0.3), lr_scheduler_type=hp.get("lr_scheduler", "cosine"),
-        warmup_steps=hp.get("warmup_ratio", 0.03), optim=optim,
+        lr_scheduler_type=hp.get("lr_scheduler", "cosine"), warmup_steps=hp.get("warmup_ratio", 0.03), optim=optim,
         activation_checkpointing=False,  # set up by peft above (TRL's default would switch it on)
-        completion_only_loss=hp.get("loss", "answer_only") == "answer_only", max_length=None,
-        eval_strategy="epoch", save_strategy="epoch", save_total_limit=1,
-        load_best_model_at_end=True, metric_for_best_model="f1_micro", greater_is_better=True,
-        logging_strategy="steps", logging_steps=max(1, steps_per_epoch // 5),
-        logging_nan_inf_filter=False, seed=seed, data_seed=seed, bf16=env["compute_dtype"] == torch.bfloat16, use_cpu=not env["cuda"],
-        report_to="none", disable_tqdm=True, dataloader_num_workers=0, train_sampling_strategy=throughput.sampling_strategy(hp))
+        completion_only_loss=hp.get("loss", "answer_only") == "answer_only", max_length=None)
     timer = runtime.eval_timer()
     val_rows = [enc.prompt_ids(text) for text in splits["val"]["text"]]
     val_gold = indicator(splits["val"]["labels"], labels)
     trainer = ScoredSFTTrainer(
         model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds, processing_class=tok,
-        callbacks=[EarlyStoppingCallback(early_stopping_patience=hp["patience"]), timer, runtime.finite_loss_guard(out_dir),
-                   trainer_progress()],
+        callbacks=training.callbacks(hp, out_dir, timer),
         val_f1=lambda m: val_micro_f1(m, enc, val_rows, val_gold, hp, plan["eval_batch_size"], env["device"]))
-    trainer.remove_callback(PrinterCallback)  # trainer_progress prints each log event with step, total, time left
-    if env["cuda"]:
-        torch.cuda.reset_peak_memory_stats()
-    last = resume_point(ckpt, runtime.run_key(model_json, data_dir, "instruct", rank, seed, hp))
-    resumed_epochs = round(read_json(Path(last) / "trainer_state.json")["epoch"]) if last else 0
-    if last:
-        print(f"cell {out_dir}: resuming from {Path(last).name} (epoch {resumed_epochs} done)", flush=True)
-    print(f"cell {out_dir}: {faults.describe(plan)}", flush=True)
-    t0 = time.perf_counter()
-    with faults.oom_retry(out_dir, "train", hp, plan):
-        result = trainer.train(resume_from_checkpoint=last)
-    wall = time.perf_counter() - t0
-    history = trainer.state.log_history
-    runtime.check_finite(history, out_dir)
-    epochs_run = round(trainer.state.epoch or 0)
-    trained_here = epochs_run - resumed_epochs  # epochs this process trained (throughput)
-    train_seconds = wall - timer.eval_seconds
-    evals = [h for h in history if "eval_f1_micro" in h]
-    best = max(evals, key=lambda h: h["eval_f1_micro"]) if evals else {}
-    train_info = {
-        "approach": "instruct", "rank": rank, "seed": seed, "trainable_params": int(trainable), "total_params": int(total),
-        "epochs_run": epochs_run, "best_epoch": round(best.get("epoch", 0)), "best_val_f1_micro": best.get("eval_f1_micro"),
-        "train_wall_seconds": wall, "eval_seconds_during_training": timer.eval_seconds,
-        "train_loss": result.training_loss, "n_train": len(train_ds), "n_val": len(val_ds),
-        "micro_batch": plan["batch_size"], "grad_accum": plan["grad_accum"],
-        "effective_batch": plan["batch_size"] * plan["grad_accum"],
-        "resumed_from": Path(last).name if last else None, "loss": hp.get("loss", "answer_only"), "optimizer": optim, "gradient_checkpointing": checkpointing,
+    key = runtime.run_key(model_json, data_dir, "instruct", rank, seed, hp)
+    train_info = {"approach": "instruct", "rank": rank, "seed": seed, "trainable_params": int(trainable),
+                  "total_params": int(total), **training.run(trainer, out_dir, plan, hp, env, key, timer)}
+    train_info.update({
+        "loss": hp.get("loss", "answer_only"), "optimizer": optim, "gradient_checkpointing": checkpointing,
         "mean_prompt_tokens": float(np.mean([sum(1 - m for m in mask) for mask in train_ds["completion_mask"]])),
-        "device": env["device_name"], "dtype": str(env["compute_dtype"]).replace("torch.", ""),
-        "quantization": hp.get("quantization", "nf4"), "peak_memory_mb": runtime.peak_memory_mb(env),
-        "prompt_max_length": enc.max_length, **prefixed("train_", enc.coverage(splits["train"]["text"])),
-    }
-    # samples/s, tokens/s (prompt + answer), padding, peak memory, model FLOPs / MFU (clsbench.throughput)
-    train_info.update(throughput.write_train(
-        out_dir, lengths=[len(ids) for ids in train_ds["input_ids"]], seconds=train_seconds, epochs=trained_here,
-        plan=plan, hp=hp, env=env, peak_memory_mb=train_info["peak_memory_mb"], config=model.config,
-        kind="train_frozen", seed=seed))
-    write_jsonl(out_dir / "train_log.jsonl", history)
-    write_json(out_dir / "train_info.json", train_info)
-    save_adapter(trainer.model, out_dir / "adapter", info, None, multi, tok.pad_token_id)
-    shutil.rmtree(ckpt, ignore_errors=True)
-    return train_info
+        "quantization": hp.get("quantization", "nf4"), "prompt_max_length": enc.max_length,
+        **prefixed("train_", enc.coverage(splits["train"]["text"]))})
+    return training.finish(out_dir, train_info, trainer, hp, env, plan, seed, "train_lora",
+                           lambda final: adapters.save_adapter(trainer.model, final, info))
 
 
 # ---------------------------------------------------------------- inference
@@ -530,12 +485,11 @@ def generate(model, enc: Encoder, prompt_rows: list[list[int]], batch_size: int,
 
 def load_for_inference(source: str | Path, hp: dict, env: dict):
     """(model, tokenizer): an instruct cell's ``adapter/`` on its 4-bit base, or a base model (zero-shot)."""
-    from peft import PeftModel
 
     source = Path(source)
-    if (source / "adapter_config.json").exists():
-        base = source / ADAPTER_BASE
-        model = PeftModel.from_pretrained(load_lm(base, hp, env), str(source))
+    if adapters.is_peft(source):
+        base = source / adapters.ADAPTER_BASE
+        model = adapters.load_peft(source, lambda path: load_lm(path, hp, env))
     else:
         base = source
         model = load_lm(base, hp, env)
@@ -563,27 +517,29 @@ def run_mode(mode: str, model, enc: Encoder, rows: list[list[int]], hp: dict, en
     return probs, [list(names[row.astype(bool)]) for row in pred], None
 
 
-def predict(source: str, data_dir: str, out_dir: str, hp: dict, approach: str = "instruct", split: str = "test",
-            threads: int | None = None, modes: tuple[str, ...] = MODES) -> dict:
+def predict(source: str, data_dir: str, out_dir: str, hp: dict, threads: int | None = None, split: str = "test",
+            modes: tuple[str, ...] = MODES, untrained: dict | None = None, examples=None) -> dict:
     """Run each inference mode over ``split``; write its predictions and info (see module docstring).
-    ``source``: the cell's ``adapter/`` (instruct) or the model's folder (zero-shot)."""
+    ``source``: the cell's ``adapter/`` (instruct) or the model's folder (prompting an untrained
+    model: ``untrained`` is then the cell's train_info.json record, written here as the cell has no
+    training step); ``examples``: solved (text, labels) pairs shown before each text (few-shot)."""
     import torch
 
     env = runtime.device_setup(threads, hp.get("precision"))
     splits, labels, multi = load_prepared(data_dir)
     df = splits[split]
     out_dir = Path(out_dir)
-    if (Path(source) / "adapter_config.json").exists():  # a corrupted adapter is removed with what came from it
+    if adapters.is_peft(source):  # a corrupted adapter is removed with what came from it
         faults.check_sums(source, derived=tuple(out_dir / f"{stem}{suffix}.{ext}" for suffix in ("", "_generate")
                                                 for stem, ext in (("predictions", "parquet"), ("metrics", "json"))))
     model, tok = load_for_inference(source, hp, env)
-    enc = Encoder(tok, labels, multi, hp, train_labels=splits["train"]["labels"])
+    enc = Encoder(tok, labels, multi, hp, train_labels=splits["train"]["labels"], examples=examples)
     enc.check_fits(model.config)
     t0 = time.perf_counter()
     rows = [enc.prompt_ids(text) for text in df["text"]]
     encode_seconds = time.perf_counter() - t0
     lengths = [len(r) for r in rows]
-    hp = faults.resolve_eval_batch(hp, env, lambda subset, bs: [
+    hp = resolve_eval_batch(hp, env, lambda subset, bs: [
         run_mode(m, model, enc, subset, {**hp, "eval_batch_size": bs}, env) for m in modes], rows, lengths)
     plan = faults.batch_plan(hp, out_dir, "predict")  # halved after an out-of-memory failure
     configured, hp = hp, {**hp, "eval_batch_size": plan["eval_batch_size"]}
@@ -619,40 +575,41 @@ def predict(source: str, data_dir: str, out_dir: str, hp: dict, approach: str = 
             info["predictions_sha256"] = sha256(tmp)  # checked by the evaluate step
         write_json(out_dir / f"predict_info{suffix}.json", info)
         infos[mode] = info
-    if approach == "zeroshot":  # no training: record what the evaluation expects of a cell
+    if untrained is not None:  # no training step: record what the evaluation expects of a cell
         trainable, total = runtime.count_parameters(model)
-        write_json(out_dir / "train_info.json", {"approach": "zeroshot", "rank": 0, "trainable_params": 0,
-                                                 "total_params": int(total), "epochs_run": 0,
-                                                 "quantization": hp.get("quantization", "nf4")})
+        write_json(out_dir / "train_info.json", {**untrained, "rank": 0, "trainable_params": 0, "total_params": int(total),
+                                                 "epochs_run": 0, "quantization": hp.get("quantization", "nf4"),
+                                                 "prompt_max_length": enc.max_length})
     return infos
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Approaches 'instruct' and 'zeroshot': train or predict one cell.")
-    sub = parser.add_subparsers(dest="cmd", required=True)
-    t = sub.add_parser("train")
-    t.add_argument("--model-json", required=True)
-    t.add_argument("--rank", type=int, required=True)
-    t.add_argument("--seed", type=int, required=True)
-    p = sub.add_parser("predict")
-    p.add_argument("--source", required=True, help="the cell's adapter/ (instruct) or model.json (zeroshot)")
-    p.add_argument("--approach", choices=("instruct", "zeroshot"), default="instruct")
-    p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
-    for a in (t, p):
-        a.add_argument("--data-dir", required=True)
-        a.add_argument("--out-dir", required=True)
-        a.add_argument("--hparams", required=True, help="the approach's hyperparameters as JSON")
-        a.add_argument("--threads", type=int)
-    args = parser.parse_args(argv)
-    hp = json.loads(args.hparams)
-    if args.cmd == "train":
-        info = train(args.model_json, args.data_dir, args.out_dir, args.rank, args.seed, hp, args.threads)
-    else:
-        source = read_json(args.source)["path"] if args.source.endswith(".json") else args.source
-        info = predict(source, args.data_dir, args.out_dir, hp, args.approach, threads=args.threads,
-                       modes=tuple(args.modes))
-    print(json.dumps(info, indent=2, default=str))
+def predict_zeroshot(model_dir: str, data_dir: str, out_dir: str, hp: dict, threads: int | None = None,
+                     **kwargs) -> dict:
+    """Approach "zeroshot": the instruct prompts on the untrained model (the paper's headless prompting)."""
+    return predict(model_dir, data_dir, out_dir, hp, threads, untrained={"approach": "zeroshot"}, **kwargs)
 
 
-if __name__ == "__main__":
-    run_cli(main)
+def predict_fewshot(model_dir: str, data_dir: str, out_dir: str, hp: dict, seed: int, threads: int | None = None,
+                    **kwargs) -> dict:
+    """Approach "fewshot": the instruct prompts with ``shots`` solved training examples per label
+    (drawn with ``seed``, :func:`few_shot_examples`) before the text, on the untrained model."""
+    splits, labels, _ = load_prepared(data_dir)
+    examples = few_shot_examples(splits["train"], labels, hp["shots"], seed)
+    record = {"approach": "fewshot", "seed": seed, "shots": hp["shots"], "examples": len(examples),
+              "example_ids": [ident for ident, _, _ in examples]}
+    return predict(model_dir, data_dir, out_dir, hp, threads, untrained=record,
+                   examples=[(text, gold) for _, text, gold in examples], **kwargs)
+
+
+def few_shot_examples(train: pd.DataFrame, labels: list[str], shots: int, seed: int) -> list[tuple[str, str, list[str]]]:
+    """(id, text, labels) of ``shots`` training examples per label: for each label in turn, examples
+    that carry it and are not taken yet, drawn at random with ``seed`` (fewer where the training split
+    has fewer); then shuffled, so that no label's examples always stand next to the text."""
+    rng = np.random.default_rng(seed)
+    taken: list[int] = []
+    for name in labels:
+        pool = [i for i, gold in enumerate(train["labels"]) if name in gold and i not in taken]
+        taken += [pool[i] for i in sorted(rng.choice(len(pool), size=min(shots, len(pool)), replace=False))]
+    rng.shuffle(taken)
+    return [(train["id"].iloc[i], train["text"].iloc[i], list(train["labels"].iloc[i])) for i in taken]
+

@@ -19,13 +19,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from . import approaches  # noqa: E402
 from .io import atomic_path, read_json, run_cli  # noqa: E402
 from .metrics import forecasts, indicator, reliability_bins  # noqa: E402
 from .tables import block_title, collect  # noqa: E402
 
 MIN_BIN = 5  # reliability bins with fewer forecasts are too noisy to draw
-COLORS = {"head": "#1f77b4", "frozen": "#9ecae1", "instruct": "#ff7f0e", "zeroshot": "#fdd0a2",
-          "encoder": "#2ca02c", "tfidf": "#7f7f7f"}
+COLORS = {a.name: a.colour for a in approaches.REGISTRY.values()}
 
 
 def save(fig, out_dir: Path, stem: str) -> list[Path]:
@@ -48,11 +48,11 @@ def summarise(df: pd.DataFrame) -> pd.DataFrame:
 def bubble(df: pd.DataFrame, dataset: str, out_dir: Path) -> list[Path]:
     cells = summarise(df[df["dataset"] == dataset])
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
-    tfidf = cells[cells["approach"] == "tfidf"]
-    if len(tfidf):
-        ax.axhline(tfidf["f1"].iloc[0], color=COLORS["tfidf"], ls="--", lw=1.2,
-                   label=f"TF-IDF + LR ({tfidf['f1'].iloc[0]:.3f})")
-    points = cells[cells["approach"] != "tfidf"].sort_values("trainable").reset_index(drop=True)
+    baseline = cells[cells["approach"] == approaches.BASELINE]
+    if len(baseline):
+        ax.axhline(baseline["f1"].iloc[0], color=COLORS[approaches.BASELINE], ls="--", lw=1.2,
+                   label=f"{block_title(approaches.BASELINE, 0)} ({baseline['f1'].iloc[0]:.3f})")
+    points = cells[cells["approach"] != approaches.BASELINE].sort_values("trainable").reset_index(drop=True)
     biggest = points["total"].max() if len(points) else 1
     for approach, group in points.groupby("approach", sort=False):
         ax.scatter(group["trainable"], group["f1"], s=60 + 1400 * group["total"] / biggest, alpha=0.55,

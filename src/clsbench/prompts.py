@@ -81,6 +81,15 @@ def render(text: str, labels: list[str], multi_label: bool, delimiter: str = DEF
     return instruction(labels, multi_label, delimiter) + text + tail(multi_label)
 
 
+def examples_block(examples: list[tuple[str, list[str]]], labels: list[str], multi_label: bool) -> str:
+    """Few-shot: solved examples placed after the instruction (which ends by opening the text), each
+    its text, the tail and its answer, then a blank line and the instruction's opening again
+    (``TEXT: `` / ``text: ``) for the next text."""
+    opening = (MULTI_INSTRUCTION if multi_label else SINGLE_INSTRUCTION).rsplit("\n", 1)[1]
+    return "".join(text + tail(multi_label) + answer(gold, labels, multi_label) + "\n\n" + opening
+                   for text, gold in examples)
+
+
 def answer(gold: list[str], labels: list[str], multi_label: bool) -> str:
     """The completion after the prompt: `` B\\tsport`` or `` ["business", "tech"]`` (allowed-set order)."""
     unknown = [g for g in gold if g not in labels]

@@ -18,13 +18,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from . import approaches
 from .io import atomic_path, read_json, run_cli
 
 REFERENCE = Path(__file__).parent / "reference" / "paper_results.csv"
 
 CELL_RE = re.compile(r"results/(?P<dataset>[^/]+)/(?P<model>[^/]+)/(?P<approach>[^/]+)/r(?P<rank>\d+)/s(?P<seed>\d+)/"
                      r"metrics(?:_(?P<mode>generate))?\.json$")
-GENERATIVE = {"instruct", "zeroshot"}  # cells with two inference modes: score (metrics.json) and generate
 COLUMNS = ["dataset", "model", "approach", "rank", "seed", "mode", "f1_micro", "f1_macro", "trainable_params", "total_params",
            "epochs_run", "best_epoch", "train_samples_per_second", "infer_samples_per_second", "n",
            "f1_micro_ci_low", "f1_micro_ci_high", "ece", "brier", "invalid_output_rate", "accuracy",
@@ -35,10 +35,8 @@ THROUGHPUT_EXTRA = ["train_tokens_per_second", "infer_tokens_per_second",
                     "peak_memory_mb", "train_peak_memory_mb", "infer_peak_memory_mb", "train_padding_fraction",
                     "infer_padding_fraction", "train_mfu", "infer_mfu"]
 THROUGHPUT_CONTEXT = ["device", "dtype"]  # what was measured: the throughput table's last columns
-APPROACH_TITLES = {"head": "Classification head", "frozen": "Frozen LLM + head (no LoRA)",
-                   "instruct": "Instruction tuning", "zeroshot": "Zero-shot prompting",
-                   "encoder": "Encoder (full fine-tuning)", "tfidf": "TF-IDF + logistic regression"}
-APPROACH_ORDER = ["head", "frozen", "instruct", "zeroshot", "encoder", "tfidf"]
+APPROACH_TITLES = {a.name: a.title for a in approaches.REGISTRY.values()}
+APPROACH_ORDER = list(approaches.NAMES)
 
 
 def collect(metric_files: list[str | Path]) -> pd.DataFrame:
@@ -54,7 +52,8 @@ def collect(metric_files: list[str | Path]) -> pd.DataFrame:
         row = {**match.groupdict(), **{k: metrics.get(k) for k in COLUMNS if k in metrics or k not in match.groupdict()}}
         row["f1_micro_ci_low"], row["f1_micro_ci_high"] = metrics.get("f1_micro_ci95", [None, None])
         row["rank"], row["seed"] = int(match["rank"]), int(match["seed"])
-        row["mode"] = match["mode"] or ("score" if match["approach"] in GENERATIVE else "classifier")
+        row["mode"] = match["mode"] or (approaches.REGISTRY[match["approach"]].modes[0]
+                                        if match["approach"] in approaches.REGISTRY else "classifier")
         row.update({k: metrics.get(k) for k in THROUGHPUT_EXTRA + THROUGHPUT_CONTEXT})
         row["_dir"] = str(Path(path).parent)
         row["_predictions"] = str(Path(path).parent / ("predictions_generate.parquet" if match["mode"]
@@ -63,8 +62,8 @@ def collect(metric_files: list[str | Path]) -> pd.DataFrame:
     df = pd.DataFrame(rows, columns=[*COLUMNS, *THROUGHPUT_EXTRA, *THROUGHPUT_CONTEXT, "_dir", "_predictions"])
     integers = ["trainable_params", "total_params", "epochs_run", "best_epoch", "n"]
     df[integers] = df[integers].astype("Int64")  # stay integers where some cells have no value (tfidf epochs)
-    tfidf = df[df["approach"] == "tfidf"].groupby("dataset")["f1_micro"].mean()
-    df["f1_micro_minus_tfidf"] = df["f1_micro"] - df["dataset"].map(tfidf)
+    baseline = df[df["approach"] == approaches.BASELINE].groupby("dataset")["f1_micro"].mean()
+    df["f1_micro_minus_tfidf"] = df["f1_micro"] - df["dataset"].map(baseline)
     df["_order"] = df["approach"].map(lambda a: APPROACH_ORDER.index(a) if a in APPROACH_ORDER else len(APPROACH_ORDER))
     df = df.sort_values(["_order", "rank", "mode", "model", "dataset", "seed"]).drop(columns="_order")
     return df.reset_index(drop=True)
@@ -103,7 +102,7 @@ def paper_layout(df: pd.DataFrame) -> pd.DataFrame:
                 continue
             row[dataset] = f"{scores.mean():.3f}" + (f" ± {scores.std(ddof=1):.3f}" if len(scores) > 1 else "")
             delta = cells["f1_micro_minus_tfidf"].mean()
-            if approach != "tfidf" and pd.notna(delta):
+            if approach != approaches.BASELINE and pd.notna(delta):
                 row[dataset] += f" ({delta:+.3f})"
         rows.append(row)
     table = pd.DataFrame(rows)
@@ -229,7 +228,7 @@ def dataset_stats_table(stats_files: list[str | Path], tokenizers: dict[str, str
     return pd.DataFrame(rows)
 
 
-MODEL_BOUND = {"frozen", "instruct", "zeroshot"}  # compared with head cells of the same model only
+MODEL_BOUND = set(approaches.names(model_bound=True))  # compared with reference cells of the same model only
 
 
 def paired_table(df: pd.DataFrame, data_root: str | Path = "results/data") -> pd.DataFrame:
@@ -238,14 +237,15 @@ def paired_table(df: pd.DataFrame, data_root: str | Path = "results/data") -> pd
     from .metrics import compare
 
     rows = []
-    heads = df[df["approach"] == "head"]
+    reference = approaches.REFERENCE
+    heads = df[df["approach"] == reference]
     for _, a in heads.iterrows():
-        others = df[(df["dataset"] == a["dataset"]) & (df["seed"] == a["seed"]) & (df["approach"] != "head")]
+        others = df[(df["dataset"] == a["dataset"]) & (df["seed"] == a["seed"]) & (df["approach"] != reference)]
         others = others[~others["approach"].isin(MODEL_BOUND) | (others["model"] == a["model"])]
         for _, b in others.iterrows():
             result = compare(a["_predictions"], b["_predictions"], Path(data_root) / a["dataset"] / "labels.json")
             rows.append({"dataset": a["dataset"], "seed": a["seed"],
-                         "a": f"{block_title('head', a['rank'])} {a['model']}",
+                         "a": f"{block_title(reference, a['rank'])} {a['model']}",
                          "b": f"{block_title(b['approach'], b['rank'], b['mode'])} {b['model']}",
                          "f1_micro_a": a["f1_micro"], "f1_micro_b": b["f1_micro"],
                          "delta": a["f1_micro"] - b["f1_micro"], **{k: result[k] for k in

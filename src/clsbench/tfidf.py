@@ -5,15 +5,13 @@ The cheapest honest baseline: seconds on a CPU. Writes the same files as the neu
 """
 from __future__ import annotations
 
-import argparse
-import json
 import time
 from pathlib import Path
 
 import numpy as np
 
 from .data import load_prepared
-from .io import atomic_path, run_cli, write_json, write_predictions
+from .io import atomic_path, write_json, write_predictions
 from .metrics import decide
 
 
@@ -29,7 +27,7 @@ def build(hp: dict, multi_label: bool, seed: int):
     return make_pipeline(vectorizer, OneVsRestClassifier(clf) if multi_label else clf)
 
 
-def run(data_dir: str, out_dir: str, seed: int, hp: dict) -> dict:
+def fit(data_dir: str, out_dir: str, seed: int, hp: dict) -> dict:
     """Fit on train, choose nothing on val (fixed hyperparameters), predict test."""
     import joblib
     from sklearn.preprocessing import MultiLabelBinarizer
@@ -68,17 +66,3 @@ def _n_parameters(model) -> int:
     clf = model[-1]
     estimators = clf.estimators_ if hasattr(clf, "estimators_") else [clf]
     return int(sum(e.coef_.size + e.intercept_.size for e in estimators))
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Approach 'tfidf': TF-IDF + logistic regression for one cell.")
-    parser.add_argument("--data-dir", required=True)
-    parser.add_argument("--out-dir", required=True)
-    parser.add_argument("--seed", type=int, required=True)
-    parser.add_argument("--hparams", required=True)
-    args = parser.parse_args(argv)
-    print(json.dumps(run(args.data_dir, args.out_dir, args.seed, json.loads(args.hparams))))
-
-
-if __name__ == "__main__":
-    run_cli(main)

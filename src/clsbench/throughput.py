@@ -56,7 +56,7 @@ PAPER_SETTINGS = {
 }
 
 # model FLOPs per token: (× N, × L·d·T) for each kind of pass (see the module docstring)
-PASSES = {"forward": (2, 4), "train_frozen": (4, 12), "train_full": (6, 12)}
+PASSES = {"forward": (2, 4), "train_lora": (4, 12), "train_full": (6, 12)}
 ORDERS = ("sequential", "sorted", "random", "group_by_length")
 
 
@@ -74,7 +74,7 @@ def peak_flops(device_name: str | None) -> float | None:
 def model_flops(n_params: int, lengths: list[int], kind: str = "forward", n_layers: int = 0,
                 attn_dim: int = 0) -> float:
     """Model FLOPs of one pass over sequences of token ``lengths`` (``kind``: forward,
-    train_frozen, train_full; see the module docstring)."""
+    train_lora, train_full; see the module docstring)."""
     dense, attention = PASSES[kind]
     tokens = sum(lengths)
     squares = sum(t * t for t in lengths)

@@ -9,7 +9,7 @@ sys.path.insert(
     0, str(Path(workflow.basedir) / "src")
 )  # dry runs work without installing the package
 
-from clsbench import UserError, faults, grid
+from clsbench import UserError, approaches, faults, grid
 
 # Jobs run this checkout's code, not whichever clsbench happens to be installed (two checkouts, or
 # an environment built elsewhere, would otherwise run other code than the Snakefile read).
@@ -47,6 +47,12 @@ for cell in CELLS:
         )
 
 CELL = "results/{dataset}/{model}/{approach}/r{rank}/s{seed}"
+# A training or prediction job: one GPU (the SLURM profile routes gpu=1 jobs to a GPU partition),
+# host memory growing on each retry.
+# Every job's software with --software-deployment-method conda: envs/clsbench.yaml pins the versions
+# of constraints.txt (Snakemake's workflow-level `conda:` would instead inject it into the scheduler).
+CONDA_ENV = "../../envs/clsbench.yaml"
+GPU_JOB = {"gpu": 1, "mem_mb": lambda wc, attempt: 16000 * attempt}
 LOG = "results/logs/{dataset}/{model}/{approach}/r{rank}/s{seed}"
 BENCH = "results/benchmarks/{dataset}/{model}/{approach}/r{rank}/s{seed}"
 
@@ -65,7 +71,11 @@ def all_metrics():
         f"{cell.path}/{name}"
         for cell in CELLS
         for name in ["metrics.json"]
-        + (["metrics_generate.json"] if cell.approach in grid.GENERATIVE else [])
+        + (
+            ["metrics_generate.json"]
+            if approaches.get(cell.approach).generative
+            else []
+        )
     ]
 
 
@@ -143,7 +153,7 @@ def train_logs():
     return [
         f"{cell.path}/train_log.jsonl"
         for cell in CELLS
-        if cell.approach in grid.EPOCH_TRAINED
+        if approaches.get(cell.approach).epoch_trained
     ]
 
 

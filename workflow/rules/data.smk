@@ -17,7 +17,7 @@ rule prepare_dataset:
     benchmark:
         "results/benchmarks/data/{dataset}.tsv"
     conda:
-        "../../envs/clsbench.yaml"
+        CONDA_ENV
     resources:
         mem_mb=4000,
         runtime=30,

@@ -12,7 +12,7 @@ rule evaluate:
     benchmark:
         f"{BENCH}/evaluate.tsv"
     conda:
-        "../../envs/clsbench.yaml"
+        CONDA_ENV
     resources:
         mem_mb=2000,
         runtime=10,
@@ -22,7 +22,7 @@ rule evaluate:
 
 
 rule evaluate_generate:
-    """metrics_generate.json: the generate mode of an instruct / zero-shot cell (adds the invalid-output rate)."""
+    """metrics_generate.json: the generate mode of a prompting cell (adds the invalid-output rate)."""
     input:
         predictions=f"{CELL}/predictions_generate.parquet",
         labels="results/data/{dataset}/labels.json",
@@ -35,9 +35,9 @@ rule evaluate_generate:
     benchmark:
         f"{BENCH}/evaluate_generate.tsv"
     wildcard_constraints:
-        approach="instruct|zeroshot",
+        approach=approaches.pattern(generative=True),
     conda:
-        "../../envs/clsbench.yaml"
+        CONDA_ENV
     resources:
         mem_mb=2000,
         runtime=10,

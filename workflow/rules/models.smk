@@ -7,7 +7,7 @@ rule prepare_model:
     benchmark:
         "results/benchmarks/models/{model}.tsv"
     conda:
-        "../../envs/clsbench.yaml"
+        CONDA_ENV
     resources:
         mem_mb=16000,
         runtime=60,

@@ -32,7 +32,7 @@ rule tables:
     benchmark:
         "results/benchmarks/report/tables.tsv"
     conda:
-        "../../envs/clsbench.yaml"
+        CONDA_ENV
     resources:
         mem_mb=2000,
         runtime=10,
@@ -66,7 +66,7 @@ rule claims:
     benchmark:
         "results/benchmarks/report/claims.tsv"
     conda:
-        "../../envs/clsbench.yaml"
+        CONDA_ENV
     resources:
         mem_mb=4000,
         runtime=10,
@@ -118,7 +118,7 @@ rule figures:
     benchmark:
         "results/benchmarks/report/figures.tsv"
     conda:
-        "../../envs/clsbench.yaml"
+        CONDA_ENV
     resources:
         mem_mb=2000,
         runtime=10,

@@ -1,35 +1,11 @@
-rule train_head:
-    """Approach "head": QLoRA adapters + classification head on the last token (early stopping on val micro-F1)."""
-    input:
-        model="results/models/{model}/model.json",
-        data=dataset_files("labels.json"),
-    output:
-        adapter=directory("results/{dataset}/{model}/head/r{rank}/s{seed}/adapter"),
-        train_log="results/{dataset}/{model}/head/r{rank}/s{seed}/train_log.jsonl",
-        info="results/{dataset}/{model}/head/r{rank}/s{seed}/train_info.json",
-    log:
-        "results/logs/{dataset}/{model}/head/r{rank}/s{seed}/train.log",
-    benchmark:
-        "results/benchmarks/{dataset}/{model}/head/r{rank}/s{seed}/train.tsv"
-    retries: 2  # an out-of-memory failure records halved batch sizes for the retry (clsbench.faults)
-    conda:
-        "../../envs/clsbench.yaml"
-    threads: config["threads"]
-    resources:
-        gpu=1,
-        mem_mb=lambda wc, attempt: 16000 * attempt,  # host memory: more on each retry
-        runtime=720,
-    params:
-        hparams=lambda wc: as_json(grid.hparams(config, "head", wc.model, wc.dataset)),
-        out_dir=lambda wc, output: Path(output.info).parent,
-    shell:
-        "python -m clsbench.head train --model-json {input.model} --data-dir results/data/{wildcards.dataset} "
-        "--out-dir {params.out_dir} --rank {wildcards.rank} --seed {wildcards.seed} "
-        "--hparams {params.hparams:q} --threads {threads} > {log} 2>&1"
+# One rule per kind of step, over every approach of that kind (clsbench.approaches):
+# python -m clsbench.cell runs the approach's own entry point.
 
 
-rule train_classifier:
-    """Approaches "frozen" (head on the frozen 4-bit LLM, no LoRA) and "encoder" (full fine-tuning)."""
+rule train:
+    """Train a cell of an approach with a train step (head, frozen, encoder, instruct): adapter/, the
+    per-epoch log and train_info.json (early stopping on validation micro-F1, best epoch restored).
+    """
     input:
         model="results/models/{model}/model.json",
         data=dataset_files("labels.json"),
@@ -42,78 +18,46 @@ rule train_classifier:
     benchmark:
         f"{BENCH}/train.tsv"
     wildcard_constraints:
-        approach="frozen|encoder",
-        rank="0",
+        approach=approaches.pattern(stages="train"),
     retries: 2  # an out-of-memory failure records halved batch sizes for the retry (clsbench.faults)
     conda:
-        "../../envs/clsbench.yaml"
+        CONDA_ENV
     threads: config["threads"]
     resources:
-        gpu=1,
-        mem_mb=lambda wc, attempt: 16000 * attempt,  # host memory: more on each retry
+        **GPU_JOB,
         runtime=720,
     params:
         hparams=hparams_json,
         out_dir=lambda wc, output: Path(output.info).parent,
     shell:
-        "python -m clsbench.head train --approach {wildcards.approach} --model-json {input.model} "
-        "--data-dir results/data/{wildcards.dataset} --out-dir {params.out_dir} --rank 0 --seed {wildcards.seed} "
-        "--hparams {params.hparams:q} --threads {threads} > {log} 2>&1"
+        "python -m clsbench.cell train --approach {wildcards.approach} --model-json {input.model} "
+        "--data-dir results/data/{wildcards.dataset} --out-dir {params.out_dir} --rank {wildcards.rank} "
+        "--seed {wildcards.seed} --hparams {params.hparams:q} --threads {threads} > {log} 2>&1"
 
 
-rule tfidf:
-    """Approach "tfidf": TF-IDF + logistic regression, fitted and applied in one CPU job (seconds)."""
+rule fit:
+    """A cell of an approach fitted and applied in one CPU job (TF-IDF + logistic regression: seconds)."""
     input:
         data=dataset_files("labels.json"),
     output:
-        predictions="results/{dataset}/tfidf/tfidf/r0/s{seed}/predictions.parquet",
-        train_info="results/{dataset}/tfidf/tfidf/r0/s{seed}/train_info.json",
-        predict_info="results/{dataset}/tfidf/tfidf/r0/s{seed}/predict_info.json",
-        model="results/{dataset}/tfidf/tfidf/r0/s{seed}/model.joblib",
+        predictions=f"{CELL}/predictions.parquet",
+        train_info=f"{CELL}/train_info.json",
+        predict_info=f"{CELL}/predict_info.json",
+        model=f"{CELL}/model.joblib",
     log:
-        "results/logs/{dataset}/tfidf/tfidf/r0/s{seed}/train.log",
+        f"{LOG}/train.log",
     benchmark:
-        "results/benchmarks/{dataset}/tfidf/tfidf/r0/s{seed}/train.tsv"
+        f"{BENCH}/train.tsv"
+    wildcard_constraints:
+        approach=approaches.pattern(stages="fit"),
     conda:
-        "../../envs/clsbench.yaml"
+        CONDA_ENV
     resources:
         mem_mb=4000,
         runtime=30,
     params:
-        hparams=lambda wc: as_json(grid.hparams(config, "tfidf", "tfidf", wc.dataset)),
+        hparams=hparams_json,
         out_dir=lambda wc, output: Path(output.model).parent,
     shell:
-        "python -m clsbench.tfidf --data-dir results/data/{wildcards.dataset} --out-dir {params.out_dir} "
-        "--seed {wildcards.seed} --hparams {params.hparams:q} > {log} 2>&1"
-
-
-rule train_instruct:
-    """Approach "instruct": QLoRA instruction tuning on the Appendix B prompts (TRL SFTTrainer, answer-only loss)."""
-    input:
-        model="results/models/{model}/model.json",
-        data=dataset_files("labels.json"),
-    output:
-        adapter=directory("results/{dataset}/{model}/instruct/r{rank}/s{seed}/adapter"),
-        train_log="results/{dataset}/{model}/instruct/r{rank}/s{seed}/train_log.jsonl",
-        info="results/{dataset}/{model}/instruct/r{rank}/s{seed}/train_info.json",
-    log:
-        "results/logs/{dataset}/{model}/instruct/r{rank}/s{seed}/train.log",
-    benchmark:
-        "results/benchmarks/{dataset}/{model}/instruct/r{rank}/s{seed}/train.tsv"
-    retries: 2  # an out-of-memory failure records halved batch sizes for the retry (clsbench.faults)
-    conda:
-        "../../envs/clsbench.yaml"
-    threads: config["threads"]
-    resources:
-        gpu=1,
-        mem_mb=lambda wc, attempt: 16000 * attempt,  # host memory: more on each retry
-        runtime=720,
-    params:
-        hparams=lambda wc: as_json(
-            grid.hparams(config, "instruct", wc.model, wc.dataset)
-        ),
-        out_dir=lambda wc, output: Path(output.info).parent,
-    shell:
-        "python -m clsbench.instruct train --model-json {input.model} --data-dir results/data/{wildcards.dataset} "
-        "--out-dir {params.out_dir} --rank {wildcards.rank} --seed {wildcards.seed} "
-        "--hparams {params.hparams:q} --threads {threads} > {log} 2>&1"
+        "python -m clsbench.cell fit --approach {wildcards.approach} --data-dir results/data/{wildcards.dataset} "
+        "--out-dir {params.out_dir} --seed {wildcards.seed} --hparams {params.hparams:q} > {log} 2>&1"

@@ -1,0 +1,64 @@
+"""Saving and loading what a trained cell learned (``<cell>/adapter/``), for every approach that
+trains on an LLM base: a peft checkpoint (LoRA + classification head, or LoRA of a causal LM) or a
+frozen base's head alone, each beside ``base/`` (the base model's files linked, its config replaced
+by the cell's classification config where it has one) so that
+``peft.AutoPeftModelFor...from_pretrained(adapter_dir)`` finds its base, and ``SHA256SUMS``."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from . import faults
+from .io import atomic_path, write_json
+from .models import local_dir
+
+ADAPTER_BASE = "base"
+FROZEN_HEAD = "score.safetensors"  # the trained weights of a frozen base (no peft)
+THRESHOLDS_FILE = "thresholds.json"  # per-label thresholds chosen on validation (threshold: tuned)
+
+
+def save_adapter(model, final: Path, info: dict, base_config: dict | None = None,
+                 thresholds: dict | None = None) -> None:
+    """Save a peft model's adapter (and head), or the trainable weights of a model without peft, to
+    ``final`` with ``base/``: links to the base model's files (``info``: its model.json) and, given
+    ``base_config`` (AutoConfig keyword arguments, e.g. the classification labels), a config with
+    them; the tuned per-label ``thresholds`` if any. Written atomically."""
+    from safetensors.torch import save_file
+    from transformers import AutoConfig
+
+    final = Path(final)
+    with atomic_path(final, is_dir=True) as tmp:
+        if hasattr(model, "peft_config"):
+            model.save_pretrained(tmp)
+        else:
+            save_file({n: p.detach().float().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad},
+                      tmp / FROZEN_HEAD)
+        base_src = local_dir(info)
+        base = tmp / ADAPTER_BASE
+        base.mkdir()
+        for f in base_src.iterdir():
+            if f.is_file() and (f.name != "config.json" or base_config is None) and not f.name.startswith("."):
+                os.symlink(os.path.relpath(f.resolve(), final / ADAPTER_BASE), base / f.name)
+        if base_config is not None:
+            AutoConfig.from_pretrained(str(base_src), **base_config).save_pretrained(base)
+        cfg_path = tmp / "adapter_config.json"
+        if cfg_path.exists():
+            cfg = json.loads(cfg_path.read_text())
+            cfg["base_model_name_or_path"] = str((final / ADAPTER_BASE).resolve())
+            cfg_path.write_text(json.dumps(cfg, indent=2))
+        if thresholds:
+            write_json(tmp / THRESHOLDS_FILE, thresholds)
+        faults.write_sums(tmp)
+
+
+def is_peft(folder: str | Path) -> bool:
+    return (Path(folder) / "adapter_config.json").exists()
+
+
+def load_peft(adapter_dir: str | Path, load_base):
+    """The peft model of ``adapter_dir`` on the base that ``load_base(base_dir)`` loads (quantised as
+    in training)."""
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(load_base(Path(adapter_dir) / ADAPTER_BASE), str(adapter_dir))

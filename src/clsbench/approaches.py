@@ -1,0 +1,94 @@
+"""The registry of approaches: what the grid, the rules, the tables, the plots and the claims need to
+know of each. Nothing else in the package or the workflow spells out an approach's name; adding an
+approach is a module with its entry points, an entry here and its block in the config schema.
+
+Entry points (``"module:function"`` under ``clsbench``, run by ``python -m clsbench.cell``):
+  train(model_json, data_dir, out_dir, rank, seed, hp, threads) -> train_info
+      for ``stages == "train"``: writes adapter/, train_log.jsonl, train_info.json
+  predict(source, data_dir, out_dir, hp, seed, threads) -> predict_info
+      ``source``: the cell's adapter/ (stages "train") or the model's folder (stages "predict",
+      which also writes train_info.json: the cell has no training step)
+  fit(data_dir, out_dir, seed, hp) -> train_info
+      for ``stages == "fit"``: one CPU job that fits and predicts (no model of ``models:``)
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+
+from . import UserError
+
+CLASSIFIER_MODES = ("classifier",)
+PROMPT_MODES = ("score", "generate")  # cached as predictions.parquet and predictions_generate.parquet
+
+
+@dataclass(frozen=True)
+class Approach:
+    name: str
+    title: str  # tables and plots
+    colour: str  # bubble plots
+    stages: str  # "train" (a train job, then a predict job), "predict" (no training), "fit" (one job)
+    train: str | None = None  # entry points, "module:function"
+    predict: str | None = None
+    fit: str | None = None
+    ranked: bool = False  # its cells take a LoRA rank (the others are written r0)
+    model_slug: str | None = None  # model-free approaches: the model slug of their cells
+    modes: tuple[str, ...] = CLASSIFIER_MODES  # inference modes; the first is metrics.json's
+    model_bound: bool = False  # compared with the reference approach's cells of the same model only
+    deterministic: bool = False  # one seed stands for all (its result does not depend on the seed)
+
+    @property
+    def generative(self) -> bool:
+        """Has a second inference mode (free generation: predictions_generate.parquet)."""
+        return "generate" in self.modes
+
+    @property
+    def epoch_trained(self) -> bool:
+        """Trains over epochs in a train job (writes train_log.jsonl: the training curves)."""
+        return self.stages == "train"
+
+    def entry(self, stage: str):
+        """The function of ``stage`` (train, predict or fit)."""
+        target = getattr(self, stage)
+        if target is None:
+            raise UserError(f"approach '{self.name}' has no {stage} step (its stages: {self.stages})")
+        module, function = target.split(":")
+        return getattr(importlib.import_module(f"clsbench.{module}"), function)
+
+
+REFERENCE = "head"  # the approach the others are compared with (the paired table)
+BASELINE = "tfidf"  # the floor every table measures against (delta vs TF-IDF, bubble plots' line)
+REGISTRY = {a.name: a for a in (
+    Approach("head", "Classification head", "#1f77b4", "train", train="head:train", predict="classifier:predict",
+             ranked=True),
+    Approach("frozen", "Frozen LLM + head (no LoRA)", "#9ecae1", "train", train="frozen:train",
+             predict="classifier:predict", model_bound=True),
+    Approach("instruct", "Instruction tuning", "#ff7f0e", "train", train="instruct:train", predict="instruct:predict",
+             ranked=True, modes=PROMPT_MODES, model_bound=True),
+    Approach("zeroshot", "Zero-shot prompting", "#fdd0a2", "predict", predict="instruct:predict_zeroshot",
+             modes=PROMPT_MODES, model_bound=True, deterministic=True),
+    Approach("fewshot", "Few-shot prompting", "#d62728", "predict", predict="instruct:predict_fewshot",
+             modes=PROMPT_MODES, model_bound=True),
+    Approach("encoder", "Encoder (full fine-tuning)", "#2ca02c", "train", train="encoder:train",
+             predict="classifier:predict"),
+    Approach("tfidf", "TF-IDF + logistic regression", "#7f7f7f", "fit", fit="tfidf:fit", model_slug="tfidf",
+             deterministic=True),
+)}
+NAMES = tuple(REGISTRY)  # table order
+
+
+def get(name: str) -> Approach:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise UserError(f"unknown approach '{name}' (known: {list(NAMES)})") from None
+
+
+def names(**attrs) -> list[str]:
+    """Approaches whose attributes have the given values, e.g. ``names(stages="train")``."""
+    return [a.name for a in REGISTRY.values() if all(getattr(a, k) == v for k, v in attrs.items())]
+
+
+def pattern(**attrs) -> str:
+    """A wildcard constraint (``head|frozen|...``) for the approaches of :func:`names`."""
+    return "|".join(names(**attrs))

@@ -1,0 +1,56 @@
+"""One cell's step, for any approach of the registry (:mod:`clsbench.approaches`); what the rules run.
+
+    python -m clsbench.cell train   --approach A --model-json M --data-dir D --out-dir O --rank R --seed S --hparams J
+    python -m clsbench.cell predict --approach A --source ADAPTER_DIR|MODEL_JSON --data-dir D --out-dir O --seed S --hparams J
+    python -m clsbench.cell fit     --approach A --data-dir D --out-dir O --seed S --hparams J
+"""
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+
+from . import UserError, approaches
+from .io import read_json, run_cli
+
+
+def call(function, *args, **kwargs):
+    """``function`` with the keyword arguments it takes (a trained cell's predict step needs no seed)."""
+    accepted = inspect.signature(function).parameters
+    return function(*args, **{k: v for k, v in kwargs.items() if k in accepted})
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Train, predict or fit one cell of any approach.")
+    sub = parser.add_subparsers(dest="stage", required=True)
+    stages = {name: sub.add_parser(name) for name in ("train", "predict", "fit")}
+    stages["train"].add_argument("--model-json", required=True)
+    stages["train"].add_argument("--rank", type=int, required=True)
+    stages["predict"].add_argument("--source", required=True,
+                                   help="the cell's adapter/ (trained approaches) or the model's model.json")
+    for a in stages.values():
+        a.add_argument("--approach", required=True, choices=approaches.NAMES)
+        a.add_argument("--data-dir", required=True)
+        a.add_argument("--out-dir", required=True)
+        a.add_argument("--seed", type=int, required=True)
+        a.add_argument("--hparams", required=True, help="the cell's hyperparameters as JSON")
+        a.add_argument("--threads", type=int)
+    args = parser.parse_args(argv)
+    approach = approaches.get(args.approach)
+    if args.stage == "train" and not approach.ranked and args.rank != 0:
+        raise UserError(f"approach '{approach.name}' takes no LoRA rank: its cells are r0, not r{args.rank}")
+    function = approach.entry(args.stage)
+    common = {"data_dir": args.data_dir, "out_dir": args.out_dir, "seed": args.seed, "hp": json.loads(args.hparams),
+              "threads": args.threads}
+    if args.stage == "train":
+        info = call(function, model_json=args.model_json, rank=args.rank, **common)
+    elif args.stage == "predict":
+        source = read_json(args.source)["path"] if args.source.endswith(".json") else args.source
+        info = call(function, source, **common)  # the adapter/ or the model's folder
+    else:
+        info = call(function, **common)
+    print(json.dumps(info, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,314 @@
+"""What the approaches that put a classification head on a model share (head, frozen, encoder):
+the model with its ``score`` head, tokenised splits, probabilities and decisions (per-label
+thresholds tuned on validation, class weights), optimizer, the Trainer-based training of head and
+encoder, and the predict step of all three.
+
+``AutoModelForSequenceClassification`` on a causal LM pools the rightmost non-pad token into a
+linear ``score`` layer. Single-label: softmax + cross-entropy; multi-label: sigmoid + BCE, threshold
+at inference (0.5, or per label chosen on validation with ``threshold: tuned``).
+"""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import UserError, adapters, faults, runtime, throughput, training
+from .batching import AUTO_BATCH, resolve_eval_batch
+from .data import load_prepared
+from .io import read_json, write_predictions
+from .metrics import decide, indicator
+from .models import load_tokenizer, prefixed, text_coverage
+from .progress import Progress
+from .runtime import device_setup, peak_memory_mb, quantization_config
+
+THRESHOLDS = "thresholds"  # train_info key of the tuned per-label thresholds
+
+
+def classification_kwargs(labels: list[str], multi_label: bool, pad_token_id: int) -> dict:
+    return {"num_labels": len(labels), "id2label": dict(enumerate(labels)),
+            "label2id": {label: i for i, label in enumerate(labels)}, "pad_token_id": pad_token_id,
+            "problem_type": "multi_label_classification" if multi_label else "single_label_classification"}
+
+
+def load_classifier(path: str | Path, hp: dict, env: dict, dtype=None, **cls_kwargs):
+    from transformers import AutoModelForSequenceClassification
+
+    quant = quantization_config(hp, env["compute_dtype"])
+    kwargs = {"dtype": dtype or env["compute_dtype"], **cls_kwargs}
+    if quant is not None:
+        kwargs["quantization_config"] = quant
+        kwargs["device_map"] = {"": 0} if env["cuda"] else {"": "cpu"}
+    model = AutoModelForSequenceClassification.from_pretrained(str(path), **kwargs)
+    if quant is None:
+        model.to(env["device"])
+    faults.simulate_oom(model)
+    return model
+
+
+def lora_config(hp: dict, rank: int):
+    from peft import LoraConfig, TaskType
+
+    return LoraConfig(task_type=TaskType.SEQ_CLS, r=rank, lora_alpha=hp["lora_alpha"],
+                      lora_dropout=hp["lora_dropout"], bias=hp.get("lora_bias", "none"),
+                      target_modules=hp["target_modules"])
+
+
+
+# ---------------------------------------------------------------- data
+def tokenize_split(df: pd.DataFrame, tok, labels: list[str], multi_label: bool, max_length: int):
+    """A `datasets.Dataset` with input_ids / attention_mask / labels (int or multi-hot float)."""
+    from datasets import Dataset
+
+    enc = tok(list(df["text"]), truncation=True, max_length=max_length)
+    y = indicator(df["labels"], labels)
+    target = y.astype(np.float32).tolist() if multi_label else y.argmax(1).tolist()
+    return Dataset.from_dict({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "labels": target})
+
+
+def probabilities(logits: np.ndarray, multi_label: bool) -> np.ndarray:
+    from scipy.special import expit, softmax
+
+    logits = logits.astype(np.float64)
+    return expit(logits) if multi_label else softmax(logits, axis=1)
+
+
+
+def fixed_threshold(hp: dict) -> float:
+    """The threshold of training-time validation: the configured one, 0.5 when it is ``tuned``."""
+    threshold = hp.get("threshold", 0.5)
+    return 0.5 if threshold == "tuned" else float(threshold)
+
+
+def tune_thresholds(probs: np.ndarray, gold: np.ndarray, grid: np.ndarray | None = None) -> np.ndarray:
+    """Per-label thresholds with the best F1 of that label on validation (``threshold: tuned``); ties
+    go to the threshold closest to 0.5, and a label without a positive keeps 0.5."""
+    from sklearn.metrics import f1_score
+
+    grid = np.round(np.arange(0.05, 0.951, 0.05), 2) if grid is None else grid
+    out = np.full(probs.shape[1], 0.5)
+    for j in range(probs.shape[1]):
+        if gold[:, j].sum() == 0:
+            continue
+        scores = [f1_score(gold[:, j], probs[:, j] >= g, zero_division=0) for g in grid]
+        best = max(scores)
+        out[j] = min((g for g, s in zip(grid, scores) if s == best), key=lambda g: abs(g - 0.5))
+    return out
+
+
+def tuned_thresholds(hp: dict, multi_label: bool, labels: list[str], val_probs, val_gold: np.ndarray) -> dict:
+    """``{"thresholds": {label: threshold}}`` for ``threshold: tuned`` on multi-label data, else {}.
+    ``val_probs``: a callable giving the validation probabilities of the restored best model (called
+    only when needed)."""
+    if not (multi_label and hp.get("threshold") == "tuned"):
+        return {}
+    return {THRESHOLDS: dict(zip(labels, tune_thresholds(val_probs(), val_gold)))}
+
+
+def class_weights(rows, labels: list[str], multi_label: bool, mode: str):
+    """Loss weights from the training labels (``class_weights: balanced``): cross-entropy weights
+    n / (classes x count) (scikit-learn's "balanced"), or BCE ``pos_weight`` negatives / positives per
+    label; None for ``none``. A class without training examples gets weight 1."""
+    import torch
+
+    if mode in (None, "none"):
+        return None
+    y = indicator(rows, labels).astype(np.float64)
+    pos = y.sum(0)
+    if multi_label:
+        weights = np.where(pos > 0, (len(y) - pos) / np.maximum(pos, 1), 1.0)
+    else:
+        weights = np.where(pos > 0, len(y) / (len(labels) * np.maximum(pos, 1)), 1.0)
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+def weighted_loss(weights, multi_label: bool):
+    """A Trainer ``compute_loss_func`` with class weights (the model's own loss has none)."""
+    import torch
+
+    def loss(outputs, labels, num_items_in_batch=None):
+        logits = outputs.logits.float()
+        w = weights.to(logits.device)
+        if multi_label:
+            return torch.nn.functional.binary_cross_entropy_with_logits(logits, labels.float(), pos_weight=w)
+        return torch.nn.functional.cross_entropy(logits, labels.view(-1), weight=w)
+
+    return loss
+
+
+def micro_f1_from_logits(logits: np.ndarray, y: np.ndarray, multi_label: bool, threshold: float) -> float:
+    from sklearn.metrics import f1_score
+
+    pred = decide(probabilities(logits, multi_label), multi_label, threshold)
+    gold = y.astype(np.int8) if multi_label else np.eye(logits.shape[1], dtype=np.int8)[y]
+    return float(f1_score(gold, pred, average="micro", zero_division=0))
+
+
+def build_optimizer(model, hp: dict, steps: int, name: str):
+    """AdamW of the ``name`` variant (:data:`clsbench.runtime.OPTIMIZERS`) with a separate learning rate for the head."""
+    import torch
+    from transformers import get_scheduler
+
+    head_lr = hp.get("head_learning_rate") or hp["learning_rate"]
+    head, body = [], []
+    for param_name, p in model.named_parameters():
+        if p.requires_grad:
+            (head if ".score." in param_name or param_name.startswith("score.") or "modules_to_save" in param_name
+             else body).append(p)
+    groups = [{"params": body, "lr": hp["learning_rate"]}, {"params": head, "lr": head_lr}]
+    groups = [g for g in groups if g["params"]]
+    if name == "adamw_torch":
+        opt = torch.optim.AdamW(groups, weight_decay=hp.get("weight_decay", 0.0))
+    else:
+        import bitsandbytes as bnb
+
+        cls = {"adamw_bnb_8bit": bnb.optim.AdamW8bit, "paged_adamw_32bit": bnb.optim.PagedAdamW32bit,
+               "paged_adamw_8bit": bnb.optim.PagedAdamW8bit}[name]
+        opt = cls(groups, weight_decay=hp.get("weight_decay", 0.0))
+    sched = get_scheduler(hp.get("lr_scheduler", "linear"), opt,
+                          num_warmup_steps=math.ceil(hp.get("warmup_ratio", 0.0) * steps), num_training_steps=steps)
+    return opt, sched
+
+# ---------------------------------------------------------------- training (head, encoder)
+def fit(approach: str, model_json: str, data_dir: str, out_dir: str, rank: int, seed: int, hp: dict,
+        threads: int | None, build_model, default_optimizer: str, kind: str, save) -> dict:
+    """Train one cell with the HF ``Trainer`` through :mod:`clsbench.training`.
+    ``build_model(info, kwargs, hp, env, rank)``: the model to train (``kwargs``: its classification
+    config); ``save(model, final, tok, info, kwargs, thresholds)``: write ``adapter/``; ``kind``: the
+    throughput record's training kind (``train_lora`` or ``train_full``)."""
+    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments, set_seed
+
+    env = device_setup(threads, hp.get("precision"))
+    out_dir = Path(out_dir)
+    info = read_json(model_json)
+    splits, labels, multi = load_prepared(data_dir)
+    tok = load_tokenizer(info["path"])
+    threshold = fixed_threshold(hp)
+    set_seed(seed)
+    kwargs = classification_kwargs(labels, multi, tok.pad_token_id)
+    model = build_model(info, kwargs, hp, env, rank)
+    trainable, total = runtime.count_parameters(model)
+    train_ds = tokenize_split(splits["train"], tok, labels, multi, hp["max_length"])
+    val_ds = tokenize_split(splits["val"], tok, labels, multi, hp["max_length"])
+    plan = training.plan(hp, out_dir)
+    optim = runtime.optimizer_name(hp, env, default_optimizer)
+    optimizers = build_optimizer(model, hp, training.steps_per_epoch(hp, len(train_ds)) * hp["max_epochs"], optim)
+
+    def compute_metrics(pred):
+        return {"f1_micro": micro_f1_from_logits(pred.predictions, pred.label_ids, multi, threshold)}
+
+    args = TrainingArguments(**training.arguments(hp, plan, env, seed, out_dir, len(train_ds)))
+    timer = runtime.eval_timer()
+    weights = class_weights(splits["train"]["labels"], labels, multi, hp.get("class_weights", "none"))
+    trainer = Trainer(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds,
+                      processing_class=tok, data_collator=DataCollatorWithPadding(tok),
+                      compute_metrics=compute_metrics, optimizers=optimizers,
+                      compute_loss_func=weighted_loss(weights, multi) if weights is not None else None,
+                      callbacks=training.callbacks(hp, out_dir, timer))
+    key = runtime.run_key(model_json, data_dir, approach, rank, seed, hp)
+    train_info = {"approach": approach, "rank": rank, "seed": seed, "trainable_params": int(trainable),
+                  "total_params": int(total), **training.run(trainer, out_dir, plan, hp, env, key, timer)}
+    extra = tuned_thresholds(hp, multi, labels, lambda: probabilities(trainer.predict(val_ds).predictions, True),
+                             indicator(splits["val"]["labels"], labels))
+    train_info.update(optimizer=optim, class_weights=hp.get("class_weights", "none"), **extra,
+                      quantization="none" if kind == "train_full" else hp.get("quantization", "nf4"),
+                      **prefixed("train_", text_coverage(tok, splits["train"]["text"], hp["max_length"])))
+    return training.finish(out_dir, train_info, trainer, hp, env, plan, seed, kind,
+                           lambda final: save(trainer.model, final, tok, info, kwargs, extra.get(THRESHOLDS)))
+
+
+# ---------------------------------------------------------------- prediction
+def predict_logits(model, tok, texts: list[str], max_length: int, batch_size: int,
+                   device: str, progress=None) -> tuple[np.ndarray, list[int]]:
+    """Logits for ``texts``, batched in order of length (least padding); returns (logits, token lengths).
+    ``progress``: a :class:`clsbench.progress.Progress` told of each batch done."""
+    import torch
+
+    enc = tok(texts, truncation=True, max_length=max_length)
+    order = np.argsort([len(ids) for ids in enc["input_ids"]])
+    out = np.zeros((len(texts), model.config.num_labels), dtype=np.float32)
+    with torch.inference_mode():
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            batch = tok.pad({"input_ids": [enc["input_ids"][i] for i in idx],
+                             "attention_mask": [enc["attention_mask"][i] for i in idx]}, return_tensors="pt")
+            logits = model(**{k: v.to(device) for k, v in batch.items()}).logits
+            out[idx] = logits.float().cpu().numpy()
+            if progress is not None:
+                progress.update(len(idx))
+    return out, [len(ids) for ids in enc["input_ids"]]
+
+
+def load_trained(adapter_dir: str | Path, hp: dict, env: dict):
+    """The trained classifier: base (quantised as in training) + adapter + head, base + head
+    (frozen), or the fine-tuned encoder."""
+    import torch
+    from safetensors.torch import load_file
+
+    adapter_dir = Path(adapter_dir)
+    base_dir = adapter_dir / adapters.ADAPTER_BASE
+    if adapters.is_peft(adapter_dir):
+        model = adapters.load_peft(adapter_dir, lambda path: load_classifier(path, hp, env))
+    elif (adapter_dir / adapters.FROZEN_HEAD).exists():
+        model = load_classifier(base_dir, hp, env)
+        state = load_file(adapter_dir / adapters.FROZEN_HEAD)
+        missing = set(state) - {n for n, _ in model.named_parameters()}
+        if missing:
+            raise UserError(f"{adapter_dir / adapters.FROZEN_HEAD}: weights {sorted(missing)} do not fit the base model")
+        model.load_state_dict(state, strict=False)
+    else:
+        model = load_classifier(adapter_dir, {**hp, "quantization": "none"}, env, dtype=torch.float32)
+        base_dir = adapter_dir
+    model.eval()
+    return model, load_tokenizer(base_dir)
+
+
+def predict(adapter_dir: str, data_dir: str, out_dir: str, hp: dict, threads: int | None = None,
+            split: str = "test") -> dict:
+    """Write ``predictions.parquet`` (id, gold, probs, pred) and ``predict_info.json`` into ``out_dir``."""
+    import torch
+
+    env = device_setup(threads, hp.get("precision"))
+    splits, labels, multi = load_prepared(data_dir)
+    df = splits[split]
+    out_dir = Path(out_dir)
+    # a corrupted adapter is removed with what was computed from it (retrained by the next run), not used
+    faults.check_sums(adapter_dir, derived=(out_dir / "predictions.parquet", out_dir / "metrics.json"))
+    model, tok = load_trained(adapter_dir, hp, env)
+    texts = list(df["text"])
+    if hp.get("eval_batch_size") in AUTO_BATCH:
+        lengths = [len(ids) for ids in tok(texts, truncation=True, max_length=hp["max_length"])["input_ids"]]
+        hp = resolve_eval_batch(hp, env, lambda subset, bs: predict_logits(
+            model, tok, subset, hp["max_length"], bs, env["device"]), texts, lengths)
+    plan = faults.batch_plan(hp, out_dir, "predict")  # halved after an out-of-memory failure
+    bs = plan["eval_batch_size"]
+    with faults.oom_retry(out_dir, "predict", hp, plan):
+        warm = min(len(df), bs)
+        predict_logits(model, tok, texts[:warm], hp["max_length"], bs, env["device"])  # warm-up
+        if env["cuda"]:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        t0 = time.perf_counter()
+        logits, lengths = predict_logits(model, tok, texts, hp["max_length"], bs, env["device"],
+                                         Progress(f"predict {split}", len(texts)))
+        if env["cuda"]:
+            torch.cuda.synchronize()
+        wall = time.perf_counter() - t0
+    probs = probabilities(logits, multi)
+    threshold = fixed_threshold(hp)
+    if multi and hp.get("threshold") == "tuned":
+        tuned = read_json(Path(adapter_dir) / adapters.THRESHOLDS_FILE)
+        threshold = np.array([tuned[label] for label in labels])
+    pred = decide(probs, multi, threshold)
+    info = {"split": split, "n": len(df), "infer_wall_seconds": wall, "eval_batch_size": bs,
+            "threshold": threshold.tolist() if isinstance(threshold, np.ndarray) else threshold,
+            "device": env["device_name"], "peak_memory_mb": peak_memory_mb(env), "labels": labels, "multi_label": multi,
+            **text_coverage(tok, texts, hp["max_length"])}
+    info.update(throughput.write(out_dir, throughput.record(
+        "infer", lengths=lengths, seconds=wall, batch_size=bs, order="sorted", env=env,
+        peak_memory_mb=info["peak_memory_mb"], config=model.config, kind="forward")))
+    write_predictions(out_dir, df, probs, pred, labels, info)
+    return info

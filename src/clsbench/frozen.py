@@ -1,0 +1,139 @@
+"""Approach "frozen": the head approach's classification head on the frozen (4-bit) LLM, no LoRA: the
+paper's "LoRA is essential" ablation. ``adapter/`` holds the head (``score.safetensors``) beside
+``base/`` (:mod:`clsbench.adapters`); predictions come from :func:`clsbench.classifier.predict`."""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+from . import adapters, faults
+from .classifier import (
+    THRESHOLDS,
+    class_weights,
+    classification_kwargs,
+    fixed_threshold,
+    load_classifier,
+    micro_f1_from_logits,
+    probabilities,
+    tuned_thresholds,
+)
+from .data import load_prepared
+from .io import read_json, write_json, write_jsonl
+from .metrics import indicator
+from .models import load_tokenizer, prefixed, text_coverage
+from .runtime import check_finite, count_parameters, device_setup, peak_memory_mb
+
+
+def last_token_features(model, tok, texts: list[str], max_length: int, batch_size: int, device: str):
+    """Input of the ``score`` head at the pooled (rightmost non-pad) token, for every text."""
+    import torch
+
+    captured = {}
+    hook = model.score.register_forward_hook(lambda mod, args, out: captured.__setitem__("h", args[0]))
+    enc = tok(texts, truncation=True, max_length=max_length)
+    feats = []
+    try:
+        with torch.inference_mode():
+            for start in range(0, len(texts), batch_size):
+                batch = tok.pad({k: enc[k][start:start + batch_size] for k in ("input_ids", "attention_mask")},
+                                return_tensors="pt")
+                ids = batch["input_ids"]
+                model(**{k: v.to(device) for k, v in batch.items()})
+                positions = torch.arange(ids.shape[1])
+                last = (positions * (ids != model.config.pad_token_id)).argmax(-1)
+                feats.append(captured["h"][torch.arange(len(ids)), last.to(captured["h"].device)].float().cpu())
+    finally:
+        hook.remove()
+    return torch.cat(feats)
+
+
+def train(model_json: str, data_dir: str, out_dir: str, rank: int, seed: int, hp: dict,
+          threads: int | None = None) -> dict:
+    """The "LoRA is essential" ablation: only the ``score`` head learns, on the frozen (4-bit) LLM.
+
+    The frozen base is deterministic (no dropout at eval), so each text's pooled hidden state is
+    computed once and the head is trained on it with the head approach's settings (optimizer,
+    linear schedule, batch size, early stopping on validation micro-F1, best epoch kept): the
+    same model as training the head through the frozen LLM, without repeating its forward passes.
+    """
+    import torch
+    from transformers import get_scheduler, set_seed
+
+    env = device_setup(threads, hp.get("precision"))
+    out_dir = Path(out_dir)
+    info = read_json(model_json)
+    splits, labels, multi = load_prepared(data_dir)
+    tok = load_tokenizer(info["path"])
+    set_seed(seed)
+    model = load_classifier(info["path"], hp, env, **classification_kwargs(labels, multi, tok.pad_token_id)).eval()
+    trainable, total = count_parameters(model)
+    trainable = model.score.weight.numel()
+    plan = faults.batch_plan(hp, out_dir, "train")  # features: the eval batch size (halved after out of memory)
+    t0 = time.perf_counter()
+    with faults.oom_retry(out_dir, "train", hp, plan):
+        feats = {s: last_token_features(model, tok, list(splits[s]["text"]), hp["max_length"], plan["eval_batch_size"],
+                                        env["device"]) for s in ("train", "val")}
+    feature_seconds = time.perf_counter() - t0
+    y = {s: torch.tensor(indicator(splits[s]["labels"], labels), dtype=torch.float32) for s in ("train", "val")}
+    weight = torch.nn.Parameter(model.score.weight.detach().float().cpu().clone())
+    lr = hp.get("head_learning_rate") or hp["learning_rate"]
+    opt = torch.optim.AdamW([weight], lr=lr, weight_decay=hp.get("weight_decay", 0.0))
+    batch = hp["batch_size"] * hp["grad_accum"]
+    steps_per_epoch = math.ceil(len(feats["train"]) / batch)
+    sched = get_scheduler(hp.get("lr_scheduler", "linear"), opt, num_warmup_steps=0,
+                          num_training_steps=steps_per_epoch * hp["max_epochs"])
+    weights = class_weights(splits["train"]["labels"], labels, multi, hp.get("class_weights", "none"))
+    loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=weights) if multi else torch.nn.CrossEntropyLoss(weight=weights)
+    gen = torch.Generator().manual_seed(seed)
+    history, best, best_weight, waited = [], -1.0, weight.detach().clone(), 0
+    t1 = time.perf_counter()
+    for epoch in range(1, hp["max_epochs"] + 1):
+        order = torch.randperm(len(feats["train"]), generator=gen)
+        for step, start in enumerate(range(0, len(order), batch)):
+            idx = order[start:start + batch]
+            logits = feats["train"][idx] @ weight.T
+            loss = loss_fn(logits, y["train"][idx] if multi else y["train"][idx].argmax(1))
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_([weight], hp.get("max_grad_norm", 1.0))
+            opt.step()
+            sched.step()
+            history.append({"loss": loss.item(), "learning_rate": sched.get_last_lr()[0],
+                            "epoch": epoch - 1 + (step + 1) / steps_per_epoch})
+        with torch.no_grad():
+            val_logits = (feats["val"] @ weight.T).numpy()
+        gold = y["val"].numpy() if multi else y["val"].numpy().argmax(1)
+        f1 = micro_f1_from_logits(val_logits, gold, multi, fixed_threshold(hp))
+        history.append({"eval_f1_micro": f1, "epoch": epoch})
+        check_finite(history, out_dir)
+        if f1 > best:
+            best, best_weight, waited, best_epoch = f1, weight.detach().clone(), 0, epoch
+        else:
+            waited += 1
+            if waited >= hp["patience"]:
+                break
+    head_seconds = time.perf_counter() - t1
+    extra = tuned_thresholds(hp, multi, labels, lambda: probabilities((feats["val"] @ best_weight.T).numpy(), True),
+                             y["val"].numpy())
+    model.score.weight.data = best_weight.to(model.score.weight.device, model.score.weight.dtype)
+    model.score.weight.requires_grad = True  # marks what save_adapter stores
+    n_tokens = sum(map(len, tok(list(splits["train"]["text"]), truncation=True, max_length=hp["max_length"])["input_ids"]))
+    train_info = {
+        "approach": "frozen", "rank": 0, "seed": seed, "trainable_params": int(trainable), "total_params": int(total),
+        "epochs_run": epoch, "best_epoch": best_epoch, "best_val_f1_micro": best,
+        "train_wall_seconds": feature_seconds + head_seconds, "feature_seconds": feature_seconds,
+        "train_samples_per_second": len(feats["train"]) * epoch / (feature_seconds + head_seconds),
+        "train_tokens_per_second": n_tokens / feature_seconds,
+        "n_train": len(feats["train"]), "n_val": len(feats["val"]), "device": env["device_name"],
+        **prefixed("train_", text_coverage(tok, splits["train"]["text"], hp["max_length"])),
+        "dtype": str(env["compute_dtype"]).replace("torch.", ""), "quantization": hp.get("quantization", "nf4"),
+        "peak_memory_mb": peak_memory_mb(env), "class_weights": hp.get("class_weights", "none"), **extra,
+    }
+    write_jsonl(out_dir / "train_log.jsonl", history)
+    write_json(out_dir / "train_info.json", train_info)
+    for name, p in model.named_parameters():
+        p.requires_grad = name == "score.weight"
+    adapters.save_adapter(model, out_dir / "adapter", info, base_config=classification_kwargs(labels, multi, tok.pad_token_id),
+                          thresholds=extra.get(THRESHOLDS))
+    return train_info

@@ -1,0 +1,110 @@
+"""The training runner every Trainer-based approach (head, encoder, instruct) goes through, so that
+resume, out-of-memory retry, the non-finite stop, early stopping on validation micro-F1 (best epoch
+restored), the throughput record and the atomic save are one implementation.
+
+    plan = training.plan(hp, out_dir)
+    args = SomeArguments(**training.arguments(hp, plan, env, seed, out_dir, len(train_ds)), ...)
+    trainer = SomeTrainer(..., callbacks=training.callbacks(hp, out_dir, timer))
+    info = training.run(trainer, out_dir, plan, hp, env, key)
+    training.finish(out_dir, info, trainer, ..., save=lambda final: ...)
+"""
+from __future__ import annotations
+
+import math
+import shutil
+import time
+from pathlib import Path
+
+from . import faults, runtime, throughput
+from .faults import resume_point
+from .io import read_json, write_json, write_jsonl
+from .progress import trainer_progress
+
+CHECKPOINTS = "checkpoints"  # <cell>/checkpoints: epoch checkpoints a killed job resumes from
+
+
+def plan(hp: dict, out_dir: Path) -> dict:
+    """Batch sizes of this attempt (smaller micro-batches after an out-of-memory failure)."""
+    return faults.batch_plan(hp, out_dir, "train")
+
+
+def steps_per_epoch(hp: dict, n_train: int) -> int:
+    return math.ceil(n_train / (hp["batch_size"] * hp["grad_accum"]))
+
+
+def arguments(hp: dict, plan: dict, env: dict, seed: int, out_dir: Path, n_train: int) -> dict:
+    """The ``TrainingArguments`` every approach shares: the attempt's batch plan, epochs, evaluation
+    and one checkpoint per epoch, the best epoch by validation micro-F1 restored at the end, logs
+    five times an epoch (non-finite values kept), seeds, precision and device."""
+    import torch
+
+    return dict(
+        output_dir=str(Path(out_dir) / CHECKPOINTS), per_device_train_batch_size=plan["batch_size"],
+        per_device_eval_batch_size=plan["eval_batch_size"], gradient_accumulation_steps=plan["grad_accum"],
+        num_train_epochs=hp["max_epochs"], eval_strategy="epoch", save_strategy="epoch", save_total_limit=1,
+        load_best_model_at_end=True, metric_for_best_model="f1_micro", greater_is_better=True,
+        max_grad_norm=hp.get("max_grad_norm", 1.0), logging_strategy="steps",
+        logging_steps=max(1, steps_per_epoch(hp, n_train) // 5), logging_nan_inf_filter=False,
+        seed=seed, data_seed=seed, bf16=env["compute_dtype"] == torch.bfloat16, use_cpu=not env["cuda"],
+        report_to="none", disable_tqdm=True, dataloader_num_workers=0,
+        train_sampling_strategy=throughput.sampling_strategy(hp))
+
+
+def callbacks(hp: dict, out_dir: Path, timer) -> list:
+    """Early stopping (``patience`` epochs without a better validation micro-F1), the evaluation
+    timer, the non-finite loss stop and the progress lines."""
+    from transformers import EarlyStoppingCallback
+
+    return [EarlyStoppingCallback(early_stopping_patience=hp["patience"]), timer, runtime.finite_loss_guard(out_dir),
+            trainer_progress()]
+
+
+def run(trainer, out_dir: Path, plan: dict, hp: dict, env: dict, key: dict, timer) -> dict:
+    """Train (resuming from the last complete epoch of the same run ``key``), with the out-of-memory
+    retry and the non-finite check; returns the train_info fields every approach records."""
+    import torch
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)  # trainer_progress prints each log event with step, total, time left
+    if env["cuda"]:
+        torch.cuda.reset_peak_memory_stats()
+    last = resume_point(trainer.args.output_dir, key)
+    resumed_epochs = round(read_json(Path(last) / "trainer_state.json")["epoch"]) if last else 0
+    if last:
+        print(f"cell {out_dir}: resuming from {Path(last).name} (epoch {resumed_epochs} done)", flush=True)
+    print(f"cell {out_dir}: {faults.describe(plan)}", flush=True)
+    t0 = time.perf_counter()
+    with faults.oom_retry(out_dir, "train", hp, plan):
+        result = trainer.train(resume_from_checkpoint=last)
+    wall = time.perf_counter() - t0
+    history = trainer.state.log_history
+    runtime.check_finite(history, out_dir)
+    evals = [h for h in history if "eval_f1_micro" in h]
+    best = max(evals, key=lambda h: h["eval_f1_micro"]) if evals else {}
+    epochs_run = round(trainer.state.epoch or 0)
+    return {
+        "epochs_run": epochs_run, "best_epoch": round(best.get("epoch", 0)), "best_val_f1_micro": best.get("eval_f1_micro"),
+        "epochs_this_run": epochs_run - resumed_epochs,  # what this process trained (throughput)
+        "train_wall_seconds": wall, "eval_seconds_during_training": timer.eval_seconds,
+        "train_loss": result.training_loss, "resumed_from": Path(last).name if last else None,
+        "micro_batch": plan["batch_size"], "grad_accum": plan["grad_accum"],
+        "effective_batch": plan["batch_size"] * plan["grad_accum"], "val_batch_size": plan["eval_batch_size"],
+        "n_train": len(trainer.train_dataset), "n_val": len(trainer.eval_dataset),
+        "device": env["device_name"], "dtype": str(env["compute_dtype"]).replace("torch.", ""),
+        "peak_memory_mb": runtime.peak_memory_mb(env),
+    }
+
+
+def finish(out_dir: Path, info: dict, trainer, hp: dict, env: dict, plan: dict, seed: int, kind: str, save) -> dict:
+    """Record throughput (samples/s, tokens/s, padding, peak memory, model FLOPs / MFU: clsbench.throughput),
+    write train_log.jsonl and train_info.json, ``save(out_dir / "adapter")``, drop the checkpoints."""
+    epochs = info.pop("epochs_this_run")
+    info.update(throughput.write_train(
+        out_dir, lengths=[len(ids) for ids in trainer.train_dataset["input_ids"]],
+        seconds=info["train_wall_seconds"] - info["eval_seconds_during_training"], epochs=epochs, plan=plan, hp=hp,
+        env=env, peak_memory_mb=info["peak_memory_mb"], config=trainer.model.config, kind=kind, seed=seed))
+    write_jsonl(out_dir / "train_log.jsonl", trainer.state.log_history)
+    write_json(out_dir / "train_info.json", info)
+    save(out_dir / "adapter")
+    shutil.rmtree(Path(out_dir) / CHECKPOINTS, ignore_errors=True)  # outputs complete: nothing left to resume
+    return info
