@@ -114,7 +114,7 @@ def batches(lengths: list[int], batch_size: int, order: str = "sequential", seed
     """The batches (as lists of token lengths) that a batch size and an order form:
 
     sequential       dataset order (the HF Trainer's evaluation loop; the paper's inference)
-    sorted           ascending length (head.predict_logits and instruct's inference)
+    sorted           ascending length (classifier.predict_logits and instruct's inference)
     random           shuffled (the Trainer's default training sampler)
     group_by_length  transformers' LengthGroupedSampler (``train_sampling_strategy="group_by_length"``)
 
