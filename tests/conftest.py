@@ -21,7 +21,8 @@ TINY_HEAD_HP = {"quantization": "nf4", "double_quant": True, "lora_alpha": 16, "
                 "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
                 "optimizer": "adamw_bnb_8bit", "learning_rate": 1e-3, "head_learning_rate": 5e-3, "weight_decay": 0.0,
                 "max_grad_norm": 1.0, "lr_scheduler": "linear", "warmup_ratio": 0.0, "max_epochs": 2, "patience": 2,
-                "batch_size": 8, "grad_accum": 1, "eval_batch_size": 16, "max_length": 48, "threshold": 0.5}
+                "batch_size": 8, "grad_accum": 1, "eval_batch_size": 16, "max_length": 48, "threshold": 0.5,
+                "long_text": "truncate"}  # whole BBC articles, read 48 tokens: the cut is meant
 
 
 @pytest.fixture(scope="session")

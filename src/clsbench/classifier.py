@@ -21,7 +21,7 @@ from .batching import AUTO_BATCH, resolve_eval_batch
 from .data import load_prepared
 from .io import read_json, write_predictions
 from .metrics import decide, indicator
-from .models import load_tokenizer, prefixed, text_coverage
+from .models import coverage_record, load_tokenizer, prefixed, text_coverage
 from .progress import Progress
 from .runtime import device_setup, peak_memory_mb, quantization_config
 
@@ -59,14 +59,88 @@ def lora_config(hp: dict, rank: int):
 
 
 # ---------------------------------------------------------------- data
-def tokenize_split(df: pd.DataFrame, tok, labels: list[str], multi_label: bool, max_length: int):
-    """A `datasets.Dataset` with input_ids / attention_mask / labels (int or multi-hot float)."""
+def chunking(hp: dict, multi_label: bool) -> dict | None:
+    """``long_text: chunk`` settings (None for ``truncate``, the default): windows of ``max_length``
+    tokens overlapping by ``chunk_stride`` (default a quarter of it), window logits aggregated per
+    text by ``chunk_aggregate`` (``auto``: mean for single-label, max for multi-label: a label
+    present in one part of a document is present in the document)."""
+    mode = hp.get("long_text", "truncate")
+    if mode == "truncate":
+        return None
+    if mode != "chunk":
+        raise UserError(f"hyperparameter long_text: {mode!r} is not one of truncate, chunk")
+    how = hp.get("chunk_aggregate", "auto")
+    return {"stride": hp.get("chunk_stride", hp["max_length"] // 4),
+            "aggregate": ("max" if multi_label else "mean") if how == "auto" else how,
+            "training": bool(hp.get("chunk_training", False))}
+
+
+def encode(tok, texts: list[str], max_length: int, chunk: dict | None = None) -> tuple[dict, np.ndarray]:
+    """(input_ids / attention_mask, the text index of each row): one row per text cut to
+    ``max_length`` tokens, or (``chunk``) one row per window of it, the tokenizer's own overflowing
+    windows (each with the model's special tokens)."""
+    if chunk is None:
+        return tok(texts, truncation=True, max_length=max_length), np.arange(len(texts))
+    specials = len(tok("")["input_ids"])
+    if not getattr(tok, "is_fast", False):
+        raise UserError(f"long_text chunk: tokenizer {tok.name_or_path} is not a fast tokenizer, which the "
+                        "windows need; use long_text truncate")
+    if chunk["stride"] >= max_length - specials:
+        raise UserError(f"hyperparameter chunk_stride: {chunk['stride']} must be below max_length {max_length} "
+                        f"minus the tokenizer's {specials} special tokens, or windows would not advance")
+    enc = tok(texts, truncation=True, max_length=max_length, stride=chunk["stride"], return_overflowing_tokens=True)
+    return enc, np.asarray(enc["overflow_to_sample_mapping"])
+
+
+def check_limit(tok, texts, max_length: int, hp: dict, dataset: str) -> None:
+    """Stop when every training text is longer than the model limit and ``long_text`` is not set:
+    truncation would cut each one, which is rarely what a config means (say ``long_text: truncate``
+    to accept it)."""
+    if "long_text" in hp or not len(texts):
+        return
+    coverage_of = text_coverage(tok, texts, max_length)
+    if coverage_of["text_truncated_share"] == 1.0:
+        raise UserError(f"dataset {dataset}: every training text is longer than max_length {max_length} tokens "
+                        f"(mean {coverage_of['text_tokens_mean']:.0f} read of each); raise max_length, set "
+                        "long_text: chunk, cut the texts at preparation (max_words), or set long_text: truncate "
+                        "to accept the cut")
+
+
+def aggregate(logits: np.ndarray, text_of: np.ndarray, n_texts: int, how: str) -> np.ndarray:
+    """Per-text logits from per-window ones (``text_of``: each window's text): their mean or max."""
+    if how == "mean":
+        out = np.zeros((n_texts, logits.shape[1]), dtype=np.float64)
+        np.add.at(out, text_of, logits)
+        return out / np.bincount(text_of, minlength=n_texts)[:, None]
+    if how == "max":
+        out = np.full((n_texts, logits.shape[1]), -np.inf)
+        np.maximum.at(out, text_of, logits)
+        return out
+    raise UserError(f"hyperparameter chunk_aggregate: {how!r} is not one of auto, mean, max")
+
+
+def tokenize_split(df: pd.DataFrame, tok, labels: list[str], multi_label: bool, max_length: int,
+                   chunk: dict | None = None):
+    """A `datasets.Dataset` with input_ids / attention_mask / labels (int or multi-hot float), and the
+    text index of each row (``chunk``: one row per window, with its text's labels)."""
     from datasets import Dataset
 
-    enc = tok(list(df["text"]), truncation=True, max_length=max_length)
-    y = indicator(df["labels"], labels)
+    enc, text_of = encode(tok, list(df["text"]), max_length, chunk)
+    y = indicator(df["labels"], labels)[text_of]
     target = y.astype(np.float32).tolist() if multi_label else y.argmax(1).tolist()
-    return Dataset.from_dict({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "labels": target})
+    data = Dataset.from_dict({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "labels": target})
+    return data, text_of
+
+
+def coverage(tok, texts, max_length: int, chunk: dict | None) -> dict:
+    """What a cell reads of its texts (:func:`clsbench.models.text_coverage`); chunked, every token
+    of every text, in ``windows_per_text`` windows on average."""
+    if chunk is None:
+        return text_coverage(tok, texts, max_length)
+    lengths = [len(ids) for ids in tok(list(texts), add_special_tokens=False)["input_ids"]]
+    _, text_of = encode(tok, list(texts), max_length, chunk)
+    return {**coverage_record(lengths, max(lengths)), "text_tokens_limit": None,
+            "windows_per_text": len(text_of) / len(lengths)}
 
 
 def probabilities(logits: np.ndarray, multi_label: bool) -> np.ndarray:
@@ -188,17 +262,25 @@ def fit(approach: str, model_json: str, data_dir: str, out_dir: str, rank: int, 
     tok = load_tokenizer(info["path"])
     threshold = fixed_threshold(hp)
     set_seed(seed)
+    check_limit(tok, list(splits["train"]["text"]), hp["max_length"], hp, Path(data_dir).name)
     kwargs = classification_kwargs(labels, multi, tok.pad_token_id)
     model = build_model(info, kwargs, hp, env, rank)
     trainable, total = runtime.count_parameters(model)
-    train_ds = tokenize_split(splits["train"], tok, labels, multi, hp["max_length"])
-    val_ds = tokenize_split(splits["val"], tok, labels, multi, hp["max_length"])
+    chunk = chunking(hp, multi)
+    fit_chunk = chunk if chunk and chunk["training"] else None  # else only the test predictions are chunked
+    train_ds, _ = tokenize_split(splits["train"], tok, labels, multi, hp["max_length"], fit_chunk)
+    val_ds, val_text_of = tokenize_split(splits["val"], tok, labels, multi, hp["max_length"], fit_chunk)
+    val_gold = indicator(splits["val"]["labels"], labels)
     plan = training.plan(hp, out_dir)
     optim = runtime.optimizer_name(hp, env, default_optimizer)
     optimizers = build_optimizer(model, hp, training.steps_per_epoch(hp, len(train_ds)) * hp["max_epochs"], optim)
 
+    def val_logits(logits):  # per validation text (windows aggregated)
+        return aggregate(logits, val_text_of, len(val_gold), fit_chunk["aggregate"]) if fit_chunk else logits
+
     def compute_metrics(pred):
-        return {"f1_micro": micro_f1_from_logits(pred.predictions, pred.label_ids, multi, threshold)}
+        gold = val_gold if multi else val_gold.argmax(1)
+        return {"f1_micro": micro_f1_from_logits(val_logits(pred.predictions), gold, multi, threshold)}
 
     args = TrainingArguments(**training.arguments(hp, plan, env, seed, out_dir, len(train_ds)))
     timer = runtime.eval_timer()
@@ -211,25 +293,28 @@ def fit(approach: str, model_json: str, data_dir: str, out_dir: str, rank: int, 
     key = runtime.run_key(model_json, data_dir, approach, rank, seed, hp)
     train_info = {"approach": approach, "rank": rank, "seed": seed, "trainable_params": int(trainable),
                   "total_params": int(total), **training.run(trainer, out_dir, plan, hp, env, key, timer)}
-    extra = tuned_thresholds(hp, multi, labels, lambda: probabilities(trainer.predict(val_ds).predictions, True),
-                             indicator(splits["val"]["labels"], labels))
+    extra = tuned_thresholds(hp, multi, labels,
+                             lambda: probabilities(val_logits(trainer.predict(val_ds).predictions), True), val_gold)
     train_info.update(optimizer=optim, class_weights=hp.get("class_weights", "none"), **extra,
                       quantization="none" if kind == "train_full" else hp.get("quantization", "nf4"),
-                      **prefixed("train_", text_coverage(tok, splits["train"]["text"], hp["max_length"])))
+                      long_text=hp.get("long_text", "truncate"), chunk_training=bool(fit_chunk),
+                      **prefixed("train_", coverage(tok, splits["train"]["text"], hp["max_length"], fit_chunk)))
     return training.finish(out_dir, train_info, trainer, hp, env, plan, seed, kind,
                            lambda final: save(trainer.model, final, tok, info, kwargs, extra.get(THRESHOLDS)))
 
 
 # ---------------------------------------------------------------- prediction
 def predict_logits(model, tok, texts: list[str], max_length: int, batch_size: int,
-                   device: str, progress=None) -> tuple[np.ndarray, list[int]]:
-    """Logits for ``texts``, batched in order of length (least padding); returns (logits, token lengths).
-    ``progress``: a :class:`clsbench.progress.Progress` told of each batch done."""
+                   device: str, progress=None, chunk: dict | None = None) -> tuple[np.ndarray, list[int]]:
+    """Logits for ``texts``, batched in order of length (least padding); returns (logits, token
+    lengths of the rows run). ``chunk`` (:func:`chunking`): every window of each text runs and the
+    logits are aggregated per text. ``progress``: a :class:`clsbench.progress.Progress` told of each
+    batch done (in rows)."""
     import torch
 
-    enc = tok(texts, truncation=True, max_length=max_length)
+    enc, text_of = encode(tok, texts, max_length, chunk)
     order = np.argsort([len(ids) for ids in enc["input_ids"]])
-    out = np.zeros((len(texts), model.config.num_labels), dtype=np.float32)
+    out = np.zeros((len(text_of), model.config.num_labels), dtype=np.float32)
     with torch.inference_mode():
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
@@ -239,7 +324,8 @@ def predict_logits(model, tok, texts: list[str], max_length: int, batch_size: in
             out[idx] = logits.float().cpu().numpy()
             if progress is not None:
                 progress.update(len(idx))
-    return out, [len(ids) for ids in enc["input_ids"]]
+    lengths = [len(ids) for ids in enc["input_ids"]]
+    return (out if chunk is None else aggregate(out, text_of, len(texts), chunk["aggregate"])), lengths
 
 
 def load_trained(adapter_dir: str | Path, hp: dict, env: dict):
@@ -279,6 +365,7 @@ def predict(adapter_dir: str, data_dir: str, out_dir: str, hp: dict, threads: in
     faults.check_sums(adapter_dir, derived=(out_dir / "predictions.parquet", out_dir / "metrics.json"))
     model, tok = load_trained(adapter_dir, hp, env)
     texts = list(df["text"])
+    chunk = chunking(hp, multi)
     if hp.get("eval_batch_size") in AUTO_BATCH:
         lengths = [len(ids) for ids in tok(texts, truncation=True, max_length=hp["max_length"])["input_ids"]]
         hp = resolve_eval_batch(hp, env, lambda subset, bs: predict_logits(
@@ -291,9 +378,10 @@ def predict(adapter_dir: str, data_dir: str, out_dir: str, hp: dict, threads: in
         if env["cuda"]:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
+        n_rows = len(encode(tok, texts, hp["max_length"], chunk)[1])
         t0 = time.perf_counter()
         logits, lengths = predict_logits(model, tok, texts, hp["max_length"], bs, env["device"],
-                                         Progress(f"predict {split}", len(texts)))
+                                         Progress(f"predict {split}", n_rows), chunk)
         if env["cuda"]:
             torch.cuda.synchronize()
         wall = time.perf_counter() - t0
@@ -306,9 +394,12 @@ def predict(adapter_dir: str, data_dir: str, out_dir: str, hp: dict, threads: in
     info = {"split": split, "n": len(df), "infer_wall_seconds": wall, "eval_batch_size": bs,
             "threshold": threshold.tolist() if isinstance(threshold, np.ndarray) else threshold,
             "device": env["device_name"], "peak_memory_mb": peak_memory_mb(env), "labels": labels, "multi_label": multi,
-            **text_coverage(tok, texts, hp["max_length"])}
-    info.update(throughput.write(out_dir, throughput.record(
-        "infer", lengths=lengths, seconds=wall, batch_size=bs, order="sorted", env=env,
-        peak_memory_mb=info["peak_memory_mb"], config=model.config, kind="forward")))
+            "long_text": hp.get("long_text", "truncate"), **coverage(tok, texts, hp["max_length"], chunk)}
+    record = throughput.record("infer", lengths=lengths, seconds=wall, batch_size=bs, order="sorted", env=env,
+                               peak_memory_mb=info["peak_memory_mb"], config=model.config, kind="forward")
+    if chunk is not None:  # samples are texts; the rows run were their windows
+        record["infer_windows_per_second"] = record["infer_samples_per_second"]
+        record["infer_samples_per_second"] = len(texts) / wall if wall > 0 else None
+    info.update(throughput.write(out_dir, record))
     write_predictions(out_dir, df, probs, pred, labels, info)
     return info

@@ -7,11 +7,18 @@ import math
 import time
 from pathlib import Path
 
+import numpy as np
+
 from . import adapters, faults
 from .classifier import (
     THRESHOLDS,
+    aggregate,
+    check_limit,
+    chunking,
     class_weights,
     classification_kwargs,
+    coverage,
+    encode,
     fixed_threshold,
     load_classifier,
     micro_f1_from_logits,
@@ -21,21 +28,23 @@ from .classifier import (
 from .data import load_prepared
 from .io import read_json, write_json, write_jsonl
 from .metrics import indicator
-from .models import load_tokenizer, prefixed, text_coverage
+from .models import load_tokenizer, prefixed
 from .runtime import check_finite, count_parameters, device_setup, peak_memory_mb
 
 
-def last_token_features(model, tok, texts: list[str], max_length: int, batch_size: int, device: str):
-    """Input of the ``score`` head at the pooled (rightmost non-pad) token, for every text."""
+def last_token_features(model, tok, texts: list[str], max_length: int, batch_size: int, device: str,
+                        chunk: dict | None = None):
+    """Input of the ``score`` head at the pooled (rightmost non-pad) token of every text, or (``chunk``)
+    of every window of it; returns (features, the text index of each row)."""
     import torch
 
     captured = {}
     hook = model.score.register_forward_hook(lambda mod, args, out: captured.__setitem__("h", args[0]))
-    enc = tok(texts, truncation=True, max_length=max_length)
+    enc, text_of = encode(tok, texts, max_length, chunk)
     feats = []
     try:
         with torch.inference_mode():
-            for start in range(0, len(texts), batch_size):
+            for start in range(0, len(text_of), batch_size):
                 batch = tok.pad({k: enc[k][start:start + batch_size] for k in ("input_ids", "attention_mask")},
                                 return_tensors="pt")
                 ids = batch["input_ids"]
@@ -45,7 +54,7 @@ def last_token_features(model, tok, texts: list[str], max_length: int, batch_siz
                 feats.append(captured["h"][torch.arange(len(ids)), last.to(captured["h"].device)].float().cpu())
     finally:
         hook.remove()
-    return torch.cat(feats)
+    return torch.cat(feats), text_of
 
 
 def train(model_json: str, data_dir: str, out_dir: str, rank: int, seed: int, hp: dict,
@@ -65,17 +74,29 @@ def train(model_json: str, data_dir: str, out_dir: str, rank: int, seed: int, hp
     info = read_json(model_json)
     splits, labels, multi = load_prepared(data_dir)
     tok = load_tokenizer(info["path"])
+    check_limit(tok, list(splits["train"]["text"]), hp["max_length"], hp, Path(data_dir).name)
     set_seed(seed)
     model = load_classifier(info["path"], hp, env, **classification_kwargs(labels, multi, tok.pad_token_id)).eval()
     trainable, total = count_parameters(model)
     trainable = model.score.weight.numel()
     plan = faults.batch_plan(hp, out_dir, "train")  # features: the eval batch size (halved after out of memory)
+    chunk = chunking(hp, multi)
+    fit_chunk = chunk if chunk and chunk["training"] else None  # else only the test predictions are chunked
     t0 = time.perf_counter()
     with faults.oom_retry(out_dir, "train", hp, plan):
-        feats = {s: last_token_features(model, tok, list(splits[s]["text"]), hp["max_length"], plan["eval_batch_size"],
-                                        env["device"]) for s in ("train", "val")}
+        feats, text_of = {}, {}
+        for s in ("train", "val"):
+            feats[s], text_of[s] = last_token_features(model, tok, list(splits[s]["text"]), hp["max_length"],
+                                                       plan["eval_batch_size"], env["device"], fit_chunk)
     feature_seconds = time.perf_counter() - t0
-    y = {s: torch.tensor(indicator(splits[s]["labels"], labels), dtype=torch.float32) for s in ("train", "val")}
+    val_gold = indicator(splits["val"]["labels"], labels)
+    y = {"train": torch.tensor(indicator(splits["train"]["labels"], labels)[text_of["train"]], dtype=torch.float32)}
+
+    def val_logits(w) -> np.ndarray:  # per validation text (windows aggregated)
+        with torch.no_grad():
+            logits = (feats["val"] @ w.T).numpy()
+        return aggregate(logits, text_of["val"], len(val_gold), fit_chunk["aggregate"]) if fit_chunk else logits
+
     weight = torch.nn.Parameter(model.score.weight.detach().float().cpu().clone())
     lr = hp.get("head_learning_rate") or hp["learning_rate"]
     opt = torch.optim.AdamW([weight], lr=lr, weight_decay=hp.get("weight_decay", 0.0))
@@ -101,10 +122,8 @@ def train(model_json: str, data_dir: str, out_dir: str, rank: int, seed: int, hp
             sched.step()
             history.append({"loss": loss.item(), "learning_rate": sched.get_last_lr()[0],
                             "epoch": epoch - 1 + (step + 1) / steps_per_epoch})
-        with torch.no_grad():
-            val_logits = (feats["val"] @ weight.T).numpy()
-        gold = y["val"].numpy() if multi else y["val"].numpy().argmax(1)
-        f1 = micro_f1_from_logits(val_logits, gold, multi, fixed_threshold(hp))
+        gold = val_gold if multi else val_gold.argmax(1)
+        f1 = micro_f1_from_logits(val_logits(weight), gold, multi, fixed_threshold(hp))
         history.append({"eval_f1_micro": f1, "epoch": epoch})
         check_finite(history, out_dir)
         if f1 > best:
@@ -114,11 +133,10 @@ def train(model_json: str, data_dir: str, out_dir: str, rank: int, seed: int, hp
             if waited >= hp["patience"]:
                 break
     head_seconds = time.perf_counter() - t1
-    extra = tuned_thresholds(hp, multi, labels, lambda: probabilities((feats["val"] @ best_weight.T).numpy(), True),
-                             y["val"].numpy())
+    extra = tuned_thresholds(hp, multi, labels, lambda: probabilities(val_logits(best_weight), True), val_gold)
     model.score.weight.data = best_weight.to(model.score.weight.device, model.score.weight.dtype)
     model.score.weight.requires_grad = True  # marks what save_adapter stores
-    n_tokens = sum(map(len, tok(list(splits["train"]["text"]), truncation=True, max_length=hp["max_length"])["input_ids"]))
+    n_tokens = sum(map(len, encode(tok, list(splits["train"]["text"]), hp["max_length"], fit_chunk)[0]["input_ids"]))
     train_info = {
         "approach": "frozen", "rank": 0, "seed": seed, "trainable_params": int(trainable), "total_params": int(total),
         "epochs_run": epoch, "best_epoch": best_epoch, "best_val_f1_micro": best,
@@ -126,7 +144,8 @@ def train(model_json: str, data_dir: str, out_dir: str, rank: int, seed: int, hp
         "train_samples_per_second": len(feats["train"]) * epoch / (feature_seconds + head_seconds),
         "train_tokens_per_second": n_tokens / feature_seconds,
         "n_train": len(feats["train"]), "n_val": len(feats["val"]), "device": env["device_name"],
-        **prefixed("train_", text_coverage(tok, splits["train"]["text"], hp["max_length"])),
+        "long_text": hp.get("long_text", "truncate"), "chunk_training": bool(fit_chunk),
+        **prefixed("train_", coverage(tok, splits["train"]["text"], hp["max_length"], fit_chunk)),
         "dtype": str(env["compute_dtype"]).replace("torch.", ""), "quantization": hp.get("quantization", "nf4"),
         "peak_memory_mb": peak_memory_mb(env), "class_weights": hp.get("class_weights", "none"), **extra,
     }

@@ -174,9 +174,9 @@ def contiguous_lm_head_input(model) -> None:
     """Hand the LM head a contiguous input. transformers slices the positions to project
     (``logits_to_keep=1``: ``hidden[:, -1:, :]``, a strided view) before the LM head, and torch's
     CPU ``linear`` on a strided 3-D input falls back to a batched matmul that copies the whole
-    (vocabulary × hidden) weight for every row of the batch. Measured here for Gemma's 262k-token
-    vocabulary and a batch of 16: 24.6 s instead of 0.032 s per call in bf16, 0.71 s instead of
-    0.20 s in fp32 (the prompt pass of scoring and the prefill of generation each make one)."""
+    (vocabulary × hidden) weight for every row of the batch: with Gemma's 262k-token vocabulary
+    that dominates the prompt pass of scoring and the prefill of generation (docs/throughput.md
+    has the measured figures)."""
     model.get_output_embeddings().register_forward_pre_hook(lambda module, args: (args[0].contiguous(), *args[1:]))
 
 

@@ -18,7 +18,7 @@ def device_setup(threads: int | None = None, precision: str | None = "auto") -> 
     """Device, thread count and compute dtype of a job. ``precision`` (the ``precision``
     hyperparameter): bf16 = the paper's bf16 mixed precision (bf16 matmuls, fp32 master weights of
     the trained parameters; on a CPU through autocast), fp32, or auto = bf16 on a GPU, fp32 on a CPU
-    (bf16 pays on CPUs with AVX512-BF16 or AMX only; README "Throughput" has measured figures)."""
+    (bf16 pays on CPUs with AVX512-BF16 or AMX only; docs/throughput.md has measured figures)."""
     from .gpu import claim
 
     claim()  # one GPU per job on multi-GPU machines, before CUDA initialises

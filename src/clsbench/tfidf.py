@@ -41,11 +41,8 @@ def fit(data_dir: str, out_dir: str, seed: int, hp: dict) -> dict:
     model.fit(train["text"], y)
     train_wall = time.perf_counter() - t0
     t0 = time.perf_counter()
-    probs = model.predict_proba(test["text"])
+    probs = probabilities(model, test["text"], labels, multi)
     infer_wall = time.perf_counter() - t0
-    if not multi:  # align sklearn's class order with labels.json
-        order = [list(model.classes_).index(label) if label in model.classes_ else None for label in labels]
-        probs = np.stack([probs[:, i] if i is not None else np.zeros(len(test)) for i in order], axis=1)
     pred = decide(probs, multi, hp.get("threshold", 0.5))
     n_params = _n_parameters(model)
     write_json(out_dir / "train_info.json", {
@@ -60,6 +57,32 @@ def fit(data_dir: str, out_dir: str, seed: int, hp: dict) -> dict:
         "infer_samples_per_second": len(test) / infer_wall, "device": "cpu",
         "text_tokens_mean": float(np.mean([len(analyzer(t)) for t in test["text"]])), "text_truncated_share": 0.0})
     return {"n_params": n_params, "train_wall_seconds": train_wall}
+
+
+def probabilities(model, texts, labels: list[str], multi: bool) -> np.ndarray:
+    """Per-label probabilities in the order of labels.json (a class the fit never saw gets 0)."""
+    probs = model.predict_proba(texts)
+    if not multi:  # align sklearn's class order with labels.json
+        order = [list(model.classes_).index(label) if label in model.classes_ else None for label in labels]
+        probs = np.stack([probs[:, i] if i is not None else np.zeros(len(texts)) for i in order], axis=1)
+    return probs
+
+
+def predict(cell_dir: str, data_dir: str, out_dir: str, hp: dict, split: str = "test") -> dict:
+    """Predictions of a fitted cell (``model.joblib``) on ``split``: predictions.parquet and
+    predict_info.json into ``out_dir`` (the fit writes the test split's itself)."""
+    import joblib
+
+    splits, labels, multi = load_prepared(data_dir)
+    df = splits[split]
+    model = joblib.load(Path(cell_dir) / "model.joblib")
+    t0 = time.perf_counter()
+    probs = probabilities(model, df["text"], labels, multi)
+    wall = time.perf_counter() - t0
+    info = {"split": split, "n": len(df), "infer_wall_seconds": wall, "infer_samples_per_second": len(df) / wall,
+            "device": "cpu"}
+    write_predictions(out_dir, df, probs, decide(probs, multi, hp.get("threshold", 0.5)), labels, info)
+    return info
 
 
 def _n_parameters(model) -> int:

@@ -1,0 +1,152 @@
+"""Label new texts with any trained cell, through the very code that made the cell's test predictions.
+
+    python -m clsbench.apply --cell results/<dataset>/<model>/<approach>/r<rank>/s<seed> \\
+        --input new.csv --output labelled.csv [--text-columns title body] [--mode score|generate]
+
+The input (CSV / TSV / JSONL / Parquet, by suffix) gets the dataset's preprocessing (text columns
+joined by a line break, the dataset's ``max_words`` cut); the texts then become the test split of a
+temporary copy of the cell's prepared dataset and the approach's own predict step (registry entry
+point, the cell's hyperparameters from the config) labels them. The output, in the input's format
+and written atomically, is the input's columns plus ``predicted`` (the labels, joined by ``|``),
+``prob_<label>`` per label where the approach gives probabilities, and for generate mode the
+``generated`` answer and whether it was ``valid``. A row that cannot be read, or an empty text,
+stops the run with its line or row number before anything is written.
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+
+from . import UserError, approaches, faults, grid
+from .cell import call
+from .data import READERS, first_words, read_table, text_values
+from .io import atomic_path, read_json, run_cli
+
+LABEL_JOIN = "|"
+
+
+def parse_cell(cell: Path) -> dict:
+    """dataset / model / approach / rank / seed of ``.../<dataset>/<model>/<approach>/r<rank>/s<seed>``."""
+    parts = cell.resolve().parts
+    if len(parts) < 6 or not re.fullmatch(r"r\d+", parts[-2]) or not re.fullmatch(r"s\d+", parts[-1]):
+        raise UserError(f"--cell {cell}: not a cell folder (results/<dataset>/<model>/<approach>/r<rank>/s<seed>)")
+    keys = {"dataset": parts[-5], "model": parts[-4], "approach": parts[-3], "rank": int(parts[-2][1:]),
+            "seed": int(parts[-1][1:])}
+    approaches.get(keys["approach"])
+    return keys
+
+
+def read_texts(path: Path, text_columns: list[str], max_words: int | None) -> tuple[pd.DataFrame, list[str]]:
+    """The input table and its texts, preprocessed as the dataset's were."""
+    table = read_table(path, {})
+    where = str(path)
+    missing = [c for c in text_columns if c not in table.columns]
+    if missing:
+        raise UserError(f"{where}: text column(s) {missing} not found (columns: {', '.join(map(str, table.columns))}); "
+                        "name them with --text-columns")
+    texts = text_values(table[text_columns[0]], where)
+    for col in text_columns[1:]:
+        texts = texts + "\n" + text_values(table[col], where)
+    texts = texts.str.strip()
+    empty = [i for i, t in enumerate(texts) if not t]
+    if empty:
+        raise UserError(f"{where}: empty text at data row(s) {', '.join(map(str, empty[:5]))}"
+                        f"{' ...' if len(empty) > 5 else ''} (0-based, header not counted)")
+    if max_words:
+        texts = texts.map(lambda t: first_words(t, max_words))
+    return table, list(texts)
+
+
+def staged_dataset(data_dir: Path, texts: list[str], folder: Path) -> Path:
+    """A prepared dataset in ``folder`` whose test split is ``texts`` (no gold labels) and whose other
+    files are the cell's (linked): what the predict steps read."""
+    faults.check_sums(data_dir)
+    out = folder / "data"
+    out.mkdir()
+    for f in data_dir.iterdir():
+        if f.is_file() and f.name not in ("test.parquet", faults.SUMS):
+            (out / f.name).symlink_to(f.resolve())
+    pd.DataFrame({"id": [f"row-{i}" for i in range(len(texts))], "text": texts,
+                  "labels": [[] for _ in texts]}).to_parquet(out / "test.parquet", index=False)
+    faults.write_sums(out)
+    return out
+
+
+def source_of(cell: Path, keys: dict, spec: approaches.Approach) -> str:
+    """What the approach's predict step reads: the cell's adapter/, the model's folder, or the cell."""
+    if spec.stages == "train":
+        return str(cell / "adapter")
+    if spec.stages == "predict":
+        return read_json(cell.parents[4] / "models" / keys["model"] / "model.json")["path"]
+    return str(cell)
+
+
+def label(cell: str | Path, input_path: str | Path, output: str | Path, config_path: str | Path = "config.yaml",
+          text_columns: list[str] | None = None, mode: str | None = None, threads: int | None = None) -> pd.DataFrame:
+    """Label the texts of ``input_path`` with ``cell``; writes ``output`` and returns it as a table."""
+    cell, input_path, output = Path(cell), Path(input_path), Path(output)
+    keys = parse_cell(cell)
+    spec = approaches.get(keys["approach"])
+    mode = mode or spec.modes[0]
+    if mode not in spec.modes:
+        raise UserError(f"--mode {mode}: approach '{spec.name}' has the modes {list(spec.modes)}")
+    if output.suffix.lower() not in READERS:
+        raise UserError(f"--output {output}: give it one of the suffixes {sorted(READERS)}")
+    config = grid.load_config(config_path)
+    if keys["dataset"] not in config["datasets"]:
+        raise UserError(f"--cell {cell}: dataset '{keys['dataset']}' is not in {config_path}; pass the config the "
+                        "cell was made with (--config)")
+    dataset = config["datasets"][keys["dataset"]]
+    hp = grid.hparams(config, keys["approach"], keys["model"], keys["dataset"])
+    table, texts = read_texts(input_path, text_columns or dataset.get("text_columns", ["text"]), dataset.get("max_words"))
+    data_dir = cell.parents[4] / "data" / keys["dataset"]
+    with tempfile.TemporaryDirectory(prefix="clsbench-apply-") as tmp:
+        staged = staged_dataset(data_dir, texts, Path(tmp))
+        call(spec.entry("predict"), source_of(cell, keys, spec), data_dir=str(staged), out_dir=tmp, hp=hp,
+             seed=keys["seed"], threads=threads, modes=(mode,))
+        suffix = "_generate" if mode == "generate" else ""
+        pred = pd.read_parquet(Path(tmp) / f"predictions{suffix}.parquet")
+        labels = read_json(data_dir / "labels.json")["labels"]
+    out = table.copy()
+    out["predicted"] = [LABEL_JOIN.join(p) for p in pred["pred"]]
+    if "probs" in pred and pred["probs"].notna().all():
+        for j, name in enumerate(labels):
+            out[f"prob_{name}"] = [float(p[j]) for p in pred["probs"]]
+    if "generated" in pred:
+        out["generated"], out["valid"] = pred["generated"].values, pred["valid"].values
+    write_table(out, output)
+    return out
+
+
+def write_table(df: pd.DataFrame, path: Path) -> None:
+    fmt = READERS[path.suffix.lower()]
+    with atomic_path(path) as tmp:
+        if fmt == "parquet":
+            df.to_parquet(tmp, index=False)
+        elif fmt == "jsonl":
+            df.to_json(tmp, orient="records", lines=True, force_ascii=False)
+        else:
+            df.to_csv(tmp, index=False, sep="\t" if fmt == "tsv" else ",")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Label new texts with a trained cell.")
+    parser.add_argument("--cell", required=True, help="results/<dataset>/<model>/<approach>/r<rank>/s<seed>")
+    parser.add_argument("--input", required=True, help="CSV / TSV / JSONL / Parquet")
+    parser.add_argument("--output", required=True, help="same formats, by suffix")
+    parser.add_argument("--config", default="config.yaml", help="the config the cell was made with")
+    parser.add_argument("--text-columns", nargs="+", help="default: the dataset's text_columns")
+    parser.add_argument("--mode", choices=sorted({m for a in approaches.REGISTRY.values() for m in a.modes}),
+                        help="inference mode (prompting approaches: score or generate); default the first")
+    parser.add_argument("--threads", type=int)
+    args = parser.parse_args(argv)
+    out = label(args.cell, args.input, args.output, args.config, args.text_columns, args.mode, args.threads)
+    print(f"{args.output}: {len(out)} texts labelled by {args.cell}")
+
+
+if __name__ == "__main__":
+    run_cli(main)
