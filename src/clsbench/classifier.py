@@ -132,13 +132,14 @@ def tokenize_split(df: pd.DataFrame, tok, labels: list[str], multi_label: bool, 
     return data, text_of
 
 
-def coverage(tok, texts, max_length: int, chunk: dict | None) -> dict:
+def coverage(tok, texts, max_length: int, chunk: dict | None, text_of: np.ndarray | None = None) -> dict:
     """What a cell reads of its texts (:func:`clsbench.models.text_coverage`); chunked, every token
     of every text, in ``windows_per_text`` windows on average."""
     if chunk is None:
         return text_coverage(tok, texts, max_length)
     lengths = [len(ids) for ids in tok(list(texts), add_special_tokens=False)["input_ids"]]
-    _, text_of = encode(tok, list(texts), max_length, chunk)
+    if text_of is None:
+        _, text_of = encode(tok, list(texts), max_length, chunk)
     return {**coverage_record(lengths, max(lengths)), "text_tokens_limit": None,
             "windows_per_text": len(text_of) / len(lengths)}
 
@@ -305,14 +306,15 @@ def fit(approach: str, model_json: str, data_dir: str, out_dir: str, rank: int, 
 
 # ---------------------------------------------------------------- prediction
 def predict_logits(model, tok, texts: list[str], max_length: int, batch_size: int,
-                   device: str, progress=None, chunk: dict | None = None) -> tuple[np.ndarray, list[int]]:
+                   device: str, progress=None, chunk: dict | None = None,
+                   encoded: tuple[dict, np.ndarray] | None = None) -> tuple[np.ndarray, list[int]]:
     """Logits for ``texts``, batched in order of length (least padding); returns (logits, token
     lengths of the rows run). ``chunk`` (:func:`chunking`): every window of each text runs and the
     logits are aggregated per text. ``progress``: a :class:`clsbench.progress.Progress` told of each
-    batch done (in rows)."""
+    batch done (in rows). ``encoded``: :func:`encode`'s result for these texts, if the caller has it."""
     import torch
 
-    enc, text_of = encode(tok, texts, max_length, chunk)
+    enc, text_of = encoded or encode(tok, texts, max_length, chunk)
     order = np.argsort([len(ids) for ids in enc["input_ids"]])
     out = np.zeros((len(text_of), model.config.num_labels), dtype=np.float32)
     with torch.inference_mode():
@@ -378,10 +380,10 @@ def predict(adapter_dir: str, data_dir: str, out_dir: str, hp: dict, threads: in
         if env["cuda"]:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
-        n_rows = len(encode(tok, texts, hp["max_length"], chunk)[1])
+        encoded = encode(tok, texts, hp["max_length"], chunk)  # once: the progress total and the run
         t0 = time.perf_counter()
         logits, lengths = predict_logits(model, tok, texts, hp["max_length"], bs, env["device"],
-                                         Progress(f"predict {split}", n_rows), chunk)
+                                         Progress(f"predict {split}", len(encoded[1])), chunk, encoded)
         if env["cuda"]:
             torch.cuda.synchronize()
         wall = time.perf_counter() - t0
@@ -394,7 +396,7 @@ def predict(adapter_dir: str, data_dir: str, out_dir: str, hp: dict, threads: in
     info = {"split": split, "n": len(df), "infer_wall_seconds": wall, "eval_batch_size": bs,
             "threshold": threshold.tolist() if isinstance(threshold, np.ndarray) else threshold,
             "device": env["device_name"], "peak_memory_mb": peak_memory_mb(env), "labels": labels, "multi_label": multi,
-            "long_text": hp.get("long_text", "truncate"), **coverage(tok, texts, hp["max_length"], chunk)}
+            "long_text": hp.get("long_text", "truncate"), **coverage(tok, texts, hp["max_length"], chunk, encoded[1])}
     record = throughput.record("infer", lengths=lengths, seconds=wall, batch_size=bs, order="sorted", env=env,
                                peak_memory_mb=info["peak_memory_mb"], config=model.config, kind="forward")
     if chunk is not None:  # samples are texts; the rows run were their windows
