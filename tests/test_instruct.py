@@ -194,6 +194,19 @@ def test_ids_beyond_z_render_and_score(lm):
     assert probs.shape == (1, 30) and probs.sum() == pytest.approx(1)
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_qlora_adapters_train_in_float32(tmp_path, tiny_model, bbc_small, precision):
+    """The trained LoRA weights of a 4-bit instruct cell stay float32 (the head cells' master
+    weights), although TRL's SFTTrainer casts a quantised model's adapters to bf16."""
+    from safetensors.torch import load_file
+
+    hp = {**HP, "quantization": "nf4", "precision": precision}
+    info = instruct.train(str(tiny_model), str(bbc_small), str(tmp_path), rank=2, seed=1, hp=hp, threads=2)
+    assert info["trained_dtype"] == "float32"
+    weights = load_file(tmp_path / "adapter" / "adapter_model.safetensors")
+    assert weights and {str(w.dtype) for w in weights.values()} == {"torch.float32"}
+
+
 def test_bf16_precision_instruct_cell_on_cpu(tmp_path, tiny_model, bbc_small):
     """precision bf16 with NF4 (CPU autocast in the SFTTrainer); both inference modes run in bf16."""
     hp = {**HP, "quantization": "nf4", "precision": "bf16"}

@@ -210,13 +210,22 @@ def val_micro_f1(model, enc: Encoder, rows: list[list[int]], gold: np.ndarray, h
 def _scored_sft_trainer():
     """TRL's SFTTrainer whose evaluation is validation micro-F1 (score mode) instead of the token
     loss, so early stopping and the best epoch restored follow the rule of the head and encoder
-    cells (``metric_for_best_model="f1_micro"``, resumable through the trainer state)."""
+    cells (``metric_for_best_model="f1_micro"``, resumable through the trainer state).
+
+    It also keeps the trained LoRA weights in float32, as the head cells keep theirs: SFTTrainer
+    casts a quantised model's trainable weights to bf16 whatever precision is asked, so an fp32
+    cell trained bf16 adapters with bf16 matmuls (emulated, several times slower, on CPUs without
+    AVX512-BF16) and bf16 optimizer updates, unlike every other approach."""
+    import torch
     from trl import SFTTrainer
 
     class ScoredSFTTrainer(SFTTrainer):
         def __init__(self, *args, val_f1, **kwargs):
             super().__init__(*args, **kwargs)
             self.val_f1 = val_f1
+            for param in self.model.parameters():
+                if param.requires_grad and param.dtype != torch.float32:
+                    param.data = param.data.float()
 
         def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
             t0 = time.perf_counter()
@@ -275,11 +284,12 @@ def train(model_json: str, data_dir: str, out_dir: str, rank: int, seed: int, hp
         model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds, processing_class=tok,
         callbacks=training.callbacks(hp, out_dir, timer),
         val_f1=lambda m: val_micro_f1(m, enc, val_rows, val_gold, hp, plan["eval_batch_size"], env["device"]))
+    trained_dtypes = sorted({str(p.dtype).replace("torch.", "") for p in trainer.model.parameters() if p.requires_grad})
     key = runtime.run_key(model_json, data_dir, "instruct", rank, seed, hp)
     train_info = {"approach": "instruct", "rank": rank, "seed": seed, "trainable_params": int(trainable),
                   "total_params": int(total), **training.run(trainer, out_dir, plan, hp, env, key, timer)}
     train_info.update({
-        "loss": hp.get("loss", "answer_only"), "optimizer": optim, "gradient_checkpointing": checkpointing,
+        "loss": hp.get("loss", "answer_only"), "optimizer": optim, "trained_dtype": ",".join(trained_dtypes), "gradient_checkpointing": checkpointing,
         "mean_prompt_tokens": float(np.mean([sum(1 - m for m in mask) for mask in train_ds["completion_mask"]])),
         "quantization": hp.get("quantization", "nf4"), "prompt_max_length": enc.max_length,
         **prefixed("train_", enc.coverage(splits["train"]["text"]))})
