@@ -20,6 +20,7 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/predict.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/best.smk"
 
 
 rule all:
@@ -29,3 +30,4 @@ rule all:
         rules.tables.output,
         rules.claims.output,
         rules.figures.output,
+        best_targets(),

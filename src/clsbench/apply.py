@@ -1,7 +1,8 @@
 """Label new texts with any trained cell, through the very code that made the cell's test predictions.
 
     python -m clsbench.apply --cell results/<dataset>/<model>/<approach>/r<rank>/s<seed> \\
-        --input new.csv --output labelled.csv [--text-columns title body] [--mode score|generate]
+        --input new.csv --output labelled.csv [--text-columns title body] [--mode score|generate] [--force]
+    python -m clsbench.apply --best results/<dataset>/best.json --input new.csv --output labelled.csv
 
 The input (CSV / TSV / JSONL / Parquet, by suffix) gets the dataset's preprocessing (text columns
 joined by a line break, the dataset's ``max_words`` cut); the texts then become the test split of a
@@ -22,7 +23,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import UserError, approaches, faults, grid
-from .cell import call
+from .cell import HPARAMS_FILE, call
 from .data import READERS, first_words, read_table, text_values
 from .io import atomic_path, read_json, run_cli
 
@@ -85,9 +86,28 @@ def source_of(cell: Path, keys: dict, spec: approaches.Approach) -> str:
     return str(cell)
 
 
-def label(cell: str | Path, input_path: str | Path, output: str | Path, config_path: str | Path = "config.yaml",
-          text_columns: list[str] | None = None, mode: str | None = None, threads: int | None = None) -> pd.DataFrame:
-    """Label the texts of ``input_path`` with ``cell``; writes ``output`` and returns it as a table."""
+def cell_settings(cell: Path, keys: dict, config_path: str | Path | None) -> tuple[dict, dict]:
+    """The cell's hyperparameters and its dataset's settings: the cell's own record (hparams.json,
+    written by its steps; the prepared dataset's stats.json for the ``max_words`` cut) where it has
+    one, else the config the cell was made with."""
+    data_dir = cell.parents[4] / "data" / keys["dataset"]
+    stats = read_json(data_dir / "stats.json") if (data_dir / "stats.json").exists() else {}
+    recorded = cell / HPARAMS_FILE
+    if recorded.exists() and config_path is None:
+        return read_json(recorded), {"max_words": stats.get("max_words")}
+    config_path = config_path or "config.yaml"
+    config = grid.load_config(config_path)
+    if keys["dataset"] not in config["datasets"]:
+        raise UserError(f"--cell {cell}: dataset '{keys['dataset']}' is not in {config_path}; pass the config the "
+                        "cell was made with (--config)")
+    return grid.hparams(config, keys["approach"], keys["model"], keys["dataset"]), config["datasets"][keys["dataset"]]
+
+
+def label(cell: str | Path, input_path: str | Path, output: str | Path, config_path: str | Path | None = None,
+          text_columns: list[str] | None = None, mode: str | None = None, threads: int | None = None,
+          force: bool = False, settings: tuple[dict, dict] | None = None) -> pd.DataFrame:
+    """Label the texts of ``input_path`` with ``cell``; writes ``output`` and returns it as a table.
+    ``settings``: the cell's hyperparameters and dataset settings, as best.json records them."""
     cell, input_path, output = Path(cell), Path(input_path), Path(output)
     keys = parse_cell(cell)
     spec = approaches.get(keys["approach"])
@@ -96,12 +116,9 @@ def label(cell: str | Path, input_path: str | Path, output: str | Path, config_p
         raise UserError(f"--mode {mode}: approach '{spec.name}' has the modes {list(spec.modes)}")
     if output.suffix.lower() not in READERS:
         raise UserError(f"--output {output}: give it one of the suffixes {sorted(READERS)}")
-    config = grid.load_config(config_path)
-    if keys["dataset"] not in config["datasets"]:
-        raise UserError(f"--cell {cell}: dataset '{keys['dataset']}' is not in {config_path}; pass the config the "
-                        "cell was made with (--config)")
-    dataset = config["datasets"][keys["dataset"]]
-    hp = grid.hparams(config, keys["approach"], keys["model"], keys["dataset"])
+    if output.exists() and not force:
+        raise UserError(f"--output {output}: exists; pass --force to replace it")
+    hp, dataset = settings or cell_settings(cell, keys, config_path)
     table, texts = read_texts(input_path, text_columns or dataset.get("text_columns", ["text"]), dataset.get("max_words"))
     data_dir = cell.parents[4] / "data" / keys["dataset"]
     with tempfile.TemporaryDirectory(prefix="clsbench-apply-") as tmp:
@@ -135,17 +152,25 @@ def write_table(df: pd.DataFrame, path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Label new texts with a trained cell.")
-    parser.add_argument("--cell", required=True, help="results/<dataset>/<model>/<approach>/r<rank>/s<seed>")
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--cell", help="results/<dataset>/<model>/<approach>/r<rank>/s<seed>")
+    which.add_argument("--best", help="results/<dataset>/best.json: the cell it names (chosen on validation)")
     parser.add_argument("--input", required=True, help="CSV / TSV / JSONL / Parquet")
     parser.add_argument("--output", required=True, help="same formats, by suffix")
-    parser.add_argument("--config", default="config.yaml", help="the config the cell was made with")
+    parser.add_argument("--force", action="store_true", help="replace --output if it exists")
+    parser.add_argument("--config", help="the config the cell was made with (default: the cell's own record, "
+                        "hparams.json; config.yaml for a cell without one)")
     parser.add_argument("--text-columns", nargs="+", help="default: the dataset's text_columns")
     parser.add_argument("--mode", choices=sorted({m for a in approaches.REGISTRY.values() for m in a.modes}),
                         help="inference mode (prompting approaches: score or generate); default the first")
     parser.add_argument("--threads", type=int)
     args = parser.parse_args(argv)
-    out = label(args.cell, args.input, args.output, args.config, args.text_columns, args.mode, args.threads)
-    print(f"{args.output}: {len(out)} texts labelled by {args.cell}")
+    best = read_json(args.best) if args.best else {}
+    cell = args.cell or best["cell"]
+    settings = (best["hparams"], best["dataset_settings"]) if best.get("hparams") and not args.config else None
+    out = label(cell, args.input, args.output, args.config, args.text_columns, args.mode, args.threads, args.force,
+                settings)
+    print(f"{args.output}: {len(out)} texts labelled by {cell}")
 
 
 if __name__ == "__main__":

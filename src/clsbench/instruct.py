@@ -594,21 +594,21 @@ def predict(source: str, data_dir: str, out_dir: str, hp: dict, threads: int | N
 
 
 def predict_zeroshot(model_dir: str, data_dir: str, out_dir: str, hp: dict, threads: int | None = None,
-                     **kwargs) -> dict:
+                     split: str = "test", modes: tuple[str, ...] = MODES) -> dict:
     """Approach "zeroshot": the instruct prompts on the untrained model (the paper's headless prompting)."""
-    return predict(model_dir, data_dir, out_dir, hp, threads, untrained={"approach": "zeroshot"}, **kwargs)
+    return predict(model_dir, data_dir, out_dir, hp, threads, split, modes, untrained={"approach": "zeroshot"})
 
 
 def predict_fewshot(model_dir: str, data_dir: str, out_dir: str, hp: dict, seed: int, threads: int | None = None,
-                    **kwargs) -> dict:
+                    split: str = "test", modes: tuple[str, ...] = MODES) -> dict:
     """Approach "fewshot": the instruct prompts with ``shots`` solved training examples per label
     (drawn with ``seed``, :func:`few_shot_examples`) before the text, on the untrained model."""
     splits, labels, _ = load_prepared(data_dir)
     examples = few_shot_examples(splits["train"], labels, hp["shots"], seed)
     record = {"approach": "fewshot", "seed": seed, "shots": hp["shots"], "examples": len(examples),
               "example_ids": [ident for ident, _, _ in examples]}
-    return predict(model_dir, data_dir, out_dir, hp, threads, untrained=record,
-                   examples=[(text, gold) for _, text, gold in examples], **kwargs)
+    return predict(model_dir, data_dir, out_dir, hp, threads, split, modes, untrained=record,
+                   examples=[(text, gold) for _, text, gold in examples])
 
 
 def few_shot_examples(train: pd.DataFrame, labels: list[str], shots: int, seed: int) -> list[tuple[str, str, list[str]]]:

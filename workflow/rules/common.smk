@@ -94,8 +94,8 @@ def dataset_spec_json(wildcards):
     spec = {
         k: v
         for k, v in config["datasets"][wildcards.dataset].items()
-        if k != "paper_dataset"
-    }  # report-only key
+        if k not in ("paper_dataset", "apply", "hparams")
+    }  # keys the prepared data does not depend on
     return as_json(spec)
 
 
@@ -166,4 +166,30 @@ def grid_models():
     """Models of `models:` that at least one cell uses (tfidf cells use none)."""
     return [
         m for m in dict.fromkeys(cell.model for cell in CELLS) if m in config["models"]
+    ]
+
+
+def cell_source(wildcards):
+    """What a cell's predict step reads: its adapter/ (trained), the model's model.json (an untrained
+    model prompted) or its fitted model (model.joblib; the step is given the cell folder).
+    """
+    cell = CELL.format(**wildcards)
+    stages = approaches.get(wildcards.approach).stages
+    if stages == "train":
+        return f"{cell}/adapter"
+    if stages == "predict":
+        return f"results/models/{wildcards.model}/model.json"
+    return f"{cell}/model.joblib"
+
+
+def dataset_cells(wildcards):
+    return [cell for cell in CELLS if cell.dataset == wildcards.dataset]
+
+
+def best_targets():
+    """best.json of every dataset, and the files each dataset's config asks to label with it."""
+    return [f"results/{d}/best.json" for d in grid_datasets()] + [
+        f"results/{d}/apply/{name}.csv"
+        for d in grid_datasets()
+        for name in config["datasets"][d].get("apply", {})
     ]

@@ -44,3 +44,23 @@ rule evaluate_generate:
     shell:
         "python -m clsbench.metrics --predictions {input.predictions} --labels {input.labels} "
         "--extra {input.train_info} {input.predict_info} --out {output} > {log} 2>&1"
+
+
+rule evaluate_val:
+    """val/metrics.json of one cell: its validation predictions scored like its test predictions."""
+    input:
+        predictions=f"{CELL}/val/predictions.parquet",
+        labels="results/data/{dataset}/labels.json",
+        predict_info=f"{CELL}/val/predict_info.json",
+    output:
+        f"{CELL}/val/metrics.json",
+    log:
+        f"{LOG}/evaluate_val.log",
+    conda:
+        CONDA_ENV
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    shell:
+        "python -m clsbench.metrics --predictions {input.predictions} --labels {input.labels} "
+        "--extra {input.predict_info} --out {output} > {log} 2>&1"

@@ -60,3 +60,39 @@ use rule predict as predict_untrained with:
     resources:
         **GPU_JOB,
         runtime=240,
+
+
+rule predict_val:
+    """Validation-split predictions of any cell, by its own predict step (prompting cells: their
+    first mode, score): what results/<dataset>/best.json is chosen on."""
+    input:
+        source=cell_source,
+        data=dataset_files("labels.json"),
+    output:
+        predictions=f"{CELL}/val/predictions.parquet",
+        info=f"{CELL}/val/predict_info.json",
+    log:
+        f"{LOG}/predict_val.log",
+    benchmark:
+        f"{BENCH}/predict_val.tsv"
+    retries: 2
+    conda:
+        CONDA_ENV
+    threads: config["threads"]
+    resources:
+        gpu=lambda wc: int(approaches.get(wc.approach).stages != "fit"),
+        mem_mb=GPU_JOB["mem_mb"],
+        runtime=60,
+    params:
+        hparams=hparams_json,
+        out_dir=lambda wc, output: Path(output.info).parent,
+        source=lambda wc, input: (
+            Path(input.source).parent
+            if input.source.endswith(".joblib")
+            else input.source
+        ),
+        mode=lambda wc: approaches.get(wc.approach).modes[0],
+    shell:
+        "python -m clsbench.cell predict --approach {wildcards.approach} --source {params.source} "
+        "--data-dir results/data/{wildcards.dataset} --out-dir {params.out_dir} --seed {wildcards.seed} "
+        "--hparams {params.hparams:q} --threads {threads} --split val --modes {params.mode} > {log} 2>&1"

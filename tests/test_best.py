@@ -1,0 +1,40 @@
+"""clsbench.best: the best cell of a dataset is chosen on validation, never on test."""
+import json
+
+import pytest
+
+from clsbench import UserError, best
+
+
+def make_cell(root, model, approach, rank, seed, val, test, speed=10.0):
+    cell = root / "results" / "data1" / model / approach / f"r{rank}" / f"s{seed}"
+    (cell / "val").mkdir(parents=True)
+    (cell / "val" / "metrics.json").write_text(json.dumps({"f1_micro": val, "n": 20}))
+    (cell / "metrics.json").write_text(json.dumps({"f1_micro": test, "f1_macro": test - 0.01, "n": 50,
+                                                   "infer_samples_per_second": speed}))
+    return str(cell)
+
+
+def test_the_configuration_with_the_best_mean_validation_f1_wins_not_the_best_test_f1(tmp_path):
+    cells = [make_cell(tmp_path, "m", "head", 8, 42, 0.80, 0.70), make_cell(tmp_path, "m", "head", 8, 43, 0.84, 0.71),
+             make_cell(tmp_path, "m", "instruct", 64, 42, 0.90, 0.60), make_cell(tmp_path, "m", "instruct", 64, 43, 0.70, 0.95),
+             make_cell(tmp_path, "e", "encoder", 0, 42, 0.79, 0.99)]
+    chosen = best.select(cells)
+    # head's mean 0.82 beats instruct's 0.80 (whose best seed alone has 0.90) and the encoder's test 0.99
+    assert (chosen["approach"], chosen["seed"], chosen["val_f1_micro"]) == ("head", 43, 0.84)
+    assert chosen["test"]["f1_micro"] == 0.71
+    assert [c["approach"] for c in chosen["configurations"]] == ["head", "instruct", "encoder"]
+    assert chosen["configurations"][0]["val_f1_micro_mean"] == pytest.approx(0.82)
+
+
+def test_a_tie_goes_to_the_faster_configuration(tmp_path):
+    cells = [make_cell(tmp_path, "m", "head", 8, 42, 0.8, 0.7, speed=5.0),
+             make_cell(tmp_path, "tfidf", "tfidf", 0, 42, 0.8, 0.6, speed=500.0)]
+    assert best.select(cells)["approach"] == "tfidf"
+
+
+def test_a_cell_without_validation_predictions_is_named(tmp_path):
+    cell = make_cell(tmp_path, "m", "head", 8, 42, 0.8, 0.7)
+    (tmp_path / "results/data1/m/head/r8/s42/val/metrics.json").unlink()
+    with pytest.raises(UserError, match="val/metrics.json: missing"):
+        best.select([cell])
