@@ -33,7 +33,8 @@ def test_frozen_head_trains_only_the_score_layer(tmp_path, tiny_model, bbc_small
     info = frozen.train(str(tiny_model), str(bbc_small), str(tmp_path), rank=0, seed=1, hp=hp, threads=2)
     assert info["trainable_params"] == 64 * 5  # hidden size x labels, no bias
     assert 1 <= info["best_epoch"] <= info["epochs_run"] <= 5
-    assert sorted(p.name for p in (tmp_path / "adapter").iterdir()) == ["SHA256SUMS", "base", "score.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "adapter").iterdir()) == ["SHA256SUMS", "base", "quantization_config.json",
+                                                                         "score.safetensors"]
     classifier.predict(str(tmp_path / "adapter"), str(bbc_small), str(tmp_path), hp, threads=2)
     assert len(pd.read_parquet(tmp_path / "predictions.parquet")) == 30
 

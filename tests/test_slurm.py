@@ -29,8 +29,8 @@ GRID = {"threads": 1,
 CELLS = ["news/tiny-llama/head/r2/s42", "news/tiny-llama/head/r4/s42", "news/tiny-llama/instruct/r4/s42",
          "news/tfidf/tfidf/r0/s42"]
 # rules of this grid that declare gpu=1, and those that do not (the profile must route them apart)
-GPU_RULES = ["train", "predict", "predict_prompted"]  # head and instruct cells
-CPU_RULES = ["prepare_dataset", "prepare_model", "fit", "evaluate"]
+GPU_RULES = ["train", "predict", "predict_prompted", "predict_val"]  # head and instruct cells
+CPU_RULES = ["prepare_dataset", "prepare_model", "fit", "evaluate", "evaluate_val", "best"]
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +69,7 @@ def test_tiny_grid_on_slurm_equals_local_run(cluster, tmp_path):
                    "--config", "threads=1", "--set-resources", *small)
     out = on_slurm.stdout + on_slurm.stderr
     assert on_slurm.returncode == 0, out[-3000:]
-    assert "18 of 18 steps (100%) done" in out
+    assert "27 of 27 steps (100%) done" in out  # 4 cells: 18 jobs, + validation predictions and best.json
     for rule in GPU_RULES:  # partition chosen by the plugin from the rule's gpu=1 (profiles/slurm/partitions.yaml)
         assert f"Auto-selected partition 'gpu' for job {rule}" in out, rule
     for rule in CPU_RULES:
