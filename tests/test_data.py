@@ -77,6 +77,7 @@ def test_jsonl_with_list_labels_and_given_splits(tmp_path):
             "text_columns": ["body"], "label_column": "tags", "multi_label": True}
     stats = data.prepare("j", spec, tmp_path / "out")
     assert stats["test"]["n"] == 10 and stats["val"]["n"] == 3 and stats["train"]["n"] == 27
+    assert stats["text_columns"] == ["body"]  # what clsbench.apply reads from a new file of this dataset
 
 
 # ------------------------------------------------------------------ bad input

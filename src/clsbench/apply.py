@@ -88,13 +88,13 @@ def source_of(cell: Path, keys: dict, spec: approaches.Approach) -> str:
 
 def cell_settings(cell: Path, keys: dict, config_path: str | Path | None) -> tuple[dict, dict]:
     """The cell's hyperparameters and its dataset's settings: the cell's own record (hparams.json,
-    written by its steps; the prepared dataset's stats.json for the ``max_words`` cut) where it has
-    one, else the config the cell was made with."""
+    written by its steps; the prepared dataset's stats.json for the ``max_words`` cut and the text
+    columns) where it has one, else the config the cell was made with."""
     data_dir = cell.parents[4] / "data" / keys["dataset"]
     stats = read_json(data_dir / "stats.json") if (data_dir / "stats.json").exists() else {}
     recorded = cell / HPARAMS_FILE
     if recorded.exists() and config_path is None:
-        return read_json(recorded), {"max_words": stats.get("max_words")}
+        return read_json(recorded), {"max_words": stats.get("max_words"), "text_columns": stats.get("text_columns", ["text"])}
     config_path = config_path or "config.yaml"
     config = grid.load_config(config_path)
     if keys["dataset"] not in config["datasets"]:

@@ -429,6 +429,8 @@ def prepare(key: str, spec: dict, out_dir: str | Path, base_dir: str | Path | No
     splits, cut_share = cut_texts(splits, spec.get("max_words"))
     if spec.get("max_words"):
         info = {**info, "max_words": spec["max_words"], "texts_cut_share": cut_share}
+    # the input columns a text was joined from (what clsbench.apply reads from a new file)
+    info = {**info, "text_columns": ["text"] if spec["source"] == "derived_pairs" else spec.get("text_columns", ["text"])}
     splits, removed = dedupe(splits)
     if "all" in splits:
         splits = split_frame(splits["all"], split_cfg["val"], split_cfg["test"], seed, multi)
