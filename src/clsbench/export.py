@@ -143,6 +143,9 @@ def model_card(keys: dict, spec, hp: dict, metrics: dict, stats: dict, labels: l
                   "clf = pipeline(\"text-classification\", model=\"<this folder>\", top_k=None"
                   + (", function_to_apply=\"sigmoid\")" if metrics.get("multi_label") else ")"),
                   f"clf([\"some text\"], truncation=True, max_length={hp.get('max_length')})", "```", ""]
+        if hp.get("threshold") == "tuned" and metrics.get("multi_label"):
+            lines += [f"A label is predicted where its probability reaches its own threshold, chosen on validation: "
+                      f"`{adapters.THRESHOLDS_FILE}` in this folder (not 0.5).", ""]
         if hp.get("long_text") == "chunk":
             lines += ["The cell read long texts in windows (long_text: chunk); this model reads the first "
                       f"{hp.get('max_length')} tokens unless you chunk as `clsbench.apply` does.", ""]
@@ -208,6 +211,8 @@ def export(cell: str | Path, out: str | Path, force: bool = False, config_path: 
         kind = "text-generation" if causal else "text-classification"
         (tmp / "README.md").write_text(model_card(keys, spec, hp, metrics, stats, labels, check, kind))
         write_json(tmp / "export_check.json", check)
+        if (adapter / adapters.THRESHOLDS_FILE).exists():  # threshold: tuned - the per-label cut-offs decide
+            write_json(tmp / adapters.THRESHOLDS_FILE, read_json(adapter / adapters.THRESHOLDS_FILE))
     return check
 
 
