@@ -65,22 +65,16 @@ def causal_model(adapter: Path, hp: dict, env: dict):
 def check_classifier(out: Path, cell: Path, data_dir: Path, hp: dict, multi: bool) -> dict:
     """The exported folder, loaded by plain transformers, on the cell's test texts against the cell's
     cached probabilities: max |Δprob| and the share of texts whose decided labels change."""
-    import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from .metrics import decide
+    from .classifier import predict_logits, probabilities
 
     model = AutoModelForSequenceClassification.from_pretrained(out).eval()
     tok = AutoTokenizer.from_pretrained(out)
     cached = pd.read_parquet(cell / "predictions.parquet")
     texts = list(load_prepared(data_dir)[0]["test"].set_index("id").loc[cached["id"], "text"])
-    probs = []
-    with torch.inference_mode():
-        for i in range(0, len(texts), 16):
-            batch = tok(texts[i:i + 16], truncation=True, max_length=hp["max_length"], padding=True, return_tensors="pt")
-            logits = model(**batch).logits.float()
-            probs.append((torch.sigmoid(logits) if multi else torch.softmax(logits, -1)).numpy())
-    return compare(np.concatenate(probs), cached, multi, decide, read_json(cell / "predict_info.json").get("threshold", 0.5))
+    logits, _ = predict_logits(model, tok, texts, hp["max_length"], 16, "cpu")  # truncated, as pipeline reads
+    return compare(probabilities(logits, multi), cached, multi, read_json(cell / "predict_info.json").get("threshold", 0.5))
 
 
 def check_causal(out: Path, cell: Path, data_dir: Path, hp: dict) -> dict:
@@ -89,7 +83,6 @@ def check_causal(out: Path, cell: Path, data_dir: Path, hp: dict) -> dict:
     from transformers import AutoModelForCausalLM
 
     from .instruct import Encoder, load_tokenizer, run_mode
-    from .metrics import decide
 
     splits, labels, multi = load_prepared(data_dir)
     model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
@@ -99,10 +92,12 @@ def check_causal(out: Path, cell: Path, data_dir: Path, hp: dict) -> dict:
     cached = pd.read_parquet(cell / "predictions.parquet")
     texts = splits["test"].set_index("id").loc[cached["id"], "text"]
     probs, _, _ = run_mode("score", model, enc, [enc.prompt_ids(t) for t in texts], hp, {"device": "cpu"})
-    return compare(probs, cached, multi, decide, hp.get("threshold", 0.5))
+    return compare(probs, cached, multi, hp.get("threshold", 0.5))
 
 
-def compare(probs: np.ndarray, cached: pd.DataFrame, multi: bool, decide, threshold) -> dict:
+def compare(probs: np.ndarray, cached: pd.DataFrame, multi: bool, threshold) -> dict:
+    from .metrics import decide
+
     ref = np.stack(cached["probs"]).astype(np.float64)
     threshold = np.asarray(threshold) if isinstance(threshold, list) else threshold
     changed = (decide(probs, multi, threshold) != decide(ref, multi, threshold)).any(axis=1)

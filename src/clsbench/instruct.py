@@ -585,7 +585,7 @@ def predict(source: str, data_dir: str, out_dir: str, hp: dict, threads: int | N
             info["predictions_sha256"] = sha256(tmp)  # checked by the evaluate step
         write_json(out_dir / f"predict_info{suffix}.json", info)
         infos[mode] = info
-    if untrained is not None:  # no training step: record what the evaluation expects of a cell
+    if untrained is not None and split == "test":  # no training step: record what the evaluation expects of a cell
         trainable, total = runtime.count_parameters(model)
         write_json(out_dir / "train_info.json", {**untrained, "rank": 0, "trainable_params": 0, "total_params": int(total),
                                                  "epochs_run": 0, "quantization": hp.get("quantization", "nf4"),
