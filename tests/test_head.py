@@ -229,3 +229,22 @@ def test_head_pools_the_intended_token_when_pad_is_eos(tmp_path, appends_eos):
     ends = batch["attention_mask"].sum(1) - 1  # right padding: the last token the model reads
     assert (batch["input_ids"][torch.arange(2), ends] == tok.eos_token_id).all() == appends_eos
     assert torch.allclose(pooled, every[torch.arange(2), ends], atol=1e-5)
+
+
+@pytest.mark.parametrize("approach", ["head", "encoder"])
+def test_gradient_accumulation_averages_over_the_effective_batch(tmp_path, tiny_model, bbc_small, approach):
+    """Micro-batch 1 x 4 accumulated steps is the same optimiser step as one batch of 4: the same
+    first loss and gradient norm (the models' sequence-classification losses ignore the Trainer's
+    num_items_in_batch, so without the fix the gradients were summed: 4x the loss and norm)."""
+    first = {}
+    for batch, accum in ((4, 1), (1, 4)):
+        out = tmp_path / f"b{batch}"
+        hp = {**TINY_HEAD_HP, "quantization": "none", "optimizer": "adamw_torch", "lora_dropout": 0.0,
+              "batch_size": batch, "grad_accum": accum, "max_epochs": 1, "max_grad_norm": 1e9}
+        if approach == "encoder":
+            hp = {k: v for k, v in hp.items() if k not in ("quantization", "lora_dropout", "target_modules")}
+        approaches.get(approach).entry("train")(str(tiny_model), str(bbc_small), str(out), 2, 1, hp, 2)
+        log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+        first[accum] = next(entry for entry in log if "grad_norm" in entry)
+    assert first[4]["loss"] == pytest.approx(first[1]["loss"], rel=0.05)
+    assert first[4]["grad_norm"] == pytest.approx(first[1]["grad_norm"], rel=0.05)

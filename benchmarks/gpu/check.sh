@@ -31,7 +31,8 @@ if [ -z "${SKIP_INSTALL:-}" ] && [ ! -f /tmp/site/.installed ]; then
     && touch /tmp/site/.installed || { say "wheel install failed"; exit 1; }
 fi
 export PYTHONPATH=$REPO/src:$REPO/.gpu/pkgs:/tmp/site
-ln -sf "$(command -v python3)" /tmp/bin/python  # the rules call `python`
+# the rules call `python`: a wrapper, not a link (a venv's python3 linked elsewhere loses its venv)
+printf '#!/bin/sh\nexec %s "$@"\n' "$(command -v python3)" > /tmp/bin/python && chmod +x /tmp/bin/python
 export PATH=/tmp/bin:/tmp/site/bin:$PATH
 export REPO OUT WORK LOGS ARCH
 snake() { python -m snakemake --snakefile "$REPO/Snakefile" --cores 16 --keep-going --printshellcmds "$@"; }
@@ -115,10 +116,11 @@ cells() {
   cells_config > config.yaml && cat config.yaml
   local cell=results/bbc-news/llama-3-2-1b/head/r8/s42
   kill_after_first_checkpoint $cell > "$LOGS/kill.log" 2>&1 &
-  snake --configfile config.yaml --resources gpu=1 $(for c in $cell results/bbc-news-full/llama-3-2-1b/head/r8/s42 \
+  local watcher=$!
+  snake --configfile config.yaml --resources gpu=1 --rerun-incomplete $(for c in $cell results/bbc-news-full/llama-3-2-1b/head/r8/s42 \
     results/bbc-news/llama-3-2-1b/instruct/r64/s42; do echo $c/metrics.json; done)
   local rc=$?
-  wait
+  kill $watcher 2>/dev/null
   cat "$LOGS/kill.log"
   echo "== resume: $(grep -h "resuming from" results/logs/bbc-news/llama-3-2-1b/head/r8/s42/train.log)"
   echo "== out of memory records and retries:"; grep -h "out of memory" results/logs/bbc-news-full/llama-3-2-1b/head/r8/s42/*.log
@@ -132,7 +134,6 @@ for f in sorted(glob.glob("results/*/llama-3-2-1b/*/r*/s42/metrics.json")):
     m = json.load(open(f))
     print(f, {k: m.get(k) for k in keys})
 PY
-  cp -r results/logs "$LOGS/cells-results-logs"
   return $rc
 }
 
@@ -150,7 +151,6 @@ EOF
   ls results/*/*/*/*/s42/metrics.json | wc -l
   grep -h '"device"' results/*/*/*/*/s42/metrics.json | sort | uniq -c
   head -30 reports/tables/f1.md 2>/dev/null
-  cp -r results/logs "$LOGS/tiny-results-logs"
   return $rc
 }
 
@@ -158,12 +158,13 @@ export -f say snake env_check cells_config kill_after_first_checkpoint cells tin
 for s in $STAGES; do
   case $s in
     env) stage env 45 env_check ;;
-    cells) stage cells 250 cells ;;
+    cells) stage cells ${CELLS_LIMIT:-250} cells ;;
     tiny) stage tiny 120 tiny ;;
-    throughput) stage throughput 200 python benchmarks/throughput.py --archs llama-3-2-1b --work $WORK/tp --out $OUT/throughput_1b.csv ;;
+    throughput) stage throughput ${THROUGHPUT_LIMIT:-420} python benchmarks/throughput.py --archs llama-3-2-1b --work $WORK/tp --out $OUT/throughput_1b.csv ;;
     throughput3b) stage throughput3b 300 python benchmarks/throughput.py --archs llama-3-2-3b --work $WORK/tp --out $OUT/throughput_3b.csv ;;
     *) say "unknown stage $s" ;;
   esac
 done
-tar -czf "$OUT/logs.tar.gz" -C "$WORK" logs 2>/dev/null
+# the cells' own logs too, also where a stage ran out of time
+tar -czf "$OUT/logs.tar.gz" -C "$WORK" logs $(cd "$WORK" && ls -d cells/results/logs tiny/results/logs 2>/dev/null)
 say "done"

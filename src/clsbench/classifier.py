@@ -291,6 +291,10 @@ def fit(approach: str, model_json: str, data_dir: str, out_dir: str, rank: int, 
                       compute_metrics=compute_metrics, optimizers=optimizers,
                       compute_loss_func=weighted_loss(weights, multi) if weights is not None else None,
                       callbacks=training.callbacks(hp, out_dir, timer))
+    # Both losses (the model's sequence-classification loss, weighted_loss) are means over the
+    # micro-batch and ignore the Trainer's num_items_in_batch: the Trainer must divide them by the
+    # accumulation steps, or gradient accumulation sums the gradients (grad_accum x the loss and norm).
+    trainer.loss_is_scaled_for_ga = False
     key = runtime.run_key(model_json, data_dir, approach, rank, seed, hp)
     train_info = {"approach": approach, "rank": rank, "seed": seed, "trainable_params": int(trainable),
                   "total_params": int(total), **training.run(trainer, out_dir, plan, hp, env, key, timer)}
