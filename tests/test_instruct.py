@@ -281,3 +281,18 @@ def test_multi_label_score_mode_adds_a_second_label(lm):
     groups = enc.next_item_events(["business"], LABELS[1:])
     # the group of 'tech' holds the whole target ["business", "tech"]
     assert enc.answer_ids(["business", "tech"]) in groups[LABELS[1:].index("tech")]
+
+
+def test_gradient_accumulation_averages_over_the_effective_batch(tmp_path, tiny_model, bbc_small):
+    """Micro-batch 1 x 4 accumulated steps is the same optimiser step as one batch of 4 (the causal
+    LM loss is normalised by the Trainer's count of answer tokens over the accumulated batches)."""
+    first = {}
+    for batch, accum in ((4, 1), (1, 4)):
+        out = tmp_path / f"b{batch}"
+        hp = {**HP, "lora_dropout": 0.0, "batch_size": batch, "grad_accum": accum, "max_epochs": 1,
+              "max_grad_norm": 1e9, "group_by_length": False}
+        instruct.train(str(tiny_model), str(bbc_small), str(out), rank=2, seed=1, hp=hp, threads=2)
+        log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+        first[accum] = next(entry for entry in log if "grad_norm" in entry)
+    assert first[4]["loss"] == pytest.approx(first[1]["loss"], rel=0.05)
+    assert first[4]["grad_norm"] == pytest.approx(first[1]["grad_norm"], rel=0.05)
