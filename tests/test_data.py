@@ -219,7 +219,7 @@ PIPE_JOINED = [(f"doc {i}", "business|politics" if i % 3 else "business") for i 
 ])
 def test_labels_joined_by_another_separator_stop_naming_the_option(tmp_path, options, message):
     spec = {"source": "files", "path": write_csv(tmp_path / "d.csv", PIPE_JOINED), **options}
-    with pytest.raises(UserError, match=rf"^dataset 'd': {message}$"):
+    with pytest.raises(UserError, match=rf"^dataset 'd' \(.*d.csv\): {message}$"):
         data.prepare("d", spec, tmp_path / "out")
     stats = data.prepare("d", {**spec, "multi_label": True, "label_separator": "|"}, tmp_path / "out")
     assert stats["labels"] == 2 and stats["train"]["multi_label_share"] > 0.3
@@ -233,6 +233,15 @@ def test_multi_label_rows_that_all_join_unknown_names_stop(tmp_path):
         data.prepare("d", spec, tmp_path / "out")
 
 
+def test_multi_label_data_where_no_example_has_two_labels_stops(tmp_path):
+    spec = {"source": "files", "path": write_csv(tmp_path / "d.csv", labelled(10, ("a", "b", "c"))), "multi_label": True}
+    with pytest.raises(UserError, match=r"^dataset 'd' \(.*d.csv\): multi_label: true but no example has more than one label "
+                                        r"\(label_separator ',' splits no row\); set multi_label: false, or "
+                                        r"label_separator to the character that joins the label names$"):
+        data.prepare("d", spec, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 def test_single_label_names_with_a_slash_are_fine(tmp_path):
     rows = labelled(10, ("Sci/Tech", "World", "Sports"))
     stats = data.prepare("d", {"source": "files", "path": write_csv(tmp_path / "d.csv", rows)}, tmp_path / "out")
@@ -242,7 +251,7 @@ def test_single_label_names_with_a_slash_are_fine(tmp_path):
 def test_labels_differing_only_in_case_stop_unless_folded_or_kept(tmp_path):
     rows = labelled(10, ("business", "Business", "sport", "SPORT ", "tech"))
     spec = {"source": "files", "path": write_csv(tmp_path / "d.csv", rows)}
-    with pytest.raises(UserError, match=r"^dataset 'd': label names differ only in case: 'Business' / 'business'; "
+    with pytest.raises(UserError, match=r"^dataset 'd' \(.*d.csv\): label names differ only in case: 'Business' / 'business'; "
                                         r"'SPORT' / 'sport' \(2 group\(s\)\); set labels_case: fold"):
         data.prepare("d", spec, tmp_path / "out")
     folded = data.prepare("d", {**spec, "labels_case": "fold"}, tmp_path / "out")

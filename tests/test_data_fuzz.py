@@ -21,6 +21,9 @@ def rows(n_per_label=12):
     return [{"text": f"text number {i} about {label}", "label": label} for label in LABELS for i in range(n_per_label)]
 
 
+TWO_LABELS = [{"text": "a text about both a and b", "label": "a,b"}]  # multi-label data has such a row
+
+
 def csv_bytes(records, encoding="utf-8", sep=","):
     return pd.DataFrame(records).to_csv(index=False, sep=sep).encode(encoding)
 
@@ -58,10 +61,10 @@ CASES = {  # name: (file name, bytes, extra spec, None = loads, else the expecte
     "unterminated quote": ("d.csv", csv_bytes(rows()) + b'"no end,a\n', {}, r"cannot be read with delimiter ',': unexpected end of data at line 38"),
     "empty label single": ("d.csv", csv_bytes(rows() + [{"text": "no label", "label": ""}]), {},
                            r"row 36 has 0 labels \(''\) but the dataset is single-label"),
-    "empty label multi": ("d.csv", csv_bytes(rows() + [{"text": "no label", "label": ""}]), {"multi_label": True},
+    "empty label multi": ("d.csv", csv_bytes(rows() + TWO_LABELS + [{"text": "no label", "label": ""}]), {"multi_label": True},
                           None),
     "separator in a single label": ("d.csv", csv_bytes([{**r, "label": r["label"] + ",x"} for r in rows()]), {}, None),
-    "separators only, multi": ("d.csv", csv_bytes(rows() + [{"text": "commas", "label": " , ,"}]),
+    "separators only, multi": ("d.csv", csv_bytes(rows() + TWO_LABELS + [{"text": "commas", "label": " , ,"}]),
                                {"multi_label": True}, None),
     "huge text": ("d.csv", csv_bytes(rows() + [{"text": "word " * 300_000, "label": "c"}]), {}, None),
     "missing column": ("d.csv", csv_bytes([{"body": r["text"], "label": r["label"]} for r in rows()]), {},
@@ -79,12 +82,14 @@ CASES = {  # name: (file name, bytes, extra spec, None = loads, else the expecte
     "null text": ("d.jsonl", jsonl_bytes(rows() + [{"text": None, "label": "a"}]), {},
                   r"1 empty text\(s\) at row\(s\) 36"),
     "numeric labels with a null": ("d.jsonl", jsonl_bytes([{**r, "label": LABELS.index(r["label"])} for r in rows()]
-                                                          + [{"text": "x", "label": None}]),
+                                                          + [{"text": "x", "label": None}, {"text": "y", "label": [0, 1]}]),
                                    {"multi_label": True}, None),
     "JSON array, not JSONL": ("d.jsonl", json.dumps(rows()).encode(), {}, "is one JSON array"),
     "broken JSONL line": ("d.jsonl", jsonl_bytes(rows()) + b"{not json\n", {}, r"line 37 is not valid JSON \(Expecting property name"),
     "not parquet": ("d.parquet", b"PAR1 and then nothing", {}, "cannot be read as parquet"),
     "one row": ("d.csv", b"text,label\nhello,a\n", {}, "the val split is empty"),
+    "multi-label, one label per row": ("d.csv", csv_bytes(rows()), {"multi_label": True},
+                                       r"multi_label: true but no example has more than one label"),
 }
 
 

@@ -352,8 +352,8 @@ LABEL_JOINERS = (",", ";", "|", "/", "+")  # characters that join label names in
 
 def check_label_names(splits: dict[str, pd.DataFrame], spec: dict, where: str) -> dict[str, pd.DataFrame]:
     """Stop on label names that say the label options do not fit the data: names that join other
-    names (multi-label data read as single-label, or a ``label_separator`` that matches nothing) and
-    names that differ only in case (unless ``labels_case`` says fold or keep). Returns the splits,
+    names (multi-label data read as single-label, or a ``label_separator`` that matches nothing),
+    multi-label data in which no example has two labels, and names that differ only in case (unless ``labels_case`` says fold or keep). Returns the splits,
     labels folded to lower case under ``labels_case: fold``."""
     if spec.get("labels_case") == "fold":
         splits = {name: df.assign(labels=[list(dict.fromkeys(x.lower() for x in row)) for row in df["labels"]])
@@ -370,6 +370,10 @@ def check_label_names(splits: dict[str, pd.DataFrame], spec: dict, where: str) -
             read_as = (f"label_separator {sep!r} splits no row" if multi else "the dataset is single-label")
             raise UserError(f"{where}: label '{example}' joins label names with {joiner!r} ({len(joined)} such "
                             f"label(s)) but {read_as}; set {fix}")
+    if multi and not any(len(row) > 1 for df in splits.values() for row in df["labels"]):
+        raise UserError(f"{where}: multi_label: true but no example has more than one label (label_separator "
+                        f"{sep!r} splits no row); set multi_label: false, or label_separator to the character "
+                        "that joins the label names")
     if spec.get("labels_case") is None:
         by_fold: dict[str, set] = {}
         for name in names:
@@ -425,7 +429,8 @@ def prepare(key: str, spec: dict, out_dir: str | Path, base_dir: str | Path | No
     seed = split_cfg["seed"]
     splits, info = load_splits(key, spec, base_dir)
     if spec["source"] != "derived_pairs":  # a derived set's labels are its base's, checked there
-        splits = check_label_names(splits, spec, f"dataset '{key}'")
+        files = spec.get("path") or ", ".join(str(spec[s]) for s in SPLITS if spec.get(s)) or spec["source"]
+        splits = check_label_names(splits, spec, f"dataset '{key}' ({files})")
     splits, cut_share = cut_texts(splits, spec.get("max_words"))
     if spec.get("max_words"):
         info = {**info, "max_words": spec["max_words"], "texts_cut_share": cut_share}
