@@ -58,6 +58,23 @@ def test_dataset_overrides_apply_after_the_models_and_are_checked():
             grid.check_overrides(bad, schema)
 
 
+@pytest.mark.parametrize("kind, key, approach, message", [
+    ("models", "m1", "instruct", r"^models.m1.hparams.instruct: instruct runs on no model 'm1' in this grid, so the "
+                                 r"override changes nothing; remove it, or add 'm1' to approaches.instruct.models$"),
+    ("datasets", "d2", "head", r"^datasets.d2.hparams.head: head runs on no dataset 'd2' in this grid, .* add 'd2' "
+                               r"to approaches.head.datasets$"),
+])
+def test_an_override_that_changes_no_cell_stops(kind, key, approach, message):
+    config = base_config()
+    config["approaches"]["head"]["datasets"] = ["d1"]
+    config[kind][key]["hparams"] = {approach: {"batch_size": 4}}
+    with pytest.raises(UserError, match=message):
+        grid.validated_cells(config)
+    config["approaches"]["head"]["datasets"] = None
+    config["approaches"]["instruct"] = {"models": ["m1"]}
+    assert grid.validated_cells(config)  # once the approach runs there, the override is used
+
+
 @pytest.mark.parametrize("mutate, message", [
     (lambda c: c["approaches"]["head"].update(models=["nope"]), r"approaches.head.models: model key 'nope' does not exist"),
     (lambda c: c["approaches"]["head"].update(datasets=["nope"]), r"dataset key 'nope' does not exist"),

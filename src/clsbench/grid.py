@@ -164,6 +164,18 @@ def check_overrides(config: dict, schema: dict) -> None:
                     raise UserError(schema_error(error, where))
 
 
+def check_overrides_used(config: dict, grid_cells: list[Cell]) -> None:
+    """Every per-model and per-dataset override changes at least one cell of the grid: one that
+    would change none (the approach does not run that model or dataset) is a mistake, not a no-op."""
+    for kind, field in (("models", "model"), ("datasets", "dataset")):
+        for key, spec in (config.get(kind) or {}).items():
+            for approach in ((spec or {}).get("hparams") or {}):
+                if not any(c.approach == approach and getattr(c, field) == key for c in grid_cells):
+                    raise UserError(f"{kind}.{key}.hparams.{approach}: {approach} runs on no {field} {key!r} in this "
+                                    f"grid, so the override changes nothing; remove it, or add {key!r} to "
+                                    f"approaches.{approach}.{kind}")
+
+
 def validated_cells(config: dict) -> list[Cell]:
     """Every check of a config, in the order that names a mistake best, then its cells: old
     spellings, the schema (one line; Snakemake's ``validate`` then fills the defaults in), overrides,
@@ -175,7 +187,9 @@ def validated_cells(config: dict) -> list[Cell]:
     check_schema(config, schema)
     validate(config, str(SCHEMA))
     check_overrides(config, schema)
-    return cells(config)
+    grid_cells = cells(config)
+    check_overrides_used(config, grid_cells)
+    return grid_cells
 
 
 def load_config(path: str | Path) -> dict:
