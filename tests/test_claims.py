@@ -91,3 +91,17 @@ def test_invalid_generated_answers_count_against_a_cell(tmp_path):
     pd.DataFrame({"id": ["x", "y"], "gold": [["a"], ["b"]], "pred": [["a"], []], "valid": [True, False]}).to_parquet(path)
     ids, units = claims._units(str(path), LABELS, False, "f1_micro", width=4)
     assert list(ids) == ["x", "y"] and units.tolist() == [[1, 0, 0], [0, 1, 1]]
+
+
+def test_variants_of_a_model_are_left_out(tmp_path, monkeypatch):
+    """A variant (the same model with, say, balanced class weights: ``variant_of``) is not the approach as
+    configured: ``--exclude-models`` keeps its cells out of every claim, also those across models."""
+    make_data(tmp_path, "news")
+    files = [write_cell(tmp_path, "news", "head", 1, accuracy_mask(200, 0.9, 1)),
+             write_cell(tmp_path, "news", "head", 1, accuracy_mask(200, 0.5, 3), model="m-balanced"),
+             write_cell(tmp_path, "news", "tfidf", 42, accuracy_mask(200, 0.7, 2), model="tfidf", rank=0)]
+    assert run(tmp_path, files, monkeypatch).loc["g", "pairs"] == 2  # head vs TF-IDF pairs any model
+    claims.main(["--out-dir", "out", "--data-root", "results/data", "--exclude-models", "m-balanced", "--",
+                 *map(str, files)])
+    g = pd.read_csv(tmp_path / "out" / "claims.csv").set_index("claim").loc["g"]
+    assert g["pairs"] == 1 and g["a"] == "head r8 m" and g["delta"] == pytest.approx(0.2, abs=0.02)

@@ -85,6 +85,8 @@ def test_an_override_that_changes_no_cell_stops(kind, key, approach, message):
     (lambda c: c["approaches"].update(frozen={"seeds": [42]}), r"approaches.frozen.models: list at least one model key "
      r"\(an overlay that sets only seeds or hparams of 'frozen' needs a base config that runs it\)"),
     (lambda c: c["approaches"]["head"].update(seeds=[]), r"approaches.head.seeds: an empty list; leave the key out"),
+    (lambda c: c["models"]["m2"].update(variant_of="m9"), r"models.m2.variant_of: 'm9' is not another model key"),
+    (lambda c: c["models"]["m2"].update(variant_of="m2"), r"models.m2.variant_of: 'm2' is not another model key"),
     (lambda c: c["approaches"]["head"].update(datasets=[]), r"approaches.head.datasets: an empty list"),
 ])
 def test_bad_grid_is_named(mutate, message):

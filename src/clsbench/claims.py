@@ -11,6 +11,8 @@ with all its seeds and models, so repeated seeds do not pass for independent evi
 Verdict at α = 0.05, derived from the interval, never written by hand: *supported* when its lower
 end is above the claim's margin (0 unless the claim says "far"), *contradicted* when its upper end
 is below the margin, *inconclusive* otherwise, *not run* when the grid has no pair of cells for it.
+Variants of a model (``variant_of``: the same model with, say, balanced class weights) are left out:
+a claim is about the approaches as configured.
 """
 from __future__ import annotations
 
@@ -183,9 +185,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Test the paper's claims on the cells' cached predictions.")
     parser.add_argument("--out-dir", required=True)
     parser.add_argument("--data-root", default="results/data")
+    parser.add_argument("--exclude-models", nargs="*", default=[],
+                        help="model keys left out: variants of a model with other hyperparameters (variant_of)")
     parser.add_argument("metrics", nargs="+", help="the cells' metrics.json files")
     args = parser.parse_args(argv)
-    table = claims_table(collect(args.metrics), args.data_root)
+    cells = collect(args.metrics)
+    table = claims_table(cells[~cells["model"].isin(args.exclude_models)], args.data_root)
     write_table(table, Path(args.out_dir), "claims", "The paper's claims, tested on this grid", NOTE)
     print(table[["claim", "pairs", "delta", "ci_low", "ci_high", "p_value", "verdict"]].to_string(index=False))
 

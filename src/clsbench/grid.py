@@ -67,6 +67,12 @@ def check(config: dict) -> None:
         base = spec.get("base")
         if spec.get("source") == "derived_pairs" and base not in config["datasets"]:
             raise UserError(f"datasets.{key}.base: '{base}' is not a dataset key ({sorted(config['datasets'])})")
+    models = config.get("models", {})
+    for key, spec in models.items():
+        base = (spec or {}).get("variant_of")
+        if base is not None and (base not in models or base == key or models[base].get("variant_of")):
+            raise UserError(f"models.{key}.variant_of: {base!r} is not another model key of this config that is not "
+                            f"itself a variant (defined: {sorted(models)})")
     for name, block in config.get("approaches", {}).items():
         if name not in APPROACHES:
             raise UserError(f"approaches.{name}: unknown approach (known: {list(APPROACHES)})")
@@ -162,6 +168,11 @@ def check_overrides(config: dict, schema: dict) -> None:
                 error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(target).iter_errors(values))
                 if error is not None:
                     raise UserError(schema_error(error, where))
+
+
+def variants(config: dict) -> list[str]:
+    """Model keys that repeat another model with other hyperparameters (``variant_of``)."""
+    return [key for key, spec in (config.get("models") or {}).items() if (spec or {}).get("variant_of")]
 
 
 def check_overrides_used(config: dict, grid_cells: list[Cell]) -> None:

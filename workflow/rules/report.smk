@@ -70,8 +70,14 @@ rule claims:
     resources:
         mem_mb=4000,
         runtime=10,
+    params:
+        exclude=(
+            " ".join(["--exclude-models", *grid.variants(config)])
+            if grid.variants(config)
+            else ""
+        ),
     shell:
-        "python -m clsbench.claims --out-dir reports/tables -- {input.metrics} > {log} 2>&1"
+        "python -m clsbench.claims --out-dir reports/tables {params.exclude} -- {input.metrics} > {log} 2>&1"
 
 
 rule figures:
