@@ -311,6 +311,9 @@ def test_fastest_batch_times_the_sizes_that_fit_on_a_length_stratified_sample():
     items = [f"text of {n} tokens" for n in lengths]
     size, speeds = batching.fastest_batch(run, items[:16], 32, clock=lambda: now[0])
     assert size == 8 and list(speeds) == [1, 2, 4, 8, 16] and speeds[8] == pytest.approx(1 / 0.4)
+    # a warm-up batch, then 4 batches' worth per size (the whole sample of 16 once that is larger)
+    assert [len(s) for s in samples] == [1, 4, 8, 16, 16, 16]
+    assert samples[1] == [items[0], items[5], items[10], items[15]]  # spread over the sample
     fits[0] = 5
     resolved = batching.resolve_eval_batch(hp, {"cuda": False}, run, items, lengths, clock=lambda: now[0])
     assert resolved["eval_batch_size"] == 4  # 8 was faster but does not fit
