@@ -41,9 +41,9 @@ def fastest_batch(run, sample: list, limit: int, clock=None) -> tuple[int, dict[
     4, ... up to ``limit`` and len(sample), ``run(subset, bs)`` (a length-sorted pass in batches of
     ``bs``) is timed on ``BATCHES_PER_SIZE`` batches' worth of ``sample`` (evenly spread over it, so
     short and long items alike; the whole sample once that is larger), after one warm-up batch.
-    Returns (size, {size: samples/s}). Small sizes get few items: a GPU runs them slowest per item,
-    and timing each on the whole sample cost more than the prediction it tunes (generation at
-    batch 1). On a GPU throughput grows with the batch until memory runs out; on a CPU it need not
+    Returns (size, {size: samples/s}). Small sizes get few items: they are the slowest per item
+    (batch-1 generation of every sample item would take as long as a large part of the prediction it
+    tunes). On a GPU throughput grows with the batch until memory runs out; on a CPU it need not
     (docs/throughput.md has measured sizes)."""
     import time
 
