@@ -110,7 +110,12 @@ def paper_dataset_args():
 
 
 def model_spec_json(wildcards):
-    return as_json(config["models"][wildcards.model])
+    spec = {
+        k: v
+        for k, v in config["models"][wildcards.model].items()
+        if k not in ("hparams", "variant_of")
+    }  # keys the prepared model does not depend on
+    return as_json(spec)
 
 
 def dataset_source_inputs(wildcards):
