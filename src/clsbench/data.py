@@ -353,24 +353,25 @@ LABEL_JOINERS = (",", ";", "|", "/", "+")  # characters that join label names in
 def check_label_names(splits: dict[str, pd.DataFrame], spec: dict, where: str) -> dict[str, pd.DataFrame]:
     """Stop on label names that say the label options do not fit the data: names that join other
     names (multi-label data read as single-label, or a ``label_separator`` that matches nothing),
-    multi-label data in which no example has two labels, and names that differ only in case (unless ``labels_case`` says fold or keep). Returns the splits,
-    labels folded to lower case under ``labels_case: fold``."""
+    multi-label data in which no example has two labels, and names that differ only in case (unless
+    ``labels_case`` says fold or keep). Returns the splits, labels folded to lower case under
+    ``labels_case: fold``."""
     if spec.get("labels_case") == "fold":
         splits = {name: df.assign(labels=[list(dict.fromkeys(x.lower() for x in row)) for row in df["labels"]])
                   for name, df in splits.items()}
     names = {label for df in splits.values() for row in df["labels"] for label in row}
     multi, sep = spec.get("multi_label", False), spec.get("label_separator", ",")
+    lone = multi and not any(len(row) > 1 for df in splits.values() for row in df["labels"])
     for joiner in (j for j in LABEL_JOINERS if not (multi and j == sep)):
         joined = sorted(n for n in names if joiner in n)
         parts_known = [n for n in joined if all(p.strip() in names for p in n.split(joiner) if p.strip())]
-        lone = multi and not any(len(row) > 1 for df in splits.values() for row in df["labels"])
         if parts_known or (joined and lone):
             example = (parts_known or joined)[0]
             fix = (f"label_separator: {joiner!r}" if multi else f"multi_label: true and label_separator: {joiner!r}")
             read_as = (f"label_separator {sep!r} splits no row" if multi else "the dataset is single-label")
             raise UserError(f"{where}: label '{example}' joins label names with {joiner!r} ({len(joined)} such "
                             f"label(s)) but {read_as}; set {fix}")
-    if multi and not any(len(row) > 1 for df in splits.values() for row in df["labels"]):
+    if lone:
         raise UserError(f"{where}: multi_label: true but no example has more than one label (label_separator "
                         f"{sep!r} splits no row); set multi_label: false, or label_separator to the character "
                         "that joins the label names")
