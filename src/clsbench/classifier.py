@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import UserError, adapters, faults, runtime, throughput, training
+from . import UserError, adapters, faults, progress, runtime, throughput, training
 from .batching import AUTO_BATCH, resolve_eval_batch
 from .data import load_prepared
 from .io import read_json, write_predictions
@@ -222,14 +222,11 @@ def micro_f1_from_logits(logits: np.ndarray, y: np.ndarray, multi_label: bool, t
     return float(f1_score(gold, pred, average="micro", zero_division=0))
 
 
-HEAD_MODULES = ("score", "classifier")  # the freshly initialised layer of *ForSequenceClassification
-
-
 def is_head_parameter(name: str) -> bool:
     """Whether ``name`` belongs to the classification layer (decoders: ``score``, BERT-style: ``classifier``),
     also as peft's ``modules_to_save`` copy."""
     parts = name.split(".")
-    return "modules_to_save" in parts or any(m in parts for m in HEAD_MODULES)
+    return "modules_to_save" in parts or any(m in parts for m in progress.HEAD_MODULES)
 
 
 def build_optimizer(model, hp: dict, steps: int, name: str):

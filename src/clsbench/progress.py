@@ -27,7 +27,8 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
 
-HEAD_KEYS = ("score.", "classifier.")
+HEAD_MODULES = ("score", "classifier")  # the freshly initialised layer of *ForSequenceClassification
+HEAD_KEYS = tuple(f"{m}." for m in HEAD_MODULES)
 
 
 def _head_only_report(record: logging.LogRecord) -> bool:
