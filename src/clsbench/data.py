@@ -428,10 +428,15 @@ def prepare(key: str, spec: dict, out_dir: str | Path, base_dir: str | Path | No
     spec = {**spec, "multi_label": multi}
     split_cfg = {"val": 0.1, "test": 0.2, "seed": 42, **spec.get("split", {})}
     seed = split_cfg["seed"]
+
+    def name(split: str | None = None) -> str:  # the dataset and the file(s) the split (or the set) comes from
+        files = ((split and spec.get(split)) or spec.get("path")
+                 or ", ".join(str(spec[s]) for s in SPLITS if spec.get(s)) or spec["source"])
+        return f"dataset '{key}' ({files})"
+
     splits, info = load_splits(key, spec, base_dir)
     if spec["source"] != "derived_pairs":  # a derived set's labels are its base's, checked there
-        files = spec.get("path") or ", ".join(str(spec[s]) for s in SPLITS if spec.get(s)) or spec["source"]
-        splits = check_label_names(splits, spec, f"dataset '{key}' ({files})")
+        splits = check_label_names(splits, spec, name())
     splits, cut_share = cut_texts(splits, spec.get("max_words"))
     if spec.get("max_words"):
         info = {**info, "max_words": spec["max_words"], "texts_cut_share": cut_share}
@@ -443,9 +448,6 @@ def prepare(key: str, spec: dict, out_dir: str | Path, base_dir: str | Path | No
     elif "val" not in splits:
         splits["val"], splits["train"] = stratified_take(splits["train"], round(split_cfg["val"] * len(splits["train"])),
                                                          seed, multi, keep_labels_in="rest")
-
-    def name(split: str) -> str:  # the dataset and the file the split comes from
-        return f"dataset '{key}' ({spec.get(split) or spec.get('path') or spec['source']})"
 
     for split in SPLITS:
         cap = spec.get(f"max_{split}")
