@@ -92,10 +92,12 @@ def f1_bars(df: pd.DataFrame, out_dir: Path) -> list[Path]:
             for j, (_, row) in enumerate(mine.iterrows()):
                 ax.bar(left + width * (j + 0.5), row["f1"], width * 0.95, yerr=row["sd"], color=colour[row["variant"]],
                        hatch="//" if "r=16" in row["variant"] else None, edgecolor="black", linewidth=0.5)
-                ax.text(left + width * (j + 0.5), row["f1"] + 0.01, f"{row['f1']:.2f}", ha="center", fontsize=7)
+                top = row["f1"] + (row["sd"] if pd.notna(row["sd"]) else 0) + 0.01  # above the error bar
+                ax.text(left + width * (j + 0.5), top, f"{row['f1']:.2f}", ha="center", va="bottom", rotation=90,
+                        fontsize=7)
         ax.set_xticks(np.arange(len(models)), models, rotation=20, ha="right", fontsize=8)
         ax.set_title(dataset, fontsize=10)
-        ax.set_ylim(0, 1.05)
+        ax.set_ylim(0, 1.12)
         ax.grid(axis="y", alpha=0.3)
     handles = [plt.Rectangle((0, 0), 1, 1, facecolor=colour[v], edgecolor="black", linewidth=0.5,
                              hatch="//" if "r=16" in v else None) for v in variants]
