@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pandas as pd
 
-GPU_RULES = {"train", "predict", "predict_val"}  # benchmark names of the rules with the gpu resource
+GPU_RULES = {"train", "predict", "predict_val"}  # benchmark names of the gpu-resource rules (predict_val: runs before
+# the validation predictions moved into the predict jobs)
 
 
 def job_table(run_dir: Path) -> pd.DataFrame:

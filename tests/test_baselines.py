@@ -16,6 +16,10 @@ def test_tfidf_single_label_on_bbc(tmp_path, bbc_small):
     m = metrics.evaluate(tmp_path / "predictions.parquet", bbc_small / "labels.json",
                          [tmp_path / "train_info.json", tmp_path / "predict_info.json"])
     assert m["f1_micro"] > 0.6  # 60 training articles are enough for bag-of-words on BBC topics
+    val = pd.read_parquet(tmp_path / "val" / "predictions.parquet")  # the fit predicts val too (best.json)
+    refit = tfidf.predict(str(tmp_path), str(bbc_small), str(tmp_path / "again"), {}, splits=("val",))
+    assert refit["split"] == "val" and len(val) == refit["n"]
+    pd.testing.assert_frame_equal(val, pd.read_parquet(tmp_path / "again" / "val" / "predictions.parquet"))
     n_features = json.loads((tmp_path / "train_info.json").read_text())["n_features"]
     assert info["n_params"] == m["trainable_params"] == 5 * n_features + 5
 
@@ -35,8 +39,13 @@ def test_frozen_head_trains_only_the_score_layer(tmp_path, tiny_model, bbc_small
     assert 1 <= info["best_epoch"] <= info["epochs_run"] <= 5
     assert sorted(p.name for p in (tmp_path / "adapter").iterdir()) == ["SHA256SUMS", "base", "quantization_config.json",
                                                                          "score.safetensors"]
-    classifier.predict(str(tmp_path / "adapter"), str(bbc_small), str(tmp_path), hp, threads=2)
+    classifier.predict(str(tmp_path / "adapter"), str(bbc_small), str(tmp_path), hp, threads=2, splits=("test", "val"))
     assert len(pd.read_parquet(tmp_path / "predictions.parquet")) == 30
+    # the validation predictions of the same job equal those of a job that predicts only them
+    classifier.predict(str(tmp_path / "adapter"), str(bbc_small), str(tmp_path / "alone"), hp, threads=2,
+                       splits=("val",))
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "val" / "predictions.parquet"),
+                                  pd.read_parquet(tmp_path / "alone" / "val" / "predictions.parquet"))
 
 
 def test_frozen_features_are_the_pooled_last_token(tiny_model, bbc_small):

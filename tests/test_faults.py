@@ -189,8 +189,8 @@ def test_corrupted_adapter_is_removed_and_the_cell_retrained(oom_run):
     failed = snakemake(workdir, "--forcerun", "predict", "--", TARGET)
     assert failed.returncode != 0
     assert (f"{CELL}/adapter/adapter_model.safetensors: SHA-256 differs from SHA256SUMS (truncated or corrupted); "
-            f"removed {CELL}/adapter, {CELL}/predictions.parquet, {CELL}/metrics.json; run snakemake again to rebuild "
-            "it" in output(failed))
+            f"removed {CELL}/adapter, {CELL}/predictions.parquet, {CELL}/metrics.json, {CELL}/val/predictions.parquet, "
+            f"{CELL}/val/metrics.json; run snakemake again to rebuild it" in output(failed))
     rebuilt = snakemake(workdir, "--", TARGET)
     assert rebuilt.returncode == 0, output(rebuilt)[-3000:]
     assert json.loads((workdir / CELL / "train_info.json").read_text())["micro_batch"] == 8

@@ -181,8 +181,17 @@ def test_training_learns_the_answer_format_and_reloads(tmp_path, tiny_model, bbc
     assert not (tmp_path / "checkpoints").exists()
     model = AutoPeftModelForCausalLM.from_pretrained(tmp_path / "adapter")  # needs no other argument
     assert model.peft_config["default"].r == 4
-    infos = instruct.predict(str(tmp_path / "adapter"), str(bbc_small), str(tmp_path), HP, threads=2)
+    infos = instruct.predict(str(tmp_path / "adapter"), str(bbc_small), str(tmp_path), HP, threads=2,
+                             splits=("test", "val"))
     assert infos["score"]["n"] == len(pd.read_parquet(tmp_path / "predictions.parquet"))
+    # the validation split in the same job (one model load): its first mode only, the same
+    # predictions as a job that predicts nothing else
+    assert sorted(p.name for p in (tmp_path / "val").glob("predict*")) == ["predict_info.json", "predictions.parquet"]
+    alone = tmp_path / "val_alone"
+    instruct.predict(str(tmp_path / "adapter"), str(bbc_small), str(alone), HP, threads=2, splits=("val",))
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "val" / "predictions.parquet"),
+                                  pd.read_parquet(alone / "val" / "predictions.parquet"))
+    assert json.loads((tmp_path / "val" / "predict_info.json").read_text())["split"] == "val"
 
 
 def test_ids_beyond_z_render_and_score(lm):

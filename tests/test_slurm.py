@@ -29,7 +29,7 @@ GRID = {"threads": 1,
 CELLS = ["news/tiny-llama/head/r2/s42", "news/tiny-llama/head/r4/s42", "news/tiny-llama/instruct/r4/s42",
          "news/tfidf/tfidf/r0/s42"]
 # rules of this grid that declare gpu=1, and those that do not (the profile must route them apart)
-GPU_RULES = ["train", "predict", "predict_prompted", "predict_val"]  # head and instruct cells
+GPU_RULES = ["train", "predict", "predict_prompted"]  # head and instruct cells
 CPU_RULES = ["prepare_dataset", "prepare_model", "fit", "evaluate", "evaluate_val", "best"]
 
 

@@ -5,11 +5,12 @@ approach is a module with its entry points, an entry here and its block in the c
 Entry points (``"module:function"`` under ``clsbench``, run by ``python -m clsbench.cell``):
   train(model_json, data_dir, out_dir, rank, seed, hp, threads) -> train_info
       for ``stages == "train"``: writes adapter/, train_log.jsonl, train_info.json
-  predict(source, data_dir, out_dir, hp, seed, threads) -> predict_info
+  predict(source, data_dir, out_dir, hp, seed, threads, splits) -> predict_info
       ``source``: the cell's adapter/ (stages "train") or the model's folder (stages "predict",
-      which also writes train_info.json: the cell has no training step)
+      which also writes train_info.json: the cell has no training step); ``splits``: the splits
+      predicted with one model load (test into the cell folder, val into <cell>/val: best.json)
   fit(data_dir, out_dir, seed, hp) -> train_info
-      for ``stages == "fit"``: one CPU job that fits and predicts (no model of ``models:``); its
+      for ``stages == "fit"``: one CPU job that fits and predicts test and val (no model of ``models:``); its
       predict entry takes the cell folder as ``source`` (new texts: clsbench.apply)
 """
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """One cell's step, for any approach of the registry (:mod:`clsbench.approaches`); what the rules run.
 
     python -m clsbench.cell train   --approach A --model-json M --data-dir D --out-dir O --rank R --seed S --hparams J
-    python -m clsbench.cell predict --approach A --source ADAPTER_DIR|MODEL_JSON|CELL_DIR --data-dir D --out-dir O --seed S --hparams J [--split val] [--modes score]
+    python -m clsbench.cell predict --approach A --source ADAPTER_DIR|MODEL_JSON|CELL_DIR --data-dir D --out-dir O --seed S --hparams J [--splits test val] [--modes score]
     python -m clsbench.cell fit     --approach A --data-dir D --out-dir O --seed S --hparams J
 """
 from __future__ import annotations
@@ -32,7 +32,9 @@ def main(argv: list[str] | None = None) -> None:
     stages["predict"].add_argument("--source", required=True,
                                    help="the cell's adapter/ (trained approaches), the model's model.json (prompting "
                                    "an untrained model) or the cell folder (a fitted cell)")
-    stages["predict"].add_argument("--split", default="test", choices=["val", "test"])
+    stages["predict"].add_argument("--splits", nargs="+", default=["test"], choices=["test", "val"],
+                                   help="splits to predict with one model load (test into the cell folder, val "
+                                   "into <cell>/val, with the approach's first mode only)")
     stages["predict"].add_argument("--modes", nargs="+", help="inference modes (default: every mode of the approach)")
     for a in stages.values():
         a.add_argument("--approach", required=True, choices=approaches.NAMES)
@@ -52,11 +54,11 @@ def main(argv: list[str] | None = None) -> None:
         info = call(function, model_json=args.model_json, rank=args.rank, **common)
     elif args.stage == "predict":
         source = read_json(args.source)["path"] if args.source.endswith(".json") else args.source
-        extra = {"split": args.split, **({"modes": tuple(args.modes)} if args.modes else {})}
+        extra = {"splits": tuple(dict.fromkeys(args.splits)), **({"modes": tuple(args.modes)} if args.modes else {})}
         info = call(function, source, **common, **extra)  # the adapter/, the model's folder or the cell
     else:
         info = call(function, **common)
-    if args.stage != "predict" or (approach.stages == "predict" and args.split == "test"):
+    if args.stage != "predict" or (approach.stages == "predict" and "test" in args.splits):
         write_json(Path(args.out_dir) / HPARAMS_FILE, common["hp"])  # what the cell's predictions depend on
     print(json.dumps(info, indent=2, default=str))
 

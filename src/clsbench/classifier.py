@@ -19,7 +19,7 @@ import pandas as pd
 from . import UserError, adapters, faults, progress, runtime, throughput, training
 from .batching import AUTO_BATCH, resolve_eval_batch
 from .data import load_prepared
-from .io import read_json, write_predictions
+from .io import read_json, split_dir, write_predictions
 from .metrics import decide, indicator
 from .models import coverage_record, load_tokenizer, prefixed, text_coverage
 from .progress import Progress
@@ -365,53 +365,61 @@ def load_trained(adapter_dir: str | Path, hp: dict, env: dict):
 
 
 def predict(adapter_dir: str, data_dir: str, out_dir: str, hp: dict, threads: int | None = None,
-            split: str = "test") -> dict:
-    """Write ``predictions.parquet`` (id, gold, probs, pred) and ``predict_info.json`` into ``out_dir``."""
+            splits: tuple[str, ...] = ("test",)) -> dict:
+    """Write ``predictions.parquet`` (id, gold, probs, pred) and ``predict_info.json`` of each split
+    (:func:`clsbench.io.split_dir`: the test split's into ``out_dir``, the validation split's into
+    ``out_dir/val``) with one model load; returns the first split's info."""
     import torch
 
     env = device_setup(threads, hp.get("precision"))
-    splits, labels, multi = load_prepared(data_dir)
-    df = splits[split]
+    loaded, labels, multi = load_prepared(data_dir)
     out_dir = Path(out_dir)
     # a corrupted adapter is removed with what was computed from it (retrained by the next run), not used
-    faults.check_sums(adapter_dir, derived=(out_dir / "predictions.parquet", out_dir / "metrics.json"))
+    faults.check_sums(adapter_dir, derived=tuple(split_dir(out_dir, s) / name for s in splits
+                                                 for name in ("predictions.parquet", "metrics.json")))
     model, tok = load_trained(adapter_dir, hp, env)
-    texts = list(df["text"])
     chunk = chunking(hp, multi)
     if hp.get("eval_batch_size") in AUTO_BATCH:
+        texts = list(loaded[splits[0]]["text"])
         lengths = [len(ids) for ids in tok(texts, truncation=True, max_length=hp["max_length"])["input_ids"]]
         hp = resolve_eval_batch(hp, env, lambda subset, bs: predict_logits(
             model, tok, subset, hp["max_length"], bs, env["device"]), texts, lengths)
     plan = faults.batch_plan(hp, out_dir, "predict")  # halved after an out-of-memory failure
     bs = plan["eval_batch_size"]
-    with faults.oom_retry(out_dir, "predict", hp, plan):
-        warm = min(len(df), bs)
-        predict_logits(model, tok, texts[:warm], hp["max_length"], bs, env["device"])  # warm-up
-        if env["cuda"]:
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-        encoded = encode(tok, texts, hp["max_length"], chunk)  # once: the progress total and the run
-        t0 = time.perf_counter()
-        logits, lengths = predict_logits(model, tok, texts, hp["max_length"], bs, env["device"],
-                                         Progress(f"predict {split}", len(encoded[1])), chunk, encoded)
-        if env["cuda"]:
-            torch.cuda.synchronize()
-        wall = time.perf_counter() - t0
-    probs = probabilities(logits, multi)
     threshold = fixed_threshold(hp)
     if multi and hp.get("threshold") == "tuned":
         tuned = read_json(Path(adapter_dir) / adapters.THRESHOLDS_FILE)
         threshold = np.array([tuned[label] for label in labels])
-    pred = decide(probs, multi, threshold)
-    info = {"split": split, "n": len(df), "infer_wall_seconds": wall, "eval_batch_size": bs,
-            "threshold": threshold.tolist() if isinstance(threshold, np.ndarray) else threshold,
-            "device": env["device_name"], "peak_memory_mb": peak_memory_mb(env), "labels": labels, "multi_label": multi,
-            "long_text": hp.get("long_text", "truncate"), **coverage(tok, texts, hp["max_length"], chunk, encoded[1])}
-    record = throughput.record("infer", lengths=lengths, seconds=wall, batch_size=bs, order="sorted", env=env,
-                               peak_memory_mb=info["peak_memory_mb"], config=model.config, kind="forward")
-    if chunk is not None:  # samples are texts; the rows run were their windows
-        record["infer_windows_per_second"] = record["infer_samples_per_second"]
-        record["infer_samples_per_second"] = len(texts) / wall if wall > 0 else None
-    info.update(throughput.write(out_dir, record))
-    write_predictions(out_dir, df, probs, pred, labels, info)
-    return info
+    infos = []
+    for split in splits:
+        df = loaded[split]
+        texts = list(df["text"])
+        with faults.oom_retry(out_dir, "predict", hp, plan):
+            if not infos:  # warm-up (not timed), once per job
+                predict_logits(model, tok, texts[:min(len(df), bs)], hp["max_length"], bs, env["device"])
+            if env["cuda"]:
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+            encoded = encode(tok, texts, hp["max_length"], chunk)  # once: the progress total and the run
+            t0 = time.perf_counter()
+            logits, lengths = predict_logits(model, tok, texts, hp["max_length"], bs, env["device"],
+                                             Progress(f"predict {split}", len(encoded[1])), chunk, encoded)
+            if env["cuda"]:
+                torch.cuda.synchronize()
+            wall = time.perf_counter() - t0
+        probs = probabilities(logits, multi)
+        pred = decide(probs, multi, threshold)
+        info = {"split": split, "n": len(df), "infer_wall_seconds": wall, "eval_batch_size": bs,
+                "threshold": threshold.tolist() if isinstance(threshold, np.ndarray) else threshold,
+                "device": env["device_name"], "peak_memory_mb": peak_memory_mb(env), "labels": labels,
+                "multi_label": multi, "long_text": hp.get("long_text", "truncate"),
+                **coverage(tok, texts, hp["max_length"], chunk, encoded[1])}
+        record = throughput.record("infer", lengths=lengths, seconds=wall, batch_size=bs, order="sorted", env=env,
+                                   peak_memory_mb=info["peak_memory_mb"], config=model.config, kind="forward")
+        if chunk is not None:  # samples are texts; the rows run were their windows
+            record["infer_windows_per_second"] = record["infer_samples_per_second"]
+            record["infer_samples_per_second"] = len(texts) / wall if wall > 0 else None
+        info.update(throughput.write(split_dir(out_dir, split), record))
+        write_predictions(split_dir(out_dir, split), df, probs, pred, labels, info)
+        infos.append(info)
+    return infos[0]

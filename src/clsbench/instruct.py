@@ -38,7 +38,7 @@ import pandas as pd
 from . import UserError, adapters, faults, prompts, runtime, throughput, training
 from .batching import resolve_eval_batch
 from .data import load_prepared
-from .io import atomic_path, read_json, sha256, write_json
+from .io import atomic_path, read_json, sha256, split_dir, write_json
 from .metrics import decide, indicator
 from .models import load_tokenizer, prefixed
 from .progress import Progress
@@ -527,87 +527,106 @@ def run_mode(mode: str, model, enc: Encoder, rows: list[list[int]], hp: dict, en
     return probs, [list(names[row.astype(bool)]) for row in pred], None
 
 
-def predict(source: str, data_dir: str, out_dir: str, hp: dict, threads: int | None = None, split: str = "test",
-            modes: tuple[str, ...] = MODES, untrained: dict | None = None, examples=None) -> dict:
-    """Run each inference mode over ``split``; write its predictions and info (see module docstring).
+def predict(source: str, data_dir: str, out_dir: str, hp: dict, threads: int | None = None,
+            splits: tuple[str, ...] = ("test",), modes: tuple[str, ...] = MODES, untrained: dict | None = None,
+            examples=None) -> dict:
+    """Run the inference modes over each split with one model load; write each split's predictions
+    and info (see module docstring) into :func:`clsbench.io.split_dir`. The test split gets every
+    mode of ``modes``, another split (validation, what best.json is chosen on) the first only.
     ``source``: the cell's ``adapter/`` (instruct) or the model's folder (prompting an untrained
     model: ``untrained`` is then the cell's train_info.json record, written here as the cell has no
-    training step); ``examples``: solved (text, labels) pairs shown before each text (few-shot)."""
+    training step); ``examples``: solved (text, labels) pairs shown before each text (few-shot).
+    Returns the first split's infos by mode."""
     import torch
 
     env = runtime.device_setup(threads, hp.get("precision"))
-    splits, labels, multi = load_prepared(data_dir)
-    df = splits[split]
+    loaded, labels, multi = load_prepared(data_dir)
     out_dir = Path(out_dir)
     if adapters.is_peft(source):  # a corrupted adapter is removed with what came from it
-        faults.check_sums(source, derived=tuple(out_dir / f"{stem}{suffix}.{ext}" for suffix in ("", "_generate")
+        faults.check_sums(source, derived=tuple(split_dir(out_dir, s) / f"{stem}{suffix}.{ext}" for s in splits
+                                                for suffix in ("", "_generate")
                                                 for stem, ext in (("predictions", "parquet"), ("metrics", "json"))))
     model, tok = load_for_inference(source, hp, env)
-    enc = Encoder(tok, labels, multi, hp, train_labels=splits["train"]["labels"], examples=examples)
+    enc = Encoder(tok, labels, multi, hp, train_labels=loaded["train"]["labels"], examples=examples)
     enc.check_fits(model.config)
-    t0 = time.perf_counter()
-    rows = [enc.prompt_ids(text) for text in df["text"]]
-    encode_seconds = time.perf_counter() - t0
-    lengths = [len(r) for r in rows]
-    hp = resolve_eval_batch(hp, env, lambda subset, bs: [
-        run_mode(m, model, enc, subset, {**hp, "eval_batch_size": bs}, env) for m in modes], rows, lengths)
-    plan = faults.batch_plan(hp, out_dir, "predict")  # halved after an out-of-memory failure
-    configured, hp = hp, {**hp, "eval_batch_size": plan["eval_batch_size"]}
-    infos = {}
-    for mode in modes:
-        with faults.oom_retry(out_dir, "predict", configured, plan):
-            run_mode(mode, model, enc, rows[:hp["eval_batch_size"]], hp, env)  # warm-up, not timed
-            if env["cuda"]:
-                torch.cuda.reset_peak_memory_stats()
-            progress = Progress(f"predict {split} ({mode})", len(rows))
-            (probs, pred, texts), wall = runtime.timed(
-                lambda mode=mode, progress=progress: run_mode(mode, model, enc, rows, hp, env, progress), env)
-        table = pd.DataFrame({"id": df["id"].values, "gold": list(df["labels"]),
-                              "probs": [p.astype(np.float32) for p in probs] if probs is not None else None,
-                              "pred": [p if p is not None else [] for p in pred]})
-        info = {"split": split, "mode": mode, "n": len(df), "infer_wall_seconds": wall,
+    configured, plan, warm, by_split = hp, None, set(), {}
+    for split in splits:
+        df = loaded[split]
+        t0 = time.perf_counter()
+        rows = [enc.prompt_ids(text) for text in df["text"]]
+        encode_seconds = time.perf_counter() - t0
+        lengths = [len(r) for r in rows]
+        split_modes = modes if split == "test" else modes[:1]
+        if plan is None:
+            configured = resolve_eval_batch(hp, env, lambda subset, bs: [
+                run_mode(m, model, enc, subset, {**hp, "eval_batch_size": bs}, env) for m in split_modes],
+                rows, lengths)
+            plan = faults.batch_plan(configured, out_dir, "predict")  # halved after an out-of-memory failure
+            hp = {**configured, "eval_batch_size": plan["eval_batch_size"]}
+        infos = by_split[split] = {}
+        for mode in split_modes:
+            with faults.oom_retry(out_dir, "predict", configured, plan):
+                if mode not in warm:  # warm-up, not timed: once per mode and job
+                    run_mode(mode, model, enc, rows[:hp["eval_batch_size"]], hp, env)
+                    warm.add(mode)
+                if env["cuda"]:
+                    torch.cuda.reset_peak_memory_stats()
+                progress = Progress(f"predict {split} ({mode})", len(rows))
+                (probs, pred, texts), wall = runtime.timed(
+                    lambda mode=mode, progress=progress: run_mode(mode, model, enc, rows, hp, env, progress), env)
+            infos[mode] = write_mode(split_dir(out_dir, split), split, mode, df, probs, pred, texts, {
+                "split": split, "mode": mode, "n": len(df), "infer_wall_seconds": wall,
                 "mean_prompt_tokens": sum(lengths) / len(df), "prompt_encode_seconds": encode_seconds,
                 "eval_batch_size": hp["eval_batch_size"], "device": env["device_name"],
                 "peak_memory_mb": runtime.peak_memory_mb(env), "labels": labels, "multi_label": multi,
-                "prompt_max_length": enc.max_length, **enc.coverage(df["text"])}
-        rec = throughput.record("infer", lengths=lengths, seconds=wall, batch_size=hp["eval_batch_size"],
-                                order="sorted", env=env, peak_memory_mb=info["peak_memory_mb"], config=model.config,
-                                kind="forward")
-        info.update(rec)  # each mode's info keeps plain infer_ keys; the cell's throughput.json names the mode
-        throughput.write(out_dir, throughput.restage(rec, "infer", f"infer_{mode}"))
-        if texts is not None:
-            table["generated"] = texts
-            table["valid"] = [p is not None for p in pred]
-            info["invalid_output_rate"] = float(1 - table["valid"].mean())
-        suffix = "" if mode == "score" else f"_{mode}"
-        with atomic_path(out_dir / f"predictions{suffix}.parquet") as tmp:
-            table.to_parquet(tmp, index=False)
-            info["predictions_sha256"] = sha256(tmp)  # checked by the evaluate step
-        write_json(out_dir / f"predict_info{suffix}.json", info)
-        infos[mode] = info
-    if untrained is not None and split == "test":  # no training step: record what the evaluation expects of a cell
+                "prompt_max_length": enc.max_length, **enc.coverage(df["text"])},
+                throughput.record("infer", lengths=lengths, seconds=wall, batch_size=hp["eval_batch_size"],
+                                  order="sorted", env=env, peak_memory_mb=runtime.peak_memory_mb(env),
+                                  config=model.config, kind="forward"))
+    if untrained is not None and "test" in splits:  # no training step: record what the evaluation expects of a cell
         trainable, total = runtime.count_parameters(model)
         write_json(out_dir / "train_info.json", {**untrained, "rank": 0, "trainable_params": 0, "total_params": int(total),
                                                  "epochs_run": 0, "quantization": hp.get("quantization", "nf4"),
                                                  "prompt_max_length": enc.max_length})
-    return infos
+    return by_split[splits[0]]
+
+
+def write_mode(out: Path, split: str, mode: str, df: pd.DataFrame, probs, pred, texts, info: dict, rec: dict) -> dict:
+    """predictions[_<mode>].parquet and predict_info[_<mode>].json of one mode (score has no suffix),
+    with its throughput record (each mode's info keeps plain infer_ keys; the throughput.json of the
+    split's folder names the mode)."""
+    table = pd.DataFrame({"id": df["id"].values, "gold": list(df["labels"]),
+                          "probs": [p.astype(np.float32) for p in probs] if probs is not None else None,
+                          "pred": [p if p is not None else [] for p in pred]})
+    info.update(rec)
+    throughput.write(out, throughput.restage(rec, "infer", f"infer_{mode}"))
+    if texts is not None:
+        table["generated"] = texts
+        table["valid"] = [p is not None for p in pred]
+        info["invalid_output_rate"] = float(1 - table["valid"].mean())
+    suffix = "" if mode == "score" else f"_{mode}"
+    with atomic_path(out / f"predictions{suffix}.parquet") as tmp:
+        table.to_parquet(tmp, index=False)
+        info["predictions_sha256"] = sha256(tmp)  # checked by the evaluate step
+    write_json(out / f"predict_info{suffix}.json", info)
+    return info
 
 
 def predict_zeroshot(model_dir: str, data_dir: str, out_dir: str, hp: dict, threads: int | None = None,
-                     split: str = "test", modes: tuple[str, ...] = MODES) -> dict:
+                     splits: tuple[str, ...] = ("test",), modes: tuple[str, ...] = MODES) -> dict:
     """Approach "zeroshot": the instruct prompts on the untrained model (the paper's headless prompting)."""
-    return predict(model_dir, data_dir, out_dir, hp, threads, split, modes, untrained={"approach": "zeroshot"})
+    return predict(model_dir, data_dir, out_dir, hp, threads, splits, modes, untrained={"approach": "zeroshot"})
 
 
 def predict_fewshot(model_dir: str, data_dir: str, out_dir: str, hp: dict, seed: int, threads: int | None = None,
-                    split: str = "test", modes: tuple[str, ...] = MODES) -> dict:
+                    splits: tuple[str, ...] = ("test",), modes: tuple[str, ...] = MODES) -> dict:
     """Approach "fewshot": the instruct prompts with ``shots`` solved training examples per label
     (drawn with ``seed``, :func:`few_shot_examples`) before the text, on the untrained model."""
-    splits, labels, _ = load_prepared(data_dir)
-    examples = few_shot_examples(splits["train"], labels, hp["shots"], seed)
+    loaded, labels, _ = load_prepared(data_dir)
+    examples = few_shot_examples(loaded["train"], labels, hp["shots"], seed)
     record = {"approach": "fewshot", "seed": seed, "shots": hp["shots"], "examples": len(examples),
               "example_ids": [ident for ident, _, _ in examples]}
-    return predict(model_dir, data_dir, out_dir, hp, threads, split, modes, untrained=record,
+    return predict(model_dir, data_dir, out_dir, hp, threads, splits, modes, untrained=record,
                    examples=[(text, gold) for _, text, gold in examples])
 
 

@@ -59,6 +59,11 @@ def sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def split_dir(out_dir: str | Path, split: str) -> Path:
+    """Where a cell's predictions of ``split`` go: the cell folder for test, ``<cell>/<split>/`` else."""
+    return Path(out_dir) if split == "test" else Path(out_dir) / split
+
+
 def write_predictions(out_dir: str | Path, df, probs, pred, labels: list[str], info: dict) -> None:
     """A cell's predictions cache: predictions.parquet (id, gold, probs, pred) of the texts in ``df``,
     then predict_info.json with the parquet's SHA-256 (which the evaluate step checks)."""

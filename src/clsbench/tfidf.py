@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from .data import load_prepared
-from .io import atomic_path, write_json, write_predictions
+from .io import atomic_path, split_dir, write_json, write_predictions
 from .metrics import decide
 
 
@@ -28,7 +28,8 @@ def build(hp: dict, multi_label: bool, seed: int):
 
 
 def fit(data_dir: str, out_dir: str, seed: int, hp: dict) -> dict:
-    """Fit on train, choose nothing on val (fixed hyperparameters), predict test."""
+    """Fit on train (fixed hyperparameters: nothing is chosen on val), predict test and val (the
+    validation predictions are what best.json compares cells on)."""
     import joblib
     from sklearn.preprocessing import MultiLabelBinarizer
 
@@ -56,6 +57,7 @@ def fit(data_dir: str, out_dir: str, seed: int, hp: dict) -> dict:
         "split": "test", "n": len(test), "infer_wall_seconds": infer_wall,
         "infer_samples_per_second": len(test) / infer_wall, "device": "cpu",
         "text_tokens_mean": float(np.mean([len(analyzer(t)) for t in test["text"]])), "text_truncated_share": 0.0})
+    predict_with(model, splits, labels, multi, out_dir, hp, ("val",))
     return {"n_params": n_params, "train_wall_seconds": train_wall}
 
 
@@ -68,21 +70,29 @@ def probabilities(model, texts, labels: list[str], multi: bool) -> np.ndarray:
     return probs
 
 
-def predict(cell_dir: str, data_dir: str, out_dir: str, hp: dict, split: str = "test") -> dict:
-    """Predictions of a fitted cell (``model.joblib``) on ``split``: predictions.parquet and
-    predict_info.json into ``out_dir`` (the fit writes the test split's itself)."""
+def predict(cell_dir: str, data_dir: str, out_dir: str, hp: dict, splits: tuple[str, ...] = ("test",)) -> dict:
+    """Predictions of a fitted cell (``model.joblib``) on each split: predictions.parquet and
+    predict_info.json into :func:`clsbench.io.split_dir` (the fit writes test's and val's itself);
+    returns the first split's info."""
     import joblib
 
-    splits, labels, multi = load_prepared(data_dir)
-    df = splits[split]
-    model = joblib.load(Path(cell_dir) / "model.joblib")
-    t0 = time.perf_counter()
-    probs = probabilities(model, df["text"], labels, multi)
-    wall = time.perf_counter() - t0
-    info = {"split": split, "n": len(df), "infer_wall_seconds": wall, "infer_samples_per_second": len(df) / wall,
-            "device": "cpu"}
-    write_predictions(out_dir, df, probs, decide(probs, multi, hp.get("threshold", 0.5)), labels, info)
-    return info
+    loaded, labels, multi = load_prepared(data_dir)
+    return predict_with(joblib.load(Path(cell_dir) / "model.joblib"), loaded, labels, multi, out_dir, hp, splits)
+
+
+def predict_with(model, loaded: dict, labels: list[str], multi: bool, out_dir, hp: dict, splits) -> dict:
+    infos = []
+    for split in splits:
+        df = loaded[split]
+        t0 = time.perf_counter()
+        probs = probabilities(model, df["text"], labels, multi)
+        wall = time.perf_counter() - t0
+        info = {"split": split, "n": len(df), "infer_wall_seconds": wall, "infer_samples_per_second": len(df) / wall,
+                "device": "cpu"}
+        write_predictions(split_dir(out_dir, split), df, probs, decide(probs, multi, hp.get("threshold", 0.5)), labels,
+                          info)
+        infos.append(info)
+    return infos[0]
 
 
 def _n_parameters(model) -> int:

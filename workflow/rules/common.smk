@@ -174,19 +174,6 @@ def grid_models():
     ]
 
 
-def cell_source(wildcards):
-    """What a cell's predict step reads: its adapter/ (trained), the model's model.json (an untrained
-    model prompted) or its fitted model (model.joblib; the step is given the cell folder).
-    """
-    cell = CELL.format(**wildcards)
-    stages = approaches.get(wildcards.approach).stages
-    if stages == "train":
-        return f"{cell}/adapter"
-    if stages == "predict":
-        return f"results/models/{wildcards.model}/model.json"
-    return f"{cell}/model.joblib"
-
-
 def dataset_cells(wildcards):
     return [cell for cell in CELLS if cell.dataset == wildcards.dataset]
 

@@ -36,13 +36,16 @@ rule train:
 
 
 rule fit:
-    """A cell of an approach fitted and applied in one CPU job (TF-IDF + logistic regression: seconds)."""
+    """A cell of an approach fitted and applied to test and val in one CPU job (TF-IDF + logistic
+    regression: seconds)."""
     input:
         data=dataset_files("labels.json"),
     output:
         predictions=f"{CELL}/predictions.parquet",
         train_info=f"{CELL}/train_info.json",
         predict_info=f"{CELL}/predict_info.json",
+        val_predictions=f"{CELL}/val/predictions.parquet",
+        val_info=f"{CELL}/val/predict_info.json",
         model=f"{CELL}/model.joblib",
     log:
         f"{LOG}/train.log",
