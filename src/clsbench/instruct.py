@@ -558,8 +558,8 @@ def predict(source: str, data_dir: str, out_dir: str, hp: dict, threads: int | N
         lengths = [len(r) for r in rows]
         split_modes = modes if split == "test" else modes[:1]
         if plan is None:
-            configured = resolve_eval_batch(hp, env, lambda subset, bs: [
-                run_mode(m, model, enc, subset, {**hp, "eval_batch_size": bs}, env) for m in split_modes],
+            configured = resolve_eval_batch(hp, env, lambda subset, bs, first_modes=split_modes, base=hp: [
+                run_mode(m, model, enc, subset, {**base, "eval_batch_size": bs}, env) for m in first_modes],
                 rows, lengths)
             plan = faults.batch_plan(configured, out_dir, "predict")  # halved after an out-of-memory failure
             hp = {**configured, "eval_batch_size": plan["eval_batch_size"]}
@@ -573,7 +573,8 @@ def predict(source: str, data_dir: str, out_dir: str, hp: dict, threads: int | N
                     torch.cuda.reset_peak_memory_stats()
                 progress = Progress(f"predict {split} ({mode})", len(rows))
                 (probs, pred, texts), wall = runtime.timed(
-                    lambda mode=mode, progress=progress: run_mode(mode, model, enc, rows, hp, env, progress), env)
+                    lambda mode=mode, progress=progress, rows=rows, hp=hp: run_mode(mode, model, enc, rows, hp, env,
+                                                                                    progress), env)
             infos[mode] = write_mode(split_dir(out_dir, split), split, mode, df, probs, pred, texts, {
                 "split": split, "mode": mode, "n": len(df), "infer_wall_seconds": wall,
                 "mean_prompt_tokens": sum(lengths) / len(df), "prompt_encode_seconds": encode_seconds,

@@ -13,9 +13,9 @@ rule predict:
         source=f"{CELL}/adapter",
         data=dataset_files("labels.json"),
     output:
+        **VAL_OUTPUTS,
         predictions=f"{CELL}/predictions.parquet",
         info=f"{CELL}/predict_info.json",
-        **VAL_OUTPUTS,
     log:
         f"{LOG}/predict.log",
     benchmark:
