@@ -69,7 +69,8 @@ def test_tiny_grid_on_slurm_equals_local_run(cluster, tmp_path):
                    "--config", "threads=1", "--set-resources", *small)
     out = on_slurm.stdout + on_slurm.stderr
     assert on_slurm.returncode == 0, out[-3000:]
-    assert "27 of 27 steps (100%) done" in out  # 4 cells: 18 jobs, + validation predictions and best.json
+    # 4 cells: 18 jobs (each predict job writes the validation predictions too), + 4 evaluate_val and best.json
+    assert "23 of 23 steps (100%) done" in out
     for rule in GPU_RULES:  # partition chosen by the plugin from the rule's gpu=1 (profiles/slurm/partitions.yaml)
         assert f"Auto-selected partition 'gpu' for job {rule}" in out, rule
     for rule in CPU_RULES:
@@ -81,3 +82,5 @@ def test_tiny_grid_on_slurm_equals_local_run(cluster, tmp_path):
         b = pd.read_parquet(local / "results" / cell / "predictions.parquet")
         assert list(map(list, a["pred"])) == list(map(list, b["pred"])), cell
         assert np.allclose(np.stack(a["probs"]), np.stack(b["probs"]), atol=1e-6), cell
+        val = [pd.read_parquet(root / "results" / cell / "val" / "predictions.parquet") for root in (slurm, local)]
+        assert list(map(list, val[0]["pred"])) == list(map(list, val[1]["pred"])), cell
