@@ -549,41 +549,43 @@ def predict(source: str, data_dir: str, out_dir: str, hp: dict, threads: int | N
     model, tok = load_for_inference(source, hp, env)
     enc = Encoder(tok, labels, multi, hp, train_labels=loaded["train"]["labels"], examples=examples)
     enc.check_fits(model.config)
-    configured, plan, warm, by_split = hp, None, set(), {}
+    rows, encode_seconds = {}, {}
     for split in splits:
-        df = loaded[split]
         t0 = time.perf_counter()
-        rows = [enc.prompt_ids(text) for text in df["text"]]
-        encode_seconds = time.perf_counter() - t0
-        lengths = [len(r) for r in rows]
-        split_modes = modes if split == "test" else modes[:1]
-        if plan is None:
-            configured = resolve_eval_batch(hp, env, lambda subset, bs, first_modes=split_modes, base=hp: [
-                run_mode(m, model, enc, subset, {**base, "eval_batch_size": bs}, env) for m in first_modes],
-                rows, lengths)
-            plan = faults.batch_plan(configured, out_dir, "predict")  # halved after an out-of-memory failure
-            hp = {**configured, "eval_batch_size": plan["eval_batch_size"]}
+        rows[split] = [enc.prompt_ids(text) for text in loaded[split]["text"]]
+        encode_seconds[split] = time.perf_counter() - t0
+    modes_of = {split: modes if split == "test" else modes[:1] for split in splits}
+    first = rows[splits[0]]
+    configured = resolve_eval_batch(hp, env, lambda subset, bs: [
+        run_mode(m, model, enc, subset, {**hp, "eval_batch_size": bs}, env) for m in modes_of[splits[0]]],
+        first, [len(r) for r in first])
+    plan = faults.batch_plan(configured, out_dir, "predict")  # halved after an out-of-memory failure
+    hp = {**configured, "eval_batch_size": plan["eval_batch_size"]}
+    warm, by_split = set(), {}
+    for split in splits:
+        df, split_rows = loaded[split], rows[split]
+        lengths = [len(r) for r in split_rows]
         infos = by_split[split] = {}
-        for mode in split_modes:
+        for mode in modes_of[split]:
             with faults.oom_retry(out_dir, "predict", configured, plan):
                 if mode not in warm:  # warm-up, not timed: once per mode and job
-                    run_mode(mode, model, enc, rows[:hp["eval_batch_size"]], hp, env)
+                    run_mode(mode, model, enc, split_rows[:hp["eval_batch_size"]], hp, env)
                     warm.add(mode)
                 if env["cuda"]:
                     torch.cuda.reset_peak_memory_stats()
-                progress = Progress(f"predict {split} ({mode})", len(rows))
+                progress = Progress(f"predict {split} ({mode})", len(split_rows))
                 (probs, pred, texts), wall = runtime.timed(
-                    lambda mode=mode, progress=progress, rows=rows, hp=hp: run_mode(mode, model, enc, rows, hp, env,
-                                                                                    progress), env)
-            infos[mode] = write_mode(split_dir(out_dir, split), split, mode, df, probs, pred, texts, {
+                    lambda mode=mode, progress=progress, split_rows=split_rows: run_mode(
+                        mode, model, enc, split_rows, hp, env, progress), env)
+            peak = runtime.peak_memory_mb(env)
+            infos[mode] = write_mode(split_dir(out_dir, split), mode, df, probs, pred, texts, {
                 "split": split, "mode": mode, "n": len(df), "infer_wall_seconds": wall,
-                "mean_prompt_tokens": sum(lengths) / len(df), "prompt_encode_seconds": encode_seconds,
+                "mean_prompt_tokens": sum(lengths) / len(df), "prompt_encode_seconds": encode_seconds[split],
                 "eval_batch_size": hp["eval_batch_size"], "device": env["device_name"],
-                "peak_memory_mb": runtime.peak_memory_mb(env), "labels": labels, "multi_label": multi,
+                "peak_memory_mb": peak, "labels": labels, "multi_label": multi,
                 "prompt_max_length": enc.max_length, **enc.coverage(df["text"])},
                 throughput.record("infer", lengths=lengths, seconds=wall, batch_size=hp["eval_batch_size"],
-                                  order="sorted", env=env, peak_memory_mb=runtime.peak_memory_mb(env),
-                                  config=model.config, kind="forward"))
+                                  order="sorted", env=env, peak_memory_mb=peak, config=model.config, kind="forward"))
     if untrained is not None and "test" in splits:  # no training step: record what the evaluation expects of a cell
         trainable, total = runtime.count_parameters(model)
         write_json(out_dir / "train_info.json", {**untrained, "rank": 0, "trainable_params": 0, "total_params": int(total),
@@ -592,7 +594,7 @@ def predict(source: str, data_dir: str, out_dir: str, hp: dict, threads: int | N
     return by_split[splits[0]]
 
 
-def write_mode(out: Path, split: str, mode: str, df: pd.DataFrame, probs, pred, texts, info: dict, rec: dict) -> dict:
+def write_mode(out: Path, mode: str, df: pd.DataFrame, probs, pred, texts, info: dict, rec: dict) -> dict:
     """predictions[_<mode>].parquet and predict_info[_<mode>].json of one mode (score has no suffix),
     with its throughput record (each mode's info keeps plain infer_ keys; the throughput.json of the
     split's folder names the mode)."""

@@ -35,16 +35,12 @@ def fit(data_dir: str, out_dir: str, seed: int, hp: dict) -> dict:
 
     splits, labels, multi = load_prepared(data_dir)
     out_dir = Path(out_dir)
-    train, test = splits["train"], splits["test"]
+    train = splits["train"]
     y = MultiLabelBinarizer(classes=labels).fit_transform(train["labels"]) if multi else train["labels"].str[0]
     model = build(hp, multi, seed)
     t0 = time.perf_counter()
     model.fit(train["text"], y)
     train_wall = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    probs = probabilities(model, test["text"], labels, multi)
-    infer_wall = time.perf_counter() - t0
-    pred = decide(probs, multi, hp.get("threshold", 0.5))
     n_params = _n_parameters(model)
     write_json(out_dir / "train_info.json", {
         "approach": "tfidf", "rank": 0, "seed": seed, "trainable_params": n_params, "total_params": n_params,
@@ -52,12 +48,7 @@ def fit(data_dir: str, out_dir: str, seed: int, hp: dict) -> dict:
         "train_samples_per_second": len(train) / train_wall, "n_train": len(train), "device": "cpu"})
     with atomic_path(out_dir / "model.joblib") as tmp:
         joblib.dump(model, tmp)
-    analyzer = model[0].build_tokenizer()  # whole texts: TF-IDF has no length limit
-    write_predictions(out_dir, test, probs, pred, labels, {
-        "split": "test", "n": len(test), "infer_wall_seconds": infer_wall,
-        "infer_samples_per_second": len(test) / infer_wall, "device": "cpu",
-        "text_tokens_mean": float(np.mean([len(analyzer(t)) for t in test["text"]])), "text_truncated_share": 0.0})
-    predict_with(model, splits, labels, multi, out_dir, hp, ("val",))
+    predict_with(model, splits, labels, multi, out_dir, hp, ("test", "val"))
     return {"n_params": n_params, "train_wall_seconds": train_wall}
 
 
@@ -81,6 +72,8 @@ def predict(cell_dir: str, data_dir: str, out_dir: str, hp: dict, splits: tuple[
 
 
 def predict_with(model, loaded: dict, labels: list[str], multi: bool, out_dir, hp: dict, splits) -> dict:
+    """Predictions of ``model`` on each split (:func:`predict`); returns the first split's info."""
+    analyzer = model[0].build_tokenizer()  # whole texts: TF-IDF has no length limit
     infos = []
     for split in splits:
         df = loaded[split]
@@ -88,7 +81,8 @@ def predict_with(model, loaded: dict, labels: list[str], multi: bool, out_dir, h
         probs = probabilities(model, df["text"], labels, multi)
         wall = time.perf_counter() - t0
         info = {"split": split, "n": len(df), "infer_wall_seconds": wall, "infer_samples_per_second": len(df) / wall,
-                "device": "cpu"}
+                "device": "cpu", "text_tokens_mean": float(np.mean([len(analyzer(t)) for t in df["text"]])),
+                "text_truncated_share": 0.0}
         write_predictions(split_dir(out_dir, split), df, probs, decide(probs, multi, hp.get("threshold", 0.5)), labels,
                           info)
         infos.append(info)
