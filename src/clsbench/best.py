@@ -9,6 +9,10 @@ seeds; ties go to the cheaper one (higher inference texts/s), then to the grid's
 named is that configuration's seed with the best validation micro-F1: the one a user applies
 (``results/<dataset>/apply/<name>.csv``, ``python -m clsbench.apply --best best.json``). Its test
 micro-/macro-F1 with CI, calibration and cost stand beside it, for reading, not for choosing.
+
+A configuration with a degenerate seed (:mod:`clsbench.health`, judged on validation: no label, one
+answer, no better than a constant answer, far below TF-IDF) is never chosen; best.json lists it under
+``excluded`` with each flag and its likely cause. Undertrained configurations are marked, not excluded.
 """
 from __future__ import annotations
 
@@ -18,12 +22,14 @@ from pathlib import Path
 
 import numpy as np
 
-from . import UserError
+from . import UserError, approaches, health
 from .apply import parse_cell
 from .cell import HPARAMS_FILE
 from .io import read_json, run_cli, write_json
 
 TEST_KEYS = ("f1_micro", "f1_micro_ci95", "f1_macro", "accuracy", "ece", "invalid_answers")
+SELECTED_BY = ("validation micro-F1 (configuration: mean over seeds; cell: its best seed); a configuration with a "
+               "degenerate seed on validation is excluded (clsbench.health)")
 COST_KEYS = ("train_wall_seconds", "infer_samples_per_second", "trainable_params", "total_params", "peak_memory_mb")
 
 
@@ -37,7 +43,9 @@ def candidate(cell: str | Path) -> dict:
     keys = parse_cell(cell)
     return {"cell": str(cell), **keys, "val_f1_micro": val["f1_micro"], "n_val": val["n"],
             "test": {k: test[k] for k in TEST_KEYS if k in test}, "n_test": test["n"],
-            "cost": {k: test[k] for k in COST_KEYS if k in test}}
+            "cost": {k: test[k] for k in COST_KEYS if k in test},
+            # degenerate on validation (what selection may see); undertrained from its training record
+            "flags": val.get("flags", []) + health.training_flags(test)}
 
 
 def select(cells: list[str | Path], hparams: dict[str, dict] | None = None, dataset_settings: dict | None = None) -> dict:
@@ -50,9 +58,19 @@ def select(cells: list[str | Path], hparams: dict[str, dict] | None = None, data
     datasets = sorted({r["dataset"] for r in rows})
     if len(datasets) > 1:
         raise UserError(f"cells of several datasets ({', '.join(datasets)}): choose per dataset")
+    tfidf_val = [r["val_f1_micro"] for r in rows if r["approach"] == approaches.BASELINE]
+    for r in rows:
+        far = health.tfidf_flag(r["val_f1_micro"], max(tfidf_val) if tfidf_val else None)
+        r["flags"] = r["flags"] + ([far] if far else [])
     configs: dict[tuple, list[dict]] = {}
     for r in rows:
         configs.setdefault((r["model"], r["approach"], r["rank"]), []).append(r)
+    # a configuration with a degenerate seed is never recommended: it fails on some seeds
+    excluded = {key: seeds for key, seeds in configs.items() if any(health.is_degenerate(s["flags"]) for s in seeds)}
+    if len(excluded) == len(configs):
+        raise UserError(f"every cell of dataset '{datasets[0]}' is degenerate on validation, none can be recommended: "
+                        + "; ".join(health.line(s["cell"], s["flags"]) for seeds in excluded.values() for s in seeds
+                                    if s["flags"]))
 
     def summary(order: int, key: tuple, seeds: list[dict]) -> dict:
         val = [s["val_f1_micro"] for s in seeds]
@@ -61,18 +79,21 @@ def select(cells: list[str | Path], hparams: dict[str, dict] | None = None, data
         return {"model": key[0], "approach": key[1], "rank": key[2], "seeds": sorted(s["seed"] for s in seeds),
                 "val_f1_micro_mean": float(np.mean(val)), "val_f1_micro_sd": float(np.std(val, ddof=1)) if len(val) > 1 else None,
                 "test_f1_micro_mean": float(np.mean(test)), "infer_samples_per_second": float(np.mean(speed)),
-                "_order": order}
+                "undertrained": any(f["flag"] == "undertrained" for s in seeds for f in s["flags"]), "_order": order}
 
-    ranked = sorted((summary(i, k, v) for i, (k, v) in enumerate(configs.items())),
+    ranked = sorted((summary(i, k, v) for i, (k, v) in enumerate(configs.items()) if k not in excluded),
                     key=lambda c: (-c["val_f1_micro_mean"], -c["infer_samples_per_second"], c["_order"]))
     winner = ranked[0]
     seeds = configs[(winner["model"], winner["approach"], winner["rank"])]
     chosen = sorted(seeds, key=lambda s: (-s["val_f1_micro"], s["seed"]))[0]
     recorded = Path(chosen["cell"]) / HPARAMS_FILE
     hp = (hparams or {}).get(chosen["cell"]) or (read_json(recorded) if recorded.exists() else None)
-    return {"dataset": datasets[0], "selected_by": "validation micro-F1 (configuration: mean over seeds; cell: best seed)",
+    return {"dataset": datasets[0], "selected_by": SELECTED_BY,
             **chosen, "hparams": hp, "dataset_settings": dataset_settings or {},
-            "configurations": [{k: v for k, v in c.items() if k != "_order"} for c in ranked]}
+            "configurations": [{k: v for k, v in c.items() if k != "_order"} for c in ranked],
+            "excluded": [{"model": key[0], "approach": key[1], "rank": key[2],
+                          "cells": [{"cell": s["cell"], "seed": s["seed"], "flags": s["flags"]} for s in seeds
+                                    if health.is_degenerate(s["flags"])]} for key, seeds in excluded.items()]}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -87,6 +108,11 @@ def main(argv: list[str] | None = None) -> None:
     write_json(args.out, best)
     print(f"{args.out}: {best['cell']} (validation micro-F1 {best['val_f1_micro']:.3f}, "
           f"test {best['test']['f1_micro']:.3f})")
+    for config in best["excluded"]:
+        for cell in config["cells"]:
+            print("excluded " + health.line(cell["cell"], cell["flags"]))
+    if best["flags"]:
+        print("chosen " + health.line(best["cell"], best["flags"]))
 
 
 if __name__ == "__main__":

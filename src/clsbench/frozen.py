@@ -26,6 +26,7 @@ from .classifier import (
     tuned_thresholds,
 )
 from .data import load_prepared
+from .health import training_flags
 from .io import read_json, write_json, write_jsonl
 from .metrics import indicator
 from .models import load_tokenizer, prefixed
@@ -140,6 +141,7 @@ def train(model_json: str, data_dir: str, out_dir: str, rank: int, seed: int, hp
     train_info = {
         "approach": "frozen", "rank": 0, "seed": seed, "trainable_params": int(trainable), "total_params": int(total),
         "epochs_run": epoch, "best_epoch": best_epoch, "best_val_f1_micro": best,
+        "undertrained": bool(training_flags({"epochs_run": epoch, "best_epoch": best_epoch})),
         "train_wall_seconds": feature_seconds + head_seconds, "feature_seconds": feature_seconds,
         "train_samples_per_second": len(feats["train"]) * epoch / (feature_seconds + head_seconds),
         "train_tokens_per_second": n_tokens / feature_seconds,

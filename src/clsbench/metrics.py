@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import accuracy_score, hamming_loss, precision_recall_fscore_support
 
-from . import UserError
+from . import UserError, health
 from .io import read_json, run_cli, write_json
 
 
@@ -201,6 +201,11 @@ def evaluate(predictions: str | Path, labels_json: str | Path, extra: list[str |
         for key, value in read_json(path).items():
             if key not in ("labels", "multi_label", "n"):
                 metrics.setdefault(key, value)
+    n_labels = len(meta["labels"])
+    flags = health.prediction_flags(gold[:, :n_labels], pred[:, :n_labels], meta["labels"], meta["multi_label"], invalid)
+    metrics["flags"] = flags + health.training_flags(metrics)
+    metrics["degenerate"] = health.is_degenerate(metrics["flags"])
+    metrics["undertrained"] = any(f["flag"] == "undertrained" for f in metrics["flags"])
     return metrics
 
 
@@ -214,6 +219,8 @@ def main(argv: list[str] | None = None) -> None:
     metrics = evaluate(args.predictions, args.labels, args.extra)
     write_json(args.out, metrics)
     print(json.dumps({k: metrics[k] for k in ("n", "f1_micro", "f1_macro")}))
+    if metrics["flags"]:
+        print(health.line(args.out, metrics["flags"]))
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import approaches
+from . import approaches, health
 from .io import atomic_path, read_json, run_cli
 
 REFERENCE = Path(__file__).parent / "reference" / "paper_results.csv"
@@ -55,15 +55,21 @@ def collect(metric_files: list[str | Path]) -> pd.DataFrame:
         row["mode"] = match["mode"] or (approaches.REGISTRY[match["approach"]].modes[0]
                                         if match["approach"] in approaches.REGISTRY else "classifier")
         row.update({k: metrics.get(k) for k in THROUGHPUT_EXTRA + THROUGHPUT_CONTEXT})
+        row["_flags"] = metrics["flags"] if "flags" in metrics else health.training_flags(metrics)  # cells made before
         row["_dir"] = str(Path(path).parent)
         row["_predictions"] = str(Path(path).parent / ("predictions_generate.parquet" if match["mode"]
                                                        else "predictions.parquet"))
         rows.append(row)
-    df = pd.DataFrame(rows, columns=[*COLUMNS, *THROUGHPUT_EXTRA, *THROUGHPUT_CONTEXT, "_dir", "_predictions"])
+    df = pd.DataFrame(rows, columns=[*COLUMNS, *THROUGHPUT_EXTRA, *THROUGHPUT_CONTEXT, "_flags", "_dir", "_predictions"])
     integers = ["trainable_params", "total_params", "epochs_run", "best_epoch", "n"]
     df[integers] = df[integers].astype("Int64")  # stay integers where some cells have no value (tfidf epochs)
     baseline = df[df["approach"] == approaches.BASELINE].groupby("dataset")["f1_micro"].mean()
     df["f1_micro_minus_tfidf"] = df["f1_micro"] - df["dataset"].map(baseline)
+    df["_flags"] = [flags + [f for f in [health.tfidf_flag(f1, baseline.get(d))] if f]
+                    for flags, f1, d in zip(df["_flags"], df["f1_micro"], df["dataset"])]
+    df["flags"] = df["_flags"].map(health.names)
+    df["degenerate"] = df["_flags"].map(health.is_degenerate)
+    df["undertrained"] = df["_flags"].map(lambda flags: any(f["flag"] == "undertrained" for f in flags))
     df["_order"] = df["approach"].map(lambda a: APPROACH_ORDER.index(a) if a in APPROACH_ORDER else len(APPROACH_ORDER))
     df = df.sort_values(["_order", "rank", "mode", "model", "dataset", "seed"]).drop(columns="_order")
     return df.reset_index(drop=True)
@@ -104,10 +110,24 @@ def paper_layout(df: pd.DataFrame) -> pd.DataFrame:
             delta = cells["f1_micro_minus_tfidf"].mean()
             if approach != approaches.BASELINE and pd.notna(delta):
                 row[dataset] += f" ({delta:+.3f})"
+            row[dataset] += flag_marks(cells)
         rows.append(row)
     table = pd.DataFrame(rows)
     table.loc[table["Approach"].duplicated(), "Approach"] = ""  # blank repeated block titles, as in the paper
     return table
+
+
+FLAG_MARKS = {"degenerate": "†", "undertrained": "*"}
+FLAG_NOTE = ("† degenerate: a seed of the cell predicts no label for most texts, one answer for nearly all, no "
+             "better than a constant answer, or more than 0.10 below TF-IDF (never chosen by best.json); "
+             "* undertrained: a seed's best validation epoch was its last (still improving when its epochs ran "
+             "out). The 'Flags' column below names them per cell.")
+
+
+def flag_marks(cells: pd.DataFrame) -> str:
+    """`†` where a seed of the cells is degenerate, `*` where one is undertrained (:mod:`clsbench.health`)."""
+    marks = "".join(mark for column, mark in FLAG_MARKS.items() if column in cells and cells[column].any())
+    return f" {marks}" if marks else ""
 
 
 def uncertainty_layout(df: pd.DataFrame) -> pd.DataFrame:
@@ -126,7 +146,8 @@ def uncertainty_layout(df: pd.DataFrame) -> pd.DataFrame:
         "Epochs (best)": [_epochs(e, b) for e, b in zip(df["epochs_run"], df["best_epoch"])],
         "Batch": df["effective_batch"].map(lambda x: "" if x is None or pd.isna(x) else str(int(x))),
         "Text tokens seen": df["text_tokens_mean"].map(lambda x: fmt(x, 1)),
-        "Cut by limit": df["text_truncated_share"].map(lambda x: "" if x is None or pd.isna(x) else f"{x:.1%}")})
+        "Cut by limit": df["text_truncated_share"].map(lambda x: "" if x is None or pd.isna(x) else f"{x:.1%}"),
+        "Flags": df["flags"] if "flags" in df else ""})
 
 
 def _epochs(run, best) -> str:
@@ -140,14 +161,14 @@ def render(metric_files: list[str | Path], out_csv: str | Path, out_md: str | Pa
     df = collect(metric_files)
     df["paper_f1_micro"] = paper_figures(df, "f1_micro", paper_datasets or {})
     with atomic_path(out_csv) as tmp:
-        df.drop(columns=["_dir", "_predictions", *THROUGHPUT_EXTRA, *THROUGHPUT_CONTEXT]).to_csv(tmp, index=False, float_format="%.4f")
+        df.drop(columns=["_flags", "_dir", "_predictions", *THROUGHPUT_EXTRA, *THROUGHPUT_CONTEXT]).to_csv(tmp, index=False, float_format="%.4f")
     table = paper_layout(df)
     note = ("Micro-F1 on each dataset's test split (mean ± sd where several seeds ran); in brackets the "
             "distance to the TF-IDF + logistic regression line where it ran. "
             "Parameter counts as peft reports them (4-bit storage corrected). Instruction-tuned and zero-shot "
             "cells appear twice: `score` ranks the label answers by the model's probabilities (no invalid "
             "output possible), `generate` decodes freely and parses the text (unparseable answers count as "
-            "wrong; their share is the 'Invalid outputs' column below).\n\n")
+            "wrong; their share is the 'Invalid outputs' column below). " + FLAG_NOTE + "\n\n")
     with atomic_path(out_md) as tmp:
         tmp.write_text("# F1 by approach, model and dataset\n\n" + note + table.to_markdown(index=False) + "\n\n"
                        "## Uncertainty and calibration\n\n"

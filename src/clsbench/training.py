@@ -15,7 +15,7 @@ import shutil
 import time
 from pathlib import Path
 
-from . import faults, runtime, throughput
+from . import faults, health, runtime, throughput
 from .faults import resume_point
 from .io import read_json, write_json, write_jsonl
 from .progress import trainer_progress
@@ -81,9 +81,10 @@ def run(trainer, out_dir: Path, plan: dict, hp: dict, env: dict, key: dict, time
     runtime.check_finite(history, out_dir)
     evals = [h for h in history if "eval_f1_micro" in h]
     best = max(evals, key=lambda h: h["eval_f1_micro"]) if evals else {}
-    epochs_run = round(trainer.state.epoch or 0)
+    epochs_run, best_epoch = round(trainer.state.epoch or 0), round(best.get("epoch", 0))
     return {
-        "epochs_run": epochs_run, "best_epoch": round(best.get("epoch", 0)), "best_val_f1_micro": best.get("eval_f1_micro"),
+        "epochs_run": epochs_run, "best_epoch": best_epoch, "best_val_f1_micro": best.get("eval_f1_micro"),
+        "undertrained": bool(health.training_flags({"epochs_run": epochs_run, "best_epoch": best_epoch})),
         "epochs_this_run": epochs_run - resumed_epochs,  # what this process trained (throughput)
         "train_wall_seconds": wall, "eval_seconds_during_training": timer.eval_seconds,
         "train_loss": result.training_loss, "resumed_from": Path(last).name if last else None,
