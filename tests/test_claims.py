@@ -105,3 +105,63 @@ def test_variants_of_a_model_are_left_out(tmp_path, monkeypatch):
                  *map(str, files)])
     g = pd.read_csv(tmp_path / "out" / "claims.csv").set_index("claim").loc["g"]
     assert g["pairs"] == 1 and g["a"] == "head r8 m" and g["delta"] == pytest.approx(0.2, abs=0.02)
+
+
+def seed_runs(tmp_path, head_accuracies, n=200):
+    """Head cells of the given accuracies (one per seed) against frozen cells of 0.6, all on the same texts."""
+    make_data(tmp_path, "news")
+    files = []
+    for seed, acc in enumerate(head_accuracies, start=1):
+        files.append(write_cell(tmp_path, "news", "head", seed, accuracy_mask(n, acc, 0), n=n))
+        files.append(write_cell(tmp_path, "news", "frozen", seed, accuracy_mask(n, 0.6, 1), rank=0, n=n))
+    return files
+
+
+def interval(tmp_path, files, monkeypatch, resample_seeds):
+    monkeypatch.chdir(tmp_path)
+    df = tables.collect(files)
+    claim = next(c for c in claims.CLAIMS if c.key == "c")
+    found = claims.pairs(df, claim, {"news": False})
+    result = claims.judge(claim, found, tmp_path / "results" / "data", resample_seeds=resample_seeds)
+    return result["ci_low"], result["ci_high"], result
+
+
+def test_the_two_level_bootstrap_matches_the_text_bootstrap_when_seeds_agree(tmp_path, monkeypatch):
+    files = seed_runs(tmp_path, [0.8, 0.8, 0.8])  # three seeds with the very same predictions
+    two_level, one_level = (interval(tmp_path, files, monkeypatch, flag) for flag in (True, False))
+    assert two_level[:2] == one_level[:2]
+    assert two_level[2]["per_seed"] == "news m: s1 +0.200 s2 +0.200 s3 +0.200"
+    assert two_level[2]["training_variance"] == "resampled (3 seeds)"
+
+
+def test_the_two_level_bootstrap_widens_the_interval_when_seeds_disagree(tmp_path, monkeypatch):
+    """Seeds at 0.95, 0.65 and 0.80 against 0.60: the text-only interval is narrow around +0.20; with
+    the seeds resampled it covers the spread of the three runs (+0.05 to +0.35)."""
+    files = seed_runs(tmp_path, [0.95, 0.65, 0.80])
+    low2, high2, result = interval(tmp_path, files, monkeypatch, True)
+    low1, high1, _ = interval(tmp_path, files, monkeypatch, False)
+    assert result["delta"] == pytest.approx(0.2)
+    assert (high2 - low2) > 2 * (high1 - low1)
+    assert low2 < 0.1 and high2 > 0.3
+    assert result["per_seed"] == "news m: s1 +0.350 s2 +0.050 s3 +0.200"
+
+
+def test_one_seed_says_training_variance_is_not_measured(tmp_path, monkeypatch):
+    files = seed_runs(tmp_path, [0.8])
+    assert interval(tmp_path, files, monkeypatch, True)[2]["training_variance"] == "one seed: training variance not measured"
+
+
+def test_holm_adjusts_the_p_values_of_the_claims_that_ran():
+    assert claims.holm([0.01, None, 0.04, 0.03]) == pytest.approx([0.03, None, 0.06, 0.06], nan_ok=True)
+    assert claims.holm([0.5, 0.001]) == pytest.approx([0.5, 0.002])
+    assert claims.verdict(0.05, 0.06, 0.0) == "inconclusive"  # raw 0.03 would have been 'supported'
+    assert claims.verdict(-0.05, 0.01, 0.0) == "contradicted"
+    assert claims.verdict(0.12, 0.01, 0.10) == "supported"
+    assert claims.verdict(0.12, None, 0.10) == "not run"
+
+
+def test_the_table_carries_holm_adjusted_p_values_and_verdicts_follow_them(tmp_path, monkeypatch):
+    files = seed_runs(tmp_path, [0.9, 0.9])
+    table = run(tmp_path, files, monkeypatch)
+    assert table.loc["c", "p_holm"] == table.loc["c", "p_value"]  # the only claim that ran
+    assert table.loc["c", "verdict"] == "supported" and table.loc["a", "verdict"] == "not run"

@@ -3,15 +3,20 @@
 Each claim is "approach A beats approach B" on some datasets, by micro-F1 or by calibration (ECE,
 lower is better). Its evidence is every pair of cells (A, B) on the same dataset and seed, and the
 same model where the claim says so; a deterministic cell (TF-IDF, zero-shot) pairs with every seed
-of the other side. Pairs of all seeds, models and datasets are pooled: Δ is A's figure minus B's
-over the pooled test forecasts (for ECE: B's minus A's, so that Δ > 0 always favours A), and its
-95% interval and two-sided p-value come from one bootstrap that resamples test texts (each text
-with all its seeds and models, so repeated seeds do not pass for independent evidence).
+of the other side. Each pair is compared on its own test texts (ECE per cell: probabilities of
+different models are never pooled), and Δ is the mean over pairs of A's figure minus B's (for ECE:
+B's minus A's, so that Δ > 0 always favours A).
 
-Verdict at α = 0.05, derived from the interval, never written by hand: *supported* when its lower
-end is above the claim's margin (0 unless the claim says "far"), *contradicted* when its upper end
-is below the margin, *inconclusive* otherwise, *not run* when the grid has no pair of cells for it.
-Variants of a model (``variant_of``: the same model with, say, balanced class weights) are left out:
+Uncertainty includes training randomness: a two-level bootstrap resamples the seeds within each
+stratum (same dataset and models) and the test texts of each dataset (the same texts for every cell
+of it), 2000 times; where a stratum has one seed, training variance is not measured and the table
+says so. The per-seed differences stand beside Δ. p-values are two-sided against the claim's margin
+and Holm-adjusted over the claims that ran.
+
+Verdict at α = 0.05 on the Holm-adjusted p-value, never written by hand: *supported* when it is
+below α and Δ is above the claim's margin (0 unless the claim says "far"), *contradicted* when it
+is below α and Δ is below the margin, *inconclusive* otherwise, *not run* when the grid has no pair
+of cells for it. Variants of a model (``variant_of``: the same model with, say, balanced class weights) are left out:
 a claim is about the approaches as configured.
 """
 from __future__ import annotations
@@ -110,11 +115,10 @@ def _figure(metric: str, totals: np.ndarray) -> np.ndarray:
     return np.abs(totals[..., :-1]).sum(-1) / totals[..., -1]
 
 
-def judge(claim: Claim, cell_pairs, data_root: Path, n_boot: int = 2000, seed: int = 0) -> dict:
-    """Δ (in A's favour), its 95% interval, p-value and verdict over the pooled pairs."""
-    if not cell_pairs:
-        return {"pairs": 0, "verdict": "not run"}
-    groups, units_a, units_b = [], [], []
+def _pair_units(claim: Claim, cell_pairs, data_root: Path) -> list[dict]:
+    """Per pair: its dataset, stratum (dataset and models: the seeds of one stratum are exchangeable),
+    training seed, test-text ids and the per-text units of A and B."""
+    out = []
     for a, b in cell_pairs:
         meta = read_json(Path(data_root) / a["dataset"] / "labels.json")
         width = len(meta["labels"]) + 1  # + the invalid-answer column
@@ -122,27 +126,82 @@ def judge(claim: Claim, cell_pairs, data_root: Path, n_boot: int = 2000, seed: i
         ids_b, ub = _units(b["_predictions"], meta["labels"], meta["multi_label"], claim.metric, width)
         if not np.array_equal(ids_a, ids_b):
             raise ValueError(f"{a['_predictions']} and {b['_predictions']} do not hold the same test texts")
-        groups += [f"{a['dataset']}/{i}" for i in ids_a]
-        units_a.append(ua)
-        units_b.append(ub)
-    ua, ub = np.concatenate(units_a), np.concatenate(units_b)
-    names, group = np.unique(groups, return_inverse=True)
-    # one row per test text: its units summed over seeds and models
-    per_a = np.zeros((len(names), ua.shape[1]))
-    per_b = np.zeros((len(names), ub.shape[1]))
-    np.add.at(per_a, group, ua)
-    np.add.at(per_b, group, ub)
+        trained = b if claim.a in DETERMINISTIC else a  # whose seed varies
+        out.append({"dataset": a["dataset"], "stratum": (a["dataset"], a["model"], b["model"]),
+                    "seed": int(trained["seed"]), "ids": ids_a, "a": ua, "b": ub})
+    return out
+
+
+def bootstrap(units: list[dict], metric: str, sign: float, n_boot: int = 2000, seed: int = 0,
+              resample_seeds: bool = True) -> tuple[float, np.ndarray, np.ndarray]:
+    """Δ = the mean over pairs of (A's figure − B's figure) × ``sign``, each pair's figures on the same
+    texts, and ``n_boot`` resampled Δ: texts are resampled per dataset (the same resample for every
+    cell of it: paired), and, with ``resample_seeds``, the seeds within each stratum (same dataset and
+    models) with replacement, so that disagreement between training runs widens the interval. Where
+    the seeds of a stratum agree, the seed level changes nothing (the same text resamples are drawn
+    either way). Returns (Δ, per-pair differences, resampled Δ)."""
+    text_rng, seed_rng = np.random.default_rng(seed), np.random.default_rng([seed, 1])
+    weights = {}
+    for u in units:
+        if u["dataset"] not in weights:
+            n = len(u["ids"])
+            weights[u["dataset"]] = text_rng.multinomial(n, np.full(n, 1 / n), size=n_boot).astype(float)
+    diffs = np.array([sign * (_figure(metric, u["a"].sum(0)) - _figure(metric, u["b"].sum(0))) for u in units])
+    resampled = np.stack([sign * (_figure(metric, weights[u["dataset"]] @ u["a"])
+                                  - _figure(metric, weights[u["dataset"]] @ u["b"])) for u in units], 1)
+    multiplicity = np.ones((n_boot, len(units)))
+    if resample_seeds:
+        for stratum in dict.fromkeys(u["stratum"] for u in units):
+            members = [i for i, u in enumerate(units) if u["stratum"] == stratum]
+            draws = seed_rng.multinomial(len(members), np.full(len(members), 1 / len(members)), size=n_boot)
+            multiplicity[:, members] = draws
+    delta = (resampled * multiplicity).sum(1) / multiplicity.sum(1)
+    return float(diffs.mean()), diffs, delta
+
+
+def judge(claim: Claim, cell_pairs, data_root: Path, n_boot: int = 2000, seed: int = 0,
+          resample_seeds: bool = True) -> dict:
+    """Δ (in A's favour: mean over pairs of the per-cell difference), its seed-aware 95% interval, the
+    p-value against the claim's margin and the per-seed differences."""
+    if not cell_pairs:
+        return {"pairs": 0, "verdict": "not run"}
+    units = _pair_units(claim, cell_pairs, data_root)
     sign = 1.0 if claim.metric == "f1_micro" else -1.0  # lower ECE is better
-    fig_a, fig_b = _figure(claim.metric, per_a.sum(0)), _figure(claim.metric, per_b.sum(0))
-    rng = np.random.default_rng(seed)
-    weights = rng.multinomial(len(names), np.full(len(names), 1 / len(names)), size=n_boot).astype(float)
-    delta = sign * (_figure(claim.metric, weights @ per_a) - _figure(claim.metric, weights @ per_b))
+    value, diffs, delta = bootstrap(units, claim.metric, sign, n_boot, seed, resample_seeds)
     low, high = np.quantile(delta, [ALPHA / 2, 1 - ALPHA / 2])
-    p = float(min(1.0, 2 * min(np.mean(delta <= 0), np.mean(delta >= 0))))
-    verdict = "supported" if low > claim.margin else "contradicted" if high < claim.margin else "inconclusive"
-    return {"pairs": len(cell_pairs), "texts": len(names), "a_value": float(fig_a), "b_value": float(fig_b),
-            "delta": float(sign * (fig_a - fig_b)), "ci_low": float(low), "ci_high": float(high), "p_value": p,
-            "verdict": verdict}
+    p = float(min(1.0, 2 * min(np.mean(delta <= claim.margin), np.mean(delta >= claim.margin))))
+    fig_a = np.mean([_figure(claim.metric, u["a"].sum(0)) for u in units])
+    fig_b = np.mean([_figure(claim.metric, u["b"].sum(0)) for u in units])
+    seeds_per_stratum = [sum(u["stratum"] == s for u in units) for s in dict.fromkeys(u["stratum"] for u in units)]
+    per_seed = " | ".join(
+        f"{stratum[0]} {stratum[1] if stratum[1] == stratum[2] else ' vs '.join(stratum[1:])}: "
+        + " ".join(f"s{u['seed']} {d:+.3f}" for u, d in zip(units, diffs) if u["stratum"] == stratum)
+        for stratum in dict.fromkeys(u["stratum"] for u in units))
+    return {"pairs": len(cell_pairs), "texts": len({(u["dataset"], i) for u in units for i in u["ids"]}),
+            "a_value": float(fig_a), "b_value": float(fig_b), "delta": value, "ci_low": float(low),
+            "ci_high": float(high), "p_value": p, "per_seed": per_seed,
+            "training_variance": (f"resampled ({max(seeds_per_stratum)} seeds)" if max(seeds_per_stratum) > 1
+                                  else "one seed: training variance not measured")}
+
+
+def holm(p_values: list[float | None]) -> list[float | None]:
+    """Holm–Bonferroni adjusted p-values (None stays None: a claim that did not run)."""
+    ran = [(p, i) for i, p in enumerate(p_values) if p is not None and not pd.isna(p)]
+    adjusted: list[float | None] = [None] * len(p_values)
+    running = 0.0
+    for k, (p, i) in enumerate(sorted(ran)):
+        running = max(running, min(1.0, (len(ran) - k) * p))
+        adjusted[i] = running
+    return adjusted
+
+
+def verdict(delta: float, p_adjusted: float | None, margin: float) -> str:
+    """supported / contradicted where the Holm-adjusted p-value is below α, by the side of the margin Δ lies on."""
+    if p_adjusted is None or pd.isna(p_adjusted):
+        return "not run"
+    if p_adjusted >= ALPHA:
+        return "inconclusive"
+    return "supported" if delta > margin else "contradicted"
 
 
 def _describe(cell_pairs, side: int) -> str:
@@ -165,18 +224,22 @@ def claims_table(df: pd.DataFrame, data_root: str | Path = "results/data") -> pd
             "seeds": ", ".join(str(s) for s in sorted({int(a["seed"]) for a, _ in found})),
             "margin": claim.margin, **result})
     columns = ["claim", "statement", "metric", "a", "b", "datasets", "seeds", "pairs", "texts", "a_value", "b_value",
-               "delta", "ci_low", "ci_high", "p_value", "margin", "verdict"]
+               "delta", "ci_low", "ci_high", "p_value", "p_holm", "margin", "verdict", "training_variance", "per_seed"]
     table = pd.DataFrame(rows).reindex(columns=columns)
+    table["p_holm"] = holm(list(table["p_value"]))
+    table["verdict"] = [verdict(d, p, m) for d, p, m in zip(table["delta"], table["p_holm"], table["margin"])]
     return table.astype({"pairs": "Int64", "texts": "Int64"})  # counts, empty where a claim did not run
 
 
-NOTE = ("Each row pools every pair of cells (A, B) on the same dataset and seed (and the same model where the "
-        "claim says so; TF-IDF and zero-shot cells are deterministic and pair with every seed). a_value / b_value: "
-        "the pooled micro-F1 or ECE of A and B over the paired test texts; delta: A's advantage (micro-F1 of A minus "
-        "B; for ECE, B minus A). 95% interval and two-sided p-value: bootstrap of 2000 resamples of test texts, each "
-        "text with all its seeds and models. Instruct and zero-shot cells in score mode. Verdict at α = 0.05: "
-        "supported if the interval lies above the margin, contradicted if below, inconclusive otherwise; "
-        "'not run' if the grid has no cells for the claim (configs/claims.yaml runs them all).")
+NOTE = ("Each row pairs cells (A, B) on the same dataset and seed (and the same model where the claim says so; "
+        "TF-IDF and zero-shot cells are deterministic and pair with every seed). a_value / b_value: the mean over "
+        "pairs of each cell's micro-F1 or ECE on the test texts; delta: the mean of the per-pair differences in A's "
+        "favour (micro-F1 of A minus B; for ECE, B minus A); per_seed: those differences by dataset and model. "
+        "95% interval and p-value: two-level bootstrap (2000 resamples of the seeds within each dataset and model, "
+        "and of the test texts); training_variance says where only one seed ran. p_value: two-sided against the "
+        "claim's margin; p_holm: Holm-adjusted over the claims that ran. Instruct and zero-shot cells in score "
+        "mode. Verdict at α = 0.05 on p_holm: supported if delta lies above the margin, contradicted if below, "
+        "inconclusive otherwise; 'not run' if the grid has no cells for the claim (configs/claims.yaml runs them all).")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -192,7 +255,7 @@ def main(argv: list[str] | None = None) -> None:
     cells = collect(args.metrics)
     table = claims_table(cells[~cells["model"].isin(args.exclude_models)], args.data_root)
     write_table(table, Path(args.out_dir), "claims", "The paper's claims, tested on this grid", NOTE)
-    print(table[["claim", "pairs", "delta", "ci_low", "ci_high", "p_value", "verdict"]].to_string(index=False))
+    print(table[["claim", "pairs", "delta", "ci_low", "ci_high", "p_value", "p_holm", "verdict"]].to_string(index=False))
 
 
 if __name__ == "__main__":
