@@ -10,6 +10,10 @@ named is that configuration's seed with the best validation micro-F1: the one a 
 (``results/<dataset>/apply/<name>.csv``, ``python -m clsbench.apply --best best.json``). Its test
 micro-/macro-F1 with CI, calibration and cost stand beside it, for reading, not for choosing.
 
+A cell with per-label thresholds tuned on validation (``threshold: tuned``) is ranked by its 5-fold
+cross-fitted validation micro-F1 (each fold decided with thresholds tuned on the others), its in-sample
+figure kept beside as ``val_f1_micro_in_sample``: nothing is ranked on the texts it was fitted to.
+
 A configuration with a degenerate seed (:mod:`clsbench.health`, judged on validation: no label, one
 answer, no better than a constant answer, far below TF-IDF) is never chosen; best.json lists it under
 ``excluded`` with each flag and its likely cause. Undertrained configurations are marked, not excluded.
@@ -25,11 +29,13 @@ import numpy as np
 from . import UserError, approaches, health
 from .apply import parse_cell
 from .cell import HPARAMS_FILE
+from .classifier import THRESHOLDS
 from .io import read_json, run_cli, write_json
 
 TEST_KEYS = ("f1_micro", "f1_micro_ci95", "f1_macro", "accuracy", "ece", "invalid_answers")
-SELECTED_BY = ("validation micro-F1 (configuration: mean over seeds; cell: its best seed); a configuration with a "
-               "degenerate seed on validation is excluded (clsbench.health)")
+SELECTED_BY = ("validation micro-F1 (configuration: mean over seeds; cell: its best seed); cells with thresholds "
+               "tuned on validation ranked by 5-fold cross-fitted thresholds, never the in-sample figure; a "
+               "configuration with a degenerate seed on validation is excluded (clsbench.health)")
 COST_KEYS = ("train_wall_seconds", "infer_samples_per_second", "trainable_params", "total_params", "peak_memory_mb")
 
 
@@ -41,11 +47,27 @@ def candidate(cell: str | Path) -> dict:
             raise UserError(f"{path}: missing; the cell's predictions were not evaluated (run snakemake for it)")
     val, test = read_json(cell / "val" / "metrics.json"), read_json(cell / "metrics.json")
     keys = parse_cell(cell)
-    return {"cell": str(cell), **keys, "val_f1_micro": val["f1_micro"], "n_val": val["n"],
+    in_sample = {}
+    if test.get(THRESHOLDS):  # threshold: tuned - its validation F1 used thresholds fitted on the same texts
+        in_sample = {"val_f1_micro_in_sample": val["f1_micro"]}
+        val = {**val, "f1_micro": cross_fitted_val_f1(cell, list(test[THRESHOLDS]))}
+    return {"cell": str(cell), **keys, "val_f1_micro": val["f1_micro"], **in_sample, "n_val": val["n"],
             "test": {k: test[k] for k in TEST_KEYS if k in test}, "n_test": test["n"],
             "cost": {k: test[k] for k in COST_KEYS if k in test},
             # degenerate on validation (what selection may see); undertrained from its training record
             "flags": val.get("flags", []) + health.training_flags(test)}
+
+
+def cross_fitted_val_f1(cell: Path, labels: list[str]) -> float:
+    """The validation micro-F1 a ``threshold: tuned`` cell is ranked by: 5-fold cross-fitted thresholds
+    on its cached validation probabilities (:func:`clsbench.classifier.cross_fitted_f1_micro`)."""
+    import pandas as pd
+
+    from .classifier import cross_fitted_f1_micro
+    from .metrics import indicator
+
+    val = pd.read_parquet(cell / "val" / "predictions.parquet")
+    return cross_fitted_f1_micro(np.stack(val["probs"]).astype(np.float64), indicator(list(map(list, val["gold"])), labels))
 
 
 def select(cells: list[str | Path], hparams: dict[str, dict] | None = None, dataset_settings: dict | None = None) -> dict:

@@ -174,6 +174,20 @@ def tune_thresholds(probs: np.ndarray, gold: np.ndarray, grid: np.ndarray | None
     return out
 
 
+def cross_fitted_f1_micro(probs: np.ndarray, gold: np.ndarray, folds: int = 5, seed: int = 0) -> float:
+    """Validation micro-F1 of ``threshold: tuned`` without scoring thresholds on the texts they were
+    fitted to: each fold's texts are decided with thresholds tuned on the other folds."""
+    from sklearn.model_selection import KFold
+
+    pred = np.zeros_like(gold, dtype=bool)
+    for fit_idx, held_idx in KFold(min(folds, len(gold)), shuffle=True, random_state=seed).split(probs):
+        pred[held_idx] = probs[held_idx] >= tune_thresholds(probs[fit_idx], gold[fit_idx])
+    g = gold.astype(bool)
+    tp = (g & pred).sum()
+    denominator = 2 * tp + (~g & pred).sum() + (g & ~pred).sum()
+    return float(2 * tp / denominator) if denominator else 0.0
+
+
 def tuned_thresholds(hp: dict, multi_label: bool, labels: list[str], val_probs, val_gold: np.ndarray) -> dict:
     """``{"thresholds": {label: threshold}}`` for ``threshold: tuned`` on multi-label data, else {}.
     ``val_probs``: a callable giving the validation probabilities of the restored best model (called
