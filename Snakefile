@@ -19,6 +19,7 @@ include: "workflow/rules/models.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/predict.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/tune.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/best.smk"
 

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 from conftest import TINY_HEAD_HP
 
-from clsbench import UserError, best, classifier, frozen, health, metrics, tables, tfidf
+from clsbench import UserError, apply, best, classifier, frozen, health, metrics, tables, tfidf
 
 LABELS = list("abcde")
 
@@ -96,11 +96,17 @@ def test_best_excludes_a_cell_far_below_tfidf_on_validation(tmp_path):
     assert chosen["excluded"][0]["cells"][0]["flags"][0]["flag"] == "far_below_tfidf"
 
 
-def test_best_refuses_when_every_cell_is_degenerate(tmp_path):
+def test_best_names_no_cell_when_every_cell_is_degenerate_and_apply_refuses_it(tmp_path, capsys):
     collapsed = health.prediction_flags(one_hot(np.arange(20) % 5), one_hot(np.zeros(20, int)), LABELS, False)
-    cells = [make_cell(tmp_path, "m", "head", 42, 0.2, 0.2, collapsed)]
-    with pytest.raises(UserError, match="every cell of dataset 'd' is degenerate.*DEGENERATE: 'a' for 100% of texts"):
-        best.select(cells)
+    cell = make_cell(tmp_path, "m", "head", 42, 0.2, 0.2, collapsed)
+    best.main(["--cells", cell, "--out", str(tmp_path / "best.json")])
+    record = json.loads((tmp_path / "best.json").read_text())
+    assert record["cell"] is None and record["excluded"][0]["cells"][0]["seed"] == 42
+    out = capsys.readouterr().out
+    assert "NO RECOMMENDATION: every configuration of dataset 'd' has a degenerate seed" in out
+    assert "excluded " in out and "DEGENERATE: 'a' for 100% of texts (one_class)" in out
+    with pytest.raises(UserError, match="best.json: names no cell .* or pass --cell"):
+        apply.main(["--best", str(tmp_path / "best.json"), "--input", "x.csv", "--output", "y.csv"])
 
 
 def test_a_cell_forced_to_collapse_is_flagged_in_its_log_tables_and_best(tmp_path, tiny_model, pairs_small, capsys):

@@ -166,6 +166,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int)
     args = parser.parse_args(argv)
     best = read_json(args.best) if args.best else {}
+    if args.best and not best.get("cell"):
+        raise UserError(f"{args.best}: names no cell ({best.get('problem', 'no recommendation')}); fix the flagged "
+                        "cells and rerun snakemake, or pass --cell to label with a cell of your choice")
     cell = args.cell or best["cell"]
     settings = (best["hparams"], best["dataset_settings"]) if best.get("hparams") and not args.config else None
     out = label(cell, args.input, args.output, args.config, args.text_columns, args.mode, args.threads, args.force,

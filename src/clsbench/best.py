@@ -31,6 +31,7 @@ from .apply import parse_cell
 from .cell import HPARAMS_FILE
 from .classifier import THRESHOLDS
 from .io import read_json, run_cli, write_json
+from .tuning import TUNED_FILE
 
 TEST_KEYS = ("f1_micro", "f1_micro_ci95", "f1_macro", "accuracy", "ece", "invalid_answers")
 SELECTED_BY = ("validation micro-F1 (configuration: mean over seeds; cell: its best seed); cells with thresholds "
@@ -89,10 +90,14 @@ def select(cells: list[str | Path], hparams: dict[str, dict] | None = None, data
         configs.setdefault((r["model"], r["approach"], r["rank"]), []).append(r)
     # a configuration with a degenerate seed is never recommended: it fails on some seeds
     excluded = {key: seeds for key, seeds in configs.items() if any(health.is_degenerate(s["flags"]) for s in seeds)}
-    if len(excluded) == len(configs):
-        raise UserError(f"every cell of dataset '{datasets[0]}' is degenerate on validation, none can be recommended: "
-                        + "; ".join(health.line(s["cell"], s["flags"]) for seeds in excluded.values() for s in seeds
-                                    if s["flags"]))
+    excluded_record = [{"model": key[0], "approach": key[1], "rank": key[2],
+                        "cells": [{"cell": s["cell"], "seed": s["seed"], "flags": s["flags"]} for s in seeds
+                                  if health.is_degenerate(s["flags"])]} for key, seeds in excluded.items()]
+    if len(excluded) == len(configs):  # nothing to recommend: said in best.json, refused by apply
+        return {"dataset": datasets[0], "selected_by": SELECTED_BY, "cell": None,
+                "problem": f"every configuration of dataset '{datasets[0]}' has a degenerate seed on validation: "
+                           "none can be recommended (see excluded: each flag names its likely cause)",
+                "configurations": [], "excluded": excluded_record}
 
     def summary(order: int, key: tuple, seeds: list[dict]) -> dict:
         val = [s["val_f1_micro"] for s in seeds]
@@ -110,12 +115,13 @@ def select(cells: list[str | Path], hparams: dict[str, dict] | None = None, data
     chosen = sorted(seeds, key=lambda s: (-s["val_f1_micro"], s["seed"]))[0]
     recorded = Path(chosen["cell"]) / HPARAMS_FILE
     hp = (hparams or {}).get(chosen["cell"]) or (read_json(recorded) if recorded.exists() else None)
+    tuned = Path(chosen["cell"]).parent / TUNED_FILE  # the values its configuration's tuning chose
+    if hp is not None and tuned.exists():
+        hp = {**hp, **read_json(tuned)["hparams"]}
     return {"dataset": datasets[0], "selected_by": SELECTED_BY,
             **chosen, "hparams": hp, "dataset_settings": dataset_settings or {},
             "configurations": [{k: v for k, v in c.items() if k != "_order"} for c in ranked],
-            "excluded": [{"model": key[0], "approach": key[1], "rank": key[2],
-                          "cells": [{"cell": s["cell"], "seed": s["seed"], "flags": s["flags"]} for s in seeds
-                                    if health.is_degenerate(s["flags"])]} for key, seeds in excluded.items()]}
+            "excluded": excluded_record}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -128,12 +134,15 @@ def main(argv: list[str] | None = None) -> None:
     best = select(args.cells, json.loads(args.hparams) if args.hparams else None,
                   json.loads(args.dataset_settings) if args.dataset_settings else None)
     write_json(args.out, best)
-    print(f"{args.out}: {best['cell']} (validation micro-F1 {best['val_f1_micro']:.3f}, "
-          f"test {best['test']['f1_micro']:.3f})")
+    if best["cell"] is None:
+        print(f"{args.out}: NO RECOMMENDATION: {best['problem']}")
+    else:
+        print(f"{args.out}: {best['cell']} (validation micro-F1 {best['val_f1_micro']:.3f}, "
+              f"test {best['test']['f1_micro']:.3f})")
     for config in best["excluded"]:
         for cell in config["cells"]:
             print("excluded " + health.line(cell["cell"], cell["flags"]))
-    if best["flags"]:
+    if best.get("flags"):
         print("chosen " + health.line(best["cell"], best["flags"]))
 
 

@@ -174,15 +174,20 @@ def tune_thresholds(probs: np.ndarray, gold: np.ndarray, grid: np.ndarray | None
     return out
 
 
-def cross_fitted_f1_micro(probs: np.ndarray, gold: np.ndarray, folds: int = 5, seed: int = 0) -> float:
-    """Validation micro-F1 of ``threshold: tuned`` without scoring thresholds on the texts they were
-    fitted to: each fold's texts are decided with thresholds tuned on the other folds."""
+def cross_fitted_decisions(probs: np.ndarray, gold: np.ndarray, folds: int = 5, seed: int = 0) -> np.ndarray:
+    """Decisions of ``threshold: tuned`` on validation without deciding a text with thresholds fitted
+    to it: each fold's texts get the thresholds tuned on the other folds (0/1 matrix)."""
     from sklearn.model_selection import KFold
 
-    pred = np.zeros_like(gold, dtype=bool)
+    pred = np.zeros(gold.shape, dtype=np.int8)
     for fit_idx, held_idx in KFold(min(folds, len(gold)), shuffle=True, random_state=seed).split(probs):
         pred[held_idx] = probs[held_idx] >= tune_thresholds(probs[fit_idx], gold[fit_idx])
-    g = gold.astype(bool)
+    return pred
+
+
+def cross_fitted_f1_micro(probs: np.ndarray, gold: np.ndarray, folds: int = 5, seed: int = 0) -> float:
+    """Validation micro-F1 of ``threshold: tuned`` with cross-fitted thresholds (:func:`cross_fitted_decisions`)."""
+    g, pred = gold.astype(bool), cross_fitted_decisions(probs, gold, folds, seed).astype(bool)
     tp = (g & pred).sum()
     denominator = 2 * tp + (~g & pred).sum() + (g & ~pred).sum()
     return float(2 * tp / denominator) if denominator else 0.0

@@ -187,6 +187,33 @@ def check_overrides_used(config: dict, grid_cells: list[Cell]) -> None:
                                     f"approaches.{approach}.{kind}")
 
 
+def multi_label(config: dict, dataset: str) -> bool:
+    """Whether a dataset's cells are multi-label (as its spec says: derived pairs always are)."""
+    spec = config["datasets"][dataset] or {}
+    return bool(spec.get("multi_label")) or spec.get("source") == "derived_pairs"
+
+
+def configurations(grid_cells: list[Cell]) -> list[Cell]:
+    """One cell per configuration (dataset × model × approach × rank): its first seed."""
+    return list({(c.dataset, c.model, c.approach, c.rank): c for c in reversed(grid_cells)}.values())[::-1]
+
+
+def check_budgets(config: dict, grid_cells: list[Cell]) -> None:
+    """Training budgets and tune blocks that cannot work, one line naming the key, before any job."""
+    from . import tuning
+
+    for cell in configurations(grid_cells):
+        hp = hparams(config, cell.approach, cell.model, cell.dataset)
+        # patience past max_epochs never stops a run (one epoch: nothing to stop, and quick configs say so)
+        if hp.get("patience") and (hp.get("max_epochs") or 0) > 1 and hp["patience"] > hp["max_epochs"]:
+            raise UserError(f"approaches.{cell.approach}.hparams.patience: {hp['patience']} epochs without "
+                            f"improvement can never stop a run of max_epochs {hp['max_epochs']} (model {cell.model}, "
+                            f"dataset {cell.dataset}); lower patience or raise max_epochs")
+        block = (config["approaches"][cell.approach] or {}).get("tune")
+        where = f"approaches.{cell.approach}.tune" if block else "tune"
+        tuning.check(config, cell.approach, hp, multi_label(config, cell.dataset), where)
+
+
 def validated_cells(config: dict) -> list[Cell]:
     """Every check of a config, in the order that names a mistake best, then its cells: old
     spellings, the schema (one line; Snakemake's ``validate`` then fills the defaults in), overrides,
@@ -200,6 +227,7 @@ def validated_cells(config: dict) -> list[Cell]:
     check_overrides(config, schema)
     grid_cells = cells(config)
     check_overrides_used(config, grid_cells)
+    check_budgets(config, grid_cells)
     return grid_cells
 
 

