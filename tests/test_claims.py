@@ -165,3 +165,21 @@ def test_the_table_carries_holm_adjusted_p_values_and_verdicts_follow_them(tmp_p
     table = run(tmp_path, files, monkeypatch)
     assert table.loc["c", "p_holm"] == table.loc["c", "p_value"]  # the only claim that ran
     assert table.loc["c", "verdict"] == "supported" and table.loc["a", "verdict"] == "not run"
+
+
+def test_the_rank_claim_says_whether_the_lora_scale_was_held(tmp_path, monkeypatch):
+    make_data(tmp_path, "pairs", multi=False)
+    files = []
+    for rank, scale in ((8, 2.0), (16, 2.0)):
+        path = write_cell(tmp_path, "pairs", "head", 1, accuracy_mask(200, 0.8, rank), rank=rank)
+        path.write_text(json.dumps({**json.loads(path.read_text()), "lora_scale": scale}))
+        files.append(path)
+    monkeypatch.chdir(tmp_path)
+    df = tables.collect(files)
+    claim = next(c for c in claims.CLAIMS if c.key == "d")
+    found = [(a, b) for a, b in zip(*(df[df["rank"] == r].to_dict("records") for r in (16, 8)))]
+    assert claims.lora_scales(found) == "alpha/r 2 vs 2: scale held (lora_alpha_ratio), rank alone differs"
+    files[1].write_text(json.dumps({**json.loads(files[1].read_text()), "lora_scale": 1.0}))
+    df = tables.collect(files)
+    found = [(a, b) for a, b in zip(*(df[df["rank"] == r].to_dict("records") for r in (16, 8)))]
+    assert "scale not held (fixed lora_alpha)" in claims.lora_scales(found) and claim.rank_a == 16

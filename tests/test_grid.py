@@ -1,3 +1,4 @@
+import json
 import re
 import subprocess
 import sys
@@ -194,6 +195,24 @@ def test_claims_overlay_runs_every_cell_the_claims_need():
     for model in ("smollm2-135m", "gemma-3-270m"):
         assert {(c.approach, c.rank) for c in cells if c.model == model} == {
             ("head", 8), ("head", 16), ("frozen", 0), ("instruct", 64), ("zeroshot", 0)}
+
+
+def test_lora_alpha_ratio_holds_the_update_scale_across_ranks_and_keeps_rank_8_cells_as_they_were():
+    hp = {"lora_alpha_ratio": 2, "learning_rate": 5e-4}
+    assert grid.for_rank(hp, 16) == {"lora_alpha": 32, "learning_rate": 5e-4}
+    assert grid.for_rank(hp, "8") == {"lora_alpha": 16, "learning_rate": 5e-4}  # = the default's r8 (alpha 16)
+    assert grid.for_rank({"lora_alpha": 16}, 16) == {"lora_alpha": 16}  # fixed alpha: scale 1 at r16
+
+
+def test_the_claims_overlay_passes_each_head_rank_alpha_two_times_r(tmp_path):
+    run = snakemake_cli("-n", "--printshellcmds", "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path),
+                        "--configfile", str(REPO / "config.yaml"), str(REPO / "configs" / "claims.yaml"), "--until",
+                        "train", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-2000:]
+    trains = [line for line in run.stdout.splitlines() if "clsbench.cell train --approach head" in line]
+    alphas = {(int(re.search(r"--rank (\d+)", t)[1]), json.loads(re.search(r"--hparams '(.*?)'", t)[1])["lora_alpha"])
+              for t in trains}
+    assert alphas == {(8, 16), (16, 32)}
 
 
 def snakemake_cli(*args, cwd=REPO):

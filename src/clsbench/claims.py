@@ -204,6 +204,21 @@ def verdict(delta: float, p_adjusted: float | None, margin: float) -> str:
     return "supported" if delta > margin else "contradicted"
 
 
+def lora_scales(cell_pairs) -> str:
+    """For a rank claim: whether A's and B's LoRA update scale (alpha / r, from their train records)
+    was held, so that the claim compares rank and not rank plus scale."""
+    def scales(side: int) -> set:
+        return {read_json(Path(pair[side]["_dir"]) / "metrics.json").get("lora_scale") for pair in cell_pairs}
+
+    a, b = scales(0), scales(1)
+    if None in a | b:
+        return "LoRA scale not recorded (cells made before lora_scale)"
+    held = a == b and len(a) == 1
+    shown = f"alpha/r {'/'.join(f'{x:g}' for x in sorted(a))} vs {'/'.join(f'{x:g}' for x in sorted(b))}"
+    return f"{shown}: " + ("scale held (lora_alpha_ratio), rank alone differs" if held else
+                           "scale not held (fixed lora_alpha): rank and update scale differ")
+
+
 def _describe(cell_pairs, side: int) -> str:
     cells = sorted({(c["approach"], int(c["rank"]), c["model"]) for pair in cell_pairs for c in [pair[side]]})
     return "; ".join(f"{a}{f' r{r}' if r else ''} {m}" for a, r, m in cells)
@@ -222,9 +237,10 @@ def claims_table(df: pd.DataFrame, data_root: str | Path = "results/data") -> pd
             "a": _describe(found, 0), "b": _describe(found, 1),
             "datasets": ", ".join(dict.fromkeys(a["dataset"] for a, _ in found)),
             "seeds": ", ".join(str(s) for s in sorted({int(a["seed"]) for a, _ in found})),
-            "margin": claim.margin, **result})
+            "margin": claim.margin, **result,
+            "note": lora_scales(found) if found and (claim.rank_a or claim.rank_b) else ""})
     columns = ["claim", "statement", "metric", "a", "b", "datasets", "seeds", "pairs", "texts", "a_value", "b_value",
-               "delta", "ci_low", "ci_high", "p_value", "p_holm", "margin", "verdict", "training_variance", "per_seed"]
+               "delta", "ci_low", "ci_high", "p_value", "p_holm", "margin", "verdict", "training_variance", "per_seed", "note"]
     table = pd.DataFrame(rows).reindex(columns=columns)
     table["p_holm"] = holm(list(table["p_value"]))
     table["verdict"] = [verdict(d, p, m) for d, p, m in zip(table["delta"], table["p_holm"], table["margin"])]
@@ -238,7 +254,8 @@ NOTE = ("Each row pairs cells (A, B) on the same dataset and seed (and the same 
         "95% interval and p-value: two-level bootstrap (2000 resamples of the seeds within each dataset and model, "
         "and of the test texts); training_variance says where only one seed ran. p_value: two-sided against the "
         "claim's margin; p_holm: Holm-adjusted over the claims that ran. Instruct and zero-shot cells in score "
-        "mode. Verdict at α = 0.05 on p_holm: supported if delta lies above the margin, contradicted if below, "
+        "mode. note: for the rank claim, whether the LoRA update scale alpha/r was held across ranks. Verdict at "
+        "α = 0.05 on p_holm: supported if delta lies above the margin, contradicted if below, "
         "inconclusive otherwise; 'not run' if the grid has no cells for the claim (configs/claims.yaml runs them all).")
 
 

@@ -325,6 +325,8 @@ def fit(approach: str, model_json: str, data_dir: str, out_dir: str, rank: int, 
                   "total_params": int(total), **training.run(trainer, out_dir, plan, hp, env, key, timer)}
     extra = tuned_thresholds(hp, multi, labels,
                              lambda: probabilities(val_logits(trainer.predict(val_ds).predictions), True), val_gold)
+    if rank:  # the LoRA update scale alpha / r (rank comparisons: grid.for_rank)
+        train_info.update(lora_alpha=hp["lora_alpha"], lora_scale=hp["lora_alpha"] / rank)
     train_info.update(optimizer=optim, class_weights=hp.get("class_weights", "none"), **extra,
                       quantization="none" if kind == "train_full" else hp.get("quantization", "nf4"),
                       long_text=hp.get("long_text", "truncate"), chunk_training=bool(fit_chunk),

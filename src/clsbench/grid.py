@@ -125,6 +125,16 @@ def hparams(config: dict, approach: str, model: str, dataset: str | None = None)
     return merged
 
 
+def for_rank(hp: dict, rank: int | str) -> dict:
+    """A cell's hyperparameters at its LoRA rank: ``lora_alpha_ratio`` becomes ``lora_alpha`` = ratio × r
+    (so a rank-8 cell with ratio 2 has exactly the hyperparameters of one with lora_alpha 16)."""
+    if "lora_alpha_ratio" not in hp:
+        return hp
+    out = {k: v for k, v in hp.items() if k != "lora_alpha_ratio"}
+    out["lora_alpha"] = hp["lora_alpha_ratio"] * int(rank)
+    return out
+
+
 def schema_error(error, where: str = "config") -> str:
     """One line for a JSON-schema error: the key path, the message, and for a number written
     ``1e-3`` (text to YAML 1.1, which PyYAML reads) the spelling that is a number."""

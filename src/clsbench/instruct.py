@@ -289,6 +289,7 @@ def train(model_json: str, data_dir: str, out_dir: str, rank: int, seed: int, hp
     train_info = {"approach": "instruct", "rank": rank, "seed": seed, "trainable_params": int(trainable),
                   "total_params": int(total), **training.run(trainer, out_dir, plan, hp, env, key, timer)}
     train_info.update({
+        "lora_alpha": hp["lora_alpha"], "lora_scale": hp["lora_alpha"] / rank,
         "loss": hp.get("loss", "answer_only"), "optimizer": optim, "trained_dtype": ",".join(trained_dtypes), "gradient_checkpointing": checkpointing,
         "mean_prompt_tokens": float(np.mean([sum(1 - m for m in mask) for mask in train_ds["completion_mask"]])),
         "quantization": hp.get("quantization", "nf4"), "prompt_max_length": enc.max_length,

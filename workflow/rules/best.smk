@@ -19,7 +19,9 @@ rule best:
         cells=lambda wc: [c.path for c in dataset_cells(wc)],
         hparams=lambda wc: as_json(
             {
-                c.path: grid.hparams(config, c.approach, c.model, c.dataset)
+                c.path: grid.for_rank(
+                    grid.hparams(config, c.approach, c.model, c.dataset), c.rank
+                )
                 for c in dataset_cells(wc)
             }
         ),

@@ -96,7 +96,10 @@ def hparams_json(wildcards):
     """A cell's hyperparameters; with tuning, the values its configuration's tuned.json chose
     (read once the tune checkpoint has run: the jobs that need it list it as input, tuned_input).
     """
-    hp = grid.hparams(config, wildcards.approach, wildcards.model, wildcards.dataset)
+    hp = grid.for_rank(
+        grid.hparams(config, wildcards.approach, wildcards.model, wildcards.dataset),
+        wildcards.rank,
+    )
     tuned = Path(CONFIGURATION.format(**dict(wildcards.items()))) / tuning.TUNED_FILE
     if tuning.settings(config, wildcards.approach)["trials"] and tuned.exists():
         hp.update(json.loads(tuned.read_text())["hparams"])
@@ -115,7 +118,10 @@ def trial_overrides(wildcards):
 
 
 def trial_hparams_json(wildcards):
-    hp = grid.hparams(config, wildcards.approach, wildcards.model, wildcards.dataset)
+    hp = grid.for_rank(
+        grid.hparams(config, wildcards.approach, wildcards.model, wildcards.dataset),
+        wildcards.rank,
+    )
     return as_json({**hp, **trial_overrides(wildcards)[int(wildcards.trial)]})
 
 
