@@ -27,6 +27,7 @@ include: "workflow/rules/best.smk"
 rule all:
     default_target: True
     input:
+        rules.decision.output,
         all_metrics(),
         rules.tables.output,
         rules.claims.output,

@@ -258,3 +258,12 @@ def test_a_dataset_touched_but_unchanged_does_not_rerun(tmp_path):
         f.write("one more market text,business\n")
     run = snakemake(tmp_path, "-n", "--", target)
     assert run.returncode == 0 and "rule prepare_dataset:" in run.stdout + run.stderr
+
+
+def test_the_decision_card_names_each_datasets_recommendation_or_why_there_is_none(finished_run):
+    card = (finished_run / "reports" / "tables" / "decision.md").read_text()
+    for dataset in ("news", "news-pairs"):
+        best = json.loads((finished_run / "results" / dataset / "best.json").read_text())
+        expected = f"## {dataset}: use " if best["cell"] else f"## {dataset}: no recommendation"
+        assert expected in card
+        assert (finished_run / "reports" / "figures" / f"decision_{dataset}.png").exists()

@@ -28,7 +28,7 @@ CELL_RE = re.compile(r"results/(?P<dataset>[^/]+)/(?P<model>[^/]+)/(?P<approach>
 COLUMNS = ["dataset", "model", "approach", "rank", "seed", "mode", "f1_micro", "f1_macro", "trainable_params", "total_params",
            "epochs_run", "best_epoch", "train_samples_per_second", "infer_samples_per_second", "n",
            "f1_micro_ci_low", "f1_micro_ci_high", "ece", "brier", "invalid_output_rate", "accuracy",
-           "effective_batch", "text_tokens_mean", "text_truncated_share"]
+           "effective_batch", "text_tokens_mean", "text_truncated_share", "train_wall_seconds"]
 # throughput figures beyond samples/s, shown in the throughput table where the cells' info files have
 # them (clsbench.throughput records)
 THROUGHPUT_EXTRA = ["train_tokens_per_second", "infer_tokens_per_second",

@@ -130,3 +130,36 @@ rule figures:
         runtime=10,
     shell:
         "python -m clsbench.plots --out reports/figures {input.metrics} > {log} 2>&1"
+
+
+rule decision:
+    """The decision card of each dataset: the recommendation (best.json), its certainty on test
+    (seed-aware bootstrap), the runner-up, costs and flags (clsbench.decision)."""
+    input:
+        best=expand("results/{dataset}/best.json", dataset=grid_datasets()),
+        metrics=all_metrics(),
+        predictions=[f"{cell.path}/predictions.parquet" for cell in CELLS],
+        labels=expand("results/data/{dataset}/labels.json", dataset=grid_datasets()),
+    output:
+        md=report(
+            "reports/tables/decision.md",
+            category="1. Decision",
+            caption="../report/decision.rst",
+        ),
+        csv="reports/tables/decision.csv",
+        figures=report(
+            expand("reports/figures/decision_{dataset}.png", dataset=grid_datasets()),
+            category="1. Decision",
+            caption="../report/decision.rst",
+        ),
+        pdfs=expand("reports/figures/decision_{dataset}.pdf", dataset=grid_datasets()),
+    log:
+        "results/logs/report/decision.log",
+    conda:
+        CONDA_ENV
+    resources:
+        mem_mb=4000,
+        runtime=10,
+    shell:
+        "python -m clsbench.decision --best {input.best} --out-dir reports/tables --figures reports/figures "
+        "-- {input.metrics} > {log} 2>&1"
