@@ -69,8 +69,9 @@ def test_tiny_grid_on_slurm_equals_local_run(cluster, tmp_path):
                    "--config", "threads=1", "--set-resources", *small)
     out = on_slurm.stdout + on_slurm.stderr
     assert on_slurm.returncode == 0, out[-3000:]
-    # 4 cells: 18 jobs (each predict job writes the validation predictions too), + 4 evaluate_val and best.json
-    assert "23 of 23 steps (100%) done" in out
+    # 4 cells: 18 jobs (each predict job writes the validation predictions too), + 4 evaluate_val, best.json
+    # and the decision card
+    assert "24 of 24 steps (100%) done" in out
     for rule in GPU_RULES:  # partition chosen by the plugin from the rule's gpu=1 (profiles/slurm/partitions.yaml)
         assert f"Auto-selected partition 'gpu' for job {rule}" in out, rule
     for rule in CPU_RULES:
