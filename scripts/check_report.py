@@ -18,7 +18,7 @@ from pathlib import Path
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
                   "--window-size=1400,1000", "--virtual-time-budget=15000"]
-EXPECTED = ["Tables", "Figures", "Calibration", "Training curves"]
+EXPECTED = ["1. Decision", "Tables", "Figures", "Calibration", "Training curves"]
 
 
 def chromium() -> str | None:

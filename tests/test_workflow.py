@@ -157,7 +157,7 @@ def test_report_renders_in_headless_chromium(finished_run):
     run = subprocess.run([sys.executable, str(REPO / "scripts" / "check_report.py"), "--directory", str(finished_run)],
                          capture_output=True, text=True)
     assert run.returncode == 0, run.stdout + run.stderr
-    assert "categories found: ['Tables', 'Figures', 'Calibration', 'Training curves']" in run.stdout
+    assert "categories found: ['1. Decision', 'Tables', 'Figures', 'Calibration', 'Training curves']" in run.stdout
     assert (finished_run / "reports/report.png").stat().st_size > 10_000
 
 
