@@ -1,5 +1,6 @@
 """The claims table on hand-made cells: verdicts follow the numbers, seeds pool, missing cells say 'not run'."""
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -183,3 +184,20 @@ def test_the_rank_claim_says_whether_the_lora_scale_was_held(tmp_path, monkeypat
     df = tables.collect(files)
     found = [(a, b) for a, b in zip(*(df[df["rank"] == r].to_dict("records") for r in (16, 8)))]
     assert "scale not held (fixed lora_alpha)" in claims.lora_scales(found) and claim.rank_a == 16
+
+
+def test_the_calibration_claim_compares_ece_per_cell_and_reports_brier_beside(tmp_path, monkeypatch):
+    """Instruct over-confident on one model and under-confident on the other, the head close to its
+    accuracy on both: each cell's ECE is its own (pairs by model), and the Brier score stands beside."""
+    make_data(tmp_path, "news")
+    files = []
+    for model, head_conf, instruct_conf in (("m1", 0.85, 0.99), ("m2", 0.75, 0.55)):
+        files.append(write_cell(tmp_path, "news", "head", 1, accuracy_mask(200, 0.8, 1), model=model,
+                                confident=head_conf))
+        files.append(write_cell(tmp_path, "news", "instruct", 1, accuracy_mask(200, 0.8, 1), model=model, rank=64,
+                                confident=instruct_conf))
+    b = run(tmp_path, files, monkeypatch).loc["b"]
+    assert b["pairs"] == 2 and b["delta"] > 0.1  # head's ECE lower on both models
+    assert b["note"].startswith("Brier score, per cell: A ") and "in A's favour" in b["note"]
+    brier = float(re.search(r"Δ ([+-][\d.]+)", b["note"])[1])
+    assert brier > 0

@@ -22,7 +22,7 @@ a claim is about the approaches as configured.
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +42,7 @@ class Claim:
     text: str
     a: str  # approach of side A (claimed better)
     b: str
-    metric: str = "f1_micro"  # or "ece"
+    metric: str = "f1_micro"  # or "ece" (lower is better; "brier" is computed beside it)
     datasets: str = "all"  # all | single | multi
     same_model: bool = True
     rank_a: int | None = None  # None: the lowest rank of A's cells
@@ -96,6 +96,9 @@ def _units(pred_file: str, labels: list[str], multi: bool, metric: str, width: i
         g, p = gold.astype(bool), pred.astype(bool)
         return df["id"].to_numpy(), np.stack([(g & p).sum(1), (~g & p).sum(1), (g & ~p).sum(1)], 1).astype(float)
     probs = np.stack(df["probs"]).astype(np.float64)
+    if metric == "brier":  # per text: squared error summed over its forecasts, and their count
+        squared = ((probs - gold[:, :len(labels)]) ** 2).sum(1)
+        return df["id"].to_numpy(), np.stack([squared, np.full(len(df), len(labels) if multi else 1.0)], 1)
     conf, hit = forecasts(probs, gold[:, :len(labels)], multi)
     per_text = conf.reshape(len(df), -1), hit.reshape(len(df), -1)
     bins = 15
@@ -112,6 +115,8 @@ def _figure(metric: str, totals: np.ndarray) -> np.ndarray:
     if metric == "f1_micro":
         tp, fp, fn = totals[..., 0], totals[..., 1], totals[..., 2]
         return np.divide(2 * tp, 2 * tp + fp + fn, out=np.zeros_like(tp), where=(2 * tp + fp + fn) > 0)
+    if metric == "brier":
+        return totals[..., 0] / totals[..., 1]
     return np.abs(totals[..., :-1]).sum(-1) / totals[..., -1]
 
 
@@ -166,7 +171,7 @@ def judge(claim: Claim, cell_pairs, data_root: Path, n_boot: int = 2000, seed: i
     if not cell_pairs:
         return {"pairs": 0, "verdict": "not run"}
     units = _pair_units(claim, cell_pairs, data_root)
-    sign = 1.0 if claim.metric == "f1_micro" else -1.0  # lower ECE is better
+    sign = 1.0 if claim.metric == "f1_micro" else -1.0  # lower ECE / Brier is better
     value, diffs, delta = bootstrap(units, claim.metric, sign, n_boot, seed, resample_seeds)
     low, high = np.quantile(delta, [ALPHA / 2, 1 - ALPHA / 2])
     p = float(min(1.0, 2 * min(np.mean(delta <= claim.margin), np.mean(delta >= claim.margin))))
@@ -239,6 +244,11 @@ def claims_table(df: pd.DataFrame, data_root: str | Path = "results/data") -> pd
             "seeds": ", ".join(str(s) for s in sorted({int(a["seed"]) for a, _ in found})),
             "margin": claim.margin, **result,
             "note": lora_scales(found) if found and (claim.rank_a or claim.rank_b) else ""})
+        if claim.metric == "ece" and found:  # the same comparison by Brier score, beside (not in the verdict)
+            brier = judge(replace(claim, metric="brier"), found, data_root)
+            rows[-1]["note"] = (f"Brier score, per cell: A {brier['a_value']:.3f} vs B {brier['b_value']:.3f}, "
+                                f"Δ {brier['delta']:+.3f} [{brier['ci_low']:+.3f}, {brier['ci_high']:+.3f}] "
+                                f"in A's favour; per seed {brier['per_seed']}")
     columns = ["claim", "statement", "metric", "a", "b", "datasets", "seeds", "pairs", "texts", "a_value", "b_value",
                "delta", "ci_low", "ci_high", "p_value", "p_holm", "margin", "verdict", "training_variance", "per_seed", "note"]
     table = pd.DataFrame(rows).reindex(columns=columns)
@@ -254,7 +264,8 @@ NOTE = ("Each row pairs cells (A, B) on the same dataset and seed (and the same 
         "95% interval and p-value: two-level bootstrap (2000 resamples of the seeds within each dataset and model, "
         "and of the test texts); training_variance says where only one seed ran. p_value: two-sided against the "
         "claim's margin; p_holm: Holm-adjusted over the claims that ran. Instruct and zero-shot cells in score "
-        "mode. note: for the rank claim, whether the LoRA update scale alpha/r was held across ranks. Verdict at "
+        "mode. note: for the rank claim, whether the LoRA update scale alpha/r was held across ranks; for the "
+        "calibration claim, the same comparison by Brier score, per cell. Verdict at "
         "α = 0.05 on p_holm: supported if delta lies above the margin, contradicted if below, "
         "inconclusive otherwise; 'not run' if the grid has no cells for the claim (configs/claims.yaml runs them all).")
 
