@@ -141,3 +141,13 @@ def test_a_cell_forced_to_collapse_is_flagged_in_its_log_tables_and_best(tmp_pat
     assert chosen["approach"] == "tfidf"
     assert chosen["excluded"][0]["approach"] == "frozen"
     assert pd.read_parquet(cell / "predictions.parquet")["pred"].map(len).sum() == 0
+
+
+def test_a_prompting_cell_is_told_its_prompt_not_its_learning_rate_is_the_likely_cause():
+    gold = one_hot(np.arange(100) % 5)
+    found = health.prediction_flags(gold, one_hot(np.full(100, 2)), LABELS, False, trained=False)
+    assert found[0]["flag"] == "one_class" and found[0]["cause"] == health.UNTRAINED_CAUSE
+    assert all("learning_rate" not in f["cause"] for f in found)
+    assert metrics._trained("results/d/m/zeroshot/r0/s42/val/predictions.parquet", {}) is False
+    assert metrics._trained("results/d/m/head/r8/s42/val/predictions.parquet", {}) is True
+    assert metrics._trained("anything", {"trainable_params": 0}) is False

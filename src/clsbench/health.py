@@ -44,10 +44,14 @@ def majority_f1(gold: np.ndarray) -> tuple[float, np.ndarray]:
     return scores[best], candidates[best]
 
 
+UNTRAINED_CAUSE = "the untrained model does not do the task from the prompt alone: train it (instruct) or add shots"
+
+
 def prediction_flags(gold: np.ndarray, pred: np.ndarray, labels: list[str], multi_label: bool,
-                     invalid: np.ndarray | None = None) -> list[dict]:
+                     invalid: np.ndarray | None = None, trained: bool = True) -> list[dict]:
     """Flags that the predictions of one split show by themselves (``gold``/``pred``: 0/1 matrices over
-    ``labels``, without the invalid-answer column; ``invalid``: rows whose answer was unparseable)."""
+    ``labels``, without the invalid-answer column; ``invalid``: rows whose answer was unparseable;
+    ``trained``: False for a prompting cell, whose likely cause is then the prompt, not its training)."""
     g, p = gold.astype(bool), pred.astype(bool)
     n = len(g)
     if n == 0:
@@ -61,7 +65,8 @@ def prediction_flags(gold: np.ndarray, pred: np.ndarray, labels: list[str], mult
                  "no label reaches the threshold: the classifier learned too little (raise head_learning_rate or "
                  "max_epochs) or the threshold is too high (threshold: tuned)" if multi_label else
                  "no answer for most texts")
-        flags.append({"flag": "no_label", "detail": f"no label for {empty.mean():.0%} of texts", "cause": cause})
+        flags.append({"flag": "no_label", "detail": f"no label for {empty.mean():.0%} of texts",
+                      "cause": cause if trained or unparseable else UNTRAINED_CAUSE})
     answers = Counter(map(tuple, p.astype(int)))
     top, count = answers.most_common(1)[0]
     gold_top_share = Counter(map(tuple, g.astype(int))).most_common(1)[0][1] / n
@@ -69,7 +74,8 @@ def prediction_flags(gold: np.ndarray, pred: np.ndarray, labels: list[str], mult
         named = "+".join(label for label, on in zip(labels, top) if on)
         flags.append({"flag": "one_class", "detail": f"'{named}' for {count / n:.0%} of texts",
                       "cause": "collapsed to one answer: learning rate too high (lower learning_rate / "
-                               "head_learning_rate) or class imbalance (class_weights: balanced)"})
+                               "head_learning_rate) or class imbalance (class_weights: balanced)" if trained
+                      else UNTRAINED_CAUSE})
     scored = p.copy()
     if invalid is not None:  # an invalid answer counts one false positive (metrics.scored_indicators)
         g = np.hstack([g, np.zeros((n, 1), bool)])
@@ -78,7 +84,8 @@ def prediction_flags(gold: np.ndarray, pred: np.ndarray, labels: list[str], mult
     if f1 <= floor + 1e-9:
         named = "+".join(label for label, on in zip(labels, constant) if on)
         flags.append({"flag": "below_majority", "detail": f"micro-F1 {f1:.3f} ≤ {floor:.3f} of always answering '{named}'",
-                      "cause": "no better than a constant answer: check learning_rate, max_epochs and class_weights"})
+                      "cause": "no better than a constant answer: check learning_rate, max_epochs and class_weights"
+                      if trained else UNTRAINED_CAUSE})
     return flags
 
 

@@ -202,11 +202,24 @@ def evaluate(predictions: str | Path, labels_json: str | Path, extra: list[str |
             if key not in ("labels", "multi_label", "n"):
                 metrics.setdefault(key, value)
     n_labels = len(meta["labels"])
-    flags = health.prediction_flags(gold[:, :n_labels], pred[:, :n_labels], meta["labels"], meta["multi_label"], invalid)
+    trained = _trained(predictions, metrics)
+    flags = health.prediction_flags(gold[:, :n_labels], pred[:, :n_labels], meta["labels"], meta["multi_label"], invalid,
+                                    trained)
     metrics["flags"] = flags + health.training_flags(metrics)
     metrics["degenerate"] = health.is_degenerate(metrics["flags"])
     metrics["undertrained"] = any(f["flag"] == "undertrained" for f in metrics["flags"])
     return metrics
+
+
+def _trained(predictions: str | Path, metrics: dict) -> bool:
+    """Whether the cell learned from training data (a prompting cell records 0 trainable parameters;
+    its validation metrics, which have no train record, are known by the approach in their path)."""
+    from . import approaches
+
+    if "trainable_params" in metrics:
+        return bool(metrics["trainable_params"])
+    untrained = set(approaches.names(stages="predict"))
+    return not untrained & set(Path(predictions).parts)
 
 
 def main(argv: list[str] | None = None) -> None:
