@@ -146,6 +146,10 @@ def schema_error(error, where: str = "config") -> str:
             number = float(error.instance)
         except ValueError:
             return line
+        wanted = error.validator_value if isinstance(error.validator_value, list) else [error.validator_value]
+        if "array" in wanted and "number" not in wanted and "integer" not in wanted:  # a list of numbers
+            value = int(number) if number.is_integer() else number
+            return f"{line} (write a list: [{value}])"
         mantissa, _, exponent = error.instance.lower().partition("e")
         if exponent and "." not in mantissa:
             line += f" (YAML reads {error.instance} as text; write {mantissa}.0e{exponent})"
