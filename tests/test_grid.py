@@ -128,6 +128,9 @@ def test_old_spellings_are_refused_naming_the_new_one(mutate, message):
     ("approaches: {head: {models: [m1], ranks: [8, x]}}", r"^approaches.head.ranks\[1\]: 'x' is not of type 'integer'$"),
     ("approaches: {head: {models: [m1], ranks: '8'}}", r"^approaches.head.ranks: '8' is not of type 'array' \(write a list: \[8\]\)$"),
     ("seeds: '42'", r"^seeds: '42' is not of type 'array' \(write a list: \[42\]\)$"),
+    ("approaches: {head: {models: [m1], ranks: [8], datasets: [d1], hparams: {threshold: tuned}}}",
+     r"^approaches.head.hparams.threshold: 'tuned' chooses per-label thresholds of multi-label data, and every "
+     r"dataset of head here is single-label"),
     ("models: {m1: {source: config, hparams: {head: {learning_rate: 5E-4}}}}",
      r"^models.m1.hparams.head.learning_rate: .* \(YAML reads 5E-4 as text; write 5.0e-4\)$"),
 ])

@@ -216,8 +216,11 @@ def check_budgets(config: dict, grid_cells: list[Cell]) -> None:
     """Training budgets and tune blocks that cannot work, one line naming the key, before any job."""
     from . import tuning
 
+    tuned_threshold = {}  # approach -> whether any of its cells with threshold: tuned is multi-label
     for cell in configurations(grid_cells):
         hp = hparams(config, cell.approach, cell.model, cell.dataset)
+        if hp.get("threshold") == "tuned":
+            tuned_threshold[cell.approach] = tuned_threshold.get(cell.approach) or multi_label(config, cell.dataset)
         # patience past max_epochs never stops a run (one epoch: nothing to stop, and quick configs say so)
         if hp.get("patience") and (hp.get("max_epochs") or 0) > 1 and hp["patience"] > hp["max_epochs"]:
             raise UserError(f"approaches.{cell.approach}.hparams.patience: {hp['patience']} epochs without "
@@ -226,6 +229,11 @@ def check_budgets(config: dict, grid_cells: list[Cell]) -> None:
         block = (config["approaches"][cell.approach] or {}).get("tune")
         where = f"approaches.{cell.approach}.tune" if block else "tune"
         tuning.check(config, cell.approach, hp, multi_label(config, cell.dataset), where)
+    for approach, applies in tuned_threshold.items():
+        if not applies:
+            raise UserError(f"approaches.{approach}.hparams.threshold: 'tuned' chooses per-label thresholds of "
+                            f"multi-label data, and every dataset of {approach} here is single-label (one label per "
+                            "text: the top class); remove it")
 
 
 def validated_cells(config: dict) -> list[Cell]:
