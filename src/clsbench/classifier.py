@@ -187,10 +187,9 @@ def cross_fitted_decisions(probs: np.ndarray, gold: np.ndarray, folds: int = 5, 
 
 def cross_fitted_f1_micro(probs: np.ndarray, gold: np.ndarray, folds: int = 5, seed: int = 0) -> float:
     """Validation micro-F1 of ``threshold: tuned`` with cross-fitted thresholds (:func:`cross_fitted_decisions`)."""
-    g, pred = gold.astype(bool), cross_fitted_decisions(probs, gold, folds, seed).astype(bool)
-    tp = (g & pred).sum()
-    denominator = 2 * tp + (~g & pred).sum() + (g & ~pred).sum()
-    return float(2 * tp / denominator) if denominator else 0.0
+    from sklearn.metrics import f1_score
+
+    return float(f1_score(gold, cross_fitted_decisions(probs, gold, folds, seed), average="micro", zero_division=0))
 
 
 def tuned_thresholds(hp: dict, multi_label: bool, labels: list[str], val_probs, val_gold: np.ndarray) -> dict:

@@ -28,9 +28,9 @@ DEGENERATE = ("no_label", "one_class", "below_majority", "far_below_tfidf")
 
 
 def _micro_f1(gold: np.ndarray, pred: np.ndarray) -> float:
-    tp = float((gold & pred).sum())
-    denominator = 2 * tp + float((~gold & pred).sum()) + float((gold & ~pred).sum())
-    return 2 * tp / denominator if denominator else 0.0
+    from sklearn.metrics import f1_score
+
+    return float(f1_score(gold, pred, average="micro", zero_division=0))
 
 
 def majority_f1(gold: np.ndarray) -> tuple[float, np.ndarray]:
@@ -39,7 +39,7 @@ def majority_f1(gold: np.ndarray) -> tuple[float, np.ndarray]:
     g = gold.astype(bool)
     sets = Counter(map(tuple, g.astype(int)))
     candidates = [*np.eye(g.shape[1], dtype=bool), np.array(max(sets, key=sets.get), dtype=bool)]
-    scores = [_micro_f1(g, np.broadcast_to(row, g.shape)) for row in candidates]
+    scores = [_micro_f1(g, np.tile(row, (len(g), 1))) for row in candidates]
     best = int(np.argmax(scores))
     return scores[best], candidates[best]
 
