@@ -265,6 +265,24 @@ def test_patents_overlay_runs_every_approach_on_the_patent_set_only(tmp_path):
     assert config["datasets"]["uspto-ipc"]["paper_dataset"] == "WIPO"
 
 
+@pytest.mark.parametrize("overlay, expected", [
+    ("patents_variants.yaml", {"models": {"smollm2-135m-balanced", "smollm2-135m-tuned", "minilm-l6-balanced",
+                                          "minilm-l6-tuned"}, "tuned": set()}),
+    ("patents_tuned.yaml", {"models": set(), "tuned": {"head", "frozen", "encoder", "tfidf"}}),
+])
+def test_patents_variants_and_tuning_overlays(tmp_path, overlay, expected):
+    """The class-imbalance variants and the tuning overlay each plan on top of configs/patents.yaml:
+    variants as extra model aliases, tuning as trials for every trainable approach but instruct."""
+    run = snakemake_cli("-n", "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path), "--configfile",
+                        str(REPO / "config.yaml"), str(REPO / "configs" / "patents.yaml"),
+                        str(REPO / "configs" / overlay))
+    assert run.returncode == 0, run.stderr[-2000:]
+    models = set(re.findall(r"results/uspto-ipc/([a-z0-9-]+)/[a-z]+/r\d+/s\d+/metrics.json", run.stdout))
+    assert models - {"smollm2-135m", "minilm-l6", "tfidf"} == expected["models"]
+    tuned = set(re.findall(r"results/uspto-ipc/[a-z0-9-]+/([a-z]+)/r\d+/tuned.json", run.stdout))
+    assert tuned == expected["tuned"]
+
+
 def test_malformed_config_stops_with_the_key(tmp_path):
     bad = yaml.safe_load((REPO / "config.yaml").read_text())
     bad["approaches"]["head"]["models"] = ["gpt-17"]
