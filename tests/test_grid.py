@@ -143,9 +143,10 @@ def test_config_mistakes_stop_with_one_line_naming_the_key(yaml_text, message):
 
 def test_schema_fills_defaults_and_names_bad_values():
     config = base_config()
+    grid.fill_shipped_defaults(config)
     validate(config, SCHEMA)
     hp = config["approaches"]["head"]["hparams"]
-    assert hp["lora_alpha"] == 16 and hp["max_length"] == 1024 and hp["patience"] == 2
+    assert hp["lora_alpha"] == 16 and hp["max_length"] == 80 and hp["patience"] == 2  # schema, config.yaml, both
     assert config["datasets"]["d1"]["split"] == {"val": 0.1, "test": 0.2, "seed": 42}
     config["approaches"]["head"]["hparams"]["quantization"] = "int3"
     with pytest.raises(WorkflowError, match=r"'int3' is not one of \['nf4', 'fp4', 'none'\]"):
@@ -155,6 +156,46 @@ def test_schema_fills_defaults_and_names_bad_values():
         validate(config, SCHEMA)
     with pytest.raises(WorkflowError, match=r"Additional properties are not allowed \('lr' was unexpected\)"):
         validate({**base_config(), "approaches": {"head": {"models": ["m1"], "hparams": {"lr": 1}}}}, SCHEMA)
+
+
+def test_a_partial_hparams_block_falls_back_to_the_values_config_yaml_ships():
+    """A user's own config (not an overlay on config.yaml) that sets one key of a block gets every other
+    key as the default grid has it; zero-shot reads its config's instruct settings (the same prompts)."""
+    shipped = yaml.safe_load((REPO / "config.yaml").read_text())["approaches"]
+    config = base_config()
+    config["approaches"] = {"encoder": {"models": ["m2"], "hparams": {"learning_rate": 3e-4}},
+                            "instruct": {"models": ["m1"], "ranks": [16], "hparams": {"text_tokens": 200}},
+                            "zeroshot": {"models": ["m1"]}, "tfidf": {}}
+    grid.validated_cells(config)
+    encoder = grid.hparams(config, "encoder", "m2")
+    assert encoder["learning_rate"] == 3e-4
+    assert {k: encoder[k] for k in shipped["encoder"]["hparams"] if k != "learning_rate"} == \
+        {k: v for k, v in shipped["encoder"]["hparams"].items() if k != "learning_rate"}
+    assert encoder["head_learning_rate"] == 0.002 and encoder["max_epochs"] == 3  # schema alone: none, 20
+    instruct = grid.hparams(config, "instruct", "m1")
+    assert instruct["learning_rate"] == shipped["instruct"]["hparams"]["learning_rate"] and instruct["text_tokens"] == 200
+    assert grid.hparams(config, "zeroshot", "m1")["text_tokens"] == 200
+    assert grid.hparams(config, "tfidf", "tfidf") == {**shipped["tfidf"]["hparams"], "max_features": None,
+                                                      "threshold": 0.5}
+
+
+def schema_hparams_properties(schema: dict, approach: str) -> dict:
+    """The hparams properties of an approach's block, following $ref chains."""
+    node, props = schema["$defs"][approach]["properties"]["hparams"], {}
+    while node is not None:
+        props = {**node.get("properties", {}), **props}
+        ref = node.get("$ref")
+        node = schema["$defs"][ref.split("/")[-1]] if ref else None
+    return props
+
+
+def test_every_hyperparameter_default_is_stated_once():
+    """The schema writes no default for a key config.yaml ships (it would be a second, dead statement)."""
+    schema = yaml.safe_load(open(SCHEMA).read())
+    shipped = yaml.safe_load((REPO / "config.yaml").read_text())["approaches"]
+    twice = [f"{approach}.{key}" for approach, block in shipped.items()
+             for key in (block.get("hparams") or {}) if "default" in schema_hparams_properties(schema, approach)[key]]
+    assert twice == []
 
 
 def test_rank_free_and_model_free_approaches():

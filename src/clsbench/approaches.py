@@ -38,6 +38,7 @@ class Approach:
     modes: tuple[str, ...] = CLASSIFIER_MODES  # inference modes; the first is metrics.json's
     model_bound: bool = False  # compared with the reference approach's cells of the same model only
     deterministic: bool = False  # one seed stands for all (its result does not depend on the seed)
+    settings_from: tuple[str, ...] = ()  # approaches whose hparams it takes where its own block is silent
 
     @property
     def generative(self) -> bool:
@@ -68,9 +69,9 @@ REGISTRY = {a.name: a for a in (
     Approach("instruct", "Instruction tuning", "#ff7f0e", "train", train="instruct:train", predict="instruct:predict",
              ranked=True, modes=PROMPT_MODES, model_bound=True),
     Approach("zeroshot", "Zero-shot prompting", "#fdd0a2", "predict", predict="instruct:predict_zeroshot",
-             modes=PROMPT_MODES, model_bound=True, deterministic=True),
+             modes=PROMPT_MODES, model_bound=True, deterministic=True, settings_from=("instruct",)),
     Approach("fewshot", "Few-shot prompting", "#d62728", "predict", predict="instruct:predict_fewshot",
-             modes=PROMPT_MODES, model_bound=True),
+             modes=PROMPT_MODES, model_bound=True, settings_from=("instruct", "zeroshot")),
     Approach("encoder", "Encoder (full fine-tuning)", "#2ca02c", "train", train="encoder:train",
              predict="classifier:predict"),
     Approach("tfidf", "TF-IDF + logistic regression", "#7f7f7f", "fit", fit="tfidf:fit", predict="tfidf:predict",

@@ -4,6 +4,7 @@ Used by ``workflow/rules/common.smk``; kept here so it is plain Python with unit
 """
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ APPROACHES = approaches.NAMES
 MODEL_FREE = {a.name: a.model_slug for a in approaches.REGISTRY.values() if a.model_slug}  # their cells' model slug
 RESERVED = {"data", "models", "logs", "benchmarks", *MODEL_FREE.values()}  # results/ folders, model-free slugs
 SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+SHIPPED = SCHEMA.parents[2] / "config.yaml"  # the embedded default grid: its hparams are the defaults
 # One vocabulary for settings every approach shares: old spellings are refused, naming the new one.
 RENAMED_KEYS = {"epochs": "max_epochs"}
 RENAMED_KEYS_OF = {name: {"max_length": "text_tokens"} for name in approaches.names(modes=approaches.PROMPT_MODES)}
@@ -123,6 +125,42 @@ def hparams(config: dict, approach: str, model: str, dataset: str | None = None)
     if dataset is not None:
         merged.update(((config["datasets"].get(dataset) or {}).get("hparams") or {}).get(approach, {}))
     return merged
+
+
+@functools.cache
+def shipped_hparams() -> dict:
+    """approach -> the hparams block config.yaml ships (read once)."""
+    shipped = (yaml.safe_load(SHIPPED.read_text()) or {}).get("approaches") or {}
+    return {name: dict((block or {}).get("hparams") or {}) for name, block in shipped.items()}
+
+
+def fill_shipped_defaults(config: dict) -> None:
+    """Complete every approach's hparams block with the values config.yaml ships for it, so that a
+    partial block (a user's own config, not an overlay on config.yaml) gets the same settings as the
+    default grid: one set of defaults, stated once (the schema holds only keys config.yaml leaves out).
+    An approach with ``settings_from`` (prompting without training) first takes those approaches'
+    shipped blocks, then this config's blocks of them (the same prompts and text)."""
+    shipped = shipped_hparams()
+    blocks = config.get("approaches") or {}
+    done = set()
+
+    def fill(name: str) -> None:
+        if name in done or not isinstance(blocks.get(name), dict):
+            return
+        done.add(name)
+        sources = approaches.get(name).settings_from
+        defaults = {}
+        for source in (*sources, name):
+            defaults.update(shipped.get(source, {}))
+        for source in sources:
+            fill(source)
+            if isinstance(blocks.get(source), dict):
+                defaults.update(blocks[source]["hparams"])
+        blocks[name]["hparams"] = {**defaults, **(blocks[name].get("hparams") or {})}
+
+    for name in list(blocks):
+        if name in APPROACHES:
+            fill(name)
 
 
 def for_rank(hp: dict, rank: int | str) -> dict:
@@ -238,13 +276,15 @@ def check_budgets(config: dict, grid_cells: list[Cell]) -> None:
 
 def validated_cells(config: dict) -> list[Cell]:
     """Every check of a config, in the order that names a mistake best, then its cells: old
-    spellings, the schema (one line; Snakemake's ``validate`` then fills the defaults in), overrides,
+    spellings, the schema (one line), the defaults (config.yaml's hparams, then the schema's, filled in
+    by Snakemake's ``validate``), overrides,
     cross-references. Raises UserError."""
     from snakemake.utils import validate
 
     schema = yaml.safe_load(SCHEMA.read_text())
     refuse_renamed(config)
     check_schema(config, schema)
+    fill_shipped_defaults(config)
     validate(config, str(SCHEMA))
     check_overrides(config, schema)
     grid_cells = cells(config)
