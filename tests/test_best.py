@@ -70,3 +70,34 @@ def test_a_tuned_threshold_cell_that_wins_in_sample_loses_after_cross_fitting(tm
     ranked = {c["approach"]: c for c in chosen["configurations"]}
     assert ranked["head"]["val_f1_micro_mean"] == pytest.approx(0.294, abs=0.005)
     assert "cross-fitted" in chosen["selected_by"]
+
+
+def test_best_json_says_how_far_the_choice_is_ahead_with_a_seed_aware_interval(tmp_path):
+    """The chosen configuration (validation 0.80 on both seeds) against the runner-up (0.70 and 0.50):
+    the margin is the mean of the per-seed differences, its interval resamples seeds then texts, and
+    a runner-up whose seeds disagree this much leaves an interval wider than either text-only one."""
+    import numpy as np
+    import pandas as pd
+
+    labels = ["a", "b"]
+    (tmp_path / "results/data/data1").mkdir(parents=True)
+    (tmp_path / "results/data/data1/labels.json").write_text(json.dumps({"labels": labels, "multi_label": False}))
+    gold = [labels[i % 2] for i in range(100)]
+
+    def cell(model, approach, rank, seed, right):
+        path = make_cell(tmp_path, model, approach, rank, seed, right / 100, 0.5)
+        pred = [g if i < right else labels[1 - labels.index(g)] for i, g in enumerate(gold)]
+        pd.DataFrame({"id": range(100), "gold": [[g] for g in gold], "pred": [[p] for p in pred],
+                      "probs": [np.array([0.9, 0.1] if p == "a" else [0.1, 0.9]) for p in pred]}).to_parquet(
+            f"{path}/val/predictions.parquet")
+        return path
+
+    cells = [cell("m", "head", 8, 1, 80), cell("m", "head", 8, 2, 80),
+             cell("e", "encoder", 0, 1, 70), cell("e", "encoder", 0, 2, 50)]
+    chosen = best.select(cells)
+    runner = chosen["runner_up"]
+    assert chosen["approach"] == "head" and runner["approach"] == "encoder"
+    assert runner["margin"] == pytest.approx(0.2) and runner["per_seed"] == "s1 +0.100 s2 +0.300"
+    low, high = runner["margin_ci95"]
+    assert low < 0.1 and high > 0.3 and runner["training_variance"] == "resampled (2 seeds)"
+    assert best.select(cells[:2])["runner_up"] is None  # one configuration: nothing to be ahead of

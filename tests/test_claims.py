@@ -201,3 +201,31 @@ def test_the_calibration_claim_compares_ece_per_cell_and_reports_brier_beside(tm
     assert b["note"].startswith("Brier score, per cell: A ") and "in A's favour" in b["note"]
     brier = float(re.search(r"Δ ([+-][\d.]+)", b["note"])[1])
     assert brier > 0
+
+
+def test_paired_table_pools_seeds_and_its_interval_widens_when_the_seeds_disagree(tmp_path, monkeypatch):
+    """One row per configuration pair: the mean difference over seeds with the per-seed ones, and the
+    two-level interval is wider where the encoder's seeds disagree (0.55 / 0.70 / 0.85) than where they
+    agree (0.70 each) around the same mean; one seed keeps the per-text test and says so."""
+    files = []
+    for dataset, encoder_acc in (("agree", (0.7, 0.7, 0.7)), ("disagree", (0.55, 0.7, 0.85))):
+        make_data(tmp_path, dataset)
+        for seed, acc in zip((1, 2, 3), encoder_acc):
+            files.append(write_cell(tmp_path, dataset, "head", seed, accuracy_mask(200, 0.8, seed)))
+            files.append(write_cell(tmp_path, dataset, "encoder", seed, accuracy_mask(200, acc, seed + 20),
+                                    model="e", rank=0))
+    make_data(tmp_path, "single")
+    files += [write_cell(tmp_path, "single", "head", 1, accuracy_mask(200, 0.8, 1)),
+              write_cell(tmp_path, "single", "encoder", 1, accuracy_mask(200, 0.7, 21), model="e", rank=0)]
+    monkeypatch.chdir(tmp_path)
+    table = tables.paired_table(tables.collect(files), tmp_path / "results" / "data").set_index("dataset")
+    agree, disagree, single = table.loc["agree"], table.loc["disagree"], table.loc["single"]
+    for row in (agree, disagree):
+        assert row["seeds"] == 3 and row["delta"] == pytest.approx(0.1, abs=0.005)
+        assert row["test"] == "two-level bootstrap (seeds, texts)" and row["training_variance"] == "resampled (3 seeds)"
+        assert re.fullmatch(r"s1 [+-]\d\.\d{3} s2 [+-]\d\.\d{3} s3 [+-]\d\.\d{3}", row["per_seed"])
+    assert "s1 +0.250" in disagree["per_seed"] and "s3 -0.050" in disagree["per_seed"]
+    width = {name: row["delta_ci_high"] - row["delta_ci_low"] for name, row in (("agree", agree), ("disagree", disagree))}
+    assert width["disagree"] > 1.5 * width["agree"]
+    assert single["seeds"] == 1 and single["test"] == "McNemar (exact)"
+    assert single["training_variance"] == "one seed: training variance not measured"

@@ -14,6 +14,11 @@ A cell with per-label thresholds tuned on validation (``threshold: tuned``) is r
 cross-fitted validation micro-F1 (each fold decided with thresholds tuned on the others), its in-sample
 figure kept beside as ``val_f1_micro_in_sample``: nothing is ranked on the texts it was fitted to.
 
+``runner_up`` says how far the chosen configuration is ahead of the next one on validation: the mean
+of the per-seed differences (seeds matched; a deterministic configuration's one seed against each) with
+the claims' two-level bootstrap interval (seeds, then validation texts; cross-fitted decisions for
+``threshold: tuned`` cells), so a choice that one training seed could flip shows as an interval across 0.
+
 A configuration with a degenerate seed (:mod:`clsbench.health`, judged on validation: no label, one
 answer, no better than a constant answer, far below TF-IDF) is never chosen; best.json lists it under
 ``excluded`` with each flag and its likely cause. Undertrained configurations are marked, not excluded.
@@ -118,10 +123,63 @@ def select(cells: list[str | Path], hparams: dict[str, dict] | None = None, data
     tuned = Path(chosen["cell"]).parent / TUNED_FILE  # the values its configuration's tuning chose
     if hp is not None and tuned.exists():
         hp = {**hp, **read_json(tuned)["hparams"]}
+    runner = None
+    if len(ranked) > 1:
+        second = ranked[1]
+        runner = {k: second[k] for k in ("model", "approach", "rank", "seeds", "val_f1_micro_mean")}
+        runner.update(validation_margin(seeds, configs[(second["model"], second["approach"], second["rank"])]))
     return {"dataset": datasets[0], "selected_by": SELECTED_BY,
-            **chosen, "hparams": hp, "dataset_settings": dataset_settings or {},
+            **chosen, "hparams": hp, "dataset_settings": dataset_settings or {}, "runner_up": runner,
             "configurations": [{k: v for k, v in c.items() if k != "_order"} for c in ranked],
             "excluded": excluded_record}
+
+
+def _val_predictions(row: dict, scratch: Path) -> Path:
+    """The cell's validation predictions as ranked: cached, or with cross-fitted decisions where its
+    thresholds were tuned on these texts (written to ``scratch``)."""
+    import pandas as pd
+
+    from .classifier import cross_fitted_decisions
+    from .metrics import indicator
+
+    path = Path(row["cell"]) / "val" / "predictions.parquet"
+    if "val_f1_micro_in_sample" not in row:
+        return path
+    labels = list(read_json(Path(row["cell"]) / "metrics.json")[THRESHOLDS])
+    val = pd.read_parquet(path)
+    decided = cross_fitted_decisions(np.stack(val["probs"]).astype(np.float64),
+                                     indicator(list(map(list, val["gold"])), labels))
+    val["pred"] = [[label for label, on in zip(labels, row_) if on] for row_ in decided]
+    out = scratch / f"{len(list(scratch.iterdir()))}.parquet"
+    val.to_parquet(out)
+    return out
+
+
+def validation_margin(chosen: list[dict], other: list[dict]) -> dict:
+    """Validation micro-F1 of the chosen configuration minus another's, seed-aware (module docstring)."""
+    import tempfile
+
+    from .claims import paired_difference
+
+    first = Path(chosen[0]["cell"])
+    data_root = first.parents[4] / "data"  # results/<dataset>/<model>/<approach>/r<rank>/s<seed>
+    needed = [Path(r["cell"]) / "val" / "predictions.parquet" for r in chosen + other]
+    needed.append(data_root / chosen[0]["dataset"] / "labels.json")
+    missing = [str(p) for p in needed if not p.exists()]
+    if missing:
+        return {"margin": None, "margin_ci95": None, "interval": f"not computed: {missing[0]} missing"}
+    by_seed = {r["seed"]: r for r in other}
+    pairs = [(a, by_seed[a["seed"]]) for a in chosen if a["seed"] in by_seed]
+    if not pairs:  # different seeds (a deterministic configuration's one seed): each against the other's first
+        pairs = [(a, b) for a in chosen for b in other[:1]] if len(chosen) >= len(other) else \
+            [(a, b) for a in chosen[:1] for b in other]
+    with tempfile.TemporaryDirectory() as scratch:
+        as_cells = [tuple({"dataset": r["dataset"], "model": r["model"], "seed": r["seed"],
+                           "_predictions": _val_predictions(r, Path(scratch))} for r in pair) for pair in pairs]
+        result = paired_difference(as_cells, data_root)
+    return {"margin": result["delta"], "margin_ci95": [result["ci_low"], result["ci_high"]],
+            "per_seed": result["per_seed"], "training_variance": result["training_variance"],
+            "interval": "two-level bootstrap over seeds, then validation texts (2000 draws)"}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -144,6 +202,11 @@ def main(argv: list[str] | None = None) -> None:
             print("excluded " + health.line(cell["cell"], cell["flags"]))
     if best.get("flags"):
         print("chosen " + health.line(best["cell"], best["flags"]))
+    runner = best.get("runner_up")
+    if runner and runner.get("margin") is not None:
+        low, high = runner["margin_ci95"]
+        print(f"ahead of {runner['approach']} {runner['model']} by {runner['margin']:+.3f} validation micro-F1 "
+              f"[{low:+.3f}, {high:+.3f}]" + (" (the interval includes 0: a close call)" if low <= 0 <= high else ""))
 
 
 if __name__ == "__main__":

@@ -189,6 +189,20 @@ def judge(claim: Claim, cell_pairs, data_root: Path, n_boot: int = 2000, seed: i
                                   else "one seed: training variance not measured")}
 
 
+def paired_difference(cell_pairs, data_root: Path, n_boot: int = 2000, seed: int = 0) -> dict:
+    """micro-F1 of A − B over seed-matched pairs of one configuration pair (paired tests): the mean of
+    the per-seed differences, its interval and two-sided p from the same two-level bootstrap as the
+    claims (seeds, then texts), and the per-seed differences."""
+    units = _pair_units(Claim("paired", "", "", ""), cell_pairs, data_root)
+    value, diffs, delta = bootstrap(units, "f1_micro", 1.0, n_boot, seed)
+    low, high = np.quantile(delta, [ALPHA / 2, 1 - ALPHA / 2])
+    return {"seeds": len(units), "delta": value, "ci_low": float(low), "ci_high": float(high),
+            "p_value": float(min(1.0, 2 * min(np.mean(delta <= 0), np.mean(delta >= 0)))),
+            "per_seed": " ".join(f"s{u['seed']} {d:+.3f}" for u, d in zip(units, diffs)),
+            "training_variance": (f"resampled ({len(units)} seeds)" if len(units) > 1
+                                  else "one seed: training variance not measured")}
+
+
 def holm(p_values: list[float | None]) -> list[float | None]:
     """Holm–Bonferroni adjusted p-values (None stays None: a claim that did not run)."""
     ran = [(p, i) for i, p in enumerate(p_values) if p is not None and not pd.isna(p)]

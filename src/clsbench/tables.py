@@ -260,27 +260,45 @@ def dataset_stats_table(stats_files: list[str | Path], tokenizers: dict[str, str
 MODEL_BOUND = set(approaches.names(model_bound=True))  # compared with reference cells of the same model only
 
 
+PAIRED_COLUMNS = ["dataset", "seeds", "a", "b", "f1_micro_a", "f1_micro_b", "delta", "per_seed", "delta_ci_low",
+                  "delta_ci_high", "test", "p_value", "training_variance"]
+
+
 def paired_table(df: pd.DataFrame, data_root: str | Path = "results/data") -> pd.DataFrame:
-    """Each head cell against every other cell on the same dataset and seed (same model for the
-    approaches that use the LLM): micro-F1 difference with its paired-bootstrap interval and p-value."""
+    """Each head configuration against every other configuration on the same dataset (same model for
+    the approaches that use the LLM), over the seeds both ran: the mean micro-F1 difference, the
+    per-seed differences and the two-level bootstrap's interval and p-value (seeds, then texts: training
+    randomness included). With one seed, the p-value is the per-text test of :func:`metrics.compare`
+    (exact McNemar single-label, paired bootstrap multi-label) and the row says the training variance
+    is not measured."""
+    from .claims import paired_difference
     from .metrics import compare
 
-    rows = []
     reference = approaches.REFERENCE
-    heads = df[df["approach"] == reference]
-    for _, a in heads.iterrows():
+    groups: dict[tuple, list] = {}
+    for _, a in df[df["approach"] == reference].iterrows():
         others = df[(df["dataset"] == a["dataset"]) & (df["seed"] == a["seed"]) & (df["approach"] != reference)]
         others = others[~others["approach"].isin(MODEL_BOUND) | (others["model"] == a["model"])]
         for _, b in others.iterrows():
-            result = compare(a["_predictions"], b["_predictions"], Path(data_root) / a["dataset"] / "labels.json")
-            rows.append({"dataset": a["dataset"], "seed": a["seed"],
-                         "a": f"{block_title(reference, a['rank'])} {a['model']}",
-                         "b": f"{block_title(b['approach'], b['rank'], b['mode'])} {b['model']}",
-                         "f1_micro_a": a["f1_micro"], "f1_micro_b": b["f1_micro"],
-                         "delta": a["f1_micro"] - b["f1_micro"], **{k: result[k] for k in
-                                                                     ("delta_ci_low", "delta_ci_high", "test", "p_value")}})
-    return pd.DataFrame(rows, columns=["dataset", "seed", "a", "b", "f1_micro_a", "f1_micro_b", "delta",
-                                       "delta_ci_low", "delta_ci_high", "test", "p_value"])
+            key = (a["dataset"], f"{block_title(reference, a['rank'])} {a['model']}",
+                   f"{block_title(b['approach'], b['rank'], b['mode'])} {b['model']}")
+            groups.setdefault(key, []).append((a, b))
+    rows = []
+    for (dataset, title_a, title_b), pairs in groups.items():
+        result = paired_difference(pairs, Path(data_root))
+        if result["seeds"] == 1:
+            one = compare(pairs[0][0]["_predictions"], pairs[0][1]["_predictions"],
+                          Path(data_root) / dataset / "labels.json")
+            test, p_value = one["test"], one["p_value"]
+        else:
+            test, p_value = "two-level bootstrap (seeds, texts)", result["p_value"]
+        rows.append({"dataset": dataset, "seeds": result["seeds"], "a": title_a, "b": title_b,
+                     "f1_micro_a": float(np.mean([a["f1_micro"] for a, _ in pairs])),
+                     "f1_micro_b": float(np.mean([b["f1_micro"] for _, b in pairs])), "delta": result["delta"],
+                     "per_seed": result["per_seed"], "delta_ci_low": result["ci_low"],
+                     "delta_ci_high": result["ci_high"], "test": test, "p_value": p_value,
+                     "training_variance": result["training_variance"]})
+    return pd.DataFrame(rows, columns=PAIRED_COLUMNS)
 
 
 def per_label_table(df: pd.DataFrame) -> pd.DataFrame:
@@ -321,9 +339,10 @@ def render_all(metric_files: list[str | Path], stats_files: list[str | Path], ou
                 "Split sizes after de-duplication and caps; multi-label share and mean length of the training "
                 "texts in words and, untruncated, in each model's tokens.")
     write_table(paired_table(df), out_dir, "paired_tests", "Paired tests: head against the other approaches",
-                "Same test texts. Single-label: exact McNemar test on per-text correctness; multi-label: paired "
-                "bootstrap (2000 joint resamples) of the micro-F1 difference. delta = head minus the other cell; "
-                "its 95% interval is the paired bootstrap's.")
+                "Same test texts, seeds matched. delta = head minus the other configuration, the mean over seeds "
+                "(per_seed: each seed's); its 95% interval resamples the seeds, then the texts (2000 draws), so "
+                "training randomness widens it. p: that bootstrap with several seeds; with one seed the per-text "
+                "test (exact McNemar single-label, paired bootstrap multi-label), training variance not measured.")
     write_table(per_label_table(df), out_dir, "per_label", "Per-label F1 (multi-label datasets)",
                 "F1 of each label on the test split (support: its test examples), mean and sd over seeds, "
                 "rarest label first. Empty where the grid has no multi-label dataset.")
