@@ -126,3 +126,27 @@ def test_a_tuned_grid_runs_its_trials_as_jobs_and_trains_its_cells_with_the_chos
     assert f1["tuned"].str.contains(r"\(trial \d of 2\)").all() and (f1["tuning_seconds"] > 0).all()
     again = subprocess.run([*cmd, "-n"], capture_output=True, text=True, env=env)
     assert "Nothing to be done" in again.stdout + again.stderr  # trials and tuned.json are cached
+
+
+@pytest.mark.e2e
+def test_adding_a_tune_block_to_a_finished_run_tunes_and_refits_its_cells(tmp_path):
+    """A finished untuned TF-IDF run, then the same config with tune: {trials: 2}: the trials, the
+    checkpoint and the cell's refit run (before, the finished cell was kept at its fixed C)."""
+    grid = {**TUNED_GRID, "tune": {"trials": 0}, "approaches": {"tfidf": TUNED_GRID["approaches"]["tfidf"]}}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(grid))
+    cmd = [sys.executable, "-m", "snakemake", "tables", "--snakefile", str(REPO / "Snakefile"), "--directory",
+           str(tmp_path), "--cores", "2", "--resources", "gpu=1"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    run = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    assert run.returncode == 0, run.stderr[-3000:]
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({**grid, "tune": {"trials": 2}}))
+    run = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    assert run.returncode == 0, run.stderr[-3000:]
+    tuned = json.loads((tmp_path / "results/news/tfidf/tfidf/r0/tuned.json").read_text())
+    used = json.loads((tmp_path / "results/news/tfidf/tfidf/r0/s42/hparams.json").read_text())
+    assert used["C"] == tuned["trials"][tuned["chosen_trial"]]["hparams"].get("C", grid["approaches"]["tfidf"]
+                                                                               .get("C", used["C"]))
+    assert (tmp_path / "results/news/tfidf/tfidf/r0/s42/metrics.json").stat().st_mtime > \
+        (tmp_path / "results/news/tfidf/tfidf/r0/tuned.json").stat().st_mtime
+    again = subprocess.run([*cmd, "-n"], capture_output=True, text=True, env=env)
+    assert "Nothing to be done" in again.stdout + again.stderr

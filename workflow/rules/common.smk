@@ -152,6 +152,18 @@ def tuned_input(wildcards):
     return checkpoints.tune.get(**keys).output[0]
 
 
+def tuned_files():
+    """Every tuned configuration's tuned.json, for the tables (which show the chosen values). Listed
+    as plain files, they make the tune checkpoint run even where the grid's cells exist already (a
+    tune block added to a finished run): those cells then rerun, their tuned.json being newer.
+    """
+    return [
+        f"{CONFIGURATION.format(**vars(cell))}/{tuning.TUNED_FILE}"
+        for cell in grid.configurations(CELLS)
+        if tuning.settings(config, cell.approach)["trials"]
+    ]
+
+
 def dataset_spec_json(wildcards):
     spec = {
         k: v

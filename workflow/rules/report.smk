@@ -19,6 +19,7 @@ rule tables:
             "results/data/{dataset}/train.parquet", dataset=grid_datasets()
         ),
         labels=expand("results/data/{dataset}/labels.json", dataset=grid_datasets()),
+        tuned=tuned_files(),
     output:
         csv=report(
             expand("reports/tables/{table}.csv", table=TABLES),
