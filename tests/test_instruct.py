@@ -305,3 +305,33 @@ def test_gradient_accumulation_averages_over_the_effective_batch(tmp_path, tiny_
         first[accum] = next(entry for entry in log if "grad_norm" in entry)
     assert first[4]["loss"] == pytest.approx(first[1]["loss"], rel=0.05)
     assert first[4]["grad_norm"] == pytest.approx(first[1]["grad_norm"], rel=0.05)
+
+
+def test_multi_label_score_mode_gives_marginal_label_probabilities(lm):
+    """With the training split's label sets few enough (here sizes 1 and 2 of 5 labels: 15 sets), label
+    i's probability is P(i applies): the whole answers of the 15 candidate lists, each scored by a full
+    forward pass, renormalised over the lists and summed over those holding i; the expected number of
+    labels then lies between the smallest and the largest set size. Too many sets: ordered scoring."""
+    from scipy.special import softmax
+
+    model, tok = lm
+    enc = instruct.Encoder(tok, LABELS, True, HP, train_labels=[["business"], ["politics", "tech"]])
+    assert len(enc.label_sets) == 15 and instruct.label_probability(enc) == "marginal over 15 label sets"
+    rows = [enc.prompt_ids(t) for t in ("shares rose", "the match ended in a draw after extra time")]
+    got = instruct.score_marginal(model, enc, rows, batch_size=2, device="cpu")
+    for b, prompt in enumerate(rows):
+        scores = []
+        for labels in enc.label_sets:
+            answer = enc.answer_ids(labels)
+            with torch.inference_mode():
+                logp = torch.log_softmax(model(input_ids=torch.tensor([prompt + answer])).logits[0].double(), -1)
+            scores.append(sum(logp[len(prompt) - 1 + t, tok_id].item() for t, tok_id in enumerate(answer)))
+        sets = softmax(np.array(scores))
+        expected = [sum(p for p, s in zip(sets, enc.label_sets) if name in s) for name in LABELS]
+        assert np.allclose(got[b], expected, atol=1e-4)
+        assert 1 - 1e-6 <= got[b].sum() <= 2 + 1e-6
+    probs, pred, _ = instruct.run_mode("score", model, enc, rows, {**HP, "eval_batch_size": 2}, {"device": "cpu"})
+    assert np.allclose(probs, got) and pred == [[n for n, p in zip(LABELS, row) if p >= 0.5] for row in got]
+    many = [f"label {i}" for i in range(12)]
+    ordered = instruct.Encoder(tok, many, True, HP, train_labels=[many[:1], many[:3]])
+    assert ordered.label_sets is None and instruct.label_probability(ordered) == "next list item (ordered scoring)"

@@ -14,6 +14,12 @@ score     no free text. Single-label: one forward pass of the prompt; the next-t
           model's probability mass of continuing the list with label i against continuing it with
           a later label or closing it, with the prompt's KV cache reused; every event scored is a
           token sequence of a tokenised training target (:meth:`Encoder.next_item_events`).
+          Where the label sets the training split has (every set of each size it holds, from its
+          labels) number at most ``MAX_LABEL_SETS``, the probability of label i is instead its
+          marginal P(i applies): each candidate list's whole answer (with its end) is scored, the
+          scores renormalised over the candidates, and the sets holding i summed: the quantity a
+          head's sigmoid estimates, so calibration compares like with like. ``predict_info.json``
+          records which (``label_probability``).
           Threshold 0.5. Invalid answers are impossible; the probabilities feed the calibration
           report.
           -> ``predictions.parquet`` (id, gold, probs, pred), ``predict_info.json``
@@ -29,6 +35,8 @@ allowed labels + text + longest answer), so more labels never shorten the text.
 from __future__ import annotations
 
 import copy
+import itertools
+import math
 import time
 from pathlib import Path
 
@@ -44,6 +52,7 @@ from .models import load_tokenizer, prefixed
 from .progress import Progress
 
 MODES = ("score", "generate")
+MAX_LABEL_SETS = 64  # multi-label: candidate label sets scored whole for marginal label probabilities
 
 
 # ---------------------------------------------------------------- encoding
@@ -66,8 +75,12 @@ class Encoder:
         self.tail = prompts.tail(multi_label)
         # the longest answer to budget for: a multi-label list of the training split's largest label set
         # (with 100 labels, all of them would cost hundreds of tokens no training answer has), else all
+        self.label_sets = None  # multi-label: the candidate sets of marginal scoring (None: ordered scoring)
         if multi_label:
             sets = {tuple(row) for row in train_labels} if train_labels is not None else {tuple(labels)}
+            sizes = sorted({len(s) for s in sets})
+            if sum(math.comb(len(labels), k) for k in sizes) <= MAX_LABEL_SETS:
+                self.label_sets = [list(c) for k in sizes for c in itertools.combinations(labels, k)]
             candidates = [prompts.answer(list(s), labels, True) for s in sets]
         else:
             candidates = [prompts.answer([name], labels, False) for name in labels]
@@ -472,6 +485,34 @@ def score_multi(model, enc: Encoder, prompt_rows: list[list[int]], threshold: fl
     return probs
 
 
+def label_probability(enc: Encoder) -> str | None:
+    """What a multi-label score-mode probability is (predict_info's ``label_probability``)."""
+    if not enc.multi:
+        return None
+    if enc.label_sets is not None:
+        return f"marginal over {len(enc.label_sets)} label sets"
+    return "next list item (ordered scoring)"
+
+
+def score_marginal(model, enc: Encoder, prompt_rows: list[list[int]], batch_size: int, device: str,
+                   progress=None) -> np.ndarray:
+    """Marginal label probabilities: every candidate set's whole answer scored once per prompt (KV
+    cache reused), renormalised over the candidates, summed over the sets that hold each label."""
+    from scipy.special import softmax
+
+    answers = [enc.answer_ids(s) for s in enc.label_sets]
+    member = np.array([[name in s for name in enc.labels] for s in enc.label_sets], dtype=np.float64)
+    probs = np.zeros((len(prompt_rows), len(enc.labels)))
+    for s in range(0, len(prompt_rows), batch_size):
+        batch = prompt_rows[s:s + batch_size]
+        cache = prompt_cache(model, batch, enc.tok.pad_token_id, device)
+        rows = continuation_logprobs(model, cache, [answers] * len(batch), device)
+        probs[s:s + len(batch)] = softmax(np.stack(rows), axis=1) @ member
+        if progress is not None:
+            progress.update(len(batch))
+    return probs
+
+
 def generate(model, enc: Encoder, prompt_rows: list[list[int]], batch_size: int, device: str,
              progress=None) -> list[str]:
     """Greedy answers (at most the longest answer's length), decoded without special tokens."""
@@ -520,7 +561,9 @@ def run_mode(mode: str, model, enc: Encoder, rows: list[list[int]], hp: dict, en
         if not enc.multi:
             parsed = [None if p is None else [enc.labels[p]] for p in parsed]
         return None, parsed, texts
-    if enc.multi:
+    if enc.multi and enc.label_sets is not None:
+        probs = score_marginal(model, enc, rows, bs, env["device"], progress)
+    elif enc.multi:
         probs = score_multi(model, enc, rows, threshold, bs, env["device"], progress)
     else:
         probs = score_single(model, enc, rows, bs, env["device"], progress)
@@ -584,6 +627,7 @@ def predict(source: str, data_dir: str, out_dir: str, hp: dict, threads: int | N
                 "mean_prompt_tokens": sum(lengths) / len(df), "prompt_encode_seconds": encode_seconds[split],
                 "eval_batch_size": hp["eval_batch_size"], "device": env["device_name"],
                 "peak_memory_mb": peak, "labels": labels, "multi_label": multi,
+                **({"label_probability": label_probability(enc)} if multi and mode == "score" else {}),
                 "prompt_max_length": enc.max_length, **enc.coverage(df["text"])},
                 throughput.record("infer", lengths=lengths, seconds=wall, batch_size=hp["eval_batch_size"],
                                   order="sorted", env=env, peak_memory_mb=peak, config=model.config, kind="forward"))
