@@ -101,3 +101,12 @@ def test_best_json_says_how_far_the_choice_is_ahead_with_a_seed_aware_interval(t
     low, high = runner["margin_ci95"]
     assert low < 0.1 and high > 0.3 and runner["training_variance"] == "resampled (2 seeds)"
     assert best.select(cells[:2])["runner_up"] is None  # one configuration: nothing to be ahead of
+
+
+@pytest.mark.parametrize("record", [{"n": 20}, {"f1_micro": None, "n": 20}, {"f1_micro": "0.8", "n": 20}])
+def test_a_validation_record_without_a_numeric_f1_is_named_with_the_fix(tmp_path, record):
+    cell = make_cell(tmp_path, "m", "head", 8, 42, 0.8, 0.7)
+    (tmp_path / "results/data1/m/head/r8/s42/val/metrics.json").write_text(json.dumps(record))
+    with pytest.raises(UserError, match=r"val/metrics.json: f1_micro is .*, not a number; evaluate the cell again: "
+                                        r"snakemake --forcerun evaluate_val -- .*/val/metrics.json$"):
+        best.select([cell])

@@ -52,6 +52,11 @@ def candidate(cell: str | Path) -> dict:
         if not path.exists():
             raise UserError(f"{path}: missing; the cell's predictions were not evaluated (run snakemake for it)")
     val, test = read_json(cell / "val" / "metrics.json"), read_json(cell / "metrics.json")
+    for path, record, rule in ((cell / "val" / "metrics.json", val, "evaluate_val"),
+                               (cell / "metrics.json", test, "evaluate")):
+        if not isinstance(record.get("f1_micro"), int | float) or isinstance(record.get("f1_micro"), bool):
+            raise UserError(f"{path}: f1_micro is {record.get('f1_micro', 'missing')!r}, not a number; evaluate the "
+                            f"cell again: snakemake --forcerun {rule} -- {path}")
     keys = parse_cell(cell)
     in_sample = {}
     if test.get(THRESHOLDS):  # threshold: tuned - its validation F1 used thresholds fitted on the same texts
