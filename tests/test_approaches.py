@@ -65,6 +65,13 @@ def test_few_shot_examples_cover_every_label_and_depend_on_the_seed_only():
     assert any(instruct.few_shot_examples(TRAIN, ["a", "b", "c"], shots=2, seed=s) != picked for s in range(2, 6))
 
 
+def test_few_shot_says_which_labels_have_fewer_examples_than_shots():
+    """'c' has one training example: with shots 2 the notice names it (1 of 2); with shots 1, nothing."""
+    picked = instruct.few_shot_examples(TRAIN, ["a", "b", "c"], shots=2, seed=1)
+    assert instruct.few_shot_shortfall(picked, ["a", "b", "c"], 2) == "'c' (1 of 2)"
+    assert instruct.few_shot_shortfall(instruct.few_shot_examples(TRAIN, ["a", "b", "c"], 1, 1), ["a", "b", "c"], 1) == ""
+
+
 @pytest.mark.parametrize("multi", [False, True])
 def test_few_shot_prompt_shows_solved_examples_in_the_answer_format_of_training(multi):
     labels = ["business", "sport"]

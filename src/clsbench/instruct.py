@@ -672,8 +672,12 @@ def predict_fewshot(model_dir: str, data_dir: str, out_dir: str, hp: dict, seed:
     (drawn with ``seed``, :func:`few_shot_examples`) before the text, on the untrained model."""
     loaded, labels, _ = load_prepared(data_dir)
     examples = few_shot_examples(loaded["train"], labels, hp["shots"], seed)
+    short = few_shot_shortfall(examples, labels, hp["shots"])
+    if short:
+        print(f"cell {out_dir}: NOTICE: shots {hp['shots']} per label, but the training split has fewer examples of "
+              f"{short}; the prompt shows {len(examples)} examples in all (lower shots, or add examples)", flush=True)
     record = {"approach": "fewshot", "seed": seed, "shots": hp["shots"], "examples": len(examples),
-              "example_ids": [ident for ident, _, _ in examples]}
+              "example_ids": [ident for ident, _, _ in examples], "labels_short_of_shots": short}
     return predict(model_dir, data_dir, out_dir, hp, threads, splits, modes, untrained=record,
                    examples=[(text, gold) for _, text, gold in examples])
 
@@ -690,3 +694,8 @@ def few_shot_examples(train: pd.DataFrame, labels: list[str], shots: int, seed: 
     rng.shuffle(taken)
     return [(train["id"].iloc[i], train["text"].iloc[i], list(train["labels"].iloc[i])) for i in taken]
 
+
+def few_shot_shortfall(examples: list[tuple[str, str, list[str]]], labels: list[str], shots: int) -> str:
+    """"'sport' (1 of 3), ..." for the labels that got fewer than ``shots`` examples, or ""."""
+    counts = {name: sum(name in gold for _, _, gold in examples) for name in labels}
+    return ", ".join(f"{name!r} ({n} of {shots})" for name, n in counts.items() if n < shots)
