@@ -95,12 +95,29 @@ def cell_settings(cell: Path, keys: dict, config_path: str | Path | None) -> tup
     recorded = cell / HPARAMS_FILE
     if recorded.exists() and config_path is None:
         return read_json(recorded), {"max_words": stats.get("max_words"), "text_columns": stats.get("text_columns", ["text"])}
+    if config_path is None and not Path("config.yaml").exists():
+        raise UserError(f"{recorded}: missing, and no config.yaml in {Path.cwd()}; pass the config the cell was "
+                        "made with: --config FILE")
     config_path = config_path or "config.yaml"
     config = grid.load_config(config_path)
     if keys["dataset"] not in config["datasets"]:
         raise UserError(f"--cell {cell}: dataset '{keys['dataset']}' is not in {config_path}; pass the config the "
                         "cell was made with (--config)")
     return grid.hparams(config, keys["approach"], keys["model"], keys["dataset"]), config["datasets"][keys["dataset"]]
+
+
+def check_cell_files(cell: Path, spec: approaches.Approach, data_dir: Path) -> None:
+    """What applying a cell reads besides the cell folder, named with the fix before anything runs (a
+    copied cell needs its prepared dataset beside it; a trained one its adapter/)."""
+    if not cell.is_dir():
+        raise UserError(f"--cell {cell}: no such folder")
+    if not (data_dir / "labels.json").exists():
+        raise UserError(f"{data_dir}: the cell's prepared dataset is missing (apply reads results/data/<dataset> "
+                        f"beside results/<dataset>/...); copy it with the cell, or run snakemake for "
+                        f"{data_dir}/labels.json")
+    if spec.stages == "train" and not (cell / "adapter").is_dir():
+        raise UserError(f"{cell / 'adapter'}: missing (the cell was not trained, or was copied without it); "
+                        f"copy it too, or train the cell again: snakemake -- {cell}/train_info.json")
 
 
 def label(cell: str | Path, input_path: str | Path, output: str | Path, config_path: str | Path | None = None,
@@ -118,9 +135,10 @@ def label(cell: str | Path, input_path: str | Path, output: str | Path, config_p
         raise UserError(f"--output {output}: give it one of the suffixes {sorted(READERS)}")
     if output.exists() and not force:
         raise UserError(f"--output {output}: exists; pass --force to replace it")
+    data_dir = cell.parents[4] / "data" / keys["dataset"]
+    check_cell_files(cell, spec, data_dir)
     hp, dataset = settings or cell_settings(cell, keys, config_path)
     table, texts = read_texts(input_path, text_columns or dataset.get("text_columns", ["text"]), dataset.get("max_words"))
-    data_dir = cell.parents[4] / "data" / keys["dataset"]
     with tempfile.TemporaryDirectory(prefix="clsbench-apply-") as tmp:
         staged = staged_dataset(data_dir, texts, Path(tmp))
         call(spec.entry("predict"), source_of(cell, keys, spec), data_dir=str(staged), out_dir=tmp, hp=hp,

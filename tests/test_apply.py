@@ -1,0 +1,52 @@
+"""clsbench.apply's refusals before any model loads: one line naming the file and the fix, no traceback."""
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO
+
+from clsbench import UserError, apply
+
+
+def make_cell(root, approach="head", rank=8, hparams=True, data=True, adapter=False):
+    cell = root / "results" / "news" / "m" / approach / f"r{rank}" / "s42"
+    cell.mkdir(parents=True)
+    if hparams:
+        (cell / "hparams.json").write_text(json.dumps({"max_length": 32}))
+    if adapter:
+        (cell / "adapter").mkdir()
+    if data:
+        d = root / "results" / "data" / "news"
+        d.mkdir(parents=True)
+        (d / "labels.json").write_text(json.dumps({"labels": ["a", "b"], "multi_label": False}))
+    (root / "new.csv").write_text("text\nshares rose\n")
+    return cell
+
+
+def test_a_cell_copied_without_its_prepared_dataset_is_named(tmp_path):
+    cell = make_cell(tmp_path, data=False)
+    with pytest.raises(UserError, match=r"results/data/news: the cell's prepared dataset is missing .* copy it with "
+                                        r"the cell, or run snakemake for .*results/data/news/labels.json$"):
+        apply.label(cell, tmp_path / "new.csv", tmp_path / "out.csv")
+
+
+def test_a_trained_cell_without_its_adapter_is_named(tmp_path):
+    cell = make_cell(tmp_path)
+    with pytest.raises(UserError, match=r"s42/adapter: missing \(the cell was not trained, or was copied without "
+                                        r"it\); copy it too, or train the cell again: snakemake -- .*train_info.json$"):
+        apply.label(cell, tmp_path / "new.csv", tmp_path / "out.csv")
+
+
+def test_a_cell_without_hparams_outside_a_project_asks_for_the_config(tmp_path, monkeypatch):
+    """Run from a folder without config.yaml, through the CLI: one line, exit 2, no traceback."""
+    cell = make_cell(tmp_path, hparams=False, adapter=True)
+    monkeypatch.chdir(tmp_path)
+    run = subprocess.run([sys.executable, "-m", "clsbench.apply", "--cell", str(cell), "--input", "new.csv",
+                          "--output", "out.csv"], capture_output=True, text=True, cwd=tmp_path,
+                         env={"PYTHONPATH": str(REPO / "src"), "PATH": "/usr/bin:/bin"})
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    assert run.stderr.strip().splitlines()[-1].endswith(
+        f"s42/hparams.json: missing, and no config.yaml in {tmp_path}; pass the config the cell was made with: "
+        "--config FILE")
+    assert not (tmp_path / "out.csv").exists()
