@@ -29,6 +29,9 @@ rule all:
     input:
         rules.decision.output,
         all_metrics(),
+        # listed as targets so that a deleted one is made again (an input of best.json alone is not
+        # rebuilt while best.json is up to date); best.json then follows
+        [f"{cell.path}/val/metrics.json" for cell in CELLS],
         rules.tables.output,
         rules.claims.output,
         rules.figures.output,

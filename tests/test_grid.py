@@ -362,6 +362,18 @@ def test_an_edited_data_file_rebuilds_its_dataset(tmp_path):
     assert "prepare_dataset" in again.stdout and "d.csv" in again.stdout  # reason: updated input files
 
 
+def test_a_deleted_validation_record_is_made_again_and_best_json_follows(tmp_path):
+    """Deleting a cell's val/metrics.json (what best.json is chosen on) plans its evaluation and best.json
+    again (Snakemake alone would keep the up-to-date best.json and say "Nothing to be done")."""
+    _, common = tfidf_grid_on_a_csv(tmp_path)
+    built = snakemake_cli(*common)
+    assert built.returncode == 0, built.stderr[-2000:]
+    (tmp_path / "results/mine/tfidf/tfidf/r0/s42/val/metrics.json").unlink()
+    again = snakemake_cli(*common, "-n")
+    counts = dict(re.findall(r"^(\w+)\s+(\d+)$", again.stdout, re.M))
+    assert counts.get("evaluate_val") == "1" and counts.get("best") == "1", again.stdout[-2000:]
+
+
 def test_a_truncated_prepared_split_is_prepared_again_in_the_same_run(tmp_path):
     _, common = tfidf_grid_on_a_csv(tmp_path)
     target = "results/mine/tfidf/tfidf/r0/s42/metrics.json"
