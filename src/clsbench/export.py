@@ -1,6 +1,7 @@
 """Export a trained cell as a plain transformers model, with a model card.
 
     python -m clsbench.export --cell results/<dataset>/<model>/<approach>/r<rank>/s<seed> --out DIR [--force]
+    python -m clsbench.export --best results/<dataset>/best.json --out DIR
 
 head, frozen and encoder cells become an ``AutoModelForSequenceClassification`` folder: the 4-bit
 base de-quantised to float32, the LoRA weights merged into it, the trained ``score`` head,
@@ -106,6 +107,15 @@ def compare(probs: np.ndarray, cached: pd.DataFrame, multi: bool, threshold) -> 
             "changed_share": float(changed.mean())}
 
 
+def how_exported(spec, hp: dict) -> str:
+    """What the exported weights are, true to the approach (the model card's first line)."""
+    if spec.ranked:
+        return "LoRA merged into the de-quantised float32 base, no peft needed."
+    if hp.get("quantization", "none") != "none":
+        return "the frozen base de-quantised to float32 with its trained classification head, no peft needed."
+    return "every weight fine-tuned (full fine-tuning; no LoRA, nothing merged), float32."
+
+
 def model_card(keys: dict, spec, hp: dict, metrics: dict, stats: dict, labels: list[str], check: dict,
                kind: str) -> str:
     ci = metrics.get("f1_micro_ci95") or [None, None]
@@ -115,7 +125,7 @@ def model_card(keys: dict, spec, hp: dict, metrics: dict, stats: dict, labels: l
         f"# {keys['dataset']}: {spec.title} on {keys['model']}"
         + (f" (LoRA r={keys['rank']})" if spec.ranked else "") + f", seed {keys['seed']}", "",
         f"Exported by `python -m clsbench.export` from the cell `{keys['dataset']}/{keys['model']}/{keys['approach']}/"
-        f"r{keys['rank']}/s{keys['seed']}`: LoRA merged into the de-quantised float32 base, no peft needed.", "",
+        f"r{keys['rank']}/s{keys['seed']}`: {how_exported(spec, hp)}", "",
         "## Data", "",
         f"- dataset `{keys['dataset']}`: {len(labels)} labels ({', '.join(labels)}), "
         f"{'multi-label' if metrics.get('multi_label') else 'single-label'}",
@@ -211,15 +221,27 @@ def export(cell: str | Path, out: str | Path, force: bool = False, config_path: 
     return check
 
 
+def best_cell(best_json: str | Path) -> str:
+    """The cell best.json names; one line where it names none (every configuration degenerate)."""
+    best = read_json(best_json)
+    if not best.get("cell"):
+        raise UserError(f"{best_json}: names no cell ({best.get('problem', 'no recommendation')}); fix the flagged "
+                        "cells and rerun snakemake, or pass --cell to export a cell of your choice")
+    return best["cell"]
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Export a trained cell as a plain transformers model.")
-    parser.add_argument("--cell", required=True, help="results/<dataset>/<model>/<approach>/r<rank>/s<seed>")
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--cell", help="results/<dataset>/<model>/<approach>/r<rank>/s<seed>")
+    which.add_argument("--best", help="results/<dataset>/best.json: the cell it names (chosen on validation)")
     parser.add_argument("--out", required=True, help="the folder to write")
     parser.add_argument("--force", action="store_true", help="replace --out if it exists")
     parser.add_argument("--config", help="the config the cell was made with (default: the cell's hparams.json)")
     parser.add_argument("--threads", type=int)
     args = parser.parse_args(argv)
-    check = export(args.cell, args.out, args.force, args.config, args.threads)
+    cell = args.cell or best_cell(args.best)
+    check = export(cell, args.out, args.force, args.config, args.threads)
     print(f"{args.out}: exported; on {check['n']} test texts max |dprob| {check['max_abs_prob_diff']:.2e}, "
           f"{check['changed_decisions']} decisions changed")
 
