@@ -255,7 +255,12 @@ def test_labels_differing_only_in_case_stop_unless_folded_or_kept(tmp_path):
                                         r"'SPORT' / 'sport' \(2 group\(s\)\); set labels_case: fold"):
         data.prepare("d", spec, tmp_path / "out")
     folded = data.prepare("d", {**spec, "labels_case": "fold"}, tmp_path / "out")
-    assert folded["labels"] == 3 and folded["train"]["label_counts"]["business"] > folded["train"]["label_counts"]["tech"]
+    # each label keeps its most frequent spelling (here a tie: the first in sort order), not lower case
+    assert folded["labels"] == 3 and folded["train"]["label_counts"]["Business"] > folded["train"]["label_counts"]["tech"]
+    assert set(folded["train"]["label_counts"]) == {"Business", "SPORT", "tech"}
+    more = write_csv(tmp_path / "d2.csv", labelled(10, ("business", "business", "Business", "tech")))
+    assert set(data.prepare("d", {"source": "files", "path": more, "labels_case": "fold"},
+                            tmp_path / "out3")["train"]["label_counts"]) == {"business", "tech"}
     assert data.prepare("d", {**spec, "labels_case": "keep"}, tmp_path / "out2")["labels"] == 5
 
 

@@ -16,6 +16,7 @@ import importlib.util
 import json
 import re
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -362,10 +363,15 @@ def check_label_names(splits: dict[str, pd.DataFrame], spec: dict, where: str) -
     """Stop on label names that say the label options do not fit the data: names that join other
     names (multi-label data read as single-label, or a ``label_separator`` that matches nothing),
     multi-label data in which no example has two labels, and names that differ only in case (unless
-    ``labels_case`` says fold or keep). Returns the splits, labels folded to lower case under
-    ``labels_case: fold``."""
+    ``labels_case`` says fold or keep). Returns the splits; under ``labels_case: fold`` the spellings of
+    one label become its most frequent one (ties: the first in sort order), so outputs keep the data's
+    own spelling."""
     if spec.get("labels_case") == "fold":
-        splits = {name: df.assign(labels=[list(dict.fromkeys(x.lower() for x in row)) for row in df["labels"]])
+        counts = Counter(label for df in splits.values() for row in df["labels"] for label in row)
+        spelling = {}
+        for name in sorted(counts, key=lambda n: (-counts[n], n)):
+            spelling.setdefault(name.casefold(), name)
+        splits = {name: df.assign(labels=[list(dict.fromkeys(spelling[x.casefold()] for x in row)) for row in df["labels"]])
                   for name, df in splits.items()}
     names = {label for df in splits.values() for row in df["labels"] for label in row}
     multi, sep = spec.get("multi_label", False), spec.get("label_separator", ",")
