@@ -346,7 +346,7 @@ def tfidf_grid_on_a_csv(tmp_path):
     """A working directory with a 40-row CSV dataset and a TF-IDF grid; (rows, common CLI arguments)."""
     rows = "".join(f"doc number {i},{'ab'[i % 2]}\n" for i in range(40))
     (tmp_path / "d.csv").write_text("text,label\n" + rows)
-    config = {"datasets": {"mine": {"source": "files", "path": "d.csv"}}, "models": {"unused": {"source": "config"}},
+    config = {"datasets": {"mine": {"source": "files", "path": "d.csv"}},  # TF-IDF alone: no models block
               "approaches": {"tfidf": {"hparams": {"min_df": 1}}}}
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     return rows, ("--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path), "--cores", "1")

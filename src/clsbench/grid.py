@@ -284,6 +284,7 @@ def validated_cells(config: dict) -> list[Cell]:
     schema = yaml.safe_load(SCHEMA.read_text())
     refuse_renamed(config)
     check_schema(config, schema)
+    config.setdefault("models", {})  # a TF-IDF-only grid names none
     fill_shipped_defaults(config)
     validate(config, str(SCHEMA))
     check_overrides(config, schema)
