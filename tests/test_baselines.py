@@ -92,3 +92,21 @@ def test_the_encoders_fresh_classifier_gets_the_head_learning_rate():
     assert by_lr[2e-3] == ["classifier.bias", "classifier.weight"]
     assert "bert.pooler.dense.weight" in by_lr[1e-4] and len(by_lr[1e-4]) == len(names) - 2
     assert isinstance(opt, torch.optim.AdamW)
+
+
+def test_min_labels_one_names_a_label_for_every_text(tmp_path, pairs_small):
+    """At threshold 0.99 most texts get no label; with min_labels: 1 each of them gets the label closest
+    to its threshold (per-label thresholds too), and texts that had labels keep them."""
+    from clsbench.metrics import decide
+
+    tfidf.fit(str(pairs_small), str(tmp_path / "none"), seed=1, hp={"min_df": 1, "threshold": 0.99})
+    tfidf.fit(str(pairs_small), str(tmp_path / "one"), seed=1, hp={"min_df": 1, "threshold": 0.99, "min_labels": 1})
+    none, one = (pd.read_parquet(tmp_path / name / "predictions.parquet") for name in ("none", "one"))
+    labels = json.loads((pairs_small / "labels.json").read_text())["labels"]
+    assert sum(len(p) == 0 for p in none["pred"]) > len(none) / 2
+    assert all(len(p) >= 1 for p in one["pred"])
+    for before, after, probs in zip(none["pred"], one["pred"], one["probs"]):
+        assert list(after) == (list(before) or [labels[int(np.argmax(probs))]])
+    probs = np.array([[0.2, 0.3], [0.6, 0.1]])
+    assert decide(probs, True, np.array([0.1, 0.9]), min_labels=1).tolist() == [[1, 0], [1, 0]]
+    assert decide(probs, True, 0.5, min_labels=0).tolist() == [[0, 0], [1, 0]]

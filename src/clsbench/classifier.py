@@ -428,7 +428,7 @@ def predict(adapter_dir: str, data_dir: str, out_dir: str, hp: dict, threads: in
                 torch.cuda.synchronize()
             wall = time.perf_counter() - t0
         probs = probabilities(logits, multi)
-        pred = decide(probs, multi, threshold)
+        pred = decide(probs, multi, threshold, hp.get("min_labels", 0))
         info = {"split": split, "n": len(df), "infer_wall_seconds": wall, "eval_batch_size": bs,
                 "threshold": threshold.tolist() if isinstance(threshold, np.ndarray) else threshold,
                 "device": env["device_name"], "peak_memory_mb": peak_memory_mb(env), "labels": labels,

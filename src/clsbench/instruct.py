@@ -216,7 +216,7 @@ def val_micro_f1(model, enc: Encoder, rows: list[list[int]], gold: np.ndarray, h
         probs, _, _ = run_mode("score", model, enc, rows, {**hp, "eval_batch_size": batch_size}, {"device": device})
     finally:
         model.train(was_training)
-    pred = decide(probs, enc.multi, hp.get("threshold", 0.5))
+    pred = decide(probs, enc.multi, hp.get("threshold", 0.5), hp.get("min_labels", 0))
     return float(f1_score(gold, pred, average="micro", zero_division=0))
 
 
@@ -567,7 +567,7 @@ def run_mode(mode: str, model, enc: Encoder, rows: list[list[int]], hp: dict, en
         probs = score_multi(model, enc, rows, threshold, bs, env["device"], progress)
     else:
         probs = score_single(model, enc, rows, bs, env["device"], progress)
-    pred = decide(probs, enc.multi, threshold)
+    pred = decide(probs, enc.multi, threshold, hp.get("min_labels", 0))
     return probs, [list(names[row.astype(bool)]) for row in pred], None
 
 

@@ -240,10 +240,15 @@ if __name__ == "__main__":
     run_cli(main)
 
 
-def decide(probs: np.ndarray, multi_label: bool, threshold: float) -> np.ndarray:
-    """Indicator matrix of predicted labels."""
+def decide(probs: np.ndarray, multi_label: bool, threshold, min_labels: int = 0) -> np.ndarray:
+    """Indicator matrix of predicted labels. Multi-label: each label whose probability reaches its
+    threshold; with ``min_labels: 1`` a text where none does gets the label closest to its threshold."""
     if multi_label:
-        return (probs >= threshold).astype(np.int8)
+        out = (probs >= threshold).astype(np.int8)
+        if min_labels and len(out):
+            empty = out.sum(1) == 0
+            out[empty, (probs - threshold)[empty].argmax(1)] = 1
+        return out
     out = np.zeros_like(probs, dtype=np.int8)
     out[np.arange(len(probs)), probs.argmax(axis=1)] = 1
     return out

@@ -83,7 +83,7 @@ def predict_with(model, loaded: dict, labels: list[str], multi: bool, out_dir, h
         info = {"split": split, "n": len(df), "infer_wall_seconds": wall, "infer_samples_per_second": len(df) / wall,
                 "device": "cpu", "text_tokens_mean": float(np.mean([len(analyzer(t)) for t in df["text"]])),
                 "text_truncated_share": 0.0}
-        write_predictions(split_dir(out_dir, split), df, probs, decide(probs, multi, hp.get("threshold", 0.5)), labels,
+        write_predictions(split_dir(out_dir, split), df, probs, decide(probs, multi, hp.get("threshold", 0.5), hp.get("min_labels", 0)), labels,
                           info)
         infos.append(info)
     return infos[0]
