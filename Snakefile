@@ -1,16 +1,24 @@
 # clsbench: causal LLM with a classification head vs instruction tuning vs BERT-style encoders.
 # The grid lives in config.yaml (offline, CPU, minutes) or configs/paper.yaml (the paper's grid);
 # all logic lives in src/clsbench, the rules only wire files together.
+import os
+
 from snakemake.utils import min_version
 
 min_version("9.0")
 
 
-# The embedded default grid, unless --configfile gave a grid (Snakemake would otherwise deep-merge
-# the two grids); --config overrides alone (the SLURM profile's threads) apply on top of it.
+# The default grid: config.yaml of the working directory, else this checkout's (under --directory
+# elsewhere), unless --configfile gave a grid (Snakemake would otherwise deep-merge the two grids);
+# --config overrides alone (the SLURM profile's threads) apply on top of it.
+DEFAULT_CONFIG = (
+    "config.yaml"
+    if os.path.exists("config.yaml")
+    else os.path.join(workflow.basedir, "config.yaml")
+)
 if "datasets" not in config:
 
-    configfile: "config.yaml"
+    configfile: DEFAULT_CONFIG
 
 
 include: "workflow/rules/common.smk"

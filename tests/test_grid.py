@@ -284,6 +284,15 @@ def test_dry_run_of_default_config_lists_every_cell(tmp_path):
     assert counts["evaluate_generate"] == 4 and counts["claims"] == 1
 
 
+def test_a_working_directory_without_a_config_runs_the_embedded_default_grid(tmp_path):
+    """`snakemake --directory runs/x` with no config.yaml there plans the default grid (it stopped:
+    "config.yaml is not present")."""
+    run = snakemake_cli("-n", "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path))
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert len(re.findall(r"results/[a-z0-9-]+/[a-z0-9-]+/[a-z]+/r\d+/s\d+/metrics.json", run.stdout)) > 0
+    assert not (tmp_path / "config.yaml").exists()
+
+
 def test_dry_run_of_paper_config_lists_the_papers_grid_without_weights(tmp_path):
     """Tables 2 and 4 (Approach 1: 8 models x r8/r16; Approach 2: 19 models x r64), the frozen
     ablation, 4 BERT baselines, TF-IDF and zero-shot prompting of the 19 instruction models, on the
