@@ -26,6 +26,7 @@ answer, no better than a constant answer, far below TF-IDF) is never chosen; bes
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 from pathlib import Path
 
@@ -155,7 +156,7 @@ def _val_predictions(row: dict, scratch: Path) -> Path:
     decided = cross_fitted_decisions(np.stack(val["probs"]).astype(np.float64),
                                      indicator(list(map(list, val["gold"])), labels))
     val["pred"] = [[label for label, on in zip(labels, row_) if on] for row_ in decided]
-    out = scratch / f"{len(list(scratch.iterdir()))}.parquet"
+    out = scratch / f"{row['model']}-{row['approach']}-r{row['rank']}-s{row['seed']}.parquet"
     val.to_parquet(out)
     return out
 
@@ -174,10 +175,8 @@ def validation_margin(chosen: list[dict], other: list[dict]) -> dict:
     if missing:
         return {"margin": None, "margin_ci95": None, "interval": f"not computed: {missing[0]} missing"}
     by_seed = {r["seed"]: r for r in other}
-    pairs = [(a, by_seed[a["seed"]]) for a in chosen if a["seed"] in by_seed]
-    if not pairs:  # different seeds (a deterministic configuration's one seed): each against the other's first
-        pairs = [(a, b) for a in chosen for b in other[:1]] if len(chosen) >= len(other) else \
-            [(a, b) for a in chosen[:1] for b in other]
+    # seeds matched; without a common seed (a deterministic configuration's one seed), every pair
+    pairs = [(a, by_seed[a["seed"]]) for a in chosen if a["seed"] in by_seed] or list(itertools.product(chosen, other))
     with tempfile.TemporaryDirectory() as scratch:
         as_cells = [tuple({"dataset": r["dataset"], "model": r["model"], "seed": r["seed"],
                            "_predictions": _val_predictions(r, Path(scratch))} for r in pair) for pair in pairs]

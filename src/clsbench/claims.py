@@ -173,8 +173,7 @@ def judge(claim: Claim, cell_pairs, data_root: Path, n_boot: int = 2000, seed: i
     units = _pair_units(claim, cell_pairs, data_root)
     sign = 1.0 if claim.metric == "f1_micro" else -1.0  # lower ECE / Brier is better
     value, diffs, delta = bootstrap(units, claim.metric, sign, n_boot, seed, resample_seeds)
-    low, high = np.quantile(delta, [ALPHA / 2, 1 - ALPHA / 2])
-    p = float(min(1.0, 2 * min(np.mean(delta <= claim.margin), np.mean(delta >= claim.margin))))
+    low, high, p = interval(delta, claim.margin)
     fig_a = np.mean([_figure(claim.metric, u["a"].sum(0)) for u in units])
     fig_b = np.mean([_figure(claim.metric, u["b"].sum(0)) for u in units])
     seeds_per_stratum = [sum(u["stratum"] == s for u in units) for s in dict.fromkeys(u["stratum"] for u in units)]
@@ -184,9 +183,18 @@ def judge(claim: Claim, cell_pairs, data_root: Path, n_boot: int = 2000, seed: i
         for stratum in dict.fromkeys(u["stratum"] for u in units))
     return {"pairs": len(cell_pairs), "texts": len({(u["dataset"], i) for u in units for i in u["ids"]}),
             "a_value": float(fig_a), "b_value": float(fig_b), "delta": value, "ci_low": float(low),
-            "ci_high": float(high), "p_value": p, "per_seed": per_seed,
-            "training_variance": (f"resampled ({max(seeds_per_stratum)} seeds)" if max(seeds_per_stratum) > 1
-                                  else "one seed: training variance not measured")}
+            "ci_high": high, "p_value": p, "per_seed": per_seed,
+            "training_variance": variance_note(max(seeds_per_stratum))}
+
+
+def interval(delta: np.ndarray, margin: float = 0.0) -> tuple[float, float, float]:
+    """95% interval of resampled differences and the two-sided p-value against ``margin``."""
+    low, high = np.quantile(delta, [ALPHA / 2, 1 - ALPHA / 2])
+    return float(low), float(high), float(min(1.0, 2 * min(np.mean(delta <= margin), np.mean(delta >= margin))))
+
+
+def variance_note(seeds: int) -> str:
+    return f"resampled ({seeds} seeds)" if seeds > 1 else "one seed: training variance not measured"
 
 
 def paired_difference(cell_pairs, data_root: Path, n_boot: int = 2000, seed: int = 0) -> dict:
@@ -195,12 +203,10 @@ def paired_difference(cell_pairs, data_root: Path, n_boot: int = 2000, seed: int
     claims (seeds, then texts), and the per-seed differences."""
     units = _pair_units(Claim("paired", "", "", ""), cell_pairs, data_root)
     value, diffs, delta = bootstrap(units, "f1_micro", 1.0, n_boot, seed)
-    low, high = np.quantile(delta, [ALPHA / 2, 1 - ALPHA / 2])
-    return {"seeds": len(units), "delta": value, "ci_low": float(low), "ci_high": float(high),
-            "p_value": float(min(1.0, 2 * min(np.mean(delta <= 0), np.mean(delta >= 0)))),
+    low, high, p = interval(delta)
+    return {"seeds": len(units), "delta": value, "ci_low": low, "ci_high": high, "p_value": p,
             "per_seed": " ".join(f"s{u['seed']} {d:+.3f}" for u, d in zip(units, diffs)),
-            "training_variance": (f"resampled ({len(units)} seeds)" if len(units) > 1
-                                  else "one seed: training variance not measured")}
+            "training_variance": variance_note(len(units))}
 
 
 def holm(p_values: list[float | None]) -> list[float | None]:

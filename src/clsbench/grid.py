@@ -142,25 +142,15 @@ def fill_shipped_defaults(config: dict) -> None:
     shipped blocks, then this config's blocks of them (the same prompts and text)."""
     shipped = shipped_hparams()
     blocks = config.get("approaches") or {}
-    done = set()
-
-    def fill(name: str) -> None:
-        if name in done or not isinstance(blocks.get(name), dict):
-            return
-        done.add(name)
+    for name in (n for n in APPROACHES if isinstance(blocks.get(n), dict)):  # registry order: sources first
         sources = approaches.get(name).settings_from
         defaults = {}
         for source in (*sources, name):
             defaults.update(shipped.get(source, {}))
         for source in sources:
-            fill(source)
             if isinstance(blocks.get(source), dict):
                 defaults.update(blocks[source]["hparams"])
         blocks[name]["hparams"] = {**defaults, **(blocks[name].get("hparams") or {})}
-
-    for name in list(blocks):
-        if name in APPROACHES:
-            fill(name)
 
 
 def for_rank(hp: dict, rank: int | str) -> dict:
@@ -277,8 +267,7 @@ def check_budgets(config: dict, grid_cells: list[Cell]) -> None:
 def validated_cells(config: dict) -> list[Cell]:
     """Every check of a config, in the order that names a mistake best, then its cells: old
     spellings, the schema (one line), the defaults (config.yaml's hparams, then the schema's, filled in
-    by Snakemake's ``validate``), overrides,
-    cross-references. Raises UserError."""
+    by Snakemake's ``validate``), overrides, cross-references. Raises UserError."""
     from snakemake.utils import validate
 
     schema = yaml.safe_load(SCHEMA.read_text())
