@@ -2,11 +2,18 @@
 # The grid lives in config.yaml (offline, CPU, minutes) or configs/paper.yaml (the paper's grid);
 # all logic lives in src/clsbench, the rules only wire files together.
 import os
+import sys
 
 from snakemake.utils import min_version
 
 min_version("9.0")
 
+sys.path.insert(
+    0, os.path.join(workflow.basedir, "src")
+)  # dry runs work without installing the package
+
+from clsbench import UserError
+from clsbench.check import read_yaml
 
 # The default grid: config.yaml of the working directory, else this checkout's (under --directory
 # elsewhere), unless --configfile gave a grid (Snakemake would otherwise deep-merge the two grids);
@@ -17,6 +24,12 @@ DEFAULT_CONFIG = (
     else os.path.join(workflow.basedir, "config.yaml")
 )
 if "datasets" not in config:
+    try:
+        read_yaml(
+            DEFAULT_CONFIG
+        )  # a syntax error named by file and line (Snakemake's names neither)
+    except UserError as err:
+        raise WorkflowError(str(err))
 
     configfile: DEFAULT_CONFIG
 

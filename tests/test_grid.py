@@ -1,11 +1,13 @@
 import json
+import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO
+from conftest import REPO, USPTO
 from snakemake.utils import validate
 from snakemake_interface_common.exceptions import WorkflowError
 
@@ -297,13 +299,25 @@ def test_dry_run_of_paper_config_lists_the_papers_grid_without_weights(tmp_path)
     """Tables 2 and 4 (Approach 1: 8 models x r8/r16; Approach 2: 19 models x r64), the frozen
     ablation, 4 BERT baselines, TF-IDF and zero-shot prompting of the 19 instruction models, on the
     two dataset slots: 32 + 38 + 2 + 8 + 2 + 38 = 120 cells."""
-    counts = job_counts("--configfile", str(REPO / "configs" / "paper.yaml"), cwd=tmp_path)
+    (tmp_path / "wipo").mkdir()  # the user's copies of the paper's data (the planning checks read them)
+    (tmp_path / "clv.csv").write_text("text,label\n" + "".join(f"letter {i},{'abcde'[i % 5]}\n" for i in range(100)))
+    for split in ("train", "val", "test"):
+        (tmp_path / "wipo" / f"{split}.csv").write_text("text,labels\n" + "".join(
+            f"{split} patent {i},\"{'ABC'[i % 3]},{'DE'[i % 2]}\"\n" for i in range(30)))
+    paths = tmp_path / "my_data.yaml"
+    paths.write_text("datasets:\n  clv: {path: clv.csv}\n"
+                     "  wipo: {train: wipo/train.csv, val: wipo/val.csv, test: wipo/test.csv}\n")
+    counts = job_counts("--configfile", str(REPO / "configs" / "paper.yaml"), str(paths), cwd=tmp_path)
     assert counts["train"] == 32 + 10 + 38 and counts["predict"] == 32 + 10 and counts["fit"] == 2
     assert counts["predict_prompted"] == counts["predict_untrained"] == 38
     assert counts["evaluate"] == 120 and counts["evaluate_generate"] == 76
     assert counts["prepare_model"] == 26 and counts["prepare_dataset"] == 2
 
 
+NEEDS_USPTO = pytest.mark.skipif(not USPTO.exists(), reason=f"the patent set is not at {USPTO}")
+
+
+@NEEDS_USPTO
 def test_patents_overlay_runs_every_approach_on_the_patent_set_only(tmp_path):
     run = snakemake_cli("-n", "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path), "--configfile",
                         str(REPO / "config.yaml"), str(REPO / "configs" / "patents.yaml"))
@@ -315,6 +329,37 @@ def test_patents_overlay_runs_every_approach_on_the_patent_set_only(tmp_path):
     assert config["datasets"]["uspto-ipc"]["paper_dataset"] == "WIPO"
 
 
+def test_relative_data_paths_resolve_from_the_folder_of_the_config_file_that_sets_them(tmp_path):
+    (tmp_path / "project" / "data").mkdir(parents=True)
+    (tmp_path / "run").mkdir()
+    data = tmp_path / "project" / "data" / "t.csv"
+    data.write_text("text,label\n" + "".join(f"text {i},{'ab'[i % 2]}\n" for i in range(40)))
+    mine = tmp_path / "project" / "my.yaml"
+    mine.write_text(yaml.safe_dump({"datasets": {"t": {"source": "files", "path": "data/t.csv"},
+                                                 "u": {"source": "files", "path": "data/t.csv"}},
+                                    "approaches": {"tfidf": {}}}))
+    overlay = tmp_path / "overlay.yaml"  # a later file in another folder that sets one dataset's path again
+    overlay.write_text(yaml.safe_dump({"datasets": {"u": {"path": "project/data/t.csv"}}}))
+    config = {"datasets": {"t": {"source": "files", "path": "data/t.csv"},
+                           "u": {"source": "files", "path": "project/data/t.csv"},
+                           "v": {"source": "files", "path": "given/on/the/command/line.csv"}}}
+    cwd = os.getcwd()
+    try:
+        os.chdir(tmp_path / "run")
+        grid.resolve_data_paths(config, [mine, overlay])
+        resolved = {k: Path(v["path"]).resolve() for k, v in config["datasets"].items()}
+    finally:
+        os.chdir(cwd)
+    assert resolved["t"] == resolved["u"] == data.resolve()  # each from its own file's folder
+    assert config["datasets"]["t"]["path"] == "../project/data/t.csv"  # written relative to the working directory
+    assert config["datasets"]["v"]["path"] == "given/on/the/command/line.csv"  # no file set it: as given
+    # a run in another directory reads the project's data (and the check finds it)
+    run = snakemake_cli("-n", "--quiet", "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path / "run"),
+                        "--configfile", str(mine))
+    assert run.returncode == 0, run.stdout + run.stderr
+
+
+@NEEDS_USPTO
 @pytest.mark.parametrize("overlay, expected", [
     ("patents_variants.yaml", {"models": {"smollm2-135m-balanced", "smollm2-135m-tuned", "minilm-l6-balanced",
                                           "minilm-l6-tuned"}, "tuned": set()}),

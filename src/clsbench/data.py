@@ -88,7 +88,7 @@ def read_table(path: str | Path, spec: dict, fix=config_fix) -> pd.DataFrame:
     except UnicodeError as err:
         hint = "utf-16" if head[:2] in (b"\xff\xfe", b"\xfe\xff") else "latin-1"
         where = f" ({err.reason} at byte {err.start})" if isinstance(err, UnicodeDecodeError) else ""
-        raise UserError(f"{path}: not valid {encoding}{where}; {fix('encoding', hint)}") from None
+        raise UserError(f"{path}: not valid {encoding}{where}; {fix('encoding', hint)}", {"encoding": hint}) from None
     except (ValueError, OSError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(f"{path}: cannot be read as {fmt}: {first}") from None
@@ -127,7 +127,7 @@ def read_delimited(path: Path, sep: str, encoding: str, fix=config_fix) -> pd.Da
     others = [d for d in (",", ";", "\t", "|") if d != sep and d in "".join(header)]
     if len(header) == 1 and others:
         raise UserError(f"{path}: the header is one column ('{header[0][:60]}') with delimiter {sep!r}; "
-                        f"{fix('delimiter', repr(others[0]))}")
+                        f"{fix('delimiter', repr(others[0]))}", {"delimiter": others[0]})
     if len(set(header)) < len(header):
         raise UserError(f"{path}: the header names a column twice ({', '.join(header)})")
     for line, r in records[1:]:
@@ -157,9 +157,10 @@ def normalise(df: pd.DataFrame, spec: dict, where: str, id_prefix: str = "row", 
     label_column = spec.get("label_column", "label")
     if len(df) == 0:
         raise UserError(f"{where}: no data rows (columns: {', '.join(map(str, df.columns))})")
-    for col in [*text_columns, label_column]:
-        if col not in df.columns:
-            raise UserError(f"{where}: column '{col}' not found (columns: {', '.join(map(str, df.columns))})")
+    missing = [(key, col) for key, col in [*(("text_columns", c) for c in text_columns), ("label_column", label_column)]
+               if col not in df.columns]
+    if missing:
+        raise missing_columns(where, missing, df.columns, text_columns)
     texts = text_values(df[text_columns[0]], where)
     for col in text_columns[1:]:
         texts = texts + "\n" + text_values(df[col], where)
@@ -179,10 +180,30 @@ def normalise(df: pd.DataFrame, spec: dict, where: str, id_prefix: str = "row", 
         else:
             rows = ", ".join(str(i) for i in empty[:5]) + (" ..." if len(empty) > 5 else "")
             raise UserError(f"{where}: {len(empty)} empty text(s) at row(s) {rows}; "
-                            "fix the data or set on_empty_text: drop")
+                            "fix the data or set on_empty_text: drop", {"on_empty_text": "drop"})
     if out["id"].duplicated().any():
         raise UserError(f"{where}: id column has duplicate values, e.g. '{out['id'][out['id'].duplicated()].iloc[0]}'")
     return out
+
+
+def missing_columns(where: str, missing: list[tuple[str, str]], columns, text_columns: list[str]) -> UserError:
+    """The configured columns a file lacks (all of them), with the closest column name as the fix where
+    one is close."""
+    import difflib
+
+    names = [str(c) for c in columns]
+    fix: dict = {}
+    for key, column in missing:
+        close = difflib.get_close_matches(column, names, n=1, cutoff=0.6) or [n for n in names if n.casefold() == column.casefold()]
+        if close and key == "text_columns":
+            fix[key] = [close[0] if c == column else c for c in fix.get(key, text_columns)]
+        elif close:
+            fix[key] = close[0]
+    said = " and ".join(f"'{c}'" for _, c in missing)
+    message = f"{where}: column {said} not found (columns: {', '.join(names)})"
+    if fix:
+        message += f"; set {', '.join(f'{k}: {json.dumps(v)}' for k, v in fix.items())}"
+    return UserError(message, fix)
 
 
 def text_values(column: pd.Series, where: str) -> pd.Series:
@@ -384,7 +405,7 @@ def check_label_names(splits: dict[str, pd.DataFrame], spec: dict, where: str) -
             fix = (f"label_separator: {joiner!r}" if multi else f"multi_label: true and label_separator: {joiner!r}")
             read_as = (f"label_separator {sep!r} splits no row" if multi else "the dataset is single-label")
             raise UserError(f"{where}: label '{example}' joins label names with {joiner!r} ({len(joined)} such "
-                            f"label(s)) but {read_as}; set {fix}")
+                            f"label(s)) but {read_as}; set {fix}", {"multi_label": True, "label_separator": joiner})
     if lone:
         raise UserError(f"{where}: multi_label: true but no example has more than one label (label_separator "
                         f"{sep!r} splits no row); set multi_label: false, or label_separator to the character "
@@ -397,7 +418,8 @@ def check_label_names(splits: dict[str, pd.DataFrame], spec: dict, where: str) -
         if clashes:
             shown = "; ".join(" / ".join(f"'{n}'" for n in group) for group in sorted(clashes)[:3])
             raise UserError(f"{where}: label names differ only in case: {shown} ({len(clashes)} group(s)); "
-                            "set labels_case: fold to merge them or labels_case: keep to keep them apart")
+                            "set labels_case: fold to merge them or labels_case: keep to keep them apart",
+                            {"labels_case": "fold"})
     return splits
 
 

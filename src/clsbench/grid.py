@@ -4,6 +4,7 @@ Used by ``workflow/rules/common.smk``; kept here so it is plain Python with unit
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import re
 from dataclasses import dataclass
@@ -262,6 +263,40 @@ def check_budgets(config: dict, grid_cells: list[Cell]) -> None:
             raise UserError(f"approaches.{approach}.hparams.threshold: 'tuned' chooses per-label thresholds of "
                             f"multi-label data, and every dataset of {approach} here is single-label (one label per "
                             "text: the top class); remove it")
+
+
+DATA_PATH_KEYS = ("path", "train", "val", "test")  # a files source's files
+
+
+def resolve_data_paths(config: dict, configfiles: list[str | Path]) -> None:
+    """A relative data path resolves against the folder of the config file that sets it (the last of
+    ``configfiles``, in Snakemake's merge order, whose value is the config's), written relative to the
+    working directory where it can be (so a config in the working directory keeps its paths as they
+    are). A path set otherwise (``--config``) stays relative to the working directory."""
+    import os
+
+    blocks = []
+    for file in configfiles:
+        with contextlib.suppress(OSError, yaml.YAMLError):
+            loaded = yaml.safe_load(Path(file).read_text())
+            if isinstance(loaded, dict) and isinstance(loaded.get("datasets"), dict):
+                blocks.append((Path(file).absolute().parent, loaded["datasets"]))
+    for key, spec in (config.get("datasets") or {}).items():
+        if not isinstance(spec, dict) or spec.get("source") != "files":
+            continue
+        for name in DATA_PATH_KEYS:
+            value = spec.get(name)
+            if not isinstance(value, str) or Path(value).is_absolute():
+                continue
+            origin = next((folder for folder, datasets in reversed(blocks) if isinstance(datasets.get(key), dict)
+                           and name in datasets[key] and datasets[key][name] == value), None)
+            if origin is None:
+                continue
+            resolved = os.path.normpath(origin / value)
+            try:
+                spec[name] = os.path.relpath(resolved)
+            except ValueError:  # another drive (Windows)
+                spec[name] = resolved
 
 
 def validated_cells(config: dict) -> list[Cell]:

@@ -3,13 +3,10 @@ import json
 import shlex
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 
-sys.path.insert(
-    0, str(Path(workflow.basedir) / "src")
-)  # dry runs work without installing the package
-
-from clsbench import UserError, approaches, faults, grid, tuning
+from clsbench import UserError, approaches, check, faults, grid, tuning
 
 # Jobs run this checkout's code, not whichever clsbench happens to be installed (two checkouts, or
 # an environment built elsewhere, would otherwise run other code than the Snakefile read).
@@ -17,10 +14,31 @@ shell.prefix(
     f"export PYTHONPATH={shlex.quote(str(Path(workflow.basedir) / 'src'))}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; "  # formatted like a rule's shell
 )
 
+# Relative data paths resolve against the folder of the config file that sets them.
+grid.resolve_data_paths(config, workflow.configfiles)
 try:
     CELLS = grid.validated_cells(config)  # fills the schema's defaults into config
 except UserError as err:
     raise WorkflowError(f"config: {err}")
+
+# Every dataset of local files not prepared yet is checked as its data job would prepare it, and all
+# their problems are listed at once, before any job (clsbench.check; `snakemake -n` fails on them
+# too). Hub datasets are left to their job: a dry run stays offline.
+unprepared = [
+    d
+    for d in dict.fromkeys(cell.dataset for cell in CELLS)
+    if not (Path("results/data") / d / "stats.json").exists()
+    and check.checked_at_planning(config, d)
+]
+if unprepared:
+    with tempfile.TemporaryDirectory(prefix="clsbench-check-") as scratch:
+        problems = check.check_datasets(config, unprepared, Path(scratch))[0]
+    if problems:
+        raise WorkflowError(
+            f"{len(problems)} data problem(s):\n"
+            + "\n".join(problems)
+            + "\n(python -m clsbench.check lists them with the cells and a time estimate)"
+        )
 
 # A prepared dataset damaged since it was written (a truncated split: SHA256SUMS differs) is removed
 # here, before the jobs are planned, so that a job that reads it has it prepared again in this run
