@@ -18,11 +18,20 @@ from clsbench.check import read_yaml
 # The default grid: config.yaml of the working directory, else this checkout's (under --directory
 # elsewhere), unless --configfile gave a grid (Snakemake would otherwise deep-merge the two grids);
 # --config overrides alone (the SLURM profile's threads) apply on top of it.
-DEFAULT_CONFIG = (
+DEFAULT_CONFIG = os.path.abspath(
     "config.yaml"
     if os.path.exists("config.yaml")
     else os.path.join(workflow.basedir, "config.yaml")
 )
+
+# A run started in the checkout itself works in runs/default/ (results/ and reports/ there, out of
+# git), so that it never writes into the committed reports/ (scripts/publish_reports.py copies a
+# run's reports there when asked).
+if os.path.samefile(os.getcwd(), workflow.basedir):
+
+    workdir: "runs/default"
+
+
 if "datasets" not in config:
     try:
         read_yaml(

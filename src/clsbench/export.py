@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from . import UserError, adapters, approaches, faults
-from .apply import cell_settings, parse_cell
+from .apply import best_cell, cell_settings, parse_cell
 from .data import load_prepared
 from .io import atomic_path, read_json, run_cli, write_json
 
@@ -221,15 +221,6 @@ def export(cell: str | Path, out: str | Path, force: bool = False, config_path: 
     return check
 
 
-def best_cell(best_json: str | Path) -> str:
-    """The cell best.json names; one line where it names none (every configuration degenerate)."""
-    best = read_json(best_json)
-    if not best.get("cell"):
-        raise UserError(f"{best_json}: names no cell ({best.get('problem', 'no recommendation')}); fix the flagged "
-                        "cells and rerun snakemake, or pass --cell to export a cell of your choice")
-    return best["cell"]
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Export a trained cell as a plain transformers model.")
     which = parser.add_mutually_exclusive_group(required=True)
@@ -240,7 +231,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config", help="the config the cell was made with (default: the cell's hparams.json)")
     parser.add_argument("--threads", type=int)
     args = parser.parse_args(argv)
-    cell = args.cell or best_cell(args.best)
+    cell = args.cell or best_cell(args.best, "export")
     check = export(cell, args.out, args.force, args.config, args.threads)
     print(f"{args.out}: exported; on {check['n']} test texts max |dprob| {check['max_abs_prob_diff']:.2e}, "
           f"{check['changed_decisions']} decisions changed")
