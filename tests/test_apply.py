@@ -39,6 +39,18 @@ def test_a_trained_cell_without_its_adapter_is_named(tmp_path):
         apply.label(cell, tmp_path / "new.csv", tmp_path / "out.csv")
 
 
+def test_a_label_holding_the_output_separator_is_refused_with_a_free_one(tmp_path):
+    """'arts|culture' joined with '|' in the predicted column would read as two labels."""
+    cell = make_cell(tmp_path, adapter=True)
+    labels_json = tmp_path / "results" / "data" / "news" / "labels.json"
+    labels_json.write_text(json.dumps({"labels": ["arts|culture", "sport"], "multi_label": True}))
+    with pytest.raises(UserError, match=r"labels.json: label 'arts\|culture' holds '\|', the character that joins a "
+                                        r"text's labels in the output \(1 such label\(s\)\); pass --label-separator ';' "
+                                        r"\(no label holds it\)$"):
+        apply.label(cell, tmp_path / "new.csv", tmp_path / "out.csv")
+    assert not (tmp_path / "out.csv").exists()
+
+
 def test_a_cell_without_hparams_outside_a_project_asks_for_the_config(tmp_path, monkeypatch):
     """Run from a folder without config.yaml, through the CLI: one line, exit 2, no traceback."""
     cell = make_cell(tmp_path, hparams=False, adapter=True)

@@ -97,6 +97,31 @@ def test_killed_training_resumes_from_its_last_epoch_checkpoint(tmp_path, tiny_m
     assert not (cell / "checkpoints").exists()
 
 
+def test_a_full_disk_while_saving_is_one_line_and_a_rerun_completes(tmp_path, tiny_model, bbc_small):
+    """A file-size limit (ulimit -f, as a full disk) lower than the adapter: the save fails inside
+    safetensors; the job says so in one line (exit 4, no traceback) and leaves no adapter; with the
+    limit gone the same command finishes the cell."""
+    import resource
+
+    hp = {**TINY_HEAD_HP, "quantization": "none", "max_epochs": 2}
+    cell = tmp_path / "cell"
+
+    def small_files():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))  # the adapter is ~37 kB
+
+    full = subprocess.run(train_cmd(tiny_model, bbc_small, cell, hp), capture_output=True, text=True,
+                          preexec_fn=small_files)
+    assert full.returncode == 4 and "Traceback" not in full.stderr, full.stderr[-3000:]
+    assert full.stderr.strip().splitlines()[-1] == (
+        "error: File too large while writing; free disk space (or raise the file-size limit, ulimit -f) and rerun "
+        "snakemake: finished files are kept, a half-written one is never taken for output, and training resumes "
+        "from its last epoch checkpoint")
+    assert not (cell / "adapter").exists() and not (cell / "train_info.json").exists()
+    rerun = subprocess.run(train_cmd(tiny_model, bbc_small, cell, hp), capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert (cell / "adapter" / "adapter_model.safetensors").exists() and (cell / "train_info.json").exists()
+
+
 def test_resume_point_skips_cut_checkpoints_and_other_runs(tmp_path):
     ckpt = tmp_path / "checkpoints"
     key = {"hp": {"learning_rate": 1e-3}, "seed": 1}

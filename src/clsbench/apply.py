@@ -8,7 +8,8 @@ The input (CSV / TSV / JSONL / Parquet, by suffix) gets the dataset's preprocess
 joined by a line break, the dataset's ``max_words`` cut); the texts then become the test split of a
 temporary copy of the cell's prepared dataset and the approach's own predict step (registry entry
 point, the cell's hyperparameters from the config) labels them. The output, in the input's format
-and written atomically, is the input's columns plus ``predicted`` (the labels, joined by ``|``),
+and written atomically, is the input's columns plus ``predicted`` (the labels, joined by ``|`` or
+``--label-separator``; a label holding it is refused before any model loads),
 ``prob_<label>`` per label where the approach gives probabilities, and for generate mode the
 ``generated`` answer and whether it was ``valid``. A row that cannot be read, or an empty text,
 stops the run with its line or row number before anything is written.
@@ -127,11 +128,25 @@ def check_cell_files(cell: Path, spec: approaches.Approach, data_dir: Path) -> N
                         f"copy it too, or train the cell again: snakemake -- {cell}/train_info.json")
 
 
+def check_separator(labels: list[str], separator: str, where: Path) -> None:
+    """A label name holding the character that joins labels in ``predicted`` would read as two labels."""
+    if not separator:
+        raise UserError("--label-separator: give a character, e.g. ';'")
+    clashing = [name for name in labels if separator in name]
+    if clashing:
+        free = next((c for c in ("|", ";", "+", "/", ",", "#") if not any(c in name for name in labels)), None)
+        fix = f"pass --label-separator '{free}' (no label holds it)" if free else "pass --label-separator with a character no label holds"
+        raise UserError(f"{where}: label '{clashing[0]}' holds {separator!r}, the character that joins a text's "
+                        f"labels in the output ({len(clashing)} such label(s)); {fix}")
+
+
 def label(cell: str | Path, input_path: str | Path, output: str | Path, config_path: str | Path | None = None,
           text_columns: list[str] | None = None, mode: str | None = None, threads: int | None = None,
-          force: bool = False, settings: tuple[dict, dict] | None = None, reader: dict | None = None) -> pd.DataFrame:
+          force: bool = False, settings: tuple[dict, dict] | None = None, reader: dict | None = None,
+          separator: str = LABEL_JOIN) -> pd.DataFrame:
     """Label the texts of ``input_path`` with ``cell``; writes ``output`` and returns it as a table.
-    ``settings``: the cell's hyperparameters and dataset settings, as best.json records them."""
+    ``settings``: the cell's hyperparameters and dataset settings, as best.json records them;
+    ``separator`` joins a text's labels in ``predicted``."""
     cell, input_path, output = Path(cell), Path(input_path), Path(output)
     keys = parse_cell(cell)
     spec = approaches.get(keys["approach"])
@@ -144,6 +159,7 @@ def label(cell: str | Path, input_path: str | Path, output: str | Path, config_p
         raise UserError(f"--output {output}: exists; pass --force to replace it")
     data_dir = cell.parents[4] / "data" / keys["dataset"]
     check_cell_files(cell, spec, data_dir)
+    check_separator(read_json(data_dir / "labels.json")["labels"], separator, data_dir / "labels.json")
     hp, dataset = settings or cell_settings(cell, keys, config_path)
     table, texts = read_texts(input_path, text_columns or dataset.get("text_columns", ["text"]), dataset.get("max_words"),
                               reader)
@@ -155,7 +171,7 @@ def label(cell: str | Path, input_path: str | Path, output: str | Path, config_p
         pred = pd.read_parquet(Path(tmp) / f"predictions{suffix}.parquet")
         labels = read_json(data_dir / "labels.json")["labels"]
     out = table.copy()
-    out["predicted"] = [LABEL_JOIN.join(p) for p in pred["pred"]]
+    out["predicted"] = [separator.join(p) for p in pred["pred"]]
     if "probs" in pred and pred["probs"].notna().all():
         for j, name in enumerate(labels):
             out[f"prob_{name}"] = [float(p[j]) for p in pred["probs"]]
@@ -196,6 +212,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--input", required=True, help="CSV / TSV / JSONL / Parquet")
     parser.add_argument("--output", required=True, help="same formats, by suffix")
     parser.add_argument("--force", action="store_true", help="replace --output if it exists")
+    parser.add_argument("--label-separator", default=LABEL_JOIN,
+                        help=f"joins a text's labels in the predicted column (default {LABEL_JOIN!r})")
     parser.add_argument("--config", help="the config the cell was made with (default: the cell's own record, "
                         "hparams.json; config.yaml for a cell without one)")
     parser.add_argument("--text-columns", nargs="+", help="default: the dataset's text_columns")
@@ -211,7 +229,7 @@ def main(argv: list[str] | None = None) -> None:
     settings = (best["hparams"], best["dataset_settings"]) if best.get("hparams") and not args.config else None
     reader = {k: v for k, v in (("format", args.format), ("delimiter", args.delimiter), ("encoding", args.encoding)) if v}
     out = label(cell, args.input, args.output, args.config, args.text_columns, args.mode, args.threads, args.force,
-                settings, reader)
+                settings, reader, args.label_separator)
     print(f"{args.output}: {len(out)} texts labelled by {cell}")
 
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +35,7 @@ from . import UserError, approaches, health
 from .apply import parse_cell
 from .cell import HPARAMS_FILE
 from .classifier import THRESHOLDS
-from .io import read_json, run_cli, write_json
+from .io import json_arg, read_json, run_cli, write_json
 from .tuning import TUNED_FILE
 
 TEST_KEYS = ("f1_micro", "f1_micro_ci95", "f1_macro", "accuracy", "ece", "invalid_answers")
@@ -190,11 +189,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Name the best cell of a dataset by validation micro-F1.")
     parser.add_argument("--cells", nargs="+", required=True, help="the dataset's cell folders")
     parser.add_argument("--out", required=True, help="results/<dataset>/best.json")
-    parser.add_argument("--hparams", help="JSON: each cell's hyperparameters by cell folder (the rules pass them)")
-    parser.add_argument("--dataset-settings", help="JSON: the dataset's text_columns and max_words")
+    parser.add_argument("--hparams", type=json_arg, help="JSON: each cell's hyperparameters by cell folder (the rules pass them)")
+    parser.add_argument("--dataset-settings", type=json_arg, help="JSON: the dataset's text_columns and max_words")
     args = parser.parse_args(argv)
-    best = select(args.cells, json.loads(args.hparams) if args.hparams else None,
-                  json.loads(args.dataset_settings) if args.dataset_settings else None)
+    best = select(args.cells, args.hparams, args.dataset_settings)
     write_json(args.out, best)
     if best["cell"] is None:
         print(f"{args.out}: NO RECOMMENDATION: {best['problem']}")

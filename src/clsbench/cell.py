@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 from . import UserError, approaches
-from .io import read_json, run_cli, write_json
+from .io import json_arg, read_json, run_cli, write_json
 
 HPARAMS_FILE = "hparams.json"  # a cell's hyperparameters, as its steps got them (clsbench.apply reads them)
 
@@ -41,14 +41,14 @@ def main(argv: list[str] | None = None) -> None:
         a.add_argument("--data-dir", required=True)
         a.add_argument("--out-dir", required=True)
         a.add_argument("--seed", type=int, required=True)
-        a.add_argument("--hparams", required=True, help="the cell's hyperparameters as JSON")
+        a.add_argument("--hparams", required=True, type=json_arg, help="the cell's hyperparameters as JSON")
         a.add_argument("--threads", type=int)
     args = parser.parse_args(argv)
     approach = approaches.get(args.approach)
     if args.stage == "train" and not approach.ranked and args.rank != 0:
         raise UserError(f"approach '{approach.name}' takes no LoRA rank: its cells are r0, not r{args.rank}")
     function = approach.entry(args.stage)
-    common = {"data_dir": args.data_dir, "out_dir": args.out_dir, "seed": args.seed, "hp": json.loads(args.hparams),
+    common = {"data_dir": args.data_dir, "out_dir": args.out_dir, "seed": args.seed, "hp": args.hparams,
               "threads": args.threads}
     if args.stage == "train":
         info = call(function, model_json=args.model_json, rank=args.rank, **common)

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from . import UserError, faults
-from .io import atomic_path, read_json, run_cli
+from .io import atomic_path, json_arg, read_json, run_cli
 from .metrics import indicator
 
 SPLITS = ("train", "val", "test")
@@ -569,11 +569,11 @@ def load_prepared(data_dir: str | Path) -> tuple[dict[str, pd.DataFrame], list[s
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Prepare one dataset of the grid.")
     parser.add_argument("--key", required=True)
-    parser.add_argument("--spec", required=True, help="the dataset's config block as JSON")
+    parser.add_argument("--spec", required=True, type=json_arg, help="the dataset's config block as JSON")
     parser.add_argument("--out", required=True)
     parser.add_argument("--base-dir", help="prepared base dataset (source derived_pairs)")
     args = parser.parse_args(argv)
-    stats = prepare(args.key, json.loads(args.spec), args.out, args.base_dir)
+    stats = prepare(args.key, args.spec, args.out, args.base_dir)
     print(json.dumps({s: stats[s]["n"] for s in SPLITS}), "duplicates removed:", stats["duplicates_removed"])
 
 

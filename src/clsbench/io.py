@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -95,6 +96,17 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(obj)}")
 
 
+def json_arg(text: str):
+    """An argparse ``type`` for a JSON option: a value that does not parse is argparse's one-line
+    error naming the option (exit 2), not a traceback."""
+    import argparse
+
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"not JSON ({err.msg} at character {err.pos}): {text[:80]}") from None
+
+
 def run_cli(main: Callable[[list[str] | None], Any], argv: list[str] | None = None) -> None:
     """Run a module's ``main``; a :class:`UserError` becomes one ``error: ...`` line and exit code 2
     (or the error's ``exit_code``: 3 for out of memory)."""
@@ -107,3 +119,36 @@ def run_cli(main: Callable[[list[str] | None], Any], argv: list[str] | None = No
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(getattr(err, "exit_code", 2))
+    except FileNotFoundError as err:  # an input path given on the command line, or a step's input not made
+        print(f"error: {err.filename}: not found (resolved from {Path.cwd()}); check the path, or run snakemake "
+              "for it", file=sys.stderr)
+        sys.exit(2)
+    except Exception as err:
+        full = disk_full(err)
+        if full is None:
+            raise
+        print(f"error: {full} while writing; free disk space (or raise the file-size limit, ulimit -f) and rerun "
+              "snakemake: finished files are kept, a half-written one is never taken for output, and training "
+              "resumes from its last epoch checkpoint", file=sys.stderr)
+        sys.exit(DISK_FULL_EXIT)
+
+
+DISK_FULL_EXIT = 4
+DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
+DISK_FULL_WORDS = ("No space left on device", "File too large", "Disk quota exceeded")
+
+
+def disk_full(err: BaseException) -> str | None:
+    """What says that ``err`` (or an error it was raised from) is a full disk or a file-size limit:
+    an OSError's errno, or the words of one that a library re-raised as its own type (safetensors'
+    SafetensorError, torch's RuntimeError from its stream writer); None for any other error."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in DISK_FULL_ERRNOS:
+            return f"{err.filename}: {err.strerror}" if err.filename else str(err.strerror)
+        words = next((w for w in DISK_FULL_WORDS if w in str(err)), None)
+        if words:
+            return words
+        err = err.__cause__ or err.__context__
+    return None

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from . import UserError
-from .io import atomic_path, run_cli, write_json
+from .io import atomic_path, json_arg, run_cli, write_json
 
 
 def package_dir(package: str) -> Path:
@@ -205,10 +205,10 @@ def local_dir(info: dict) -> Path:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Prepare one model of the grid.")
     parser.add_argument("--key", required=True)
-    parser.add_argument("--spec", required=True, help="the model's config block as JSON")
+    parser.add_argument("--spec", required=True, type=json_arg, help="the model's config block as JSON")
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
-    print(json.dumps(prepare(args.key, json.loads(args.spec), args.out), indent=2))
+    print(json.dumps(prepare(args.key, args.spec, args.out), indent=2))
 
 
 if __name__ == "__main__":

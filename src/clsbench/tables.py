@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import approaches, health, tuning
+from . import UserError, approaches, health, tuning
 from .io import atomic_path, read_json, run_cli
 
 REFERENCE = Path(__file__).parent / "reference" / "paper_results.csv"
@@ -47,7 +47,8 @@ def collect(metric_files: list[str | Path]) -> pd.DataFrame:
     for path in metric_files:
         match = CELL_RE.search(str(Path(path).as_posix()))
         if not match:
-            raise ValueError(f"not a cell's metrics path: {path}")
+            raise UserError(f"{path}: not a cell's metrics path (results/<dataset>/<model>/<approach>/r<rank>/"
+                            "s<seed>/metrics.json)")
         metrics = read_json(path)
         row = {**match.groupdict(), **{k: metrics.get(k) for k in COLUMNS if k in metrics or k not in match.groupdict()}}
         row["f1_micro_ci_low"], row["f1_micro_ci_high"] = metrics.get("f1_micro_ci95", [None, None])

@@ -22,13 +22,12 @@ tuned); for TF-IDF the inverse regularisation ``C`` (0.1 to 100).
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
 
 from . import UserError, approaches, health
-from .io import read_json, run_cli, write_json
+from .io import json_arg, read_json, run_cli, write_json
 
 TUNABLE = tuple(approaches.names(stages="train") + approaches.names(stages="fit"))
 DEFAULTS = {"trials": 0, "metric": "f1_micro", "seed": 0}
@@ -167,13 +166,13 @@ def describe(tuned: dict) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Choose a configuration's hyperparameters from its trials (validation).")
-    parser.add_argument("--trials", required=True, help="JSON list: the hyperparameters each trial overrides")
+    parser.add_argument("--trials", required=True, type=json_arg, help="JSON list: the hyperparameters each trial overrides")
     parser.add_argument("--metric", default="f1_micro")
     parser.add_argument("--labels", required=True, help="the dataset's labels.json")
     parser.add_argument("--out", required=True, help="results/<dataset>/<model>/<approach>/r<rank>/tuned.json")
     parser.add_argument("trial_dirs", nargs="+", help="the trials' cell folders, in trial order")
     args = parser.parse_args(argv)
-    tuned = select([Path(d) for d in args.trial_dirs], json.loads(args.trials), args.metric, Path(args.labels))
+    tuned = select([Path(d) for d in args.trial_dirs], args.trials, args.metric, Path(args.labels))
     write_json(args.out, tuned)
     print(f"{args.out}: {describe(tuned)}; validation {tuned['metric']} {tuned['value']:.3f} "
           f"(configured {tuned['configured_value']:.3f}); trials trained for {tuned['tuning_seconds']:.0f} s")
