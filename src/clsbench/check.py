@@ -27,6 +27,7 @@ import sys
 import tempfile
 from collections import Counter
 from pathlib import Path
+from typing import NamedTuple
 
 import yaml
 
@@ -42,6 +43,7 @@ JOB_START_S = 15  # a training or prediction job's start: Python, torch, the mod
 FEW_VAL = 50  # validation texts below which early stopping and tuning decide on noise
 FEW_EXAMPLES = 3  # training examples of a label below which it is reported
 GPU_SIZED_PARAMS = 1e9  # an LLM this large on a CPU is reported
+ENCODER_SIZES = {"tiny": 4.4e6, "mini": 11e6, "small": 29e6, "base": 110e6, "large": 335e6}  # BERT's sizes
 
 
 # ---------------------------------------------------------------- config files
@@ -86,10 +88,17 @@ def settings_text(fix: dict) -> str:
     return ", ".join(f"{k}: {json.dumps(v)}" for k, v in fix.items())
 
 
-def dataset_problems(key: str, spec: dict, out_dir: Path, base_dir: Path | None = None) -> tuple[list[str], list[str], dict | None]:
-    """Prepare dataset ``key`` into ``out_dir`` as the data job would: (problems, notes, stats or None).
-    A problem whose message names its fix is fixed in a copy of ``spec`` and preparation goes on, so
-    that one call lists every problem a run would otherwise meet one at a time."""
+class DatasetCheck(NamedTuple):
+    problems: list[str]  # one line each, with its fix
+    notes: list[str]  # what preparation printed, and what its figures say
+    stats: dict | None  # the prepared dataset's stats.json where preparation went through
+    fixes: dict  # the settings the problems' messages named (applied to reach ``stats``)
+
+
+def dataset_problems(key: str, spec: dict, out_dir: Path, base_dir: Path | None = None) -> DatasetCheck:
+    """Prepare dataset ``key`` into ``out_dir`` as the data job would. A problem whose message names
+    its fix is fixed in a copy of ``spec`` and preparation goes on, so that one call lists every
+    problem a run would otherwise meet one at a time."""
     problems: list[str] = []
     applied: dict = {}
     for _ in range(MAX_FIXES):
@@ -100,12 +109,12 @@ def dataset_problems(key: str, spec: dict, out_dir: Path, base_dir: Path | None 
         except UserError as err:
             problems.append(f"{err}" + (f" (found with {settings_text(applied)} applied)" if applied else ""))
             if not err.fix or err.fix.items() <= applied.items():
-                return problems, [], None
+                return DatasetCheck(problems, [], None, applied)
             applied.update(err.fix)
             continue
         notes = [line for line in printed.getvalue().splitlines() if line.strip()]
-        return problems, notes + data_notes(key, stats), (None if problems else stats)
-    return problems, [], None
+        return DatasetCheck(problems, notes + data_notes(key, stats), stats, applied)
+    return DatasetCheck(problems, [], None, applied)
 
 
 def data_notes(key: str, stats: dict) -> list[str]:
@@ -143,12 +152,11 @@ def check_datasets(config: dict, keys: list[str], scratch: Path) -> tuple[list[s
             if base in keys:
                 continue  # its base has problems, listed already
             order.append(base)
-        found, said, stats[key] = dataset_problems(key, spec, scratch / key,
-                                                   scratch / base if base in stats else None)
-        problems += found
-        notes += said
-        if stats[key] is None:
-            del stats[key]
+        checked = dataset_problems(key, spec, scratch / key, scratch / base if base in stats else None)
+        problems += checked.problems
+        notes += checked.notes
+        if checked.stats is not None and not checked.problems:
+            stats[key] = checked.stats
     return problems, notes, stats
 
 
@@ -183,6 +191,10 @@ def model_params(name: str, spec: dict) -> float | None:
         match = re.search(r"(?<![\d.])(\d+(?:\.\d+)?)\s*([mb])(?![a-z])", str(text or "").lower().replace("_", "-"))
         if match:
             return float(match[1]) * (1e6 if match[2] == "m" else 1e9)
+    for text in (name, spec.get("hub_id")):  # BERT-family sizes: bert-base-uncased, deberta-v3-large
+        match = re.search(r"(?<![a-z])(tiny|mini|small|base|large)(?![a-z])", str(text or "").lower())
+        if match:
+            return ENCODER_SIZES[match[1]]
     return None
 
 
@@ -284,7 +296,9 @@ def estimate(config: dict, cells: list, stats: dict, rates: dict, speedup: float
 def minutes(seconds: float) -> str:
     if seconds < 60:
         return f"{seconds:.0f} s"
-    return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h" if seconds < 3 * 86400 else f"{seconds / 86400:.0f} days"
 
 
 def device_words() -> tuple[str, bool]:
@@ -360,8 +374,8 @@ def print_estimate(config: dict, cells: list, stats: dict, out) -> None:
     big = [m for m, p in sizes if p and p >= GPU_SIZED_PARAMS]
     if not gpu and (big or total > 8 * 3600):
         why = f"model(s) {', '.join(big)} of 1B parameters or more" if big else f"about {minutes(total)}"
-        print(f"warning: this grid is GPU-sized ({why}) and no GPU is present; start from configs/starter.yaml "
-              "or run it where a GPU is (docs/gpu.md, docs/cluster.md)", file=out)
+        print(f"warning: this grid is GPU-sized ({why}) and no GPU is present; python -m clsbench.starter "
+              "--data FILE writes a CPU-sized grid, or run this one where a GPU is (docs/gpu.md, docs/cluster.md)", file=out)
 
 
 def main(argv: list[str] | None = None) -> None:
