@@ -54,6 +54,7 @@ def test_check_lists_every_problem_of_a_ticket_csv_at_once_each_with_its_fix(tmp
     assert "note: dataset 'tickets': the validation split has 12 texts" in run.stdout  # too few to stop on
 
 
+@pytest.mark.e2e
 def test_snakemake_dry_run_fails_on_the_same_data_problems_before_any_job(tmp_path):
     ticket_csv(tmp_path / "tickets.csv")
     (tmp_path / "config.yaml").write_text(yaml.safe_dump({
@@ -68,6 +69,7 @@ def test_snakemake_dry_run_fails_on_the_same_data_problems_before_any_job(tmp_pa
     assert not (tmp_path / "results").exists()  # nothing was run or written
 
 
+@pytest.mark.e2e
 def test_a_yaml_syntax_error_names_the_file_and_line(tmp_path):
     (tmp_path / "config.yaml").write_text("datasets:\n  d: {source: files, path: a.csv\nseeds: [1]\n")
     run = run_check(tmp_path, "config.yaml")

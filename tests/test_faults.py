@@ -59,6 +59,7 @@ def train_cmd(model_json, data_dir, out_dir, hp):
             "--threads", "1"]
 
 
+@pytest.mark.e2e
 def test_killed_training_resumes_from_its_last_epoch_checkpoint(tmp_path, tiny_model, bbc_small):
     """SIGKILL once an epoch checkpoint exists: nothing that looks finished is left behind, the rerun
     logs `resuming from checkpoint-N` and ends with the adapter of an uninterrupted run, bit for bit
@@ -97,6 +98,7 @@ def test_killed_training_resumes_from_its_last_epoch_checkpoint(tmp_path, tiny_m
     assert not (cell / "checkpoints").exists()
 
 
+@pytest.mark.e2e
 def test_a_full_disk_while_saving_is_one_line_and_a_rerun_completes(tmp_path, tiny_model, bbc_small):
     """A file-size limit (ulimit -f, as a full disk) lower than the adapter: the save fails inside
     safetensors; the job says so in one line (exit 4, no traceback) and leaves no adapter; with the
@@ -149,6 +151,7 @@ def oom_run(tmp_path_factory):
     return workdir, output(run), json.loads((workdir / TARGET).read_text())
 
 
+@pytest.mark.e2e
 def test_out_of_memory_is_retried_with_half_the_micro_batch(oom_run):
     workdir, out, _ = oom_run
     assert out.count("Trying to restart job") == 2  # train and predict, once each
@@ -186,6 +189,7 @@ def same_metrics(metrics: dict, original: dict) -> None:
     assert metrics["brier"] == pytest.approx(original["brier"], abs=1e-4)
 
 
+@pytest.mark.e2e
 def test_truncated_predictions_are_removed_and_rebuilt(oom_run):
     workdir, _, original = oom_run
     pred = workdir / CELL / "predictions.parquet"
@@ -202,6 +206,7 @@ def test_truncated_predictions_are_removed_and_rebuilt(oom_run):
     same_metrics(json.loads((workdir / TARGET).read_text()), original)
 
 
+@pytest.mark.e2e
 def test_corrupted_adapter_is_removed_and_the_cell_retrained(oom_run):
     """The retrained cell runs without the simulated out-of-memory error, at micro-batch 8: its metrics
     equal those of the micro-batch 4 x accumulation 2 original (no dropout here, so only the order of
@@ -222,6 +227,7 @@ def test_corrupted_adapter_is_removed_and_the_cell_retrained(oom_run):
     same_metrics(json.loads((workdir / TARGET).read_text()), original)
 
 
+@pytest.mark.e2e
 def test_truncated_adapter_is_retrained_in_the_same_run(oom_run):
     """Cut short (found before the jobs are planned, without hashing): removed and trained again for
     the forced prediction in the same run, not a retry that waits for a missing input."""
@@ -258,6 +264,7 @@ def test_quick_check_finds_a_cut_file_without_hashing(tmp_path):
 
 
 # ---------------------------------------------------------------- concurrent and killed snakemake runs
+@pytest.mark.e2e
 def test_second_run_is_locked_out_and_a_killed_run_recovers(tmp_path_factory):
     """Run A trains; once an epoch checkpoint exists it is frozen (SIGSTOP, still holding its lock) and
     run B on the same directory is refused. A is then killed with SIGKILL (job included), as by a
@@ -368,6 +375,7 @@ def test_auto_eval_batch_finds_the_largest_that_fits_and_predicts_the_same(tmp_p
         assert auto["pred"].map(list).tolist() == fixed["pred"].map(list).tolist()
 
 
+@pytest.mark.e2e
 def test_instruct_training_and_inference_retry_out_of_memory_with_smaller_batches(tmp_path, tiny_model, bbc_small):
     """The instruct trainer and predictor through their command line under the simulated limit of 4
     texts per forward pass (a mock of a full GPU): each first attempt exits 3 and records halved

