@@ -39,6 +39,21 @@ def test_a_trained_cell_without_its_adapter_is_named(tmp_path):
         apply.label(cell, tmp_path / "new.csv", tmp_path / "out.csv")
 
 
+def test_a_copied_cell_missing_one_adapter_file_is_named_and_nothing_of_it_is_deleted(tmp_path):
+    cell = make_cell(tmp_path, adapter=True)
+    (cell / "adapter" / "base").mkdir()
+    (cell / "adapter" / "base" / "config.json").write_text("{}")
+    (cell / "adapter" / "adapter_config.json").write_text("{}")
+    (cell / "adapter" / "SHA256SUMS").write_text("0" * 64 + "  adapter_model.safetensors\n" + "0" * 64
+                                                 + "  adapter_config.json\n")
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    with pytest.raises(UserError, match=r"adapter/SHA256SUMS: lists a missing file 'adapter_model.safetensors' "
+                                        r"\(truncated or corrupted\); nothing was removed; copy it again from the run "
+                                        r"that made it, or run snakemake there to rebuild it$"):
+        apply.label(cell, tmp_path / "new.csv", tmp_path / "out.csv")
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # the copy is as it was
+
+
 def test_a_label_holding_the_output_separator_is_refused_with_a_free_one(tmp_path):
     """'arts|culture' joined with '|' in the predicted column would read as two labels."""
     cell = make_cell(tmp_path, adapter=True)

@@ -73,7 +73,6 @@ def read_texts(path: Path, text_columns: list[str], max_words: int | None,
 def staged_dataset(data_dir: Path, texts: list[str], folder: Path) -> Path:
     """A prepared dataset in ``folder`` whose test split is ``texts`` (no gold labels) and whose other
     files are the cell's (linked): what the predict steps read."""
-    faults.check_sums(data_dir)
     out = folder / "data"
     out.mkdir()
     for f in data_dir.iterdir():
@@ -126,6 +125,11 @@ def check_cell_files(cell: Path, spec: approaches.Approach, data_dir: Path) -> N
     if spec.stages == "train" and not (cell / "adapter").is_dir():
         raise UserError(f"{cell / 'adapter'}: missing (the cell was not trained, or was copied without it); "
                         f"copy it too, or train the cell again: snakemake -- {cell}/train_info.json")
+    # damaged files are named, never deleted: a cell used here may be a copy only the user has
+    fix = "copy it again from the run that made it, or run snakemake there to rebuild it"
+    faults.check_sums(data_dir, then=fix, remove=False)
+    if spec.stages == "train":
+        faults.check_sums(cell / "adapter", then=fix, remove=False)
 
 
 def check_separator(labels: list[str], separator: str, where: Path) -> None:

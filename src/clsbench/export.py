@@ -181,7 +181,8 @@ def export(cell: str | Path, out: str | Path, force: bool = False, config_path: 
     for name in ("metrics.json", "predictions.parquet", "predict_info.json", "adapter"):
         if not (cell / name).exists():
             raise UserError(f"--cell {cell}: {name} missing; the cell is incomplete (run snakemake for it)")
-    faults.check_sums(adapter, then="run snakemake again to retrain the cell")  # names the file that differs
+    faults.check_sums(adapter, then="copy it again from the run that made it, or run snakemake there to retrain the "
+                      "cell", remove=False)  # names the file that differs; a copied cell is the user's
     hp, _ = cell_settings(cell, keys, config_path)
     data_dir = cell.parents[4] / "data" / keys["dataset"]
     labels_meta = read_json(data_dir / "labels.json")

@@ -169,22 +169,27 @@ def corrupted(path: Path, why: str, *remove: Path, then: str = "run snakemake ag
     missing intermediate file while the files made from it exist) and return the error to raise."""
     for r in remove:
         shutil.rmtree(r) if r.is_dir() else r.unlink(missing_ok=True)
-    return UserError(f"{path}: {why} (truncated or corrupted); removed {', '.join(map(str, remove))}; {then}")
+    removed = f"removed {', '.join(map(str, remove))}" if remove else "nothing was removed"
+    return UserError(f"{path}: {why} (truncated or corrupted); {removed}; {then}")
 
 
-def check_sums(folder: str | Path, derived: tuple[Path, ...] = (), then: str = "run snakemake again to rebuild it") -> None:
+def check_sums(folder: str | Path, derived: tuple[Path, ...] = (), then: str = "run snakemake again to rebuild it",
+               remove: bool = True) -> None:
     """Every file listed in ``folder/SHA256SUMS`` exists and matches; otherwise ``folder`` and the
-    ``derived`` files are removed. Folders written before checksums existed (no SHA256SUMS) pass."""
+    ``derived`` files are removed (inside a run, where the pipeline made them and rebuilds them; outside
+    one, ``remove=False``: a copied cell is the user's, nothing of it is deleted). Folders written
+    before checksums existed (no SHA256SUMS) pass."""
     folder = Path(folder)
     if not (folder / SUMS).exists():
         return
+    doomed = (folder, *derived) if remove else ()
     for line in (folder / SUMS).read_text().splitlines():
         digest, _, name = line.partition("  ")
         path = folder / name
         if not name or not path.is_file():
-            raise corrupted(folder / SUMS, f"lists a missing file {name!r}", folder, *derived, then=then)
+            raise corrupted(folder / SUMS, f"lists a missing file {name!r}", *doomed, then=then)
         if sha256(path) != digest:
-            raise corrupted(path, f"SHA-256 differs from {SUMS}", folder, *derived, then=then)
+            raise corrupted(path, f"SHA-256 differs from {SUMS}", *doomed, then=then)
 
 
 def quick_check(folder: str | Path) -> str | None:
