@@ -99,6 +99,32 @@ def test_killed_training_resumes_from_its_last_epoch_checkpoint(tmp_path, tiny_m
 
 
 @pytest.mark.e2e
+def test_a_kill_while_the_adapter_is_written_resumes_from_the_last_epoch(tmp_path, tiny_model, bbc_small):
+    """SIGKILL once the final adapter's temporary folder appears (training done, the adapter half
+    written): the epoch checkpoints are still there, so the rerun resumes from the last one instead
+    of training again from epoch 1, and finishes the cell."""
+    hp = {**TINY_HEAD_HP, "quantization": "none", "max_epochs": 2}
+    cell = tmp_path / "cell"
+    proc = subprocess.Popen(train_cmd(tiny_model, bbc_small, cell, hp), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    start = time.monotonic()
+    while not glob.glob(f"{cell}/.adapter.tmp-*"):
+        assert proc.poll() is None, "training ended before its adapter was written"
+        assert time.monotonic() - start < 300
+        time.sleep(0.001)
+    proc.kill()
+    proc.wait()
+    assert not (cell / "adapter").exists() and faults.resume_point(cell / "checkpoints")
+    last = Path(faults.resume_point(cell / "checkpoints")).name
+    rerun = subprocess.run(train_cmd(tiny_model, bbc_small, cell, hp), capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert f"resuming from {last}" in rerun.stdout
+    info = json.loads((cell / "train_info.json").read_text())
+    assert info["resumed_from"] == last and info["epochs_run"] == 2
+    assert (cell / "adapter" / "adapter_model.safetensors").exists() and not (cell / "checkpoints").exists()
+
+
+@pytest.mark.e2e
 def test_a_full_disk_while_saving_is_one_line_and_a_rerun_completes(tmp_path, tiny_model, bbc_small):
     """A file-size limit (ulimit -f, as a full disk) lower than the adapter: the save fails inside
     safetensors; the job says so in one line (exit 4, no traceback) and leaves no adapter; with the
