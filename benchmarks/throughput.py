@@ -43,7 +43,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -81,12 +80,6 @@ def settings(name: str, approach: str, cuda: bool, ours_batch: int | None, ours_
             "modes": ["score", "generate"] if approach == "instruct" else ["classifier"]}
 
 
-def native_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX), not by emulation."""
-    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    return bool(re.search(r"avx512_bf16|amx_bf16", flags))
-
-
 def matmul_peak(dtype_name: str, device: str, n: int = 2048) -> float:
     """Achieved FLOP/s of an n × n matrix product in ``dtype_name`` (torch.utils.benchmark, which
     synchronises CUDA): the machine's practical dense peak, against which the model FLOP/s of each
@@ -95,6 +88,8 @@ def matmul_peak(dtype_name: str, device: str, n: int = 2048) -> float:
     from torch.utils.benchmark import Timer
 
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
+    from clsbench.runtime import native_bf16
+
     if device == "cpu" and dtype_name == "bf16" and not native_bf16():
         n = 256  # emulated bf16 (AVX2): one 2048 product takes about a minute; the rate per FLOP is the same
     a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import functools
 import io
 import json
 import os
@@ -37,6 +38,7 @@ from .io import run_cli
 REPO = Path(__file__).resolve().parents[2]
 THROUGHPUT = REPO / "reports" / "tables" / "throughput.csv"
 DATASET_STATS = REPO / "reports" / "tables" / "dataset_stats.csv"
+PAPER_RESULTS = Path(__file__).with_name("reference") / "paper_results.csv"
 MEASURED_ON = "bbc-news"  # the throughput table's dataset the rates are read from
 MAX_FIXES = 8  # problems with a fix applied in one dataset before the check gives up on it
 JOB_START_S = 15  # a training or prediction job's start: Python, torch, the model's load (CPU, 135M)
@@ -95,26 +97,38 @@ class DatasetCheck(NamedTuple):
     fixes: dict  # the settings the problems' messages named (applied to reach ``stats``)
 
 
-def dataset_problems(key: str, spec: dict, out_dir: Path, base_dir: Path | None = None) -> DatasetCheck:
-    """Prepare dataset ``key`` into ``out_dir`` as the data job would. A problem whose message names
-    its fix is fixed in a copy of ``spec`` and preparation goes on, so that one call lists every
-    problem a run would otherwise meet one at a time."""
+def with_fixes(attempt, settings: dict) -> tuple[object, dict, list[str]]:
+    """Call ``attempt(settings)``; where it stops on a problem whose message names its fix, apply the fix
+    to a copy of the settings and call it again, so that one call meets every problem a user would meet
+    one run at a time. Returns (the result, or None where a problem has no fix; the fixes applied; the
+    problems met, each marked with the fixes it was found under)."""
     problems: list[str] = []
     applied: dict = {}
     for _ in range(MAX_FIXES):
-        printed = io.StringIO()
         try:
-            with contextlib.redirect_stdout(printed):
-                stats = data.prepare(key, {**spec, **applied}, out_dir, base_dir)
+            return attempt({**settings, **applied}), applied, problems
         except UserError as err:
             problems.append(f"{err}" + (f" (found with {settings_text(applied)} applied)" if applied else ""))
             if not err.fix or err.fix.items() <= applied.items():
-                return DatasetCheck(problems, [], None, applied)
+                break
             applied.update(err.fix)
-            continue
-        notes = [line for line in printed.getvalue().splitlines() if line.strip()]
-        return DatasetCheck(problems, notes + data_notes(key, stats), stats, applied)
-    return DatasetCheck(problems, [], None, applied)
+    return None, applied, problems
+
+
+def dataset_problems(key: str, spec: dict, out_dir: Path, base_dir: Path | None = None) -> DatasetCheck:
+    """Prepare dataset ``key`` into ``out_dir`` as the data job would, meeting every problem at once
+    (:func:`with_fixes`); what preparation prints becomes notes."""
+    def prepare(settings: dict):
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            return data.prepare(key, settings, out_dir, base_dir), printed.getvalue()
+
+    done, fixes, problems = with_fixes(prepare, spec)
+    if done is None:
+        return DatasetCheck(problems, [], None, fixes)
+    stats, printed = done
+    notes = [line for line in printed.splitlines() if line.strip()]
+    return DatasetCheck(problems, notes + data_notes(key, stats), stats, fixes)
 
 
 def data_notes(key: str, stats: dict) -> list[str]:
@@ -220,19 +234,26 @@ def measured_rates(path: Path = THROUGHPUT, stats_path: Path = DATASET_STATS,
     return rates
 
 
+@functools.cache
+def paper_rate(approach: str, model: str, metric: str, dataset: str = "WIPO") -> float:
+    """A throughput figure of the paper's Appendix D (one L4, NF4 QLoRA; WIPO texts up to 1024
+    tokens): texts per second, ``metric`` train_samples_per_s or infer_samples_per_s."""
+    rank = {"head": "8", "instruct": "64"}[approach]
+    for row in csv.DictReader(PAPER_RESULTS.open()):
+        if (row["table"], row["approach"], row["rank"], row["model"], row["metric"], row["dataset"]) == \
+                ("appendix_d", approach, rank, model, metric, dataset):
+            return float(row["value"])
+    raise KeyError((approach, model, metric, dataset))
+
+
 def gpu_speedup(rates: dict) -> float | None:
     """How much faster the paper's L4 trained a head than our CPU row would at the same size and
     length: its Llama-3.2-1B head on WIPO (up to 1024 tokens) against the CPU head row scaled up."""
-    ref = Path(__file__).with_name("reference") / "paper_results.csv"
     cpu = rates.get(("head", "classifier"), {}).get("train")
-    if cpu is None or not ref.exists():
+    if cpu is None:
         return None
-    for row in csv.DictReader(ref.open()):
-        if (row["table"], row["approach"], row["rank"], row["model"], row["metric"], row["dataset"]) == \
-                ("appendix_d", "head", "8", "Llama-3.2-1B", "train_samples_per_s", "WIPO"):
-            seconds_gpu = 1.0 / float(row["value"])
-            return cpu * (1024 / 1.46) * 1.24e9 / seconds_gpu  # 1024 tokens ≈ 700 words; 1.24 B parameters
-    return None
+    seconds_gpu = 1.0 / paper_rate("head", "Llama-3.2-1B", "train_samples_per_s")
+    return cpu * (1024 / 1.46) * 1.24e9 / seconds_gpu  # 1024 tokens ≈ 700 words; 1.24 B parameters
 
 
 def cell_words(stats: dict, hp: dict) -> float:
@@ -310,8 +331,9 @@ def device_words() -> tuple[str, bool]:
             return f"GPU {torch.cuda.get_device_name(0)}", True
     except ImportError:
         pass
-    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    bf16 = "native bf16" if re.search(r"avx512_bf16|amx_bf16", flags) else "no native bf16"
+    from .runtime import native_bf16
+
+    bf16 = "native bf16" if native_bf16() else "no native bf16"
     return f"CPU, {os.cpu_count()} cores, {bf16}", False
 
 

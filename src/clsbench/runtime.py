@@ -4,6 +4,7 @@ key a checkpoint may resume into, peak memory, optimizer names and GPU-synchroni
 from __future__ import annotations
 
 import math
+import re
 import time
 from pathlib import Path
 
@@ -37,6 +38,12 @@ def device_setup(threads: int | None = None, precision: str | None = "auto") -> 
             "device_name": torch.cuda.get_device_name(0) if cuda else f"cpu ({torch.get_num_threads()} threads)",
             "compute_dtype": torch.bfloat16 if bf16 else torch.float32}
 
+
+
+def native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX) rather than by emulation."""
+    cpuinfo = Path("/proc/cpuinfo")
+    return bool(re.search(r"avx512_bf16|amx_bf16", cpuinfo.read_text() if cpuinfo.exists() else ""))
 
 
 def quantization_config(hp: dict, compute_dtype, keep: tuple[str, ...] = ("score",)):

@@ -38,29 +38,19 @@ TEST_CAP = 200  # test texts of the CPU grid: the verdict's interval rests on th
 CPU_WORDS, CPU_TOKENS = 32, 48  # the CPU grid's text: first 32 words, at ~1.46 tokens per word
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = REPO / "config.yaml"
-# One GPU (paper Table 1 and Appendix D, one NVIDIA L4 24 GB, NF4 QLoRA): hub id, parameters, train
-# and inference texts per second of the head at up to 1024 tokens (WIPO).
-GPU_MODELS = {
-    "1b": ("meta-llama/Llama-3.2-1B", 1.24e9, 5.51, 3.58),
-    "3b": ("meta-llama/Llama-3.2-3B", 3.21e9, 2.05, 1.37),
-    "8b": ("meta-llama/Llama-3.1-8B", 8.03e9, 0.99, 0.61),
-}
+# One GPU: the Llama of each size the paper measured (Appendix D: check.paper_rate), its parameters.
+GPU_MODELS = {"1b": ("meta-llama/Llama-3.2-1B", 1.24e9), "3b": ("meta-llama/Llama-3.2-3B", 3.21e9),
+              "8b": ("meta-llama/Llama-3.1-8B", 8.03e9)}
 NF4_BYTES_PER_PARAM = 0.5  # 4-bit weights (the embeddings and norms, kept in 16 bits, add a little)
 
 
 def read_fixed(path: Path) -> tuple[pd.DataFrame, dict, list[str]]:
-    """The file as the data job reads it, with the reader settings its problems named applied."""
-    spec: dict = {}
-    said = []
-    for _ in range(check.MAX_FIXES):
-        try:
-            return data.read_table(path, spec), spec, said
-        except UserError as err:
-            if not err.fix or err.fix.items() <= spec.items():
-                raise
-            spec.update(err.fix)
-            said.append(str(err))
-    raise UserError(f"{path}: cannot be read with any reader settings tried ({check.settings_text(spec)})")
+    """The file as the data job reads it, with the reader settings its problems named applied:
+    (table, those settings, the problems met)."""
+    table, reader, said = check.with_fixes(lambda spec: data.read_table(path, spec), {})
+    if table is None:
+        raise UserError(f"{said[-1]} (the starter could not fix this one)")
+    return table, reader, said
 
 
 def words(column: pd.Series) -> float:
@@ -180,7 +170,9 @@ def starter(path: Path, out: Path, gpu: str | None = None, minutes: float = 30, 
     if said:
         head += ["Fixed for this file (from the data checks):"] + [f"  {line}" for line in said]
     if gpu:
-        hub_id, params, train_s, infer_s = GPU_MODELS[gpu]
+        hub_id, params = GPU_MODELS[gpu]
+        train_s, infer_s = (check.paper_rate("head", hub_id.split("/")[1], f"{stage}_samples_per_s")
+                            for stage in ("train", "infer"))
         n = {s: checked.stats[s]["n"] for s in data.SPLITS}
         epochs = config["approaches"]["head"]["hparams"]["max_epochs"]
         cell_min = (epochs * n["train"] / train_s + (epochs * n["val"] + n["val"] + n["test"]) / infer_s) / 60
