@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -273,8 +274,6 @@ def resolve_data_paths(config: dict, configfiles: list[str | Path]) -> None:
     ``configfiles``, in Snakemake's merge order, whose value is the config's), written relative to the
     working directory where it can be (so a config in the working directory keeps its paths as they
     are). A path set otherwise (``--config``) stays relative to the working directory."""
-    import os
-
     blocks = []
     for file in configfiles:
         with contextlib.suppress(OSError, yaml.YAMLError):

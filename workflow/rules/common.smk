@@ -219,7 +219,7 @@ def dataset_source_inputs(wildcards):
     if spec.get("base"):
         return [f"results/data/{spec['base']}/labels.json"]
     if spec.get("source") == "files":
-        paths = [spec[k] for k in ("path", "train", "val", "test") if spec.get(k)]
+        paths = [spec[k] for k in grid.DATA_PATH_KEYS if spec.get(k)]
         return [p for p in paths if Path(p).exists()]
     return []
 
