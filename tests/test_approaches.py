@@ -23,7 +23,7 @@ def test_every_approach_has_a_schema_block_and_importable_entry_points():
 
 
 def test_names_and_patterns_select_by_attribute():
-    assert approaches.names(stages="fit") == ["tfidf"]
+    assert approaches.names(stages="fit") == ["embed", "setfit", "tfidf"]
     assert set(approaches.names(generative=True)) == {"instruct", "zeroshot", "fewshot"}
     assert set(approaches.pattern(stages="train", modes=approaches.CLASSIFIER_MODES).split("|")) == {"head", "frozen", "encoder"}
     with pytest.raises(UserError, match="unknown approach 'lora' \\(known: "):

@@ -150,3 +150,11 @@ def test_adding_a_tune_block_to_a_finished_run_tunes_and_refits_its_cells(tmp_pa
         (tmp_path / "results/news/tfidf/tfidf/r0/tuned.json").stat().st_mtime
     again = subprocess.run([*cmd, "-n"], capture_output=True, text=True, env=env)
     assert "Nothing to be done" in again.stdout + again.stderr
+
+
+def test_the_fitted_sentence_approaches_tune_their_classifier_and_setfit_its_learning_rate():
+    hp = {"body_learning_rate": 2e-5, "C": 10.0, "class_weights": "none", "threshold": 0.5}
+    assert tuning.default_space("setfit", hp, True) == {"C": [0.1, 100.0], "body_learning_rate": [5e-6, 8e-5],
+                                                        "class_weights": ["none", "balanced"]}
+    assert tuning.default_space("embed", {"C": 10.0, "class_weights": "none"}, False) == {
+        "C": [0.1, 100.0], "class_weights": ["none", "balanced"]}

@@ -9,9 +9,10 @@ Entry points (``"module:function"`` under ``clsbench``, run by ``python -m clsbe
       ``source``: the cell's adapter/ (stages "train") or the model's folder (stages "predict",
       which also writes train_info.json: the cell has no training step); ``splits``: the splits
       predicted with one model load (test into the cell folder, val into <cell>/val: best.json)
-  fit(data_dir, out_dir, seed, hp) -> train_info
-      for ``stages == "fit"``: one CPU job that fits and predicts test and val (no model of ``models:``); its
-      predict entry takes the cell folder as ``source`` (new texts: clsbench.apply)
+  fit(data_dir, out_dir, seed, hp[, model_json, threads]) -> train_info
+      for ``stages == "fit"``: one job that fits a scikit-learn pipeline (clsbench.fitted) and predicts test
+      and val; ``model_json`` for approaches that use a model of ``models:`` (embed, setfit; TF-IDF uses
+      none: ``model_slug``); its predict entry takes the cell folder as ``source`` (new texts: clsbench.apply)
 """
 from __future__ import annotations
 
@@ -39,6 +40,7 @@ class Approach:
     model_bound: bool = False  # compared with the reference approach's cells of the same model only
     deterministic: bool = False  # one seed stands for all (its result does not depend on the seed)
     settings_from: tuple[str, ...] = ()  # approaches whose hparams it takes where its own block is silent
+    hparams: str | None = None  # its typed hyperparameters, "module:Dataclass" (clsbench.hparams)
 
     @property
     def generative(self) -> bool:
@@ -49,6 +51,14 @@ class Approach:
     def epoch_trained(self) -> bool:
         """Trains over epochs in a train job (writes train_log.jsonl: the training curves)."""
         return self.stages == "train"
+
+    @property
+    def hparams_class(self):
+        """The dataclass of its typed hyperparameters, or None (the approach reads a dict)."""
+        if self.hparams is None:
+            return None
+        module, name = self.hparams.split(":")
+        return getattr(importlib.import_module(f"clsbench.{module}"), name)
 
     def entry(self, stage: str):
         """The function of ``stage`` (train, predict or fit)."""
@@ -74,9 +84,12 @@ REGISTRY = {a.name: a for a in (
              modes=PROMPT_MODES, model_bound=True, settings_from=("instruct", "zeroshot")),
     Approach("encoder", "Encoder (full fine-tuning)", "#2ca02c", "train", train="encoder:train",
              predict="classifier:predict"),
+    Approach("embed", "Sentence embeddings + logistic regression", "#8c564b", "fit", fit="embed:fit",
+             predict="embed:predict", deterministic=True, hparams="embed:EmbedHparams"),
+    Approach("setfit", "SetFit (contrastive encoder + head)", "#e377c2", "fit", fit="contrastive:fit",
+             predict="contrastive:predict", hparams="contrastive:SetFitHparams"),
     Approach("tfidf", "TF-IDF + logistic regression", "#7f7f7f", "fit", fit="tfidf:fit", predict="tfidf:predict",
-             model_slug="tfidf",
-             deterministic=True),
+             model_slug="tfidf", deterministic=True),
 )}
 NAMES = tuple(REGISTRY)  # table order
 

@@ -2,7 +2,7 @@
 
     python -m clsbench.cell train   --approach A --model-json M --data-dir D --out-dir O --rank R --seed S --hparams J
     python -m clsbench.cell predict --approach A --source ADAPTER_DIR|MODEL_JSON|CELL_DIR --data-dir D --out-dir O --seed S --hparams J [--splits test val] [--modes score]
-    python -m clsbench.cell fit     --approach A --data-dir D --out-dir O --seed S --hparams J
+    python -m clsbench.cell fit     --approach A [--model-json M] --data-dir D --out-dir O --seed S --hparams J
 """
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ def main(argv: list[str] | None = None) -> None:
     sub = parser.add_subparsers(dest="stage", required=True)
     stages = {name: sub.add_parser(name) for name in ("train", "predict", "fit")}
     stages["train"].add_argument("--model-json", required=True)
+    stages["fit"].add_argument("--model-json", help="the model's model.json (fitted approaches that use a model)")
     stages["train"].add_argument("--rank", type=int, required=True)
     stages["predict"].add_argument("--source", required=True,
                                    help="the cell's adapter/ (trained approaches), the model's model.json (prompting "
@@ -57,7 +58,9 @@ def main(argv: list[str] | None = None) -> None:
         extra = {"splits": tuple(dict.fromkeys(args.splits)), **({"modes": tuple(args.modes)} if args.modes else {})}
         info = call(function, source, **common, **extra)  # the adapter/, the model's folder or the cell
     else:
-        info = call(function, **common)
+        if approach.model_slug is None and not args.model_json:
+            raise UserError(f"approach '{approach.name}' fits on a model: pass --model-json")
+        info = call(function, model_json=args.model_json, **common)
     if args.stage != "predict" or (approach.stages == "predict" and "test" in args.splits):
         write_json(Path(args.out_dir) / HPARAMS_FILE, common["hp"])  # what the cell's predictions depend on
     print(json.dumps(info, indent=2, default=str))

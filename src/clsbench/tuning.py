@@ -17,7 +17,9 @@ final cells (every seed) train with the chosen values. ``trials: 0`` keeps the c
 Search space (``tune.space`` replaces it; a pair of numbers is a log-uniform range, any other list a
 choice): learning rates from a quarter to four times the configured value; for head, frozen and
 encoder also ``class_weights`` (none / balanced) and, on multi-label data, ``threshold`` (0.5 /
-tuned); for TF-IDF the inverse regularisation ``C`` (0.1 to 100).
+tuned); for the fitted approaches' logistic regression (TF-IDF, embed, SetFit) the inverse
+regularisation ``C`` (0.1 to 100), and ``class_weights`` where the approach has it; SetFit's
+``body_learning_rate`` as a learning rate.
 """
 from __future__ import annotations
 
@@ -47,16 +49,17 @@ def settings(config: dict, approach: str) -> dict:
 
 def default_space(approach: str, hp: dict, multi_label: bool) -> dict:
     """The search space of :mod:`the module docstring <clsbench.tuning>` around the configured values."""
-    if approach == approaches.BASELINE:
-        return {"C": [0.1, 100.0]}
-    space = {}
-    for key in ("learning_rate", "head_learning_rate"):
+    fitted = approaches.get(approach).stages == "fit"  # a logistic regression on features: its C
+    space = {"C": [0.1, 100.0]} if fitted else {}
+    for key in ("learning_rate", "head_learning_rate", "body_learning_rate"):
         if hp.get(key):
             space[key] = [hp[key] / 4, hp[key] * 4]
     if approach in ("head", "frozen", "encoder"):
         space["class_weights"] = ["none", "balanced"]
         if multi_label:
             space["threshold"] = [0.5, "tuned"]
+    elif fitted and "class_weights" in hp:
+        space["class_weights"] = ["none", "balanced"]
     return space
 
 

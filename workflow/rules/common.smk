@@ -266,6 +266,23 @@ def grid_models():
     ]
 
 
+def fit_model_input(wildcards):
+    """A fitted approach's model.json where it uses a model of `models:` (embed, setfit), else nothing."""
+    if approaches.get(wildcards.approach).model_slug:
+        return []
+    return f"results/models/{wildcards.model}/model.json"
+
+
+def fit_model_arg(wildcards):
+    model = fit_model_input(wildcards)
+    return f"--model-json {model}" if model else ""
+
+
+def fit_gpu(wildcards):
+    """A fitted approach with a model runs it (the GPU where there is one; on a CPU, one such job at a time)."""
+    return 0 if approaches.get(wildcards.approach).model_slug else 1
+
+
 def dataset_cells(wildcards):
     return [cell for cell in CELLS if cell.dataset == wildcards.dataset]
 

@@ -37,9 +37,11 @@ rule train:
 
 
 rule fit:
-    """A cell of an approach fitted and applied to test and val in one CPU job (TF-IDF + logistic
-    regression: seconds)."""
+    """A cell of an approach fitted and applied to test and val in one job: TF-IDF + logistic regression
+    (seconds, no model), sentence embeddings + logistic regression, SetFit (a model of `models:`).
+    """
     input:
+        model=fit_model_input,
         data=dataset_files("labels.json"),
         tuned=tuned_input,
     output:
@@ -57,12 +59,16 @@ rule fit:
         approach=approaches.pattern(stages="fit"),
     conda:
         CONDA_ENV
+    threads: config["threads"]
     resources:
-        mem_mb=4000,
-        runtime=30,
+        gpu=fit_gpu,
+        mem_mb=lambda wc, attempt: 4000 + 12000 * fit_gpu(wc) * attempt,
+        runtime=120,
     params:
         hparams=hparams_json,
+        model_arg=fit_model_arg,
         out_dir=lambda wc, output: Path(output.model).parent,
     shell:
-        "python -m clsbench.cell fit --approach {wildcards.approach} --data-dir results/data/{wildcards.dataset} "
-        "--out-dir {params.out_dir} --seed {wildcards.seed} --hparams {params.hparams:q} > {log} 2>&1"
+        "python -m clsbench.cell fit --approach {wildcards.approach} {params.model_arg} "
+        "--data-dir results/data/{wildcards.dataset} --out-dir {params.out_dir} --seed {wildcards.seed} "
+        "--hparams {params.hparams:q} --threads {threads} > {log} 2>&1"

@@ -23,6 +23,7 @@ use rule train as train_trial with:
 
 use rule fit as fit_trial with:
     input:
+        model=fit_model_input,
         data=dataset_files("labels.json"),
     output:
         predictions=f"{TRIAL}/predictions.parquet",

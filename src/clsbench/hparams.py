@@ -1,0 +1,74 @@
+"""Typed hyperparameters: an approach's settings as a dataclass (field, type, default, help).
+
+An approach with a dataclass (its registry entry's ``hparams``) reads typed fields, never
+``hp["..."]``; the config schema's ``hparams`` block of that approach is checked against the
+dataclass field by field (tests/test_hparams.py), so the two cannot drift apart::
+
+    @dataclass(frozen=True)
+    class EmbedHparams:
+        C: float = param(10.0, "inverse L2 regularisation of the logistic regression", exclusiveMinimum=0)
+
+``param`` keeps the JSON-schema constraints of a field beside its default and help; a field whose
+schema lives in the schema's ``$defs`` names it with ``ref``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+
+from . import UserError
+
+JSON_TYPES = {int: "integer", float: "number", bool: "boolean", str: "string"}
+
+
+def param(default, help: str, *, ref: str | None = None, choices: tuple | None = None, **constraints):
+    """A dataclass field with its help and JSON-schema constraints (``minimum``, ``exclusiveMinimum``, ...)."""
+    return dataclasses.field(default=default, metadata={"help": help, "ref": ref, "choices": choices,
+                                                        "constraints": constraints})
+
+
+def typed(cls, hp: dict, where: str):
+    """``hp`` (a cell's hyperparameters as JSON) as an instance of ``cls``; a key the dataclass does
+    not know is named with the keys it does (the schema stops such a key earlier; this guards callers
+    that bypass it, e.g. a hand-edited hparams.json)."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(hp) - known)
+    if unknown:
+        raise UserError(f"{where}: unknown hyperparameter(s) {unknown} (known: {sorted(known)})")
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for name, value in hp.items():
+        if hints[name] is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)  # YAML's 10 for a float field
+        values[name] = value
+    return cls(**values)
+
+
+def schema_properties(cls) -> dict:
+    """The config schema's ``properties`` of the approach's hparams block, as the dataclass states them."""
+    hints = typing.get_type_hints(cls)
+    out = {}
+    for f in dataclasses.fields(cls):
+        meta = f.metadata
+        if meta.get("ref"):
+            out[f.name] = {"$ref": f"#/$defs/{meta['ref']}"}
+            continue
+        entry = {}
+        if meta.get("choices"):
+            entry["enum"] = list(meta["choices"])
+        else:
+            entry["type"] = json_type(hints[f.name])
+        entry.update(meta.get("constraints") or {})
+        entry["default"] = f.default
+        entry["description"] = meta["help"]
+        out[f.name] = entry
+    return out
+
+
+def json_type(annotation):
+    """The JSON-schema type of a field's annotation (``int | None`` -> ``[integer, "null"]``)."""
+    args = typing.get_args(annotation)
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        return [JSON_TYPES[a] if a is not type(None) else "null" for a in args]
+    return JSON_TYPES[annotation]
