@@ -25,7 +25,7 @@ BODY = "body"  # the cell's fine-tuned sentence encoder (sentence-transformers f
 @dataclass(frozen=True)
 class SetFitHparams(embed.ClassifierHparams):
     body_learning_rate: float = param(2e-5, "learning rate of the contrastive fine-tuning", exclusiveMinimum=0)
-    num_iterations: int = param(10, "pairs drawn per training text and iteration (setfit's num_iterations; "
+    num_iterations: int = param(5, "pairs drawn per training text and iteration (setfit's num_iterations; "
                                 "2 x this x n_train pairs)", minimum=1)
     num_epochs: int = param(1, "epochs over the pairs", minimum=1)
     batch_size: int = param(16, "pairs per contrastive step", minimum=1)
