@@ -229,3 +229,29 @@ def test_paired_table_pools_seeds_and_its_interval_widens_when_the_seeds_disagre
     assert width["disagree"] > 1.5 * width["agree"]
     assert single["seeds"] == 1 and single["test"] == "McNemar (exact)"
     assert single["training_variance"] == "one seed: training variance not measured"
+
+
+def test_claims_by_seed_reads_the_per_seed_differences_of_a_committed_table():
+    """scripts/claims_by_seed.py: seeds that disagree give a t-interval that spans zero where the
+    pooled mean is negative (the claims run's claim a: contradicted by texts alone, inconclusive over seeds)."""
+    import importlib.util
+
+    from conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("claims_by_seed", REPO / "scripts" / "claims_by_seed.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    rows = []
+    for seed, (head, instruct) in zip((42, 43, 44), ((0.90, 0.91), (0.95, 0.89), (0.80, 0.92))):
+        for approach, f1 in (("head", head), ("instruct", instruct)):
+            rows.append({"dataset": "news", "model": "m", "approach": approach, "rank": 8 if approach == "head" else 64,
+                         "seed": seed, "mode": "classifier" if approach == "head" else "score", "f1_micro": f1,
+                         "ece": 0.05})
+    table = script.by_seed(pd.DataFrame(rows), {"news": False}).set_index("claim")
+    a = table.loc["a"]
+    diffs = np.array([-0.01, 0.06, -0.12])
+    assert a["pairs"] == 3 and a["delta"] == pytest.approx(diffs.mean())
+    half = 4.302653 * diffs.std(ddof=1) / np.sqrt(3)  # t(0.975, 2 df)
+    assert (a["ci_low"], a["ci_high"]) == pytest.approx((diffs.mean() - half, diffs.mean() + half), abs=1e-5)
+    assert a["verdict"] == "inconclusive" and "news m s44 -0.120" in a["per_seed"]
+    assert table.loc["c", "verdict"] == "not run"

@@ -151,3 +151,15 @@ def test_a_prompting_cell_is_told_its_prompt_not_its_learning_rate_is_the_likely
     assert metrics._trained("results/d/m/zeroshot/r0/s42/val/predictions.parquet", {}) is False
     assert metrics._trained("results/d/m/head/r8/s42/val/predictions.parquet", {}) is True
     assert metrics._trained("anything", {"trainable_params": 0}) is False
+
+
+def test_the_f1_table_says_why_cells_are_undertrained():
+    import pandas as pd
+
+    from clsbench import tables
+
+    df = pd.DataFrame({"_dir": ["a", "a", "b", "c", "d"], "epochs_run": [3, 3, 3, 5, None],
+                       "undertrained": [True, True, True, False, False]})  # a: two modes of one cell; d: TF-IDF
+    note = tables.undertrained_note(df)
+    assert "2 of 3 cells trained over epochs" in note and "(3)" in note and "max_epochs" in note
+    assert tables.undertrained_note(df.assign(undertrained=False)) == ""

@@ -130,6 +130,18 @@ FLAG_NOTE = ("† degenerate: a seed of the cell predicts no label for most text
              "out). The 'Flags' column below names them per cell.")
 
 
+def undertrained_note(df: pd.DataFrame) -> str:
+    """Why cells are undertrained, where some are: how many of the epoch-trained ones, after how many epochs."""
+    trained = df[df["epochs_run"].fillna(0) > 0].drop_duplicates("_dir") if "_dir" in df else df.iloc[:0]
+    if "undertrained" not in trained or not trained["undertrained"].any():
+        return ""
+    under = trained[trained["undertrained"]]
+    epochs = ", ".join(str(int(e)) for e in sorted(under["epochs_run"].unique()))
+    return (f" Undertrained here: {len(under)} of {len(trained)} cells trained over epochs, each still improving at "
+            f"its last epoch ({epochs}): their epoch budget (max_epochs), not early stopping, ended training, so "
+            "their ranking is one of learning speed within that budget; a grid with a larger max_epochs settles it.")
+
+
 def flag_marks(cells: pd.DataFrame) -> str:
     """`†` where a seed of the cells is degenerate, `*` where one is undertrained (:mod:`clsbench.health`)."""
     marks = "".join(mark for column, mark in FLAG_MARKS.items() if column in cells and cells[column].any())
@@ -175,7 +187,8 @@ def render(metric_files: list[str | Path], out_csv: str | Path, out_md: str | Pa
             "Parameter counts as peft reports them (4-bit storage corrected). Instruction-tuned and zero-shot "
             "cells appear twice: `score` ranks the label answers by the model's probabilities (no invalid "
             "output possible), `generate` decodes freely and parses the text (unparseable answers count as "
-            "wrong; their share is the 'Invalid outputs' column below). " + FLAG_NOTE + "\n\n")
+            "wrong; their share is the 'Invalid outputs' column below). " + FLAG_NOTE + undertrained_note(df)
+            + "\n\n")
     with atomic_path(out_md) as tmp:
         tmp.write_text("# F1 by approach, model and dataset\n\n" + note + table.to_markdown(index=False) + "\n\n"
                        "## Uncertainty and calibration\n\n"
