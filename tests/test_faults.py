@@ -171,7 +171,7 @@ def oom_run(tmp_path_factory):
     raises torch.OutOfMemoryError, as CUDA would, for any forward pass on more than 4 texts."""
     workdir = workdir_with(tmp_path_factory, GRID)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv(faults.OOM_ENV, "4")
+        mp.setenv(batching.OOM_ENV, "4")
         run = snakemake(workdir, "--", TARGET)
     assert run.returncode == 0, output(run)[-5000:]
     return workdir, output(run), json.loads((workdir / TARGET).read_text())
@@ -196,16 +196,16 @@ def test_only_out_of_memory_changes_the_batch(tmp_path):
     import torch
 
     hp = {"batch_size": 6, "grad_accum": 2, "eval_batch_size": 16}
-    plan = faults.batch_plan(hp, tmp_path, "train")
-    with pytest.raises(ValueError), faults.oom_retry(tmp_path, "train", hp, plan):
+    plan = batching.batch_plan(hp, tmp_path, "train")
+    with pytest.raises(ValueError), batching.oom_retry(tmp_path, "train", hp, plan):
         raise ValueError("not a memory problem")
-    assert faults.batch_plan(hp, tmp_path, "train") == plan  # no record: the retry runs as configured
-    with pytest.raises(faults.OutOfMemory, match="the retry uses micro-batch 3 x gradient accumulation 4"), \
-            faults.oom_retry(tmp_path, "train", hp, plan):
+    assert batching.batch_plan(hp, tmp_path, "train") == plan  # no record: the retry runs as configured
+    with pytest.raises(batching.OutOfMemory, match="the retry uses micro-batch 3 x gradient accumulation 4"), \
+            batching.oom_retry(tmp_path, "train", hp, plan):
         raise torch.OutOfMemoryError("CUDA out of memory.")
-    assert faults.batch_plan(hp, tmp_path, "train") == {"batch_size": 3, "grad_accum": 4, "eval_batch_size": 8}
-    assert faults.batch_plan({**hp, "batch_size": 4}, tmp_path, "train")["batch_size"] == 4  # config changed
-    assert faults.halved({"batch_size": 3, "grad_accum": 1, "eval_batch_size": 1}) == \
+    assert batching.batch_plan(hp, tmp_path, "train") == {"batch_size": 3, "grad_accum": 4, "eval_batch_size": 8}
+    assert batching.batch_plan({**hp, "batch_size": 4}, tmp_path, "train")["batch_size"] == 4  # config changed
+    assert batching.halved({"batch_size": 3, "grad_accum": 1, "eval_batch_size": 1}) == \
         {"batch_size": 1, "grad_accum": 3, "eval_batch_size": 1}
 
 
@@ -335,7 +335,7 @@ def test_largest_batch_halves_until_a_batch_fits():
     assert batching.largest_batch(probe, 64) == 8 and tried == [64, 32, 16, 8]
     with pytest.raises(ValueError, match="not memory"):  # any other error is not a reason to shrink
         batching.largest_batch(lambda bs: (_ for _ in ()).throw(ValueError("not memory")), 8)
-    with pytest.raises(faults.OutOfMemory, match="inference batch of 1"):
+    with pytest.raises(batching.OutOfMemory, match="inference batch of 1"):
         batching.largest_batch(lambda bs: probe(100), 4)
     hp = {"eval_batch_size": 16}
     items, lengths = list(range(100)), list(range(100))
@@ -347,7 +347,7 @@ def test_largest_batch_halves_until_a_batch_fits():
     assert batching.resolve_eval_batch(hp, {"cuda": False}, run, items, lengths) is hp  # a number stays as configured
     assert batching.resolve_eval_batch({"eval_batch_size": "auto", "auto_batch_start": 48}, {"cuda": False},
                                      run, items, lengths)["eval_batch_size"] == 12
-    assert faults.configured_plan({"batch_size": 4, "eval_batch_size": "auto"}, "train")["eval_batch_size"] == 8
+    assert batching.configured_plan({"batch_size": 4, "eval_batch_size": "auto"}, "train")["eval_batch_size"] == 8
 
 
 def test_fastest_batch_times_the_sizes_that_fit_on_a_length_stratified_sample():
@@ -390,11 +390,11 @@ def test_auto_eval_batch_finds_the_largest_that_fits_and_predicts_the_same(tmp_p
 
     hp = {"text_tokens": 40, "quantization": "none", "threshold": 0.5, "auto_batch_start": 32}
     source = read_json(tiny_model)["path"]
-    monkeypatch.setenv(faults.OOM_ENV, "5")
+    monkeypatch.setenv(batching.OOM_ENV, "5")
     infos = instruct.predict_zeroshot(source, str(bbc_small), str(tmp_path / "auto"), {**hp, "eval_batch_size": "auto"},
                                       threads=1)
     assert {mode: info["eval_batch_size"] for mode, info in infos.items()} == {"score": 4, "generate": 4}
-    monkeypatch.delenv(faults.OOM_ENV)
+    monkeypatch.delenv(batching.OOM_ENV)
     instruct.predict_zeroshot(source, str(bbc_small), str(tmp_path / "fixed"), {**hp, "eval_batch_size": 4}, threads=1)
     for name in ("predictions.parquet", "predictions_generate.parquet"):
         auto, fixed = (pd.read_parquet(tmp_path / d / name) for d in ("auto", "fixed"))
@@ -415,7 +415,7 @@ def test_instruct_training_and_inference_retry_out_of_memory_with_smaller_batche
              "--threads", "1"]
     predict = [sys.executable, "-m", "clsbench.cell", "predict", "--approach", "instruct", "--source", str(out / "adapter"),
                "--data-dir", str(bbc_small), "--out-dir", str(out), "--seed", "1", "--hparams", json.dumps(hp), "--threads", "1"]
-    env = {**os.environ, faults.OOM_ENV: "4"}
+    env = {**os.environ, batching.OOM_ENV: "4"}
     for cmd, stage in ((train, "train"), (predict, "predict")):
         first = subprocess.run(cmd, capture_output=True, text=True, env=env)
         assert first.returncode == 3, first.stderr[-3000:]

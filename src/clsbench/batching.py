@@ -1,10 +1,121 @@
-"""Inference batch-size autotuning (``eval_batch_size: auto | fastest``), used by every approach's
-predict step: the largest batch that fits, and the fastest of the sizes up to it."""
+"""Batch sizes of a job: the batch plan with its out-of-memory retry, and inference batch-size
+autotuning (``eval_batch_size: auto | fastest``).
+
+plan       :func:`batch_plan`: the configured sizes, or those an out-of-memory failure left for the retry.
+oom        :func:`oom_retry` turns an out-of-memory error into ``oom-{stage}.json`` (smaller micro-batch,
+           more gradient accumulation: the same effective batch) and exit code 3; Snakemake's
+           ``retries:`` reruns the job, and :func:`batch_plan` picks the record up. Only an
+           out-of-memory error writes the record, so any other failure retries with the configured
+           batch sizes. ``CLSBENCH_SIMULATE_OOM_ABOVE=n`` injects the fault where no GPU is at hand.
+autotune   :func:`resolve_eval_batch`: the largest inference batch that fits, or the fastest size up to it.
+"""
 from __future__ import annotations
 
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
 from . import UserError
+from .io import read_json, write_json
+
+OOM_ENV = "CLSBENCH_SIMULATE_OOM_ABOVE"
 
 AUTO_BATCH = ("auto", "fastest")  # eval_batch_size values resolved at prediction time
+
+
+class OutOfMemory(UserError):
+    """Out of (GPU) memory: reported as one line with exit code 3, distinct from other errors (2)."""
+
+    exit_code = 3
+
+
+def configured_plan(hp: dict, stage: str) -> dict:
+    """Batch sizes as configured. ``eval_batch_size: auto`` / ``fastest`` is resolved by the predict
+    step (:func:`resolve_eval_batch`); validation during training then uses twice the micro-batch (a
+    forward pass without stored activations fits where a training step of that size does)."""
+    plan = {"eval_batch_size": hp.get("eval_batch_size", 8)}
+    if stage == "train":
+        plan.update(batch_size=hp["batch_size"], grad_accum=hp.get("grad_accum", 1))
+        if plan["eval_batch_size"] in AUTO_BATCH:
+            plan["eval_batch_size"] = 2 * hp["batch_size"]
+    return plan
+
+
+def batch_plan(hp: dict, out_dir: str | Path, stage: str) -> dict:
+    """Batch sizes of this attempt: the configured ones (``batch_size``, ``grad_accum`` for training;
+    ``eval_batch_size``), or those an out-of-memory failure of the same configuration left for it."""
+    record = Path(out_dir) / f"oom-{stage}.json"
+    if record.exists():
+        saved = read_json(record)
+        if saved.get("configured") == configured_plan(hp, stage):
+            print(f"{record}: the last attempt ran out of memory at {describe(saved['failed'])}; "
+                  f"this one uses {describe(saved['next'])}", flush=True)
+            return saved["next"]
+    return configured_plan(hp, stage)
+
+
+def halved(plan: dict) -> dict:
+    """Smaller batch sizes after an out-of-memory error: the micro-batch drops to its largest proper
+    divisor (half when even) and gradient accumulation grows by the same factor, so the effective batch
+    is unchanged; the evaluation batch halves."""
+    out = dict(plan)
+    if plan.get("batch_size", 1) > 1:
+        b = plan["batch_size"]
+        micro = next(d for d in range(b // 2, 0, -1) if b % d == 0)
+        out.update(batch_size=micro, grad_accum=plan["grad_accum"] * (b // micro))
+    out["eval_batch_size"] = max(1, plan["eval_batch_size"] // 2)
+    return out
+
+
+def describe(plan: dict) -> str:
+    train = (f"micro-batch {plan['batch_size']} x gradient accumulation {plan['grad_accum']} "
+             f"(effective batch {plan['batch_size'] * plan['grad_accum']}), " if "batch_size" in plan else "")
+    return train + f"eval batch {plan['eval_batch_size']}"
+
+
+def is_oom(err: BaseException) -> bool:
+    import torch
+    from accelerate.utils.memory import should_reduce_batch_size
+
+    return isinstance(err, torch.OutOfMemoryError) or should_reduce_batch_size(err)
+
+
+@contextlib.contextmanager
+def oom_retry(out_dir: str | Path, stage: str, hp: dict, plan: dict) -> Iterator[None]:
+    """Run a stage that used ``plan`` (from :func:`batch_plan`). Out of memory: record the halved plan
+    in ``oom-{stage}.json`` for Snakemake's retry and raise :class:`OutOfMemory`; success: drop the record."""
+    record = Path(out_dir) / f"oom-{stage}.json"
+    try:
+        yield
+    except Exception as err:
+        if not is_oom(err):
+            raise
+        nxt = halved(plan)
+        if nxt == plan:
+            raise OutOfMemory(f"cell {out_dir}: out of memory in {stage} already at {describe(plan)}; lower "
+                              "max_length or use a larger GPU") from None
+        write_json(record, {"configured": configured_plan(hp, stage), "failed": plan, "next": nxt})
+        raise OutOfMemory(f"cell {out_dir}: out of memory in {stage} at {describe(plan)}; the retry uses "
+                          f"{describe(nxt)} (recorded in {record})") from None
+    record.unlink(missing_ok=True)
+
+
+def simulate_oom(model) -> None:
+    """Fault injection for tests on machines without a GPU: with ``CLSBENCH_SIMULATE_OOM_ABOVE=n`` in
+    the environment, every forward pass on more than ``n`` texts raises ``torch.OutOfMemoryError``, as a
+    too-large micro-batch does on a GPU. Without the variable (normal runs) nothing is installed."""
+    limit = os.environ.get(OOM_ENV)
+    if not limit:
+        return
+    import torch
+
+    def check(module, args):
+        if args[0].shape[0] > int(limit):
+            raise torch.OutOfMemoryError(f"CUDA out of memory. (simulated by {OOM_ENV}={limit}: "
+                                         f"a batch of {args[0].shape[0]})")
+
+    model.get_input_embeddings().register_forward_pre_hook(check)
 
 
 def largest_batch(probe, start: int) -> int:
@@ -29,7 +140,7 @@ def largest_batch(probe, start: int) -> int:
         return fits()
     except RuntimeError as err:
         if "No executable batch size" in str(err):
-            raise _out_of_memory("out of memory with an inference batch of 1; lower max_length or use a larger GPU") from None
+            raise OutOfMemory("out of memory with an inference batch of 1; lower max_length or use a larger GPU") from None
         raise
 
 
@@ -91,8 +202,3 @@ def resolve_eval_batch(hp: dict, env: dict, run, items: list, lengths: list[int]
         print(f"eval_batch_size auto: {size} (tried from {start})", flush=True)
     return {**hp, "eval_batch_size": size}
 
-
-def _out_of_memory(message: str) -> UserError:
-    from .faults import OutOfMemory
-
-    return OutOfMemory(message)

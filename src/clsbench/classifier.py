@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import UserError, adapters, faults, progress, runtime, throughput, training
+from . import UserError, adapters, batching, faults, progress, runtime, throughput, training
 from .batching import AUTO_BATCH, resolve_eval_batch
 from .data import load_prepared
 from .io import read_json, split_dir, write_predictions
@@ -45,7 +45,7 @@ def load_classifier(path: str | Path, hp: dict, env: dict, dtype=None, **cls_kwa
     model = AutoModelForSequenceClassification.from_pretrained(str(path), **kwargs)
     if quant is None:
         model.to(env["device"])
-    faults.simulate_oom(model)
+    batching.simulate_oom(model)
     return model
 
 
@@ -404,7 +404,7 @@ def predict(adapter_dir: str, data_dir: str, out_dir: str, hp: dict, threads: in
         lengths = [len(ids) for ids in tok(texts, truncation=True, max_length=hp["max_length"])["input_ids"]]
         hp = resolve_eval_batch(hp, env, lambda subset, bs: predict_logits(
             model, tok, subset, hp["max_length"], bs, env["device"]), texts, lengths)
-    plan = faults.batch_plan(hp, out_dir, "predict")  # halved after an out-of-memory failure
+    plan = batching.batch_plan(hp, out_dir, "predict")  # halved after an out-of-memory failure
     bs = plan["eval_batch_size"]
     threshold = fixed_threshold(hp)
     if multi and hp.get("threshold") == "tuned":
@@ -414,7 +414,7 @@ def predict(adapter_dir: str, data_dir: str, out_dir: str, hp: dict, threads: in
     for split in splits:
         df = loaded[split]
         texts = list(df["text"])
-        with faults.oom_retry(out_dir, "predict", hp, plan):
+        with batching.oom_retry(out_dir, "predict", hp, plan):
             if not infos:  # warm-up (not timed), once per job
                 predict_logits(model, tok, texts[:min(len(df), bs)], hp["max_length"], bs, env["device"])
             if env["cuda"]:

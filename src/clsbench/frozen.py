@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import adapters, faults
+from . import adapters, batching
 from .classifier import (
     THRESHOLDS,
     aggregate,
@@ -80,11 +80,11 @@ def train(model_json: str, data_dir: str, out_dir: str, rank: int, seed: int, hp
     model = load_classifier(info["path"], hp, env, **classification_kwargs(labels, multi, tok.pad_token_id)).eval()
     trainable, total = count_parameters(model)
     trainable = model.score.weight.numel()
-    plan = faults.batch_plan(hp, out_dir, "train")  # features: the eval batch size (halved after out of memory)
+    plan = batching.batch_plan(hp, out_dir, "train")  # features: the eval batch size (halved after out of memory)
     chunk = chunking(hp, multi)
     fit_chunk = chunk if chunk and chunk["training"] else None  # else only the test predictions are chunked
     t0 = time.perf_counter()
-    with faults.oom_retry(out_dir, "train", hp, plan):
+    with batching.oom_retry(out_dir, "train", hp, plan):
         feats, text_of = {}, {}
         for s in ("train", "val"):
             feats[s], text_of[s] = last_token_features(model, tok, list(splits[s]["text"]), hp["max_length"],

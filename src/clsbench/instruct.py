@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import UserError, adapters, faults, prompts, runtime, throughput, training
+from . import UserError, adapters, batching, faults, prompts, runtime, throughput, training
 from .batching import resolve_eval_batch
 from .data import load_prepared
 from .io import atomic_path, read_json, sha256, split_dir, write_json
@@ -179,7 +179,7 @@ def load_lm(path: str | Path, hp: dict, env: dict):
     if quant is None:
         model.to(env["device"])
     contiguous_lm_head_input(model)
-    faults.simulate_oom(model)
+    batching.simulate_oom(model)
     return model
 
 
@@ -603,7 +603,7 @@ def predict(source: str, data_dir: str, out_dir: str, hp: dict, threads: int | N
     configured = resolve_eval_batch(hp, env, lambda subset, bs: [
         run_mode(m, model, enc, subset, {**hp, "eval_batch_size": bs}, env) for m in modes_of[splits[0]]],
         first, [len(r) for r in first])
-    plan = faults.batch_plan(configured, out_dir, "predict")  # halved after an out-of-memory failure
+    plan = batching.batch_plan(configured, out_dir, "predict")  # halved after an out-of-memory failure
     hp = {**configured, "eval_batch_size": plan["eval_batch_size"]}
     warm, by_split = set(), {}
     for split in splits:
@@ -611,7 +611,7 @@ def predict(source: str, data_dir: str, out_dir: str, hp: dict, threads: int | N
         lengths = [len(r) for r in split_rows]
         infos = by_split[split] = {}
         for mode in modes_of[split]:
-            with faults.oom_retry(out_dir, "predict", configured, plan):
+            with batching.oom_retry(out_dir, "predict", configured, plan):
                 if mode not in warm:  # warm-up, not timed: once per mode and job
                     run_mode(mode, model, enc, split_rows[:hp["eval_batch_size"]], hp, env)
                     warm.add(mode)

@@ -15,7 +15,7 @@ import shutil
 import time
 from pathlib import Path
 
-from . import faults, health, runtime, throughput
+from . import batching, health, runtime, throughput
 from .faults import resume_point
 from .io import read_json, write_json, write_jsonl
 from .progress import trainer_progress
@@ -25,7 +25,7 @@ CHECKPOINTS = "checkpoints"  # <cell>/checkpoints: epoch checkpoints a killed jo
 
 def plan(hp: dict, out_dir: Path) -> dict:
     """Batch sizes of this attempt (smaller micro-batches after an out-of-memory failure)."""
-    return faults.batch_plan(hp, out_dir, "train")
+    return batching.batch_plan(hp, out_dir, "train")
 
 
 def steps_per_epoch(hp: dict, n_train: int) -> int:
@@ -72,9 +72,9 @@ def run(trainer, out_dir: Path, plan: dict, hp: dict, env: dict, key: dict, time
     resumed_epochs = round(read_json(Path(last) / "trainer_state.json")["epoch"]) if last else 0
     if last:
         print(f"cell {out_dir}: resuming from {Path(last).name} (epoch {resumed_epochs} done)", flush=True)
-    print(f"cell {out_dir}: {faults.describe(plan)}", flush=True)
+    print(f"cell {out_dir}: {batching.describe(plan)}", flush=True)
     t0 = time.perf_counter()
-    with faults.oom_retry(out_dir, "train", hp, plan):
+    with batching.oom_retry(out_dir, "train", hp, plan):
         result = trainer.train(resume_from_checkpoint=last)
     wall = time.perf_counter() - t0
     history = trainer.state.log_history

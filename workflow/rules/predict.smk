@@ -23,7 +23,7 @@ rule predict:
         f"{BENCH}/predict.tsv"
     wildcard_constraints:
         approach=approaches.pattern(stages="train", modes=approaches.CLASSIFIER_MODES),
-    retries: 2  # an out-of-memory failure records halved batch sizes for the retry (clsbench.faults)
+    retries: 2  # an out-of-memory failure records halved batch sizes for the retry (clsbench.batching)
     conda:
         CONDA_ENV
     threads: config["threads"]

@@ -20,7 +20,7 @@ rule train:
         f"{BENCH}/train.tsv"
     wildcard_constraints:
         approach=approaches.pattern(stages="train"),
-    retries: 2  # an out-of-memory failure records halved batch sizes for the retry (clsbench.faults)
+    retries: 2  # an out-of-memory failure records halved batch sizes for the retry (clsbench.batching)
     conda:
         CONDA_ENV
     threads: config["threads"]
