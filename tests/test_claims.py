@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from clsbench import claims, tables
+from clsbench import claims, paired, tables
 
 LABELS = ["a", "b", "c"]
 
@@ -90,7 +90,7 @@ def test_invalid_generated_answers_count_against_a_cell(tmp_path):
     make_data(tmp_path, "news")
     path = tmp_path / "p.parquet"
     pd.DataFrame({"id": ["x", "y"], "gold": [["a"], ["b"]], "pred": [["a"], []], "valid": [True, False]}).to_parquet(path)
-    ids, units = claims._units(str(path), LABELS, False, "f1_micro", width=4)
+    ids, units = paired.units(str(path), LABELS, False, "f1_micro", width=4)
     assert list(ids) == ["x", "y"] and units.tolist() == [[1, 0, 0], [0, 1, 1]]
 
 

@@ -164,7 +164,7 @@ def validation_margin(chosen: list[dict], other: list[dict]) -> dict:
     """Validation micro-F1 of the chosen configuration minus another's, seed-aware (module docstring)."""
     import tempfile
 
-    from .claims import paired_difference
+    from .paired import paired_difference
 
     first = Path(chosen[0]["cell"])
     data_root = first.parents[4] / "data"  # results/<dataset>/<model>/<approach>/r<rank>/s<seed>

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .claims import _figure, _units
+from . import paired
 from .io import atomic_path, read_json, run_cli
 from .tables import block_title, collect
 
@@ -39,7 +39,7 @@ def bootstrap(units: dict[str, list[np.ndarray]], n_boot: int = N_BOOT, seed: in
     weights = text_rng.multinomial(n, np.full(n, 1 / n), size=n_boot).astype(float)
     out = {}
     for key, cells in units.items():
-        per_cell = np.stack([_figure("f1_micro", weights @ u) for u in cells], 1)  # n_boot x seeds
+        per_cell = np.stack([paired.metric_value("f1_micro", weights @ u) for u in cells], 1)  # n_boot x seeds
         draws = seed_rng.multinomial(len(cells), np.full(len(cells), 1 / len(cells)), size=n_boot)
         out[key] = (per_cell * draws).sum(1) / len(cells)
     return out
@@ -56,7 +56,7 @@ def card(df: pd.DataFrame, best: dict, data_root: Path, finalists: int = FINALIS
     for config in chosen:
         key = (config["model"], config["approach"], config["rank"])
         own = cells[(cells["model"] == key[0]) & (cells["approach"] == key[1]) & (cells["rank"] == key[2])]
-        loaded = [_units(p, meta["labels"], meta["multi_label"], "f1_micro", width) for p in own["_predictions"]]
+        loaded = [paired.units(p, meta["labels"], meta["multi_label"], "f1_micro", width) for p in own["_predictions"]]
         units[key] = [u for _, u in loaded]
         train_minutes = own["train_wall_seconds"].mean() / 60 if own["train_wall_seconds"].notna().any() else None
         tuning_minutes = own["tuning_seconds"].max() / 60 if own["tuning_seconds"].notna().any() else 0.0

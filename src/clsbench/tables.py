@@ -285,8 +285,8 @@ def paired_table(df: pd.DataFrame, data_root: str | Path = "results/data") -> pd
     randomness included). With one seed, the p-value is the per-text test of :func:`metrics.compare`
     (exact McNemar single-label, paired bootstrap multi-label) and the row says the training variance
     is not measured."""
-    from .claims import paired_difference
     from .metrics import compare
+    from .paired import paired_difference
 
     reference = approaches.REFERENCE
     groups: dict[tuple, list] = {}
