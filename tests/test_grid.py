@@ -352,6 +352,17 @@ def test_dry_run_of_paper_config_lists_the_papers_grid_without_weights(tmp_path)
     assert counts["prepare_model"] == 26 and counts["prepare_dataset"] == 2
 
 
+@pytest.mark.e2e
+def test_the_two_seed_and_embedding_overlays_plan_their_cells(tmp_path):
+    """configs/claims_smollm2.yaml + configs/embeddings.yaml: seed 43 for every trained cell, one seed for
+    the deterministic ones (zero-shot, TF-IDF, embed), setfit on both seeds; the fitted cells in fit jobs."""
+    counts = job_counts("--configfile", str(REPO / "config.yaml"), str(REPO / "configs" / "claims_smollm2.yaml"),
+                        str(REPO / "configs" / "embeddings.yaml"), cwd=tmp_path)
+    # 2 datasets x (head, frozen, instruct, encoder: 2 seeds; zero-shot, TF-IDF, embed: 1; setfit: 2)
+    assert counts["evaluate"] == 2 * (4 * 2 + 3 + 2) == 26
+    assert counts["train"] == 16 and counts["fit"] == 2 * (1 + 1 + 2)
+
+
 NEEDS_USPTO = pytest.mark.skipif(not USPTO.exists(), reason=f"the patent set is not at {USPTO}")
 
 
