@@ -76,3 +76,25 @@ def test_the_cell_command_needs_the_model_of_a_model_based_fit(tmp_path, bbc_sma
     with pytest.raises(UserError, match="approach 'setfit' fits on a model: pass --model-json"):
         cell.main(["fit", "--approach", "setfit", "--data-dir", str(bbc_small), "--out-dir", str(tmp_path),
                    "--seed", "1", "--hparams", "{}"])
+
+
+def test_an_embed_cell_exports_as_a_setfit_model_that_gives_its_probabilities(tmp_path, minilm, bbc_small):
+    """export: a fitted cell on a sentence encoder becomes a SetFit folder, loadable without clsbench."""
+    import shutil
+
+    from setfit import SetFitModel
+
+    from clsbench import export
+    from clsbench.io import write_json
+
+    shutil.copytree(bbc_small, tmp_path / "results" / "data" / "bbc-small")
+    cell_dir = tmp_path / "results" / "bbc-small" / "minilm-l6" / "embed" / "r0" / "s1"
+    embed.fit(str(minilm), str(tmp_path / "results" / "data" / "bbc-small"), str(cell_dir), seed=1, hp={}, threads=2)
+    write_json(cell_dir / cell.HPARAMS_FILE, {})
+    write_json(cell_dir / "metrics.json", evaluate(cell_dir, bbc_small))
+    check = export.export(cell_dir, tmp_path / "out", threads=2)
+    assert check["n"] == 30 and check["max_abs_prob_diff"] < 1e-5 and check["changed_decisions"] == 0
+    model = SetFitModel.from_pretrained(str(tmp_path / "out"))
+    assert model.predict(["The central bank raised interest rates as shares fell"], as_numpy=True)[0] in set(
+        model.model_head.classes_)
+    assert "library_name: setfit" in (tmp_path / "out" / "README.md").read_text()

@@ -139,3 +139,16 @@ def predict(cell_dir: str, data_dir: str, out_dir: str, hp: dict, splits: tuple[
     h = typed(EmbedHparams, hp, "approaches.embed.hparams")
     set_threads(threads)
     return fitted.predict(cell_dir, data_dir, out_dir, h.threshold, h.min_labels, splits)
+
+
+def as_setfit(cell_dir: str | Path, multi_label: bool, labels: list[str]):
+    """A fitted cell whose first step is a :class:`SentenceEmbedder` (embed, setfit) as a ``setfit``
+    ``SetFitModel``: its encoder (cut to the cell's ``max_length``) and its fitted logistic regression."""
+    from setfit import SetFitModel
+
+    pipeline = fitted.load(cell_dir)
+    embedder = pipeline[0]
+    return SetFitModel(model_body=embedder.model(), model_head=pipeline[-1], normalize_embeddings=embedder.normalize,
+                       multi_target_strategy="one-vs-rest" if multi_label else None,
+                       labels=labels if multi_label else None)
+

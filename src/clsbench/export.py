@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import UserError, adapters, approaches, faults
+from . import UserError, adapters, approaches, faults, fitted
 from .apply import best_cell, cell_settings, parse_cell
 from .data import load_prepared
 from .io import atomic_path, read_json, run_cli, write_json
@@ -109,6 +109,9 @@ def compare(probs: np.ndarray, cached: pd.DataFrame, multi: bool, threshold) -> 
 
 def how_exported(spec, hp: dict) -> str:
     """What the exported weights are, true to the approach (the model card's first line)."""
+    if spec.stages == "fit":
+        return ("a SetFit model: the sentence encoder (" + ("fine-tuned contrastively" if "body_learning_rate" in hp
+                else "frozen, as the cell used it") + ") and the cell's fitted logistic regression.")
     if spec.ranked:
         return "LoRA merged into the de-quantised float32 base, no peft needed."
     if hp.get("quantization", "none") != "none":
@@ -121,7 +124,8 @@ def model_card(keys: dict, spec, hp: dict, metrics: dict, stats: dict, labels: l
     ci = metrics.get("f1_micro_ci95") or [None, None]
     fmt = lambda x: "n/a" if x is None else f"{x:.3f}"  # noqa: E731
     lines = [
-        "---", "library_name: transformers", f"pipeline_tag: {kind}", "tags: [clsbench]", "---", "",
+        "---", f"library_name: {'setfit' if kind == 'setfit' else 'transformers'}",
+        f"pipeline_tag: {'text-classification' if kind == 'setfit' else kind}", "tags: [clsbench]", "---", "",
         f"# {keys['dataset']}: {spec.title} on {keys['model']}"
         + (f" (LoRA r={keys['rank']})" if spec.ranked else "") + f", seed {keys['seed']}", "",
         f"Exported by `python -m clsbench.export` from the cell `{keys['dataset']}/{keys['model']}/{keys['approach']}/"
@@ -154,6 +158,12 @@ def model_card(keys: dict, spec, hp: dict, metrics: dict, stats: dict, labels: l
         if hp.get("long_text") == "chunk":
             lines += ["The cell read long texts in windows (long_text: chunk); this model reads the first "
                       f"{hp.get('max_length')} tokens unless you chunk as `clsbench.apply` does.", ""]
+    elif kind == "setfit":
+        lines += ["## Use", "", "```python", "from setfit import SetFitModel",
+                  "model = SetFitModel.from_pretrained(\"<this folder>\")",
+                  "model.predict_proba([\"some text\"])  # columns: " + ("labels.json's order" if metrics.get(
+                      "multi_label") else "model.model_head.classes_"),
+                  "model.predict([\"some text\"], as_numpy=True)  # labels (as_numpy: they are strings)", "```", ""]
     else:
         lines += ["## Use", "", f"`{PROMPT_FILE}` holds the prompt around a text (`head` + text cut to `text_tokens` "
                   "tokens + `tail`), the label names and the answer format; `clsbench.apply` uses it for you.", ""]
@@ -170,8 +180,13 @@ def export(cell: str | Path, out: str | Path, force: bool = False, config_path: 
     keys = parse_cell(cell)
     spec = approaches.get(keys["approach"])
     if spec.stages == "fit":
-        raise UserError(f"--cell {cell}: approach '{spec.name}' has no neural model to export; its fitted scikit-learn "
-                        "pipeline is model.joblib in the cell (joblib.load), or label texts with python -m clsbench.apply")
+        if not (cell / fitted.MODEL_FILE).exists():
+            raise UserError(f"--cell {cell}: {fitted.MODEL_FILE} missing; the cell is incomplete (run snakemake for it)")
+        if not hasattr(fitted.load(cell)[0], "model"):  # no sentence encoder in the pipeline: TF-IDF
+            raise UserError(f"--cell {cell}: approach '{spec.name}' has no neural model to export; its fitted "
+                            "scikit-learn pipeline is model.joblib in the cell (joblib.load), or label texts with "
+                            "python -m clsbench.apply")
+        return export_setfit(cell, out, force, keys, spec, config_path)
     if spec.stages == "predict":
         raise UserError(f"--cell {cell}: approach '{spec.name}' trains nothing: use the model itself "
                         f"(results/models/{keys['model']}) with its prompts, or python -m clsbench.apply")
@@ -219,6 +234,41 @@ def export(cell: str | Path, out: str | Path, force: bool = False, config_path: 
         write_json(tmp / "export_check.json", check)
         if (adapter / adapters.THRESHOLDS_FILE).exists():  # threshold: tuned - the per-label cut-offs decide
             write_json(tmp / adapters.THRESHOLDS_FILE, read_json(adapter / adapters.THRESHOLDS_FILE))
+    return check
+
+
+def export_setfit(cell: Path, out: Path, force: bool, keys: dict, spec, config_path) -> dict:
+    """A fitted cell on a sentence encoder (embed, setfit) as a SetFit model folder, loadable with
+    ``SetFitModel.from_pretrained`` alone; checked against the cell's cached test probabilities."""
+    from setfit import SetFitModel
+
+    from .embed import as_setfit
+
+    if out.exists() and not force:
+        raise UserError(f"--out {out}: exists; pass --force to replace it")
+    for name in ("metrics.json", "predictions.parquet"):
+        if not (cell / name).exists():
+            raise UserError(f"--cell {cell}: {name} missing; the cell is incomplete (run snakemake for it)")
+    hp, _ = cell_settings(cell, keys, config_path)
+    data_dir = cell.parents[4] / "data" / keys["dataset"]
+    meta = read_json(data_dir / "labels.json")
+    labels, multi = meta["labels"], meta["multi_label"]
+    model = as_setfit(cell, multi, labels)
+    with atomic_path(out, is_dir=True) as tmp:
+        model.save_pretrained(str(tmp))
+        loaded = SetFitModel.from_pretrained(str(tmp))  # what a user gets, without clsbench
+        cached = pd.read_parquet(cell / "predictions.parquet")
+        texts = list(load_prepared(data_dir)[0]["test"].set_index("id").loc[cached["id"], "text"])
+        probs = loaded.predict_proba(texts, as_numpy=True)
+        if not multi:  # the classifier's class order -> labels.json's
+            classes = list(loaded.model_head.classes_)
+            probs = np.stack([probs[:, classes.index(label)] if label in classes else np.zeros(len(texts))
+                              for label in labels], axis=1)
+        check = compare(probs, cached, multi, hp.get("threshold", 0.5))
+        metrics = read_json(cell / "metrics.json")
+        stats = read_json(data_dir / "stats.json") if (data_dir / "stats.json").exists() else {}
+        (tmp / "README.md").write_text(model_card(keys, spec, hp, metrics, stats, labels, check, "setfit"))
+        write_json(tmp / "export_check.json", check)
     return check
 
 
