@@ -392,7 +392,7 @@ def print_estimate(config: dict, cells: list, stats: dict, out) -> None:
     print(f"estimated wall time on this machine ({machine}; from {source}; at most, within about 2x):", file=out)
     print(f"  {'approach':<10} {'cells':>5} {'tune':>8} {'train':>8} {'predict':>8}", file=out)
     for row in rows:
-        unknown = f"  ({row['unknown']} cell(s) not estimated: model size unknown)" if row["unknown"] else ""
+        unknown = f"  ({row['unknown']} cell(s) not estimated: model size, dataset or measured rate unknown)" if row["unknown"] else ""
         print(f"  {row['approach']:<10} {row['cells']:>5} {minutes(row['tune']):>8} {minutes(row['train']):>8} "
               f"{minutes(row['predict']):>8}{unknown}", file=out)
     total = sum(r["tune"] + r["train"] + r["predict"] for r in rows)
