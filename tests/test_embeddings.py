@@ -65,6 +65,9 @@ def test_setfit_fine_tunes_the_encoder_and_loads_it_from_the_cell(tmp_path, mini
     pd.testing.assert_frame_equal(pd.read_parquet(moved / "predictions.parquet"),
                                   pd.read_parquet(tmp_path / "out" / "predictions.parquet"),
                                   check_exact=False, atol=1e-6)
+    (moved / contrastive.BODY).rename(tmp_path / "elsewhere")  # copied without its encoder: one line, the fix
+    with pytest.raises(UserError, match=r"moved/body: missing \(the cell's own model, read by model.joblib\); copy it"):
+        contrastive.predict(str(moved), str(bbc_small), str(tmp_path / "out2"), hp, threads=2)
 
 
 def test_a_key_the_dataclass_does_not_know_is_named(tmp_path, minilm, bbc_small):

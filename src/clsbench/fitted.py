@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import UserError
 from .data import load_prepared
 from .io import atomic_path, split_dir, write_json, write_predictions
 from .metrics import decide
@@ -60,6 +61,10 @@ def load(cell_dir: str | Path):
     for _, step in model.steps:
         if hasattr(step, "base_dir"):
             step.base_dir = str(cell_dir)
+            own = getattr(step, "model_path", None)
+            if own and not Path(own).is_absolute() and not (Path(cell_dir) / own).exists():
+                raise UserError(f"{Path(cell_dir) / own}: missing (the cell's own model, read by {MODEL_FILE}); copy it "
+                                f"with the cell, or fit the cell again: snakemake --forcerun fit -- {cell_dir}/{MODEL_FILE}")
     return model
 
 
