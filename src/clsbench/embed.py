@@ -90,28 +90,19 @@ def classifier_settings(hp) -> dict:
     return {f.name: getattr(hp, f.name) for f in fields(ClassifierHparams)}
 
 
-def classifier(hp, multi_label: bool, seed: int):
-    """The logistic regression on the embeddings (one-vs-rest for multi-label)."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.multiclass import OneVsRestClassifier
-
-    clf = LogisticRegression(C=hp.C, max_iter=2000, random_state=seed,
-                             class_weight="balanced" if hp.class_weights == "balanced" else None)
-    return OneVsRestClassifier(clf) if multi_label else clf
-
-
 def pipeline(model_path: str, hp, multi_label: bool, seed: int, base_dir: str | None = None):
     from sklearn.pipeline import make_pipeline
 
     embedder = SentenceEmbedder(model_path, hp.max_length, hp.batch_size, hp.normalize, base_dir)
-    return make_pipeline(embedder, classifier(hp, multi_label, seed))
+    weights = "balanced" if hp.class_weights == "balanced" else None
+    return make_pipeline(embedder, fitted.logistic(hp.C, seed, multi_label, weights))
 
 
 def set_threads(threads: int | None) -> None:
-    if threads:
-        import torch
+    """The job's threads and GPU, as every model job sets them (:func:`clsbench.runtime.device_setup`)."""
+    from .runtime import device_setup
 
-        torch.set_num_threads(threads)
+    device_setup(threads, "fp32")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 

@@ -261,9 +261,7 @@ def export_setfit(cell: Path, out: Path, force: bool, keys: dict, spec, config_p
         texts = list(load_prepared(data_dir)[0]["test"].set_index("id").loc[cached["id"], "text"])
         probs = loaded.predict_proba(texts, as_numpy=True)
         if not multi:  # the classifier's class order -> labels.json's
-            classes = list(loaded.model_head.classes_)
-            probs = np.stack([probs[:, classes.index(label)] if label in classes else np.zeros(len(texts))
-                              for label in labels], axis=1)
+            probs = fitted.in_label_order(probs, list(loaded.model_head.classes_), labels)
         check = compare(probs, cached, multi, hp.get("threshold", 0.5))
         metrics = read_json(cell / "metrics.json")
         stats = read_json(data_dir / "stats.json") if (data_dir / "stats.json").exists() else {}

@@ -76,13 +76,26 @@ def predict(cell_dir: str, data_dir: str, out_dir: str, threshold: float, min_la
     return predict_with(load(cell_dir), loaded, labels, multi, out_dir, threshold, min_labels, splits)
 
 
+def logistic(C: float, seed: int, multi: bool, class_weight: str | None = None):
+    """The classifier every fitted approach puts on its features: logistic regression, one-vs-rest
+    for multi-label."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.multiclass import OneVsRestClassifier
+
+    clf = LogisticRegression(C=C, max_iter=2000, random_state=seed, class_weight=class_weight)
+    return OneVsRestClassifier(clf) if multi else clf
+
+
 def probabilities(model, texts, labels: list[str], multi: bool) -> np.ndarray:
     """Per-label probabilities in the order of labels.json (a class the fit never saw gets 0)."""
     probs = model.predict_proba(texts)
-    if not multi:  # align sklearn's class order with labels.json
-        order = [list(model.classes_).index(label) if label in model.classes_ else None for label in labels]
-        probs = np.stack([probs[:, i] if i is not None else np.zeros(len(texts)) for i in order], axis=1)
-    return probs
+    return probs if multi else in_label_order(probs, list(model.classes_), labels)
+
+
+def in_label_order(probs: np.ndarray, classes: list[str], labels: list[str]) -> np.ndarray:
+    """Single-label probabilities from a classifier's class order into labels.json's."""
+    return np.stack([probs[:, classes.index(label)] if label in classes else np.zeros(len(probs))
+                     for label in labels], axis=1)
 
 
 def predict_with(model, loaded: dict, labels: list[str], multi: bool, out_dir, threshold: float, min_labels: int,

@@ -11,14 +11,11 @@ from . import fitted
 
 def build(hp: dict, multi_label: bool, seed: int):
     from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.multiclass import OneVsRestClassifier
     from sklearn.pipeline import make_pipeline
 
     vectorizer = TfidfVectorizer(ngram_range=tuple(hp.get("ngram_range", [1, 2])), min_df=hp.get("min_df", 2),
                                  max_features=hp.get("max_features"), sublinear_tf=True)
-    clf = LogisticRegression(C=hp.get("C", 10.0), max_iter=2000, random_state=seed)
-    return make_pipeline(vectorizer, OneVsRestClassifier(clf) if multi_label else clf)
+    return make_pipeline(vectorizer, fitted.logistic(hp.get("C", 10.0), seed, multi_label))
 
 
 def fit(data_dir: str, out_dir: str, seed: int, hp: dict) -> dict:
