@@ -104,6 +104,29 @@ TUNED_GRID = {
 }
 
 
+def test_only_the_chosen_trial_with_the_same_seed_and_hyperparameters_is_reused(tmp_path):
+    from clsbench.cell import HPARAMS_FILE, copy_training, trained_with
+
+    configuration = tmp_path / "results/news/m/head/r8"
+    assert tuning.chosen_trial(configuration / "s42", 42) is None  # not tuned: nothing to reuse
+    (configuration).mkdir(parents=True)
+    (configuration / tuning.TUNED_FILE).write_text(json.dumps({"chosen_trial": 1}))
+    trial = tuning.chosen_trial(configuration / "s42", 42)
+    assert trial == configuration / "tune/t1/s42"
+    assert not trained_with(trial, {"learning_rate": 1e-3})  # not trained (yet)
+    (trial / "adapter").mkdir(parents=True)
+    (trial / "adapter/weights.bin").write_bytes(b"w")
+    (trial / "val").mkdir()
+    (trial / "train_info.json").write_text(json.dumps({"best_epoch": 2}))
+    (trial / HPARAMS_FILE).write_text(json.dumps({"learning_rate": 1e-3}))
+    assert trained_with(trial, {"learning_rate": 1e-3})
+    assert not trained_with(trial, {"learning_rate": 2e-3})  # the cell asks for other values: it trains
+    info = copy_training(trial, configuration / "s42")
+    assert info == {"best_epoch": 2, "reused_trial": str(trial)}
+    assert (configuration / "s42/adapter/weights.bin").read_bytes() == b"w"
+    assert not (configuration / "s42/val").exists() and not (configuration / f"s42/{HPARAMS_FILE}").exists()
+
+
 @pytest.mark.e2e
 def test_a_tuned_grid_runs_its_trials_as_jobs_and_trains_its_cells_with_the_chosen_values(tmp_path):
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(TUNED_GRID))
@@ -121,6 +144,12 @@ def test_a_tuned_grid_runs_its_trials_as_jobs_and_trains_its_cells_with_the_chos
     used = json.loads((configuration / "s42/hparams.json").read_text())
     chosen = tuned["trials"][tuned["chosen_trial"]]["hparams"]
     assert all(used[k] == v for k, v in chosen.items())
+    info = json.loads((configuration / "s42/train_info.json").read_text())  # the first seed's cell is the chosen trial:
+    trial = configuration / f"tune/t{tuned['chosen_trial']}/s42"  # copied, not trained a second time
+    assert info["reused_trial"] == f"results/news/minilm-l6/encoder/r0/tune/t{tuned['chosen_trial']}/s42"
+    assert (configuration / "s42/adapter/model.safetensors").read_bytes() == \
+        (trial / "adapter/model.safetensors").read_bytes()
+    assert "reusing the training of" in (tmp_path / "results/logs/news/minilm-l6/encoder/r0/s42/train.log").read_text()
     assert json.loads((tmp_path / "results/news/tfidf/tfidf/r0/tuned.json").read_text())["trials"][1]["hparams"]["C"] > 0
     f1 = pd.read_csv(tmp_path / "reports/tables/f1.csv")
     assert f1["tuned"].str.contains(r"\(trial \d of 2\)").all() and (f1["tuning_seconds"] > 0).all()

@@ -9,10 +9,11 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
+import shutil
 from pathlib import Path
 
-from . import UserError, approaches
-from .io import json_arg, read_json, run_cli, write_json
+from . import UserError, approaches, tuning
+from .io import atomic_path, json_arg, read_json, run_cli, write_json
 
 HPARAMS_FILE = "hparams.json"  # a cell's hyperparameters, as its steps got them (clsbench.apply reads them)
 
@@ -21,6 +22,29 @@ def call(function, *args, **kwargs):
     """``function`` with the keyword arguments it takes (a trained cell's predict step needs no seed)."""
     accepted = inspect.signature(function).parameters
     return function(*args, **{k: v for k, v in kwargs.items() if k in accepted})
+
+
+def trained_with(cell_dir: Path, hp: dict) -> bool:
+    """Whether ``cell_dir`` holds a finished training with exactly these hyperparameters."""
+    done = all((cell_dir / name).exists() for name in ("adapter", "train_info.json", HPARAMS_FILE))
+    return done and read_json(cell_dir / HPARAMS_FILE) == hp
+
+
+def copy_training(source: Path, out_dir: str | Path) -> dict:
+    """A trained cell's training (adapter/, train log, train_info.json with ``reused_trial``) copied into
+    ``out_dir``, each file atomically; its validation predictions stay behind (the predict step makes them)."""
+    out_dir = Path(out_dir)
+    for item in source.iterdir():
+        if item.name in ("val", HPARAMS_FILE) or item.name.startswith("."):
+            continue
+        with atomic_path(out_dir / item.name, is_dir=item.is_dir()) as tmp:
+            if item.is_dir():
+                shutil.copytree(item, tmp, dirs_exist_ok=True)
+            else:
+                shutil.copyfile(item, tmp)
+    info = {**read_json(source / "train_info.json"), "reused_trial": str(source)}
+    write_json(out_dir / "train_info.json", info)
+    return info
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -52,7 +76,12 @@ def main(argv: list[str] | None = None) -> None:
     common = {"data_dir": args.data_dir, "out_dir": args.out_dir, "seed": args.seed, "hp": args.hparams,
               "threads": args.threads}
     if args.stage == "train":
-        info = call(function, model_json=args.model_json, rank=args.rank, **common)
+        trial = tuning.chosen_trial(args.out_dir, args.seed)
+        if trial and trained_with(trial, args.hparams):  # the tuning trained this very cell already
+            print(f"{args.out_dir}: reusing the training of {trial} (the chosen trial: same seed and hyperparameters)")
+            info = copy_training(trial, args.out_dir)
+        else:
+            info = call(function, model_json=args.model_json, rank=args.rank, **common)
     elif args.stage == "predict":
         source = read_json(args.source)["path"] if args.source.endswith(".json") else args.source
         extra = {"splits": tuple(dict.fromkeys(args.splits)), **({"modes": tuple(args.modes)} if args.modes else {})}

@@ -161,6 +161,15 @@ def select(trial_dirs: list[Path], overrides: list[dict], metric: str, labels_js
             "tuning_seconds": float(sum(r["train_seconds"] or 0.0 for r in rows)), "trials": rows}
 
 
+def chosen_trial(cell_dir: str | Path, seed: int) -> Path | None:
+    """The folder of the trial its configuration's tuned.json chose, trained with ``seed``: the first
+    seed's final cell trains exactly what that trial trained when their hyperparameters agree."""
+    tuned_file = Path(cell_dir).parent / TUNED_FILE
+    if not tuned_file.exists():
+        return None
+    return tuned_file.parent / "tune" / f"t{read_json(tuned_file)['chosen_trial']}" / f"s{seed}"
+
+
 def describe(tuned: dict) -> str:
     """``learning_rate=0.0003, class_weights=balanced (trial 3 of 8)``: the tables' Tuned column."""
     values = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in tuned["hparams"].items())
