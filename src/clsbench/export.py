@@ -83,7 +83,9 @@ def check_causal(out: Path, cell: Path, data_dir: Path, hp: dict) -> dict:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from .instruct import Encoder, load_tokenizer, run_mode
+    from .models import load_tokenizer
+    from .prompting import Encoder
+    from .scoring import run_mode
 
     splits, labels, multi = load_prepared(data_dir)
     model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
@@ -218,7 +220,7 @@ def export(cell: str | Path, out: str | Path, force: bool = False, config_path: 
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         if causal:
-            from .instruct import Encoder
+            from .prompting import Encoder
 
             splits, _, _ = load_prepared(data_dir)
             enc = Encoder(tok, labels, multi, hp, train_labels=splits["train"]["labels"])

@@ -1,5 +1,6 @@
 """Approach "frozen": the head approach's classification head on the frozen (4-bit) LLM, no LoRA: the
-paper's "LoRA is essential" ablation. ``adapter/`` holds the head (``score.safetensors``) beside
+paper's "LoRA is essential" ablation. ``adapter/`` holds the head (``score.safetensors``, whatever the
+layer's name: :func:`clsbench.classifier.head_modules`) beside
 ``base/`` (:mod:`clsbench.adapters`); predictions come from :func:`clsbench.classifier.predict`."""
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import adapters, batching
+from . import UserError, adapters, batching
 from .classifier import (
     THRESHOLDS,
     aggregate,
@@ -20,6 +21,7 @@ from .classifier import (
     coverage,
     encode,
     fixed_threshold,
+    head_modules,
     load_classifier,
     micro_f1_from_logits,
     probabilities,
@@ -34,13 +36,14 @@ from .runtime import check_finite, count_parameters, device_setup, peak_memory_m
 
 
 def last_token_features(model, tok, texts: list[str], max_length: int, batch_size: int, device: str,
-                        chunk: dict | None = None):
-    """Input of the ``score`` head at the pooled (rightmost non-pad) token of every text, or (``chunk``)
+                        chunk: dict | None = None, layer=None):
+    """Input of the classification layer (``layer``, default the model's :func:`linear_head`) at the pooled (rightmost non-pad) token of every text, or (``chunk``)
     of every window of it; returns (features, the text index of each row)."""
     import torch
 
     captured = {}
-    hook = model.score.register_forward_hook(lambda mod, args, out: captured.__setitem__("h", args[0]))
+    layer = layer if layer is not None else linear_head(model, {})[1]
+    hook = layer.register_forward_hook(lambda mod, args, out: captured.__setitem__("h", args[0]))
     enc, text_of = encode(tok, texts, max_length, chunk)
     feats = []
     try:
@@ -58,9 +61,21 @@ def last_token_features(model, tok, texts: list[str], max_length: int, batch_siz
     return torch.cat(feats), text_of
 
 
+def linear_head(model, hp: dict):
+    """(name, layer): the one bias-free linear classification layer the ablation trains on frozen features."""
+    import torch
+
+    heads = head_modules(model, hp)
+    layer = model.get_submodule(heads[-1])
+    if len(heads) > 1 or not isinstance(layer, torch.nn.Linear) or layer.bias is not None:
+        raise UserError(f"approach frozen trains one bias-free linear layer on the pooled hidden state; "
+                        f"{type(model).__name__} classifies with {', '.join(heads)}: use the head approach for it")
+    return heads[-1], layer
+
+
 def train(model_json: str, data_dir: str, out_dir: str, rank: int, seed: int, hp: dict,
           threads: int | None = None) -> dict:
-    """The "LoRA is essential" ablation: only the ``score`` head learns, on the frozen (4-bit) LLM.
+    """The "LoRA is essential" ablation: only the classification layer learns, on the frozen (4-bit) LLM.
 
     The frozen base is deterministic (no dropout at eval), so each text's pooled hidden state is
     computed once and the head is trained on it with the head approach's settings (optimizer,
@@ -78,8 +93,9 @@ def train(model_json: str, data_dir: str, out_dir: str, rank: int, seed: int, hp
     check_limit(tok, list(splits["train"]["text"]), hp["max_length"], hp, Path(data_dir).name)
     set_seed(seed)
     model = load_classifier(info["path"], hp, env, **classification_kwargs(labels, multi, tok.pad_token_id)).eval()
+    head, layer = linear_head(model, hp)
     trainable, total = count_parameters(model)
-    trainable = model.score.weight.numel()
+    trainable = layer.weight.numel()
     plan = batching.batch_plan(hp, out_dir, "train")  # features: the eval batch size (halved after out of memory)
     chunk = chunking(hp, multi)
     fit_chunk = chunk if chunk and chunk["training"] else None  # else only the test predictions are chunked
@@ -88,7 +104,7 @@ def train(model_json: str, data_dir: str, out_dir: str, rank: int, seed: int, hp
         feats, text_of = {}, {}
         for s in ("train", "val"):
             feats[s], text_of[s] = last_token_features(model, tok, list(splits[s]["text"]), hp["max_length"],
-                                                       plan["eval_batch_size"], env["device"], fit_chunk)
+                                                       plan["eval_batch_size"], env["device"], fit_chunk, layer)
     feature_seconds = time.perf_counter() - t0
     val_gold = indicator(splits["val"]["labels"], labels)
     y = {"train": torch.tensor(indicator(splits["train"]["labels"], labels)[text_of["train"]], dtype=torch.float32)}
@@ -98,7 +114,7 @@ def train(model_json: str, data_dir: str, out_dir: str, rank: int, seed: int, hp
             logits = (feats["val"] @ w.T).numpy()
         return aggregate(logits, text_of["val"], len(val_gold), fit_chunk["aggregate"]) if fit_chunk else logits
 
-    weight = torch.nn.Parameter(model.score.weight.detach().float().cpu().clone())
+    weight = torch.nn.Parameter(layer.weight.detach().float().cpu().clone())
     lr = hp.get("head_learning_rate") or hp["learning_rate"]
     opt = torch.optim.AdamW([weight], lr=lr, weight_decay=hp.get("weight_decay", 0.0))
     batch = hp["batch_size"] * hp["grad_accum"]
@@ -135,8 +151,7 @@ def train(model_json: str, data_dir: str, out_dir: str, rank: int, seed: int, hp
                 break
     head_seconds = time.perf_counter() - t1
     extra = tuned_thresholds(hp, multi, labels, lambda: probabilities(val_logits(best_weight), True), val_gold)
-    model.score.weight.data = best_weight.to(model.score.weight.device, model.score.weight.dtype)
-    model.score.weight.requires_grad = True  # marks what save_adapter stores
+    layer.weight.data = best_weight.to(layer.weight.device, layer.weight.dtype)
     n_tokens = sum(map(len, encode(tok, list(splits["train"]["text"]), hp["max_length"], fit_chunk)[0]["input_ids"]))
     train_info = {
         "approach": "frozen", "rank": 0, "seed": seed, "trainable_params": int(trainable), "total_params": int(total),
@@ -154,7 +169,7 @@ def train(model_json: str, data_dir: str, out_dir: str, rank: int, seed: int, hp
     write_jsonl(out_dir / "train_log.jsonl", history)
     write_json(out_dir / "train_info.json", train_info)
     for name, p in model.named_parameters():
-        p.requires_grad = name == "score.weight"
+        p.requires_grad = name == f"{head}.weight"  # marks what save_adapter stores
     adapters.save_adapter(model, out_dir / "adapter", info, base_config=classification_kwargs(labels, multi, tok.pad_token_id),
                           thresholds=extra.get(THRESHOLDS))
     return train_info

@@ -46,7 +46,7 @@ def native_bf16() -> bool:
     return bool(re.search(r"avx512_bf16|amx_bf16", cpuinfo.read_text() if cpuinfo.exists() else ""))
 
 
-def quantization_config(hp: dict, compute_dtype, keep: tuple[str, ...] = ("score",)):
+def quantization_config(hp: dict, compute_dtype, keep: tuple[str, ...]):
     """NF4 with double quantisation (QLoRA), or None when ``quantization: none``; ``keep``: modules
     left unquantised (the classification head; ``lm_head`` for causal LMs)."""
     if hp.get("quantization", "nf4") == "none":
