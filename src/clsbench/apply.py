@@ -25,8 +25,9 @@ import pandas as pd
 
 from . import UserError, approaches, faults, grid
 from .cell import HPARAMS_FILE, call
-from .data import READERS, first_words, read_table, text_values
+from .data import first_words
 from .io import atomic_path, read_json, run_cli
+from .sources import READERS, read_table, text_values
 
 LABEL_JOIN = "|"
 

@@ -34,8 +34,8 @@ import numpy as np
 from . import UserError, approaches, health
 from .apply import parse_cell
 from .cell import HPARAMS_FILE
-from .classifier import THRESHOLDS
 from .io import json_arg, read_json, run_cli, write_json
+from .thresholds import THRESHOLDS
 from .tuning import TUNED_FILE
 
 TEST_KEYS = ("f1_micro", "f1_micro_ci95", "f1_macro", "accuracy", "ece", "invalid_answers")
@@ -71,11 +71,11 @@ def candidate(cell: str | Path) -> dict:
 
 def cross_fitted_val_f1(cell: Path, labels: list[str]) -> float:
     """The validation micro-F1 a ``threshold: tuned`` cell is ranked by: 5-fold cross-fitted thresholds
-    on its cached validation probabilities (:func:`clsbench.classifier.cross_fitted_f1_micro`)."""
+    on its cached validation probabilities (:func:`clsbench.thresholds.cross_fitted_f1_micro`)."""
     import pandas as pd
 
-    from .classifier import cross_fitted_f1_micro
     from .metrics import indicator
+    from .thresholds import cross_fitted_f1_micro
 
     val = pd.read_parquet(cell / "val" / "predictions.parquet")
     return cross_fitted_f1_micro(np.stack(val["probs"]).astype(np.float64), indicator(list(map(list, val["gold"])), labels))
@@ -144,8 +144,8 @@ def _val_predictions(row: dict, scratch: Path) -> Path:
     thresholds were tuned on these texts (written to ``scratch``)."""
     import pandas as pd
 
-    from .classifier import cross_fitted_decisions
     from .metrics import indicator
+    from .thresholds import cross_fitted_decisions
 
     path = Path(row["cell"]) / "val" / "predictions.parquet"
     if "val_f1_micro_in_sample" not in row:

@@ -12,7 +12,6 @@ import numpy as np
 
 from . import UserError, adapters, batching
 from .classifier import (
-    THRESHOLDS,
     aggregate,
     check_limit,
     chunking,
@@ -20,12 +19,10 @@ from .classifier import (
     classification_kwargs,
     coverage,
     encode,
-    fixed_threshold,
     head_modules,
     load_classifier,
     micro_f1_from_logits,
     probabilities,
-    tuned_thresholds,
 )
 from .data import load_prepared
 from .health import training_flags
@@ -33,6 +30,7 @@ from .io import read_json, write_json, write_jsonl
 from .metrics import indicator
 from .models import load_tokenizer, prefixed
 from .runtime import check_finite, count_parameters, device_setup, peak_memory_mb
+from .thresholds import THRESHOLDS, fixed_threshold, tuned_thresholds
 
 
 def last_token_features(model, tok, texts: list[str], max_length: int, batch_size: int, device: str,

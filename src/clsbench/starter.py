@@ -26,7 +26,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from . import UserError, check, data
+from . import UserError, check, data, sources
 from .io import atomic_path, run_cli
 
 LABEL_NAMES = ("label", "labels", "category", "categories", "class", "topic", "tag", "tags", "intent", "queue",
@@ -47,7 +47,7 @@ NF4_BYTES_PER_PARAM = 0.5  # 4-bit weights (the embeddings and norms, kept in 16
 def read_fixed(path: Path) -> tuple[pd.DataFrame, dict, list[str]]:
     """The file as the data job reads it, with the reader settings its problems named applied:
     (table, those settings, the problems met)."""
-    table, reader, said = check.with_fixes(lambda spec: data.read_table(path, spec), {})
+    table, reader, said = check.with_fixes(lambda spec: sources.read_table(path, spec), {})
     if table is None:
         raise UserError(f"{said[-1]} (the starter could not fix this one)")
     return table, reader, said

@@ -125,8 +125,8 @@ def check(config: dict, approach: str, hp: dict, multi_label: bool, where: str) 
 
 def score(val_dir: Path, train_info: dict, metric: str, labels: list[str], multi_label: bool) -> float:
     """A trial's validation figure; cross-fitted where its thresholds were tuned on these texts."""
-    from .classifier import THRESHOLDS, cross_fitted_decisions
     from .metrics import classification_metrics, indicator
+    from .thresholds import THRESHOLDS, cross_fitted_decisions
 
     metrics = read_json(val_dir / "metrics.json")
     if not train_info.get(THRESHOLDS):
