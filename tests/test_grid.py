@@ -79,6 +79,16 @@ def test_an_override_that_changes_no_cell_stops(kind, key, approach, message):
     assert grid.validated_cells(config)  # once the approach runs there, the override is used
 
 
+def test_a_switched_off_approach_keeps_its_overrides():
+    """enabled: false (e.g. an overlay measuring one approach) leaves the other approaches' per-dataset
+    overrides in place for when they run again, instead of stopping the run."""
+    config = base_config()
+    config["datasets"]["d2"]["hparams"] = {"head": {"batch_size": 4}}
+    config["approaches"]["head"]["enabled"] = False
+    config["approaches"]["instruct"] = {"models": ["m1"]}
+    assert {c.approach for c in grid.validated_cells(config)} == {"instruct"}
+
+
 @pytest.mark.parametrize("mutate, message", [
     (lambda c: c["approaches"]["head"].update(models=["nope"]), r"approaches.head.models: model key 'nope' does not exist"),
     (lambda c: c["approaches"]["head"].update(datasets=["nope"]), r"dataset key 'nope' does not exist"),

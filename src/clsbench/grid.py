@@ -221,11 +221,13 @@ def variants(config: dict) -> list[str]:
 
 def check_overrides_used(config: dict, grid_cells: list[Cell]) -> None:
     """Every per-model and per-dataset override changes at least one cell of the grid: one that
-    would change none (the approach does not run that model or dataset) is a mistake, not a no-op."""
+    would change none (the approach does not run that model or dataset) is a mistake, not a no-op.
+    An approach switched off (``enabled: false``) keeps its overrides for when it is switched on again."""
+    off = {name for name, block in (config.get("approaches") or {}).items() if not (block or {}).get("enabled", True)}
     for kind, field in (("models", "model"), ("datasets", "dataset")):
         for key, spec in (config.get(kind) or {}).items():
             for approach in ((spec or {}).get("hparams") or {}):
-                if not any(c.approach == approach and getattr(c, field) == key for c in grid_cells):
+                if approach not in off and not any(c.approach == approach and getattr(c, field) == key for c in grid_cells):
                     raise UserError(f"{kind}.{key}.hparams.{approach}: {approach} runs on no {field} {key!r} in this "
                                     f"grid, so the override changes nothing; remove it, or add {key!r} to "
                                     f"approaches.{approach}.{kind}")
