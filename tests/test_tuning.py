@@ -108,11 +108,11 @@ def test_only_the_chosen_trial_with_the_same_seed_and_hyperparameters_is_reused(
     from clsbench.cell import HPARAMS_FILE, copy_training, trained_with
 
     configuration = tmp_path / "results/news/m/head/r8"
-    assert tuning.chosen_trial(configuration / "s42", 42) is None  # not tuned: nothing to reuse
+    assert tuning.chosen_trial(configuration / "s42") is None  # not tuned: nothing to reuse
     (configuration).mkdir(parents=True)
     (configuration / tuning.TUNED_FILE).write_text(json.dumps({"chosen_trial": 1}))
-    trial = tuning.chosen_trial(configuration / "s42", 42)
-    assert trial == configuration / "tune/t1/s42"
+    trial = tuning.chosen_trial(configuration / "s42")
+    assert trial == (configuration / "tune/t1/s42").resolve()
     assert not trained_with(trial, {"learning_rate": 1e-3})  # not trained (yet)
     (trial / "adapter").mkdir(parents=True)
     (trial / "adapter/weights.bin").write_bytes(b"w")
@@ -146,7 +146,7 @@ def test_a_tuned_grid_runs_its_trials_as_jobs_and_trains_its_cells_with_the_chos
     assert all(used[k] == v for k, v in chosen.items())
     info = json.loads((configuration / "s42/train_info.json").read_text())  # the first seed's cell is the chosen trial:
     trial = configuration / f"tune/t{tuned['chosen_trial']}/s42"  # copied, not trained a second time
-    assert info["reused_trial"] == f"results/news/minilm-l6/encoder/r0/tune/t{tuned['chosen_trial']}/s42"
+    assert info["reused_trial"].endswith(f"results/news/minilm-l6/encoder/r0/tune/t{tuned['chosen_trial']}/s42")
     assert (configuration / "s42/adapter/model.safetensors").read_bytes() == \
         (trial / "adapter/model.safetensors").read_bytes()
     assert "reusing the training of" in (tmp_path / "results/logs/news/minilm-l6/encoder/r0/s42/train.log").read_text()

@@ -17,13 +17,12 @@ stops the run with its line or row number before anything is written.
 from __future__ import annotations
 
 import argparse
-import re
 import tempfile
 from pathlib import Path
 
 import pandas as pd
 
-from . import UserError, approaches, faults, grid
+from . import UserError, approaches, faults, grid, layout
 from .cell import HPARAMS_FILE, call
 from .data import first_words
 from .io import atomic_path, read_json, run_cli
@@ -34,11 +33,10 @@ LABEL_JOIN = "|"
 
 def parse_cell(cell: Path) -> dict:
     """dataset / model / approach / rank / seed of ``.../<dataset>/<model>/<approach>/r<rank>/s<seed>``."""
-    parts = cell.resolve().parts
-    if len(parts) < 6 or not re.fullmatch(r"r\d+", parts[-2]) or not re.fullmatch(r"s\d+", parts[-1]):
-        raise UserError(f"--cell {cell}: not a cell folder (results/<dataset>/<model>/<approach>/r<rank>/s<seed>)")
-    keys = {"dataset": parts[-5], "model": parts[-4], "approach": parts[-3], "rank": int(parts[-2][1:]),
-            "seed": int(parts[-1][1:])}
+    try:
+        keys = vars(layout.Cell.at(cell)[0])
+    except UserError as e:
+        raise UserError(f"--cell {e}") from None
     approaches.get(keys["approach"])
     return keys
 
@@ -90,7 +88,7 @@ def source_of(cell: Path, keys: dict, spec: approaches.Approach) -> str:
     if spec.stages == "train":
         return str(cell / "adapter")
     if spec.stages == "predict":
-        return read_json(cell.parents[4] / "models" / keys["model"] / "model.json")["path"]
+        return read_json(layout.model_json_of(cell))["path"]
     return str(cell)
 
 
@@ -98,7 +96,7 @@ def cell_settings(cell: Path, keys: dict, config_path: str | Path | None) -> tup
     """The cell's hyperparameters and its dataset's settings: the cell's own record (hparams.json,
     written by its steps; the prepared dataset's stats.json for the ``max_words`` cut and the text
     columns) where it has one, else the config the cell was made with."""
-    data_dir = cell.parents[4] / "data" / keys["dataset"]
+    data_dir = layout.data_dir_of(cell)
     stats = read_json(data_dir / "stats.json") if (data_dir / "stats.json").exists() else {}
     recorded = cell / HPARAMS_FILE
     if recorded.exists() and config_path is None:
@@ -162,7 +160,7 @@ def label(cell: str | Path, input_path: str | Path, output: str | Path, config_p
         raise UserError(f"--output {output}: give it one of the suffixes {sorted(READERS)}")
     if output.exists() and not force:
         raise UserError(f"--output {output}: exists; pass --force to replace it")
-    data_dir = cell.parents[4] / "data" / keys["dataset"]
+    data_dir = layout.data_dir_of(cell)
     check_cell_files(cell, spec, data_dir)
     check_separator(read_json(data_dir / "labels.json")["labels"], separator, data_dir / "labels.json")
     hp, dataset = settings or cell_settings(cell, keys, config_path)
@@ -172,8 +170,7 @@ def label(cell: str | Path, input_path: str | Path, output: str | Path, config_p
         staged = staged_dataset(data_dir, texts, Path(tmp))
         call(spec.entry("predict"), source_of(cell, keys, spec), data_dir=str(staged), out_dir=tmp, hp=hp,
              seed=keys["seed"], threads=threads, modes=(mode,))
-        suffix = "_generate" if mode == "generate" else ""
-        pred = pd.read_parquet(Path(tmp) / f"predictions{suffix}.parquet")
+        pred = pd.read_parquet(Path(tmp) / layout.mode_file("predictions", mode, "parquet"))
         labels = read_json(data_dir / "labels.json")["labels"]
     out = table.copy()
     out["predicted"] = [separator.join(p) for p in pred["pred"]]

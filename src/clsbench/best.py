@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import UserError, approaches, health
+from . import UserError, approaches, health, layout
 from .apply import parse_cell
 from .cell import HPARAMS_FILE
 from .io import json_arg, read_json, run_cli, write_json
@@ -167,7 +167,7 @@ def validation_margin(chosen: list[dict], other: list[dict]) -> dict:
     from .paired import paired_difference
 
     first = Path(chosen[0]["cell"])
-    data_root = first.parents[4] / "data"  # results/<dataset>/<model>/<approach>/r<rank>/s<seed>
+    data_root = layout.data_dir_of(first).parent
     needed = [Path(r["cell"]) / "val" / "predictions.parquet" for r in chosen + other]
     needed.append(data_root / chosen[0]["dataset"] / "labels.json")
     missing = [str(p) for p in needed if not p.exists()]

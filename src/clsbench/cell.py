@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> None:
     common = {"data_dir": args.data_dir, "out_dir": args.out_dir, "seed": args.seed, "hp": args.hparams,
               "threads": args.threads}
     if args.stage == "train":
-        trial = tuning.chosen_trial(args.out_dir, args.seed)
+        trial = tuning.chosen_trial(args.out_dir)
         if trial and trained_with(trial, args.hparams):  # the tuning trained this very cell already
             print(f"{args.out_dir}: reusing the training of {trial} (the chosen trial: same seed and hyperparameters)")
             info = copy_training(trial, args.out_dir)

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import UserError, adapters, approaches, faults, fitted
+from . import UserError, adapters, approaches, faults, fitted, layout
 from .apply import best_cell, cell_settings, parse_cell
 from .data import load_prepared
 from .io import atomic_path, read_json, run_cli, write_json
@@ -201,7 +201,7 @@ def export(cell: str | Path, out: str | Path, force: bool = False, config_path: 
     faults.check_sums(adapter, then="copy it again from the run that made it, or run snakemake there to retrain the "
                       "cell", remove=False)  # names the file that differs; a copied cell is the user's
     hp, _ = cell_settings(cell, keys, config_path)
-    data_dir = cell.parents[4] / "data" / keys["dataset"]
+    data_dir = layout.data_dir_of(cell)
     labels_meta = read_json(data_dir / "labels.json")
     labels, multi = labels_meta["labels"], labels_meta["multi_label"]
     env = device_setup(threads, "fp32")
@@ -252,7 +252,7 @@ def export_setfit(cell: Path, out: Path, force: bool, keys: dict, spec, config_p
         if not (cell / name).exists():
             raise UserError(f"--cell {cell}: {name} missing; the cell is incomplete (run snakemake for it)")
     hp, _ = cell_settings(cell, keys, config_path)
-    data_dir = cell.parents[4] / "data" / keys["dataset"]
+    data_dir = layout.data_dir_of(cell)
     meta = read_json(data_dir / "labels.json")
     labels, multi = meta["labels"], meta["multi_label"]
     model = as_setfit(cell, multi, labels)

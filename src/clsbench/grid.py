@@ -8,12 +8,12 @@ import contextlib
 import functools
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
 from . import UserError, approaches
+from .layout import Cell
 
 SLUG = r"[a-z0-9][a-z0-9-]*"
 APPROACHES = approaches.NAMES
@@ -25,20 +25,6 @@ SHIPPED = SCHEMA.parents[2] / "config.yaml"  # the embedded default grid: its hp
 RENAMED_KEYS = {"epochs": "max_epochs"}
 RENAMED_KEYS_OF = {name: {"max_length": "text_tokens"} for name in approaches.names(modes=approaches.PROMPT_MODES)}
 RENAMED_OPTIMIZERS = {"adamw_8bit": "adamw_bnb_8bit", "adamw": "adamw_torch"}
-
-
-@dataclass(frozen=True)
-class Cell:
-    dataset: str
-    model: str
-    approach: str
-    rank: int
-    seed: int
-
-    @property
-    def path(self) -> str:
-        """The cell's folder (relative to the working directory)."""
-        return f"results/{self.dataset}/{self.model}/{self.approach}/r{self.rank}/s{self.seed}"
 
 
 def refuse_renamed(config: dict) -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import adapters, batching, faults, runtime, throughput, training
+from . import adapters, batching, faults, layout, runtime, throughput, training
 from .batching import resolve_eval_batch
 from .data import load_prepared
 from .io import atomic_path, read_json, sha256, split_dir, write_json
@@ -206,8 +206,8 @@ def predict(source: str, data_dir: str, out_dir: str, hp: dict, threads: int | N
     loaded, labels, multi = load_prepared(data_dir)
     out_dir = Path(out_dir)
     if adapters.is_peft(source):  # a corrupted adapter is removed with what came from it
-        faults.check_sums(source, derived=tuple(split_dir(out_dir, s) / f"{stem}{suffix}.{ext}" for s in splits
-                                                for suffix in ("", "_generate")
+        faults.check_sums(source, derived=tuple(split_dir(out_dir, s) / layout.mode_file(stem, mode, ext) for s in splits
+                                                for mode in MODES
                                                 for stem, ext in (("predictions", "parquet"), ("metrics", "json"))))
     model, tok = load_for_inference(source, hp, env)
     enc = Encoder(tok, labels, multi, hp, train_labels=loaded["train"]["labels"], examples=examples)
@@ -271,11 +271,10 @@ def write_mode(out: Path, mode: str, df: pd.DataFrame, probs, pred, texts, info:
         table["generated"] = texts
         table["valid"] = [p is not None for p in pred]
         info["invalid_output_rate"] = float(1 - table["valid"].mean())
-    suffix = "" if mode == "score" else f"_{mode}"
-    with atomic_path(out / f"predictions{suffix}.parquet") as tmp:
+    with atomic_path(out / layout.mode_file("predictions", mode, "parquet")) as tmp:
         table.to_parquet(tmp, index=False)
         info["predictions_sha256"] = sha256(tmp)  # checked by the evaluate step
-    write_json(out / f"predict_info{suffix}.json", info)
+    write_json(out / layout.mode_file("predict_info", mode), info)
     return info
 
 

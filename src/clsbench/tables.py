@@ -18,13 +18,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import UserError, approaches, health, tuning
+from . import approaches, health, layout, tuning
 from .io import atomic_path, read_json, run_cli
 
 REFERENCE = Path(__file__).parent / "reference" / "paper_results.csv"
 
-CELL_RE = re.compile(r"results/(?P<dataset>[^/]+)/(?P<model>[^/]+)/(?P<approach>[^/]+)/r(?P<rank>\d+)/s(?P<seed>\d+)/"
-                     r"metrics(?:_(?P<mode>generate))?\.json$")
 COLUMNS = ["dataset", "model", "approach", "rank", "seed", "mode", "f1_micro", "f1_macro", "trainable_params", "total_params",
            "epochs_run", "best_epoch", "train_samples_per_second", "infer_samples_per_second", "n",
            "f1_micro_ci_low", "f1_micro_ci_high", "ece", "brier", "invalid_output_rate", "accuracy",
@@ -45,16 +43,13 @@ def collect(metric_files: list[str | Path]) -> pd.DataFrame:
     ``classifier`` for the others."""
     rows = []
     for path in metric_files:
-        match = CELL_RE.search(str(Path(path).as_posix()))
-        if not match:
-            raise UserError(f"{path}: not a cell's metrics path (results/<dataset>/<model>/<approach>/r<rank>/"
-                            "s<seed>/metrics.json)")
+        cell, mode = layout.metrics_of(path)
+        keys = vars(cell)
         metrics = read_json(path)
-        row = {**match.groupdict(), **{k: metrics.get(k) for k in COLUMNS if k in metrics or k not in match.groupdict()}}
+        row = {**keys, **{k: metrics.get(k) for k in COLUMNS if k not in keys}}
         row["f1_micro_ci_low"], row["f1_micro_ci_high"] = metrics.get("f1_micro_ci95", [None, None])
-        row["rank"], row["seed"] = int(match["rank"]), int(match["seed"])
-        row["mode"] = match["mode"] or (approaches.REGISTRY[match["approach"]].modes[0]
-                                        if match["approach"] in approaches.REGISTRY else "classifier")
+        row["mode"] = mode or (approaches.REGISTRY[cell.approach].modes[0]
+                               if cell.approach in approaches.REGISTRY else "classifier")
         row.update({k: metrics.get(k) for k in THROUGHPUT_EXTRA + THROUGHPUT_CONTEXT})
         row["_flags"] = metrics["flags"] if "flags" in metrics else health.training_flags(metrics)  # cells made before
         tuned = Path(path).parents[1] / tuning.TUNED_FILE  # its configuration's tuning, if it was tuned
@@ -62,8 +57,7 @@ def collect(metric_files: list[str | Path]) -> pd.DataFrame:
             record = read_json(tuned)
             row["tuned"], row["tuning_seconds"] = tuning.describe(record), record["tuning_seconds"]
         row["_dir"] = str(Path(path).parent)
-        row["_predictions"] = str(Path(path).parent / ("predictions_generate.parquet" if match["mode"]
-                                                       else "predictions.parquet"))
+        row["_predictions"] = str(Path(path).parent / layout.mode_file("predictions", mode, "parquet"))
         rows.append(row)
     df = pd.DataFrame(rows, columns=[*COLUMNS, *THROUGHPUT_EXTRA, *THROUGHPUT_CONTEXT, "tuned", "tuning_seconds", "_flags",
                                      "_dir", "_predictions"])
@@ -320,8 +314,7 @@ def per_label_table(df: pd.DataFrame) -> pd.DataFrame:
     long tail of a label set is won or lost, which micro-F1 hides."""
     rows = []
     for _, cell in df.iterrows():
-        metrics = read_json(Path(cell["_dir"]) / ("metrics_generate.json" if cell["mode"] == "generate"
-                                                  else "metrics.json"))
+        metrics = read_json(Path(cell["_dir"]) / layout.mode_file("metrics", cell["mode"]))
         if "subset_accuracy" not in metrics:  # single-label
             continue
         for label, figures in metrics["per_class"].items():

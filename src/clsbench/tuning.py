@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import UserError, approaches, health
+from . import UserError, approaches, health, layout
 from .io import json_arg, read_json, run_cli, write_json
 
 TUNABLE = tuple(approaches.names(stages="train") + approaches.names(stages="fit"))
@@ -161,13 +161,14 @@ def select(trial_dirs: list[Path], overrides: list[dict], metric: str, labels_js
             "tuning_seconds": float(sum(r["train_seconds"] or 0.0 for r in rows)), "trials": rows}
 
 
-def chosen_trial(cell_dir: str | Path, seed: int) -> Path | None:
-    """The folder of the trial its configuration's tuned.json chose, trained with ``seed``: the first
-    seed's final cell trains exactly what that trial trained when their hyperparameters agree."""
-    tuned_file = Path(cell_dir).parent / TUNED_FILE
+def chosen_trial(cell_dir: str | Path) -> Path | None:
+    """The folder of the trial its configuration's tuned.json chose, trained with the cell's seed: the
+    first seed's final cell trains exactly what that trial trained when their hyperparameters agree."""
+    cell, results = layout.Cell.at(cell_dir)
+    tuned_file = results.parent / cell.configuration / TUNED_FILE
     if not tuned_file.exists():
         return None
-    return tuned_file.parent / "tune" / f"t{read_json(tuned_file)['chosen_trial']}" / f"s{seed}"
+    return results.parent / cell.trial(read_json(tuned_file)["chosen_trial"])
 
 
 def describe(tuned: dict) -> str:

@@ -6,7 +6,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from clsbench import UserError, approaches, check, faults, grid, tuning
+from clsbench import UserError, approaches, check, faults, grid, layout, tuning
 
 # Jobs run this checkout's code, not whichever clsbench happens to be installed (two checkouts, or
 # an environment built elsewhere, would otherwise run other code than the Snakefile read).
@@ -64,22 +64,22 @@ for cell in CELLS:
             file=sys.stderr,
         )
 
-CELL = "results/{dataset}/{model}/{approach}/r{rank}/s{seed}"
+CELL = layout.CELL
 # A training or prediction job: one GPU (the SLURM profile routes gpu=1 jobs to a GPU partition),
 # host memory growing on each retry.
 # Every job's software with --software-deployment-method conda: envs/clsbench.yaml pins the versions
 # of constraints.txt (Snakemake's workflow-level `conda:` would instead inject it into the scheduler).
 CONDA_ENV = "../../envs/clsbench.yaml"
 GPU_JOB = {"gpu": 1, "mem_mb": lambda wc, attempt: 16000 * attempt}
-LOG = "results/logs/{dataset}/{model}/{approach}/r{rank}/s{seed}"
-BENCH = "results/benchmarks/{dataset}/{model}/{approach}/r{rank}/s{seed}"
+LOG = layout.LOG
+BENCH = layout.BENCH
 # A tuning trial: a cell trained with the trial's hyperparameters and scored on validation only.
-CONFIGURATION = "results/{dataset}/{model}/{approach}/r{rank}"
-TRIAL = f"{CONFIGURATION}/tune/t{{trial}}/s{{seed}}"
-TRIAL_LOG = "results/logs/{dataset}/{model}/{approach}/r{rank}/tune/t{trial}/s{seed}"
-TRIAL_BENCH = (
-    "results/benchmarks/{dataset}/{model}/{approach}/r{rank}/tune/t{trial}/s{seed}"
-)
+CONFIGURATION = layout.CONFIGURATION
+DATA = layout.DATA
+MODEL_JSON = layout.MODEL_JSON
+TRIAL = layout.TRIAL
+TRIAL_LOG = layout.TRIAL_LOG
+TRIAL_BENCH = layout.TRIAL_BENCH
 
 
 wildcard_constraints:
@@ -98,7 +98,7 @@ def all_metrics():
         for cell in CELLS
         for name in ["metrics.json"]
         + (
-            ["metrics_generate.json"]
+            [layout.mode_file("metrics", "generate")]
             if approaches.get(cell.approach).generative
             else []
         )
@@ -270,7 +270,7 @@ def fit_model_input(wildcards):
     """A fitted approach's model.json where it uses a model of `models:` (embed, setfit), else nothing."""
     if approaches.get(wildcards.approach).model_slug:
         return []
-    return f"results/models/{wildcards.model}/model.json"
+    return MODEL_JSON.format(model=wildcards.model)
 
 
 def fit_model_arg(wildcards):

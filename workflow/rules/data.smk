@@ -6,9 +6,9 @@ rule prepare_dataset:
         splits=expand(
             "results/data/{{dataset}}/{split}.parquet", split=["train", "val", "test"]
         ),
-        labels="results/data/{dataset}/labels.json",
+        labels=f"{DATA}/labels.json",
         stats=report(
-            "results/data/{dataset}/stats.json",
+            f"{DATA}/stats.json",
             category="Datasets",
             caption="../report/dataset_stats.rst",
         ),

@@ -2,7 +2,7 @@ rule evaluate:
     """metrics.json of one cell, computed from its cached predictions only."""
     input:
         predictions=f"{CELL}/predictions.parquet",
-        labels="results/data/{dataset}/labels.json",
+        labels=f"{DATA}/labels.json",
         train_info=f"{CELL}/train_info.json",
         predict_info=f"{CELL}/predict_info.json",
     output:
@@ -24,12 +24,12 @@ rule evaluate:
 rule evaluate_generate:
     """metrics_generate.json: the generate mode of a prompting cell (adds the invalid-output rate)."""
     input:
-        predictions=f"{CELL}/predictions_generate.parquet",
-        labels="results/data/{dataset}/labels.json",
+        predictions=f"{CELL}/{layout.mode_file('predictions', 'generate', 'parquet')}",
+        labels=f"{DATA}/labels.json",
         train_info=f"{CELL}/train_info.json",
-        predict_info=f"{CELL}/predict_info_generate.json",
+        predict_info=f"{CELL}/{layout.mode_file('predict_info', 'generate')}",
     output:
-        f"{CELL}/metrics_generate.json",
+        f"{CELL}/{layout.mode_file('metrics', 'generate')}",
     log:
         f"{LOG}/evaluate_generate.log",
     benchmark:
@@ -50,7 +50,7 @@ rule evaluate_val:
     """val/metrics.json of one cell: its validation predictions scored like its test predictions."""
     input:
         predictions=f"{CELL}/val/predictions.parquet",
-        labels="results/data/{dataset}/labels.json",
+        labels=f"{DATA}/labels.json",
         predict_info=f"{CELL}/val/predict_info.json",
     output:
         f"{CELL}/val/metrics.json",

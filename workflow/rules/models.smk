@@ -1,7 +1,7 @@
 rule prepare_model:
     """Make one model loadable offline: de-quantise packaged GGUF, build from config, or fetch from the hub."""
     output:
-        "results/models/{model}/model.json",
+        MODEL_JSON,
     log:
         "results/logs/models/{model}.log",
     benchmark:

@@ -44,8 +44,8 @@ rule predict:
 PROMPTED_OUTPUTS = {
     "predictions": f"{CELL}/predictions.parquet",
     "info": f"{CELL}/predict_info.json",
-    "generated": f"{CELL}/predictions_generate.parquet",
-    "generated_info": f"{CELL}/predict_info_generate.json",
+    "generated": f"{CELL}/{layout.mode_file('predictions', 'generate', 'parquet')}",
+    "generated_info": f"{CELL}/{layout.mode_file('predict_info', 'generate')}",
     **VAL_OUTPUTS,
 }
 
@@ -62,7 +62,7 @@ use rule predict as predict_prompted with:
 
 use rule predict as predict_untrained with:
     input:
-        source="results/models/{model}/model.json",
+        source=MODEL_JSON,
         data=dataset_files("labels.json"),
     output:
         **PROMPTED_OUTPUTS,

@@ -12,13 +12,13 @@ rule tables:
     """The paper's tables (F1, throughput, dataset statistics) and calibration, as CSV, Markdown and LaTeX."""
     input:
         metrics=all_metrics(),
-        stats=expand("results/data/{dataset}/stats.json", dataset=grid_datasets()),
+        stats=expand(f"{DATA}/stats.json", dataset=grid_datasets()),
         predictions=[f"{cell.path}/predictions.parquet" for cell in CELLS],
-        models=expand("results/models/{model}/model.json", model=grid_models()),
+        models=expand(MODEL_JSON, model=grid_models()),
         train_texts=expand(
             "results/data/{dataset}/train.parquet", dataset=grid_datasets()
         ),
-        labels=expand("results/data/{dataset}/labels.json", dataset=grid_datasets()),
+        labels=expand(f"{DATA}/labels.json", dataset=grid_datasets()),
         tuned=tuned_files(),
     output:
         csv=report(
@@ -53,7 +53,7 @@ rule claims:
     input:
         metrics=all_metrics(),
         predictions=[f"{cell.path}/predictions.parquet" for cell in CELLS],
-        labels=expand("results/data/{dataset}/labels.json", dataset=grid_datasets()),
+        labels=expand(f"{DATA}/labels.json", dataset=grid_datasets()),
     output:
         csv=report(
             "reports/tables/claims.csv",
@@ -85,7 +85,7 @@ rule figures:
     """Bubble plots, F1 bars, reliability diagrams and training curves from the cells' cached outputs."""
     input:
         metrics=all_metrics(),
-        labels=expand("results/data/{dataset}/labels.json", dataset=grid_datasets()),
+        labels=expand(f"{DATA}/labels.json", dataset=grid_datasets()),
         predictions=[f"{cell.path}/predictions.parquet" for cell in CELLS],
         train_logs=train_logs(),
     output:
@@ -140,7 +140,7 @@ rule decision:
         best=expand("results/{dataset}/best.json", dataset=grid_datasets()),
         metrics=all_metrics(),
         predictions=[f"{cell.path}/predictions.parquet" for cell in CELLS],
-        labels=expand("results/data/{dataset}/labels.json", dataset=grid_datasets()),
+        labels=expand(f"{DATA}/labels.json", dataset=grid_datasets()),
     output:
         md=report(
             "reports/tables/decision.md",

@@ -7,7 +7,7 @@ rule train:
     per-epoch log and train_info.json (early stopping on validation micro-F1, best epoch restored).
     """
     input:
-        model="results/models/{model}/model.json",
+        model=MODEL_JSON,
         data=dataset_files("labels.json"),
         tuned=tuned_input,
     output:

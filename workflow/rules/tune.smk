@@ -6,7 +6,7 @@
 
 use rule train as train_trial with:
     input:
-        model="results/models/{model}/model.json",
+        model=MODEL_JSON,
         data=dataset_files("labels.json"),
     output:
         adapter=directory(f"{TRIAL}/adapter"),
@@ -74,7 +74,7 @@ rule predict_trial:
 use rule evaluate_val as evaluate_trial with:
     input:
         predictions=f"{TRIAL}/val/predictions.parquet",
-        labels="results/data/{dataset}/labels.json",
+        labels=f"{DATA}/labels.json",
         predict_info=f"{TRIAL}/val/predict_info.json",
     output:
         f"{TRIAL}/val/metrics.json",
@@ -87,7 +87,7 @@ checkpoint tune:
     input:
         metrics=lambda wc: [f"{d}/val/metrics.json" for d in trial_dirs(wc)],
         infos=lambda wc: [f"{d}/train_info.json" for d in trial_dirs(wc)],
-        labels="results/data/{dataset}/labels.json",
+        labels=f"{DATA}/labels.json",
     output:
         f"{CONFIGURATION}/{tuning.TUNED_FILE}",
     log:
