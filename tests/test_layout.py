@@ -26,6 +26,12 @@ def test_mode_files_and_metrics_paths():
     assert layout.metrics_of("results/news/tfidf/tfidf/r0/s1/metrics.json")[1] is None
 
 
+def test_a_file_that_is_not_a_cells_metrics_is_named():
+    for path in ("gone/metrics.json", "results/news/m/head/r8/s1/scores.json"):
+        with pytest.raises(UserError, match=rf"^{path}: not a cell's metrics path \(results/<dataset>/"):
+            layout.metrics_of(path)
+
+
 @pytest.mark.parametrize("path", ["results/news/head/r8", "results/news/m/head/rx/s1", "results/news/m/head/r8/s1/val"])
 def test_a_folder_that_is_not_a_cell_is_named(path):
     with pytest.raises(UserError, match=r"not a cell folder \(results/<dataset>/<model>/<approach>/r<rank>/s<seed>\)"):

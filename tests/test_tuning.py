@@ -109,6 +109,7 @@ def test_only_the_chosen_trial_with_the_same_seed_and_hyperparameters_is_reused(
 
     configuration = tmp_path / "results/news/m/head/r8"
     assert tuning.chosen_trial(configuration / "s42") is None  # not tuned: nothing to reuse
+    assert tuning.chosen_trial(tmp_path / "anywhere") is None  # not a cell of a run
     (configuration).mkdir(parents=True)
     (configuration / tuning.TUNED_FILE).write_text(json.dumps({"chosen_trial": 1}))
     trial = tuning.chosen_trial(configuration / "s42")

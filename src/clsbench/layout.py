@@ -65,10 +65,10 @@ class Cell:
     def at(cls, folder: str | Path) -> tuple[Cell, Path]:
         """(the cell, its run's ``results/`` folder) of a cell folder anywhere on disk; a folder that is not
         one is refused, naming the layout."""
-        folder = Path(folder).resolve()
+        given, folder = folder, Path(folder).resolve()
         match = _CELL_DIR.search(folder.as_posix())
         if not match or len(folder.parts) < 7:
-            raise UserError(f"{folder}: not a cell folder (results/<dataset>/<model>/<approach>/r<rank>/s<seed>)")
+            raise UserError(f"{given}: not a cell folder (results/<dataset>/<model>/<approach>/r<rank>/s<seed>)")
         keys = match.groupdict()
         cell = cls(keys["dataset"], keys["model"], keys["approach"], int(keys["rank"]), int(keys["seed"]))
         return cell, folder.parents[4]
@@ -97,7 +97,10 @@ def metrics_of(path: str | Path) -> tuple[Cell, str | None]:
     """(the cell, its mode or None for the first) of a cell's ``metrics[_<mode>].json``."""
     path = Path(path)
     match = re.fullmatch(r"metrics(?:_(?P<mode>[a-z]+))?\.json", path.name)
-    if not match:
-        raise UserError(f"{path}: not a cell's metrics file (results/<dataset>/<model>/<approach>/r<rank>/s<seed>/"
-                        "metrics.json)")
-    return Cell.at(path.parent)[0], match["mode"]
+    try:
+        if match:
+            return Cell.at(path.parent)[0], match["mode"]
+    except UserError:
+        pass
+    raise UserError(f"{path}: not a cell's metrics path (results/<dataset>/<model>/<approach>/r<rank>/s<seed>/"
+                    "metrics.json)")

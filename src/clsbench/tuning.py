@@ -164,7 +164,10 @@ def select(trial_dirs: list[Path], overrides: list[dict], metric: str, labels_js
 def chosen_trial(cell_dir: str | Path) -> Path | None:
     """The folder of the trial its configuration's tuned.json chose, trained with the cell's seed: the
     first seed's final cell trains exactly what that trial trained when their hyperparameters agree."""
-    cell, results = layout.Cell.at(cell_dir)
+    try:
+        cell, results = layout.Cell.at(cell_dir)
+    except UserError:
+        return None  # trained outside a run's results/ (python -m clsbench.cell train --out-dir anywhere)
     tuned_file = results.parent / cell.configuration / TUNED_FILE
     if not tuned_file.exists():
         return None
