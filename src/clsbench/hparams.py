@@ -9,7 +9,9 @@ dataclass field by field (tests/test_hparams.py), so the two cannot drift apart:
         C: float = param(10.0, "inverse L2 regularisation of the logistic regression", exclusiveMinimum=0)
 
 ``param`` keeps the JSON-schema constraints of a field beside its default and help; a field whose
-schema lives in the schema's ``$defs`` names it with ``ref``.
+schema lives in the schema's ``$defs`` names it with ``ref``. A field whose value the embedded
+config.yaml ships (``REQUIRED``) has no default here: the shipped value is its one statement, and a
+partial config block falls back to it (:func:`clsbench.grid.hparams`).
 """
 from __future__ import annotations
 
@@ -19,11 +21,15 @@ import typing
 
 from . import UserError
 
-JSON_TYPES = {int: "integer", float: "number", bool: "boolean", str: "string"}
+JSON_TYPES = {int: "integer", float: "number", bool: "boolean", str: "string", list: "array"}
+REQUIRED = dataclasses.MISSING  # the field's value comes from config.yaml (stated there, once)
 
 
 def param(default, help: str, *, ref: str | None = None, choices: tuple | None = None, **constraints):
     """A dataclass field with its help and JSON-schema constraints (``minimum``, ``exclusiveMinimum``, ...)."""
+    if default is REQUIRED:
+        return dataclasses.field(kw_only=True, metadata={"help": help, "ref": ref, "choices": choices,
+                                                         "constraints": constraints})
     return dataclasses.field(default=default, metadata={"help": help, "ref": ref, "choices": choices,
                                                         "constraints": constraints})
 
@@ -36,6 +42,10 @@ def typed(cls, hp: dict, where: str):
     unknown = sorted(set(hp) - known)
     if unknown:
         raise UserError(f"{where}: unknown hyperparameter(s) {unknown} (known: {sorted(known)})")
+    missing = sorted(f.name for f in dataclasses.fields(cls) if f.default is REQUIRED and f.name not in hp)
+    if missing:
+        raise UserError(f"{where}: missing hyperparameter(s) {missing}; a config's approach block gets them from the "
+                        "embedded config.yaml, so give them when calling the approach directly")
     hints = typing.get_type_hints(cls)
     values = {}
     for name, value in hp.items():
@@ -60,7 +70,8 @@ def schema_properties(cls) -> dict:
         else:
             entry["type"] = json_type(hints[f.name])
         entry.update(meta.get("constraints") or {})
-        entry["default"] = f.default
+        if f.default is not REQUIRED:
+            entry["default"] = f.default
         entry["description"] = meta["help"]
         out[f.name] = entry
     return out
@@ -69,6 +80,8 @@ def schema_properties(cls) -> dict:
 def json_type(annotation):
     """The JSON-schema type of a field's annotation (``int | None`` -> ``[integer, "null"]``)."""
     args = typing.get_args(annotation)
+    if typing.get_origin(annotation) is list:
+        return "array"
     if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
         return [JSON_TYPES[a] if a is not type(None) else "null" for a in args]
     return JSON_TYPES[annotation]

@@ -6,28 +6,45 @@ plus ``model.joblib``.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from . import fitted
+from .hparams import REQUIRED, param, typed
+
+WHERE = "approaches.tfidf.hparams"
 
 
-def build(hp: dict, multi_label: bool, seed: int):
+@dataclass(frozen=True)
+class TfidfHparams:
+    ngram_range: list[int] = param(REQUIRED, "word n-gram lengths [shortest, longest] of the features",
+                                   items={"type": "integer", "minimum": 1}, minItems=2, maxItems=2)
+    min_df: int = param(REQUIRED, "a term must occur in at least this many training texts", minimum=1)
+    C: float = param(REQUIRED, "inverse L2 regularisation of the logistic regression", exclusiveMinimum=0)
+    max_features: int | None = param(None, "keep the most frequent terms only (null: every term)", minimum=1)
+    threshold: float = param(0.5, "multi-label: probability at which a label is predicted", minimum=0, maximum=1)
+    min_labels: int = param(0, "multi-label: at least this many labels per text", ref="min_labels")
+
+
+def build(h: TfidfHparams, multi_label: bool, seed: int):
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.pipeline import make_pipeline
 
-    vectorizer = TfidfVectorizer(ngram_range=tuple(hp.get("ngram_range", [1, 2])), min_df=hp.get("min_df", 2),
-                                 max_features=hp.get("max_features"), sublinear_tf=True)
-    return make_pipeline(vectorizer, fitted.logistic(hp.get("C", 10.0), seed, multi_label))
+    vectorizer = TfidfVectorizer(ngram_range=tuple(h.ngram_range), min_df=h.min_df, max_features=h.max_features,
+                                 sublinear_tf=True)
+    return make_pipeline(vectorizer, fitted.logistic(h.C, seed, multi_label))
 
 
 def fit(data_dir: str, out_dir: str, seed: int, hp: dict) -> dict:
     """Fit on train (fixed hyperparameters: nothing is chosen on val), predict test and val."""
     from .io import read_json
 
+    h = typed(TfidfHparams, hp, WHERE)
     multi = read_json(f"{data_dir}/labels.json")["multi_label"]
-    model = build(hp, multi, seed)
-    return fitted.fit_cell(model, "tfidf", data_dir, out_dir, seed, hp.get("threshold", 0.5), hp.get("min_labels", 0),
+    return fitted.fit_cell(build(h, multi, seed), "tfidf", data_dir, out_dir, seed, h.threshold, h.min_labels,
                            describe=lambda m: {"n_features": len(m[0].vocabulary_)})
 
 
 def predict(cell_dir: str, data_dir: str, out_dir: str, hp: dict, splits: tuple[str, ...] = ("test",)) -> dict:
     """Predictions of a fitted cell (``model.joblib``) on each split (:func:`clsbench.fitted.predict`)."""
-    return fitted.predict(cell_dir, data_dir, out_dir, hp.get("threshold", 0.5), hp.get("min_labels", 0), splits)
+    h = typed(TfidfHparams, hp, WHERE)
+    return fitted.predict(cell_dir, data_dir, out_dir, h.threshold, h.min_labels, splits)
