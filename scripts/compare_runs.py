@@ -38,7 +38,8 @@ def rows(fixed_dir: Path, tuned_dir: Path) -> list[str]:
         t = json.loads(record.read_text())
         seconds = t["tuning_seconds"]
         cost = f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.1f} s"
-        out.append(f"| {r['dataset']} | {r['approach']} r{r['rank']} {r['model']} | {r['f1_micro_fixed']:.3f} -> "
+        mode = "" if r["mode"] in ("classifier", "score") else f", {r['mode']}"
+        out.append(f"| {r['dataset']} | {r['approach']} r{r['rank']} {r['model']}{mode} | {r['f1_micro_fixed']:.3f} -> "
                    f"{r['f1_micro_tuned']:.3f} | {r['f1_macro_fixed']:.3f} -> {r['f1_macro_tuned']:.3f} | {chosen(t)} "
                    f"| {cost} | {'yes' if r['undertrained_fixed'] else 'no'} / {'yes' if r['undertrained_tuned'] else 'no'} |")
     return out

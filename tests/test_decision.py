@@ -66,3 +66,20 @@ def test_one_seed_says_training_variance_is_not_measured(tmp_path, monkeypatch):
     record = best.select(cells)
     card = decision.card(decision.collect([head, tfidf]), record, tmp_path / "results" / "data")
     assert card["one_seed"] and "training variance not measured" in decision.markdown(card, record)
+
+
+def test_a_cell_that_reused_its_chosen_trial_costs_the_tuning_once(tmp_path, monkeypatch):
+    """Tuned: 'train min / cell' is the trials' training plus the cell's own; a first seed that copied
+    the chosen trial adds nothing (its training is one of the trials), a further seed adds its own."""
+    monkeypatch.chdir(tmp_path)
+    make_data(tmp_path, "news")
+    head = write_cell(tmp_path, "news", "head", 1, accuracy_mask(200, 0.85, 0))
+    tfidf = write_cell(tmp_path, "news", "tfidf", 42, accuracy_mask(200, 0.8, 9), model="tfidf", rank=0)
+    cells = [add_val_and_cost(head, 0.9, 600.0, 10.0), add_val_and_cost(tfidf, 0.8, 0.5, 1000.0)]
+    (head.parents[1] / "tuned.json").write_text(json.dumps({"chosen_trial": 1, "hparams": {}, "tuning_seconds": 1800.0,
+                                                            "trials": [{}, {}, {}]}))
+    record = json.loads(head.read_text())
+    head.write_text(json.dumps({**record, "reused_trial": "results/news/m/head/r8/tune/t1/s1"}))
+    card = decision.card(decision.collect([head, tfidf]), best.select(cells), tmp_path / "results" / "data")
+    row = next(r for r in card["rows"] if r["approach"] == "head")
+    assert row["train_minutes"] == pytest.approx(30.0)  # the three trials, not 30 + the copied 10

@@ -58,7 +58,9 @@ def card(df: pd.DataFrame, best: dict, data_root: Path, finalists: int = FINALIS
         own = cells[(cells["model"] == key[0]) & (cells["approach"] == key[1]) & (cells["rank"] == key[2])]
         loaded = [paired.units(p, meta["labels"], meta["multi_label"], "f1_micro", width) for p in own["_predictions"]]
         units[key] = [u for _, u in loaded]
-        train_minutes = own["train_wall_seconds"].mean() / 60 if own["train_wall_seconds"].notna().any() else None
+        # a cell that reused its configuration's chosen trial trained nothing beyond the tuning
+        trained = own["train_wall_seconds"].where(own["reused_trial"].isna(), 0.0)
+        train_minutes = trained.mean() / 60 if own["train_wall_seconds"].notna().any() else None
         tuning_minutes = own["tuning_seconds"].max() / 60 if own["tuning_seconds"].notna().any() else 0.0
         speed = own["infer_samples_per_second"].mean()
         rows.append({"configuration": _name(key[1], key[2], key[0]), "model": key[0], "approach": key[1],

@@ -56,10 +56,11 @@ def collect(metric_files: list[str | Path]) -> pd.DataFrame:
         if tuned.exists():
             record = read_json(tuned)
             row["tuned"], row["tuning_seconds"] = tuning.describe(record), record["tuning_seconds"]
+        row["reused_trial"] = metrics.get("reused_trial")  # its training is one of its configuration's trials
         row["_dir"] = str(Path(path).parent)
         row["_predictions"] = str(Path(path).parent / layout.mode_file("predictions", mode, "parquet"))
         rows.append(row)
-    df = pd.DataFrame(rows, columns=[*COLUMNS, *THROUGHPUT_EXTRA, *THROUGHPUT_CONTEXT, "tuned", "tuning_seconds", "_flags",
+    df = pd.DataFrame(rows, columns=[*COLUMNS, *THROUGHPUT_EXTRA, *THROUGHPUT_CONTEXT, "tuned", "tuning_seconds", "reused_trial", "_flags",
                                      "_dir", "_predictions"])
     integers = ["trainable_params", "total_params", "epochs_run", "best_epoch", "n"]
     df[integers] = df[integers].astype("Int64")  # stay integers where some cells have no value (tfidf epochs)
