@@ -240,3 +240,14 @@ def test_compare_joins_cells_on_ids(tmp_path):
     pd.DataFrame({"id": ["0"], "gold": [["a"]], "pred": [["a"]]}).to_parquet(tmp_path / "z.parquet")
     with pytest.raises(UserError, match="do not hold the same test texts"):
         metrics.compare(tmp_path / "x.parquet", tmp_path / "z.parquet", labels)
+
+
+def test_records_merge_explicitly_and_drop_no_value():
+    """train_info and predict_info both give peak_memory_mb (training's, prediction's): metrics.json keeps
+    training's under the key and prediction's as predict_peak_memory_mb; a computed metric is never replaced."""
+    computed = {"f1_micro": 0.9, "n": 10}
+    merged = metrics.merge_records([
+        ("train_info", {"peak_memory_mb": 900.0, "device": "cpu", "f1_micro": 0.1, "epochs_run": 3}),
+        ("predict_info", {"peak_memory_mb": 400.0, "device": "cpu", "n": 99, "labels": ["a"]}),
+    ], computed)
+    assert merged == {"peak_memory_mb": 900.0, "device": "cpu", "epochs_run": 3, "predict_peak_memory_mb": 400.0}

@@ -197,10 +197,7 @@ def evaluate(predictions: str | Path, labels_json: str | Path, extra: list[str |
         probs = np.stack(df["probs"]).astype(np.float64)
         if probs.shape == (len(gold), len(meta["labels"])):
             metrics.update(calibration(probs, gold[:, :len(meta["labels"])], meta["multi_label"]))
-    for path in extra:
-        for key, value in read_json(path).items():
-            if key not in ("labels", "multi_label", "n"):
-                metrics.setdefault(key, value)
+    metrics.update(merge_records([(Path(path).stem, read_json(path)) for path in extra], metrics))
     n_labels = len(meta["labels"])
     trained = _trained(predictions, metrics)
     flags = health.prediction_flags(gold[:, :n_labels], pred[:, :n_labels], meta["labels"], meta["multi_label"], invalid,
@@ -209,6 +206,25 @@ def evaluate(predictions: str | Path, labels_json: str | Path, extra: list[str |
     metrics["degenerate"] = health.is_degenerate(metrics["flags"])
     metrics["undertrained"] = any(f["flag"] == "undertrained" for f in metrics["flags"])
     return metrics
+
+
+def merge_records(records: list[tuple[str, dict]], computed: dict) -> dict:
+    """The cell's records (``(name, record)``: train_info, predict_info ...) as metrics.json keys, merged
+    explicitly: a metric computed from the predictions is never replaced, nor are the dataset's ``labels``,
+    ``multi_label`` and ``n``; a key that two records give with different values keeps the first record's
+    value and adds the later one's as ``<record>_<key>`` (predict_info's peak_memory_mb as
+    ``predict_peak_memory_mb``), so no record's value is dropped."""
+    out: dict = {}
+    for name, record in records:
+        prefix = name.replace("_info", "")
+        for key, value in record.items():
+            if key in computed or key in ("labels", "multi_label", "n"):
+                continue
+            if key not in out:
+                out[key] = value
+            elif out[key] != value:
+                out[f"{prefix}_{key}"] = value
+    return out
 
 
 def _trained(predictions: str | Path, metrics: dict) -> bool:
