@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -42,7 +43,8 @@ def copy_training(source: Path, out_dir: str | Path) -> dict:
                 shutil.copytree(item, tmp, dirs_exist_ok=True)
             else:
                 shutil.copyfile(item, tmp)
-    info = {**read_json(source / "train_info.json"), "reused_trial": str(source)}
+    info = {**read_json(source / "train_info.json"),  # where from, relative to the cell (it moves with its run)
+            "reused_trial": Path(os.path.relpath(source.resolve(), out_dir.resolve())).as_posix()}
     write_json(out_dir / "train_info.json", info)
     return info
 
