@@ -219,9 +219,7 @@ def micro_f1_from_logits(logits: np.ndarray, y: np.ndarray, multi_label: bool, t
 def is_head_parameter(name: str, heads: tuple[str, ...]) -> bool:
     """Whether parameter ``name`` belongs to a classification layer of :func:`head_modules`, also as peft's
     ``modules_to_save`` copy."""
-    parts = name.split(".")
-    return "modules_to_save" in parts or any(".".join(parts[i:i + len(h.split("."))]) == h
-                                             for h in heads for i in range(len(parts)))
+    return ".modules_to_save." in f".{name}." or any(f".{h}." in f".{name}." for h in heads)
 
 
 def build_optimizer(model, hp: dict, steps: int, name: str):

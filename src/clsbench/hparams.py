@@ -27,11 +27,10 @@ REQUIRED = dataclasses.MISSING  # the field's value comes from config.yaml (stat
 
 def param(default, help: str, *, ref: str | None = None, choices: tuple | None = None, **constraints):
     """A dataclass field with its help and JSON-schema constraints (``minimum``, ``exclusiveMinimum``, ...)."""
-    if default is REQUIRED:
-        return dataclasses.field(kw_only=True, metadata={"help": help, "ref": ref, "choices": choices,
-                                                         "constraints": constraints})
-    return dataclasses.field(default=default, metadata={"help": help, "ref": ref, "choices": choices,
-                                                        "constraints": constraints})
+    metadata = {"help": help, "ref": ref, "choices": choices, "constraints": constraints}
+    if default is REQUIRED:  # keyword-only, so it may follow fields with defaults
+        return dataclasses.field(kw_only=True, metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
 
 
 def typed(cls, hp: dict, where: str):
