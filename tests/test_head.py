@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import TINY_HEAD_HP
+from conftest import TINY_FROZEN_HP, TINY_HEAD_HP
 
 from clsbench import approaches, classifier, head, metrics, runtime
 from clsbench.thresholds import tune_thresholds
@@ -15,7 +15,7 @@ from clsbench.thresholds import tune_thresholds
 def trained_cell(tmp_path_factory, tiny_model, bbc_small):
     out = tmp_path_factory.mktemp("cell")
     info = head.train(str(tiny_model), str(bbc_small), str(out), rank=4, seed=1, hp=TINY_HEAD_HP, threads=2)
-    classifier.predict(str(out / "adapter"), str(bbc_small), str(out), TINY_HEAD_HP, threads=2)
+    head.predict(str(out / "adapter"), str(bbc_small), str(out), TINY_HEAD_HP, threads=2)
     return out, info
 
 
@@ -51,7 +51,7 @@ def test_plain_autopeft_load_reproduces_cached_predictions(tmp_path, tiny_model,
 
     hp = {**TINY_HEAD_HP, "quantization": "none", "max_epochs": 1}
     head.train(str(tiny_model), str(bbc_small), str(tmp_path), rank=4, seed=3, hp=hp, threads=2)
-    classifier.predict(str(tmp_path / "adapter"), str(bbc_small), str(tmp_path), hp, threads=2)
+    head.predict(str(tmp_path / "adapter"), str(bbc_small), str(tmp_path), hp, threads=2)
     model = AutoPeftModelForSequenceClassification.from_pretrained(str(tmp_path / "adapter")).eval()
     tok = AutoTokenizer.from_pretrained(str(tmp_path / "adapter" / "base"))
     cached = pd.read_parquet(tmp_path / "predictions.parquet")
@@ -93,7 +93,7 @@ def test_a_copied_cell_loads_elsewhere_and_reproduces_its_cached_probabilities(t
 def test_multilabel_head_uses_sigmoid_and_threshold(tmp_path, tiny_model, pairs_small):
     hp = {**TINY_HEAD_HP, "max_epochs": 1}
     head.train(str(tiny_model), str(pairs_small), str(tmp_path), rank=2, seed=1, hp=hp, threads=2)
-    classifier.predict(str(tmp_path / "adapter"), str(pairs_small), str(tmp_path), hp, threads=2)
+    head.predict(str(tmp_path / "adapter"), str(pairs_small), str(tmp_path), hp, threads=2)
     pred = pd.read_parquet(tmp_path / "predictions.parquet")
     probs = np.stack(pred["probs"])
     assert probs.shape[1] == 5 and not np.allclose(probs.sum(1), 1)  # independent sigmoids
@@ -121,7 +121,8 @@ def test_balanced_class_weights():
 
 @pytest.mark.parametrize("approach", ["head", "frozen"])
 def test_multilabel_cell_with_class_weights_and_tuned_thresholds(tmp_path, tiny_model, pairs_small, approach):
-    hp = {**TINY_HEAD_HP, "max_epochs": 1, "class_weights": "balanced", "threshold": "tuned"}
+    base = TINY_HEAD_HP if approach == "head" else TINY_FROZEN_HP
+    hp = {**base, "max_epochs": 1, "class_weights": "balanced", "threshold": "tuned"}
     train = approaches.get(approach).entry("train")
     info = train(str(tiny_model), str(pairs_small), str(tmp_path), rank=2 if approach == "head" else 0, seed=1, hp=hp,
                  threads=2)
@@ -130,7 +131,7 @@ def test_multilabel_cell_with_class_weights_and_tuned_thresholds(tmp_path, tiny_
     tuned = json.loads((tmp_path / "adapter" / "thresholds.json").read_text())
     assert list(tuned) == labels and tuned == pytest.approx(info["thresholds"])
     assert "thresholds.json" in (tmp_path / "adapter" / "SHA256SUMS").read_text()  # part of the checked adapter
-    classifier.predict(str(tmp_path / "adapter"), str(pairs_small), str(tmp_path), hp, threads=2)
+    approaches.get(approach).entry("predict")(str(tmp_path / "adapter"), str(pairs_small), str(tmp_path), hp, threads=2)
     pred = pd.read_parquet(tmp_path / "predictions.parquet")
     probs = np.stack(pred["probs"])
     expected = [[name for name, q in zip(labels, row) if q >= tuned[name]] for row in probs]
@@ -174,7 +175,7 @@ def test_bf16_precision_trains_nf4_cell_on_cpu(tmp_path, tiny_model, bbc_small):
     assert info["dtype"] == "bfloat16" and np.isfinite(info["train_loss"])
     saved = load_file(tmp_path / "adapter" / "adapter_model.safetensors")
     assert {t.dtype for t in saved.values()} == {torch.float32}
-    classifier.predict(str(tmp_path / "adapter"), str(bbc_small), str(tmp_path), hp, threads=2)
+    head.predict(str(tmp_path / "adapter"), str(bbc_small), str(tmp_path), hp, threads=2)
     probs = np.stack(pd.read_parquet(tmp_path / "predictions.parquet")["probs"])
     assert probs.shape == (30, 5) and np.allclose(probs.sum(1), 1, atol=1e-3)
     assert json.loads((tmp_path / "throughput.json").read_text())["dtype"] == "bfloat16"
@@ -191,7 +192,7 @@ def test_fastest_eval_batch_predicts_the_same(trained_cell, bbc_small, tmp_path)
     """``eval_batch_size: fastest`` times the sizes on this machine and records the one it chose;
     the predictions do not depend on it."""
     out, _ = trained_cell
-    info = classifier.predict(str(out / "adapter"), str(bbc_small), str(tmp_path), {**TINY_HEAD_HP, "eval_batch_size": "fastest"},
+    info = head.predict(str(out / "adapter"), str(bbc_small), str(tmp_path), {**TINY_HEAD_HP, "eval_batch_size": "fastest"},
                         threads=2)
     assert info["eval_batch_size"] in (1, 2, 4, 8, 16)
     fastest, fixed = (pd.read_parquet(d / "predictions.parquet") for d in (tmp_path, out))
@@ -221,8 +222,8 @@ def test_head_pools_the_intended_token_when_pad_is_eos(tmp_path, appends_eos):
     tok = models.load_tokenizer(path)
     assert models.appends_eos(tok) == appends_eos
     assert (tok.pad_token_id != tok.eos_token_id) == appends_eos  # unk pads where eos ends every text
-    model = classifier.load_classifier(path, {"quantization": "none"}, runtime.device_setup(1),
-                                 **classifier.classification_kwargs(["x", "y"], False, tok.pad_token_id)).eval()
+    model = classifier.load_classifier(path, None, runtime.device_setup(1),
+                                       **classifier.classification_kwargs(["x", "y"], False, tok.pad_token_id)).eval()
     batch = tok(["a much longer first text here", "short"], padding=True, return_tensors="pt")
     with torch.inference_mode():
         pooled = model(**batch).logits
@@ -243,7 +244,8 @@ def test_gradient_accumulation_averages_over_the_effective_batch(tmp_path, tiny_
         hp = {**TINY_HEAD_HP, "quantization": "none", "optimizer": "adamw_torch", "lora_dropout": 0.0,
               "batch_size": batch, "grad_accum": accum, "max_epochs": 1, "max_grad_norm": 1e9}
         if approach == "encoder":
-            hp = {k: v for k, v in hp.items() if k not in ("quantization", "lora_dropout", "target_modules")}
+            hp = {k: v for k, v in hp.items()
+                  if k not in ("quantization", "double_quant", "lora_alpha", "lora_dropout", "target_modules")}
         approaches.get(approach).entry("train")(str(tiny_model), str(bbc_small), str(out), 2, 1, hp, 2)
         log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
         first[accum] = next(entry for entry in log if "grad_norm" in entry)

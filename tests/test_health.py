@@ -4,9 +4,9 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import TFIDF_HP, TINY_HEAD_HP
+from conftest import TFIDF_HP, TINY_FROZEN_HP
 
-from clsbench import UserError, apply, best, classifier, frozen, health, metrics, tables, tfidf
+from clsbench import UserError, apply, best, frozen, health, metrics, tables, tfidf
 
 LABELS = list("abcde")
 
@@ -113,10 +113,10 @@ def test_a_cell_forced_to_collapse_is_flagged_in_its_log_tables_and_best(tmp_pat
     """A real cell (frozen 4-bit LLM + head, multi-label pairs) whose threshold no probability reaches
     predicts no label for any text; evaluation flags it, the log says so in one line, the tables mark
     it and best.json picks TF-IDF instead, listing the cell as excluded."""
-    hp = {**TINY_HEAD_HP, "max_epochs": 2, "threshold": 0.999}
+    hp = {**TINY_FROZEN_HP, "max_epochs": 2, "threshold": 0.999}
     cell = tmp_path / "results" / "pairs-small" / "tiny-llama" / "frozen" / "r0" / "s1"
     frozen.train(str(tiny_model), str(pairs_small), str(cell), rank=0, seed=1, hp=hp, threads=2)
-    classifier.predict(str(cell / "adapter"), str(pairs_small), str(cell), hp, threads=2, splits=("test", "val"))
+    frozen.predict(str(cell / "adapter"), str(pairs_small), str(cell), hp, threads=2, splits=("test", "val"))
     base = tmp_path / "results" / "pairs-small" / "tfidf" / "tfidf" / "r0" / "s1"
     # 60 training texts: at 0.5 TF-IDF itself predicts no label for 90% of texts (flagged); at 0.2 it is sound
     tfidf.fit(str(pairs_small), str(base), seed=1, hp={**TFIDF_HP, "min_df": 1, "threshold": 0.2})

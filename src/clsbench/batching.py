@@ -12,12 +12,17 @@ autotune   :func:`resolve_eval_batch`: the largest inference batch that fits, or
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import UserError
 from .io import read_json, write_json
+
+if TYPE_CHECKING:
+    from .runtime import InferenceHparams
 
 OOM_ENV = "CLSBENCH_SIMULATE_OOM_ABOVE"
 
@@ -30,29 +35,29 @@ class OutOfMemory(UserError):
     exit_code = 3
 
 
-def configured_plan(hp: dict, stage: str) -> dict:
+def configured_plan(h: InferenceHparams, stage: str) -> dict:
     """Batch sizes as configured. ``eval_batch_size: auto`` / ``fastest`` is resolved by the predict
     step (:func:`resolve_eval_batch`); validation during training then uses twice the micro-batch (a
     forward pass without stored activations fits where a training step of that size does)."""
-    plan = {"eval_batch_size": hp.get("eval_batch_size", 8)}
-    if stage == "train":
-        plan.update(batch_size=hp["batch_size"], grad_accum=hp.get("grad_accum", 1))
+    plan = {"eval_batch_size": h.eval_batch_size}
+    if stage == "train":  # h: an EpochHparams
+        plan.update(batch_size=h.batch_size, grad_accum=h.grad_accum)
         if plan["eval_batch_size"] in AUTO_BATCH:
-            plan["eval_batch_size"] = 2 * hp["batch_size"]
+            plan["eval_batch_size"] = 2 * h.batch_size
     return plan
 
 
-def batch_plan(hp: dict, out_dir: str | Path, stage: str) -> dict:
+def batch_plan(h: InferenceHparams, out_dir: str | Path, stage: str) -> dict:
     """Batch sizes of this attempt: the configured ones (``batch_size``, ``grad_accum`` for training;
     ``eval_batch_size``), or those an out-of-memory failure of the same configuration left for it."""
     record = Path(out_dir) / f"oom-{stage}.json"
     if record.exists():
         saved = read_json(record)
-        if saved.get("configured") == configured_plan(hp, stage):
+        if saved.get("configured") == configured_plan(h, stage):
             print(f"{record}: the last attempt ran out of memory at {describe(saved['failed'])}; "
                   f"this one uses {describe(saved['next'])}", flush=True)
             return saved["next"]
-    return configured_plan(hp, stage)
+    return configured_plan(h, stage)
 
 
 def halved(plan: dict) -> dict:
@@ -82,7 +87,7 @@ def is_oom(err: BaseException) -> bool:
 
 
 @contextlib.contextmanager
-def oom_retry(out_dir: str | Path, stage: str, hp: dict, plan: dict) -> Iterator[None]:
+def oom_retry(out_dir: str | Path, stage: str, h: InferenceHparams, plan: dict) -> Iterator[None]:
     """Run a stage that used ``plan`` (from :func:`batch_plan`). Out of memory: record the halved plan
     in ``oom-{stage}.json`` for Snakemake's retry and raise :class:`OutOfMemory`; success: drop the record."""
     record = Path(out_dir) / f"oom-{stage}.json"
@@ -95,7 +100,7 @@ def oom_retry(out_dir: str | Path, stage: str, hp: dict, plan: dict) -> Iterator
         if nxt == plan:
             raise OutOfMemory(f"cell {out_dir}: out of memory in {stage} already at {describe(plan)}; lower "
                               "max_length or use a larger GPU") from None
-        write_json(record, {"configured": configured_plan(hp, stage), "failed": plan, "next": nxt})
+        write_json(record, {"configured": configured_plan(h, stage), "failed": plan, "next": nxt})
         raise OutOfMemory(f"cell {out_dir}: out of memory in {stage} at {describe(plan)}; the retry uses "
                           f"{describe(nxt)} (recorded in {record})") from None
     record.unlink(missing_ok=True)
@@ -174,8 +179,8 @@ def fastest_batch(run, sample: list, limit: int, clock=None) -> tuple[int, dict[
     return max(speeds, key=speeds.get), speeds
 
 
-def resolve_eval_batch(hp: dict, env: dict, run, items: list, lengths: list[int], clock=None) -> dict:
-    """``hp`` with an ``eval_batch_size`` of ``auto`` or ``fastest`` replaced by a number (a number
+def resolve_eval_batch(h: InferenceHparams, env: dict, run, items: list, lengths: list[int], clock=None):
+    """``h`` with an ``eval_batch_size`` of ``auto`` or ``fastest`` replaced by a number (a number
     is returned as it is). ``run(subset, bs)``: inference over ``subset`` of ``items`` (token
     ``lengths``) in batches of ``bs``.
 
@@ -186,11 +191,11 @@ def resolve_eval_batch(hp: dict, env: dict, run, items: list, lengths: list[int]
              items (every k-th by length; 64 items on a GPU, 16 on a CPU) for the sizes up to it."""
     import numpy as np
 
-    goal = hp.get("eval_batch_size")
+    goal = h.eval_batch_size
     if goal not in AUTO_BATCH:
-        return hp
+        return h
     by_length = [items[i] for i in np.argsort(lengths, kind="stable")]
-    start = hp.get("auto_batch_start") or (256 if env["cuda"] else 32)
+    start = h.auto_batch_start or (256 if env["cuda"] else 32)
     size = largest_batch(lambda bs: run(by_length[::-1][:bs], bs), start)
     if goal == "fastest":
         n = min(len(items), 64 if env["cuda"] else 16)
@@ -200,5 +205,5 @@ def resolve_eval_batch(hp: dict, env: dict, run, items: list, lengths: list[int]
               + f" samples/s -> {size}", flush=True)
     else:
         print(f"eval_batch_size auto: {size} (tried from {start})", flush=True)
-    return {**hp, "eval_batch_size": size}
+    return dataclasses.replace(h, eval_batch_size=size)
 

@@ -9,8 +9,10 @@ at inference (0.5, or per label chosen on validation with ``threshold: tuned``).
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,12 +21,40 @@ import pandas as pd
 from . import UserError, adapters, batching, faults, runtime, throughput, training
 from .batching import AUTO_BATCH, resolve_eval_batch
 from .data import load_prepared
+from .hparams import REQUIRED, param
 from .io import read_json, split_dir, write_predictions
 from .metrics import decide, indicator
 from .models import coverage_record, load_tokenizer, prefixed, text_coverage
 from .progress import Progress
 from .runtime import device_setup, peak_memory_mb, quantization_config
 from .thresholds import THRESHOLDS, fixed_threshold, tuned_thresholds
+
+THRESHOLD_SCHEMA = {"oneOf": [{"type": "number", "minimum": 0, "maximum": 1}, {"const": "tuned"}]}
+
+
+@dataclass(frozen=True)
+class ClassifierHparams:
+    """A classification layer on a model (head, frozen, encoder): what it reads of a text, how it
+    learns and decides. With :class:`clsbench.training.EpochHparams` in each approach's dataclass."""
+    head_learning_rate: float | None = param(REQUIRED, "learning rate of the classification layer (null: "
+                                             "learning_rate)", exclusiveMinimum=0)
+    max_length: int = param(REQUIRED, "tokens of a text the model reads", minimum=8)
+    long_text: str | None = param(None, "texts longer than max_length", ref="long_text")
+    chunk_stride: int | None = param(None, "tokens two windows share", ref="chunk_stride")
+    chunk_aggregate: str = param("auto", "how window logits become a text's", ref="chunk_aggregate")
+    chunk_training: bool = param(False, "chunk also in training", ref="chunk_training")
+    head_module: str | list[str] | None = param(None, "the classification layer(s)", ref="head_module")
+    threshold: float | str = param(0.5, "multi-label decision threshold; tuned - one per label, chosen on the "
+                                   "validation split for the best F1 (never on test)", schema=THRESHOLD_SCHEMA)
+    class_weights: str = param("none", "balanced - cross-entropy class weights n / (classes x count), or BCE "
+                               "pos_weight (negatives / positives) per label for multi-label",
+                               choices=("none", "balanced"))
+    min_labels: int = param(0, "multi-label: at least this many labels per text", ref="min_labels")
+
+    @property
+    def layer_learning_rate(self) -> float:
+        """The classification layer's learning rate (``head_learning_rate``, else ``learning_rate``)."""
+        return self.head_learning_rate or self.learning_rate
 
 
 def classification_kwargs(labels: list[str], multi_label: bool, pad_token_id: int) -> dict:
@@ -33,14 +63,13 @@ def classification_kwargs(labels: list[str], multi_label: bool, pad_token_id: in
             "problem_type": "multi_label_classification" if multi_label else "single_label_classification"}
 
 
-def head_modules(model_or_path, hp: dict | None = None) -> tuple[str, ...]:
+def head_modules(model_or_path, given: str | list[str] | None = None) -> tuple[str, ...]:
     """The modules a ``*ForSequenceClassification`` model adds to its base model (``score`` on decoders,
     ``classifier`` on BERT-style encoders, ``pre_classifier`` + ``classifier`` on DistilBERT ...): the
-    layers left unquantised, saved beside LoRA and given the head learning rate. ``head_module`` of
-    the hyperparameters names them where the model class cannot tell; else they are read off the model
-    (a path is instantiated on the meta device: no weights are read)."""
-    if hp and hp.get("head_module"):
-        given = hp["head_module"]
+    layers left unquantised, saved beside LoRA and given the head learning rate. ``given`` (the
+    hyperparameter ``head_module``) names them where the model class cannot tell; else they are read
+    off the model (a path is instantiated on the meta device: no weights are read)."""
+    if given:
         return tuple(given) if isinstance(given, list | tuple) else (given,)
     model = model_or_path
     if isinstance(model, str | Path):
@@ -58,10 +87,12 @@ def head_modules(model_or_path, hp: dict | None = None) -> tuple[str, ...]:
     return found
 
 
-def load_classifier(path: str | Path, hp: dict, env: dict, dtype=None, **cls_kwargs):
+def load_classifier(path: str | Path, quant: runtime.QuantHparams | None, env: dict, dtype=None,
+                    head_module: str | list[str] | None = None, **cls_kwargs):
+    """The model with its classification layer(s), 4-bit as ``quant`` says (None: unquantised)."""
     from transformers import AutoModelForSequenceClassification
 
-    quant = quantization_config(hp, env["compute_dtype"], keep=head_modules(path, hp))
+    quant = quantization_config(quant, env["compute_dtype"], keep=head_modules(path, head_module))
     kwargs = {"dtype": dtype or env["compute_dtype"], **cls_kwargs}
     if quant is not None:
         kwargs["quantization_config"] = quant
@@ -73,31 +104,21 @@ def load_classifier(path: str | Path, hp: dict, env: dict, dtype=None, **cls_kwa
     return model
 
 
-def lora_config(hp: dict, rank: int, heads: tuple[str, ...]):
-    """LoRA on ``target_modules``; the classification layers ``heads`` trained in full (modules_to_save)."""
-    from peft import LoraConfig, TaskType
-
-    return LoraConfig(task_type=TaskType.SEQ_CLS, r=rank, lora_alpha=hp["lora_alpha"],
-                      lora_dropout=hp["lora_dropout"], bias=hp.get("lora_bias", "none"),
-                      target_modules=hp["target_modules"], modules_to_save=list(heads))
-
-
-
 # ---------------------------------------------------------------- data
-def chunking(hp: dict, multi_label: bool) -> dict | None:
+def chunking(h: ClassifierHparams, multi_label: bool) -> dict | None:
     """``long_text: chunk`` settings (None for ``truncate``, the default): windows of ``max_length``
     tokens overlapping by ``chunk_stride`` (default a quarter of it), window logits aggregated per
     text by ``chunk_aggregate`` (``auto``: mean for single-label, max for multi-label: a label
     present in one part of a document is present in the document)."""
-    mode = hp.get("long_text", "truncate")
+    mode = h.long_text or "truncate"
     if mode == "truncate":
         return None
     if mode != "chunk":
         raise UserError(f"hyperparameter long_text: {mode!r} is not one of truncate, chunk")
-    how = hp.get("chunk_aggregate", "auto")
-    return {"stride": hp.get("chunk_stride", hp["max_length"] // 4),
+    how = h.chunk_aggregate
+    return {"stride": h.max_length // 4 if h.chunk_stride is None else h.chunk_stride,
             "aggregate": ("max" if multi_label else "mean") if how == "auto" else how,
-            "training": bool(hp.get("chunk_training", False))}
+            "training": bool(h.chunk_training)}
 
 
 def encode(tok, texts: list[str], max_length: int, chunk: dict | None = None) -> tuple[dict, np.ndarray]:
@@ -117,11 +138,12 @@ def encode(tok, texts: list[str], max_length: int, chunk: dict | None = None) ->
     return enc, np.asarray(enc["overflow_to_sample_mapping"])
 
 
-def check_limit(tok, texts, max_length: int, hp: dict, dataset: str) -> None:
+def check_limit(tok, texts, h: ClassifierHparams, dataset: str) -> None:
     """Stop when every training text is longer than the model limit and ``long_text`` is not set:
     truncation would cut each one, which is rarely what a config means (say ``long_text: truncate``
     to accept it)."""
-    if "long_text" in hp or not len(texts):
+    max_length = h.max_length
+    if h.long_text is not None or not len(texts):
         return
     coverage_of = text_coverage(tok, texts, max_length)
     if coverage_of["text_truncated_share"] == 1.0:
@@ -222,58 +244,59 @@ def is_head_parameter(name: str, heads: tuple[str, ...]) -> bool:
     return ".modules_to_save." in f".{name}." or any(f".{h}." in f".{name}." for h in heads)
 
 
-def build_optimizer(model, hp: dict, steps: int, name: str):
-    """AdamW of the ``name`` variant (:data:`clsbench.runtime.OPTIMIZERS`) with a separate learning rate for the head."""
+def build_optimizer(model, h, steps: int, name: str):
+    """AdamW of the ``name`` variant (:data:`clsbench.runtime.OPTIMIZERS`) with a separate learning rate for
+    the head; ``h``: a :class:`ClassifierHparams` with :class:`clsbench.training.TrainerHparams`."""
     import torch
     from transformers import get_scheduler
 
-    head_lr = hp.get("head_learning_rate") or hp["learning_rate"]
-    head, body, heads = [], [], head_modules(model, hp)
+    head, body, heads = [], [], head_modules(model, h.head_module)
     for param_name, p in model.named_parameters():
         if p.requires_grad:
             (head if is_head_parameter(param_name, heads) else body).append(p)
-    groups = [{"params": body, "lr": hp["learning_rate"]}, {"params": head, "lr": head_lr}]
+    groups = [{"params": body, "lr": h.learning_rate}, {"params": head, "lr": h.layer_learning_rate}]
     groups = [g for g in groups if g["params"]]
     if name == "adamw_torch":
-        opt = torch.optim.AdamW(groups, weight_decay=hp.get("weight_decay", 0.0))
+        opt = torch.optim.AdamW(groups, weight_decay=h.weight_decay)
     else:
         import bitsandbytes as bnb
 
         cls = {"adamw_bnb_8bit": bnb.optim.AdamW8bit, "paged_adamw_32bit": bnb.optim.PagedAdamW32bit,
                "paged_adamw_8bit": bnb.optim.PagedAdamW8bit}[name]
-        opt = cls(groups, weight_decay=hp.get("weight_decay", 0.0))
-    sched = get_scheduler(hp.get("lr_scheduler", "linear"), opt,
-                          num_warmup_steps=math.ceil(hp.get("warmup_ratio", 0.0) * steps), num_training_steps=steps)
+        opt = cls(groups, weight_decay=h.weight_decay)
+    sched = get_scheduler(h.lr_scheduler, opt, num_warmup_steps=math.ceil(h.warmup_ratio * steps),
+                          num_training_steps=steps)
     return opt, sched
 
 # ---------------------------------------------------------------- training (head, encoder)
-def fit(approach: str, model_json: str, data_dir: str, out_dir: str, rank: int, seed: int, hp: dict,
-        threads: int | None, build_model, default_optimizer: str, kind: str, save) -> dict:
-    """Train one cell with the HF ``Trainer`` through :mod:`clsbench.training`.
-    ``build_model(info, kwargs, hp, env, rank)``: the model to train (``kwargs``: its classification
+def fit(approach: str, model_json: str, data_dir: str, out_dir: str, rank: int, seed: int, h,
+        threads: int | None, build_model, kind: str, save) -> dict:
+    """Train one cell with the HF ``Trainer`` through :mod:`clsbench.training`; ``h``: the approach's
+    typed hyperparameters (:class:`ClassifierHparams` and :class:`clsbench.training.TrainerHparams`).
+    ``build_model(info, kwargs, h, env, rank)``: the model to train (``kwargs``: its classification
     config); ``save(model, final, tok, info, kwargs, thresholds)``: write ``adapter/``; ``kind``: the
     throughput record's training kind (``train_lora`` or ``train_full``)."""
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments, set_seed
 
-    env = device_setup(threads, hp.get("precision"))
+    env = device_setup(threads, h.precision)
     out_dir = Path(out_dir)
     info = read_json(model_json)
     splits, labels, multi = load_prepared(data_dir)
     tok = load_tokenizer(info["path"])
-    threshold = fixed_threshold(hp)
+    threshold = fixed_threshold(h.threshold)
     set_seed(seed)
-    check_limit(tok, list(splits["train"]["text"]), hp["max_length"], hp, Path(data_dir).name)
+    check_limit(tok, list(splits["train"]["text"]), h, Path(data_dir).name)
     kwargs = classification_kwargs(labels, multi, tok.pad_token_id)
-    model = build_model(info, kwargs, hp, env, rank)
+    model = build_model(info, kwargs, h, env, rank)
     trainable, total = runtime.count_parameters(model)
-    chunk = chunking(hp, multi)
+    chunk = chunking(h, multi)
     fit_chunk = chunk if chunk and chunk["training"] else None  # else only the test predictions are chunked
-    train_ds, _ = tokenize_split(splits["train"], tok, labels, multi, hp["max_length"], fit_chunk)
-    val_ds, val_text_of = tokenize_split(splits["val"], tok, labels, multi, hp["max_length"], fit_chunk)
+    train_ds, _ = tokenize_split(splits["train"], tok, labels, multi, h.max_length, fit_chunk)
+    val_ds, val_text_of = tokenize_split(splits["val"], tok, labels, multi, h.max_length, fit_chunk)
     val_gold = indicator(splits["val"]["labels"], labels)
-    plan = training.plan(hp, out_dir)
-    optim = runtime.optimizer_name(hp, env, default_optimizer)
-    optimizers = build_optimizer(model, hp, training.steps_per_epoch(hp, len(train_ds)) * hp["max_epochs"], optim)
+    plan = training.plan(h, out_dir)
+    optim = runtime.optimizer_name(h.optimizer, env)
+    optimizers = build_optimizer(model, h, training.steps_per_epoch(h, len(train_ds)) * h.max_epochs, optim)
 
     def val_logits(logits):  # per validation text (windows aggregated)
         return aggregate(logits, val_text_of, len(val_gold), fit_chunk["aggregate"]) if fit_chunk else logits
@@ -282,30 +305,29 @@ def fit(approach: str, model_json: str, data_dir: str, out_dir: str, rank: int, 
         gold = val_gold if multi else val_gold.argmax(1)
         return {"f1_micro": micro_f1_from_logits(val_logits(pred.predictions), gold, multi, threshold)}
 
-    args = TrainingArguments(**training.arguments(hp, plan, env, seed, out_dir, len(train_ds)))
+    args = TrainingArguments(**training.arguments(h, plan, env, seed, out_dir, len(train_ds), optim))
     timer = runtime.eval_timer()
-    weights = class_weights(splits["train"]["labels"], labels, multi, hp.get("class_weights", "none"))
+    weights = class_weights(splits["train"]["labels"], labels, multi, h.class_weights)
     trainer = Trainer(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds,
                       processing_class=tok, data_collator=DataCollatorWithPadding(tok),
                       compute_metrics=compute_metrics, optimizers=optimizers,
                       compute_loss_func=weighted_loss(weights, multi) if weights is not None else None,
-                      callbacks=training.callbacks(hp, out_dir, timer))
+                      callbacks=training.callbacks(h, out_dir, timer))
     # Both losses (the model's sequence-classification loss, weighted_loss) are means over the
     # micro-batch and ignore the Trainer's num_items_in_batch: the Trainer must divide them by the
     # accumulation steps, or gradient accumulation sums the gradients (grad_accum x the loss and norm).
     trainer.loss_is_scaled_for_ga = False
-    key = runtime.run_key(model_json, data_dir, approach, rank, seed, hp)
+    key = runtime.run_key(model_json, data_dir, approach, rank, seed, dataclasses.asdict(h))
     train_info = {"approach": approach, "rank": rank, "seed": seed, "trainable_params": int(trainable),
-                  "total_params": int(total), **training.run(trainer, out_dir, plan, hp, env, key, timer)}
-    extra = tuned_thresholds(hp, multi, labels,
+                  "total_params": int(total), **training.run(trainer, out_dir, plan, h, env, key, timer)}
+    extra = tuned_thresholds(h.threshold, multi, labels,
                              lambda: probabilities(val_logits(trainer.predict(val_ds).predictions), True), val_gold)
-    if rank:  # the LoRA update scale alpha / r (rank comparisons: grid.for_rank)
-        train_info.update(lora_alpha=hp["lora_alpha"], lora_scale=hp["lora_alpha"] / rank)
-    train_info.update(optimizer=optim, class_weights=hp.get("class_weights", "none"), **extra,
-                      quantization="none" if kind == "train_full" else hp.get("quantization", "nf4"),
-                      long_text=hp.get("long_text", "truncate"), chunk_training=bool(fit_chunk),
-                      **prefixed("train_", coverage(tok, splits["train"]["text"], hp["max_length"], fit_chunk)))
-    return training.finish(out_dir, train_info, trainer, hp, env, plan, seed, kind,
+    if isinstance(h, adapters.LoraHparams):  # the LoRA update scale alpha / r (rank comparisons: grid.for_rank)
+        train_info.update(lora_alpha=h.lora_alpha, lora_scale=h.lora_alpha / rank)
+    train_info.update(optimizer=optim, class_weights=h.class_weights, **extra, quantization=quantization_of(h),
+                      long_text=h.long_text or "truncate", chunk_training=bool(fit_chunk),
+                      **prefixed("train_", coverage(tok, splits["train"]["text"], h.max_length, fit_chunk)))
+    return training.finish(out_dir, train_info, trainer, h, env, plan, seed, kind,
                            lambda final: save(trainer.model, final, tok, info, kwargs, extra.get(THRESHOLDS)))
 
 
@@ -335,7 +357,12 @@ def predict_logits(model, tok, texts: list[str], max_length: int, batch_size: in
     return (out if chunk is None else aggregate(out, text_of, len(texts), chunk["aggregate"])), lengths
 
 
-def load_trained(adapter_dir: str | Path, hp: dict, env: dict):
+def quantization_of(h) -> str:
+    """How the base model is stored: ``h.quantization``, or none for an approach without 4-bit settings (encoder)."""
+    return h.quantization if isinstance(h, runtime.QuantHparams) else "none"
+
+
+def load_trained(adapter_dir: str | Path, h: ClassifierHparams, env: dict):
     """The trained classifier: base (quantised as in training) + adapter + head, base + head
     (frozen), or the fine-tuned encoder."""
     import torch
@@ -344,71 +371,71 @@ def load_trained(adapter_dir: str | Path, hp: dict, env: dict):
     adapter_dir = Path(adapter_dir)
     base_dir = adapter_dir / adapters.ADAPTER_BASE
     if adapters.is_peft(adapter_dir):
-        model = adapters.load_peft(adapter_dir, lambda path: load_classifier(path, hp, env))
+        model = adapters.load_peft(adapter_dir, lambda path: load_classifier(path, h, env, head_module=h.head_module))
     elif (adapter_dir / adapters.FROZEN_HEAD).exists():
-        model = load_classifier(base_dir, hp, env)
+        model = load_classifier(base_dir, h, env, head_module=h.head_module)
         state = load_file(adapter_dir / adapters.FROZEN_HEAD)
         missing = set(state) - {n for n, _ in model.named_parameters()}
         if missing:
             raise UserError(f"{adapter_dir / adapters.FROZEN_HEAD}: weights {sorted(missing)} do not fit the base model")
         model.load_state_dict(state, strict=False)
     else:
-        model = load_classifier(adapter_dir, {**hp, "quantization": "none"}, env, dtype=torch.float32)
+        model = load_classifier(adapter_dir, None, env, dtype=torch.float32, head_module=h.head_module)
         base_dir = adapter_dir
     model.eval()
     return model, load_tokenizer(base_dir)
 
 
-def predict(adapter_dir: str, data_dir: str, out_dir: str, hp: dict, threads: int | None = None,
+def predict(adapter_dir: str, data_dir: str, out_dir: str, h: ClassifierHparams, threads: int | None = None,
             splits: tuple[str, ...] = ("test",)) -> dict:
     """Write ``predictions.parquet`` (id, gold, probs, pred) and ``predict_info.json`` of each split
     (:func:`clsbench.io.split_dir`: the test split's into ``out_dir``, the validation split's into
     ``out_dir/val``) with one model load; returns the first split's info."""
     import torch
 
-    env = device_setup(threads, hp.get("precision"))
+    env = device_setup(threads, h.precision)
     loaded, labels, multi = load_prepared(data_dir)
     out_dir = Path(out_dir)
     # a corrupted adapter is removed with what was computed from it (retrained by the next run), not used
     faults.check_sums(adapter_dir, derived=tuple(split_dir(out_dir, s) / name for s in splits
                                                  for name in ("predictions.parquet", "metrics.json")))
-    model, tok = load_trained(adapter_dir, hp, env)
-    chunk = chunking(hp, multi)
-    if hp.get("eval_batch_size") in AUTO_BATCH:
+    model, tok = load_trained(adapter_dir, h, env)
+    chunk = chunking(h, multi)
+    if h.eval_batch_size in AUTO_BATCH:
         texts = list(loaded[splits[0]]["text"])
-        lengths = [len(ids) for ids in tok(texts, truncation=True, max_length=hp["max_length"])["input_ids"]]
-        hp = resolve_eval_batch(hp, env, lambda subset, bs: predict_logits(
-            model, tok, subset, hp["max_length"], bs, env["device"]), texts, lengths)
-    plan = batching.batch_plan(hp, out_dir, "predict")  # halved after an out-of-memory failure
+        lengths = [len(ids) for ids in tok(texts, truncation=True, max_length=h.max_length)["input_ids"]]
+        h = resolve_eval_batch(h, env, lambda subset, bs: predict_logits(
+            model, tok, subset, h.max_length, bs, env["device"]), texts, lengths)
+    plan = batching.batch_plan(h, out_dir, "predict")  # halved after an out-of-memory failure
     bs = plan["eval_batch_size"]
-    threshold = fixed_threshold(hp)
-    if multi and hp.get("threshold") == "tuned":
+    threshold = fixed_threshold(h.threshold)
+    if multi and h.threshold == "tuned":
         tuned = read_json(Path(adapter_dir) / adapters.THRESHOLDS_FILE)
         threshold = np.array([tuned[label] for label in labels])
     infos = []
     for split in splits:
         df = loaded[split]
         texts = list(df["text"])
-        with batching.oom_retry(out_dir, "predict", hp, plan):
+        with batching.oom_retry(out_dir, "predict", h, plan):
             if not infos:  # warm-up (not timed), once per job
-                predict_logits(model, tok, texts[:min(len(df), bs)], hp["max_length"], bs, env["device"])
+                predict_logits(model, tok, texts[:min(len(df), bs)], h.max_length, bs, env["device"])
             if env["cuda"]:
                 torch.cuda.synchronize()
                 torch.cuda.reset_peak_memory_stats()
-            encoded = encode(tok, texts, hp["max_length"], chunk)  # once: the progress total and the run
+            encoded = encode(tok, texts, h.max_length, chunk)  # once: the progress total and the run
             t0 = time.perf_counter()
-            logits, lengths = predict_logits(model, tok, texts, hp["max_length"], bs, env["device"],
+            logits, lengths = predict_logits(model, tok, texts, h.max_length, bs, env["device"],
                                              Progress(f"predict {split}", len(encoded[1])), chunk, encoded)
             if env["cuda"]:
                 torch.cuda.synchronize()
             wall = time.perf_counter() - t0
         probs = probabilities(logits, multi)
-        pred = decide(probs, multi, threshold, hp.get("min_labels", 0))
+        pred = decide(probs, multi, threshold, h.min_labels)
         info = {"split": split, "n": len(df), "infer_wall_seconds": wall, "eval_batch_size": bs,
                 "threshold": threshold.tolist() if isinstance(threshold, np.ndarray) else threshold,
                 "device": env["device_name"], "peak_memory_mb": peak_memory_mb(env), "labels": labels,
-                "multi_label": multi, "long_text": hp.get("long_text", "truncate"),
-                **coverage(tok, texts, hp["max_length"], chunk, encoded[1])}
+                "multi_label": multi, "long_text": h.long_text or "truncate",
+                **coverage(tok, texts, h.max_length, chunk, encoded[1])}
         record = throughput.record("infer", lengths=lengths, seconds=wall, batch_size=bs, order="sorted", env=env,
                                    peak_memory_mb=info["peak_memory_mb"], config=model.config, kind="forward")
         if chunk is not None:  # samples are texts; the rows run were their windows

@@ -24,7 +24,9 @@ import pandas as pd
 
 from . import UserError, adapters, approaches, faults, fitted, layout
 from .apply import best_cell, cell_settings, parse_cell
+from .cell import HPARAMS_FILE
 from .data import load_prepared
+from .hparams import typed
 from .io import atomic_path, read_json, run_cli, write_json
 
 PROMPT_FILE = "prompt.json"
@@ -42,28 +44,30 @@ def dequantized(load):
     return loader
 
 
-def classifier_model(adapter: Path, hp: dict, env: dict):
+def classifier_model(adapter: Path, h, env: dict):
     """The cell's classifier in float32 with nothing but transformers modules (LoRA merged)."""
     from safetensors.torch import load_file
 
     from .classifier import load_classifier
 
     if adapters.is_peft(adapter):
-        return adapters.load_peft(adapter, dequantized(lambda p: load_classifier(p, hp, env))).merge_and_unload()
+        return adapters.load_peft(adapter, dequantized(
+            lambda p: load_classifier(p, h, env, head_module=h.head_module))).merge_and_unload()
     if (adapter / adapters.FROZEN_HEAD).exists():
-        model = dequantized(lambda p: load_classifier(p, hp, env))(adapter / adapters.ADAPTER_BASE)
+        model = dequantized(lambda p: load_classifier(p, h, env, head_module=h.head_module))(
+            adapter / adapters.ADAPTER_BASE)
         model.load_state_dict(load_file(adapter / adapters.FROZEN_HEAD), strict=False)
         return model
-    return load_classifier(adapter, {**hp, "quantization": "none"}, env)
+    return load_classifier(adapter, None, env, head_module=h.head_module)
 
 
-def causal_model(adapter: Path, hp: dict, env: dict):
+def causal_model(adapter: Path, h, env: dict):
     from .instruct import load_lm
 
-    return adapters.load_peft(adapter, dequantized(lambda p: load_lm(p, hp, env))).merge_and_unload()
+    return adapters.load_peft(adapter, dequantized(lambda p: load_lm(p, h, env))).merge_and_unload()
 
 
-def check_classifier(out: Path, cell: Path, data_dir: Path, hp: dict, multi: bool) -> dict:
+def check_classifier(out: Path, cell: Path, data_dir: Path, h, multi: bool) -> dict:
     """The exported folder, loaded by plain transformers, on the cell's test texts against the cell's
     cached probabilities: max |Δprob| and the share of texts whose decided labels change."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -74,11 +78,11 @@ def check_classifier(out: Path, cell: Path, data_dir: Path, hp: dict, multi: boo
     tok = AutoTokenizer.from_pretrained(out)
     cached = pd.read_parquet(cell / "predictions.parquet")
     texts = list(load_prepared(data_dir)[0]["test"].set_index("id").loc[cached["id"], "text"])
-    logits, _ = predict_logits(model, tok, texts, hp["max_length"], 16, "cpu")  # truncated, as pipeline reads
+    logits, _ = predict_logits(model, tok, texts, h.max_length, 16, "cpu")  # truncated, as pipeline reads
     return compare(probabilities(logits, multi), cached, multi, read_json(cell / "predict_info.json").get("threshold", 0.5))
 
 
-def check_causal(out: Path, cell: Path, data_dir: Path, hp: dict) -> dict:
+def check_causal(out: Path, cell: Path, data_dir: Path, h) -> dict:
     """The merged causal LM in score mode (the cell's decision rule) against the cell's cached scores."""
     import torch
     from transformers import AutoModelForCausalLM
@@ -91,11 +95,11 @@ def check_causal(out: Path, cell: Path, data_dir: Path, hp: dict) -> dict:
     model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
     tok = load_tokenizer(out)
     tok.padding_side = "left"
-    enc = Encoder(tok, labels, multi, hp, train_labels=splits["train"]["labels"])
+    enc = Encoder(tok, labels, multi, h, train_labels=splits["train"]["labels"])
     cached = pd.read_parquet(cell / "predictions.parquet")
     texts = splits["test"].set_index("id").loc[cached["id"], "text"]
-    probs, _, _ = run_mode("score", model, enc, [enc.prompt_ids(t) for t in texts], hp, {"device": "cpu"})
-    return compare(probs, cached, multi, hp.get("threshold", 0.5))
+    probs, _, _ = run_mode("score", model, enc, [enc.prompt_ids(t) for t in texts], h, {"device": "cpu"})
+    return compare(probs, cached, multi, h.threshold)
 
 
 def compare(probs: np.ndarray, cached: pd.DataFrame, multi: bool, threshold) -> dict:
@@ -201,6 +205,7 @@ def export(cell: str | Path, out: str | Path, force: bool = False, config_path: 
     faults.check_sums(adapter, then="copy it again from the run that made it, or run snakemake there to retrain the "
                       "cell", remove=False)  # names the file that differs; a copied cell is the user's
     hp, _ = cell_settings(cell, keys, config_path)
+    h = typed(spec.hparams_class, hp, f"{cell / HPARAMS_FILE}")
     data_dir = layout.data_dir_of(cell)
     labels_meta = read_json(data_dir / "labels.json")
     labels, multi = labels_meta["labels"], labels_meta["multi_label"]
@@ -208,7 +213,7 @@ def export(cell: str | Path, out: str | Path, force: bool = False, config_path: 
     base = adapter / adapters.ADAPTER_BASE if (adapter / adapters.ADAPTER_BASE).exists() else adapter
     tok = load_tokenizer(base)
     causal = spec.generative
-    model = causal_model(adapter, hp, env) if causal else classifier_model(adapter, hp, env)
+    model = causal_model(adapter, h, env) if causal else classifier_model(adapter, h, env)
     for attr in ("quantization_config", "_pre_quantization_dtype"):
         if hasattr(model.config, attr):
             delattr(model.config, attr)
@@ -223,12 +228,12 @@ def export(cell: str | Path, out: str | Path, force: bool = False, config_path: 
             from .prompting import Encoder
 
             splits, _, _ = load_prepared(data_dir)
-            enc = Encoder(tok, labels, multi, hp, train_labels=splits["train"]["labels"])
+            enc = Encoder(tok, labels, multi, h, train_labels=splits["train"]["labels"])
             write_json(tmp / PROMPT_FILE, {"head": enc.head, "tail": enc.tail, "labels": labels, "multi_label": multi,
                                            "label_delimiter": enc.delimiter, "chat_template": enc.chat,
                                            "text_tokens": enc.text_budget, "max_new_tokens": enc.answer_budget,
-                                           "max_length": enc.max_length, "threshold": hp.get("threshold", 0.5)})
-        check = check_causal(tmp, cell, data_dir, hp) if causal else check_classifier(tmp, cell, data_dir, hp, multi)
+                                           "max_length": enc.max_length, "threshold": h.threshold})
+        check = check_causal(tmp, cell, data_dir, h) if causal else check_classifier(tmp, cell, data_dir, h, multi)
         metrics = read_json(cell / "metrics.json")
         stats = read_json(data_dir / "stats.json") if (data_dir / "stats.json").exists() else {}
         kind = "text-generation" if causal else "text-classification"
@@ -252,6 +257,7 @@ def export_setfit(cell: Path, out: Path, force: bool, keys: dict, spec, config_p
         if not (cell / name).exists():
             raise UserError(f"--cell {cell}: {name} missing; the cell is incomplete (run snakemake for it)")
     hp, _ = cell_settings(cell, keys, config_path)
+    h = typed(spec.hparams_class, hp, f"{cell / HPARAMS_FILE}")
     data_dir = layout.data_dir_of(cell)
     meta = read_json(data_dir / "labels.json")
     labels, multi = meta["labels"], meta["multi_label"]
@@ -264,7 +270,7 @@ def export_setfit(cell: Path, out: Path, force: bool, keys: dict, spec, config_p
         probs = loaded.predict_proba(texts, as_numpy=True)
         if not multi:  # the classifier's class order -> labels.json's
             probs = fitted.in_label_order(probs, list(loaded.model_head.classes_), labels)
-        check = compare(probs, cached, multi, hp.get("threshold", 0.5))
+        check = compare(probs, cached, multi, h.threshold)
         metrics = read_json(cell / "metrics.json")
         stats = read_json(data_dir / "stats.json") if (data_dir / "stats.json").exists() else {}
         (tmp / "README.md").write_text(model_card(keys, spec, hp, metrics, stats, labels, check, "setfit"))

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from . import UserError, adapters, batching
+from . import UserError, adapters, batching, classifier
 from .classifier import (
+    ClassifierHparams,
     aggregate,
     check_limit,
     chunking,
@@ -26,11 +28,23 @@ from .classifier import (
 )
 from .data import load_prepared
 from .health import training_flags
+from .hparams import REQUIRED, redefault, typed
 from .io import read_json, write_json, write_jsonl
 from .metrics import indicator
 from .models import load_tokenizer, prefixed
-from .runtime import check_finite, count_parameters, device_setup, peak_memory_mb
+from .runtime import QuantHparams, check_finite, count_parameters, device_setup, peak_memory_mb
 from .thresholds import THRESHOLDS, fixed_threshold, tuned_thresholds
+from .training import EpochHparams
+
+WHERE = "approaches.frozen.hparams"
+
+
+@dataclass(frozen=True)
+class FrozenHparams(ClassifierHparams, EpochHparams, QuantHparams):
+    """The head's settings without LoRA and the Trainer: the layer trains with plain AdamW on features
+    computed once, with the configured schedule and no warmup (an epoch costs milliseconds)."""
+    quantization: str = redefault(QuantHparams, "quantization", REQUIRED)
+    grad_accum: int = redefault(EpochHparams, "grad_accum", REQUIRED)
 
 
 def last_token_features(model, tok, texts: list[str], max_length: int, batch_size: int, device: str,
@@ -40,7 +54,7 @@ def last_token_features(model, tok, texts: list[str], max_length: int, batch_siz
     import torch
 
     captured = {}
-    layer = layer if layer is not None else linear_head(model, {})[1]
+    layer = layer if layer is not None else linear_head(model)[1]
     hook = layer.register_forward_hook(lambda mod, args, out: captured.__setitem__("h", args[0]))
     enc, text_of = encode(tok, texts, max_length, chunk)
     feats = []
@@ -59,11 +73,11 @@ def last_token_features(model, tok, texts: list[str], max_length: int, batch_siz
     return torch.cat(feats), text_of
 
 
-def linear_head(model, hp: dict):
+def linear_head(model, head_module: str | list[str] | None = None):
     """(name, layer): the one bias-free linear classification layer the ablation trains on frozen features."""
     import torch
 
-    heads = head_modules(model, hp)
+    heads = head_modules(model, head_module)
     layer = model.get_submodule(heads[-1])
     if len(heads) > 1 or not isinstance(layer, torch.nn.Linear) or layer.bias is not None:
         raise UserError(f"approach frozen trains one bias-free linear layer on the pooled hidden state; "
@@ -83,25 +97,27 @@ def train(model_json: str, data_dir: str, out_dir: str, rank: int, seed: int, hp
     import torch
     from transformers import get_scheduler, set_seed
 
-    env = device_setup(threads, hp.get("precision"))
+    h = typed(FrozenHparams, hp, WHERE)
+    env = device_setup(threads, h.precision)
     out_dir = Path(out_dir)
     info = read_json(model_json)
     splits, labels, multi = load_prepared(data_dir)
     tok = load_tokenizer(info["path"])
-    check_limit(tok, list(splits["train"]["text"]), hp["max_length"], hp, Path(data_dir).name)
+    check_limit(tok, list(splits["train"]["text"]), h, Path(data_dir).name)
     set_seed(seed)
-    model = load_classifier(info["path"], hp, env, **classification_kwargs(labels, multi, tok.pad_token_id)).eval()
-    head, layer = linear_head(model, hp)
+    model = load_classifier(info["path"], h, env, head_module=h.head_module,
+                            **classification_kwargs(labels, multi, tok.pad_token_id)).eval()
+    head, layer = linear_head(model, h.head_module)
     trainable, total = count_parameters(model)
     trainable = layer.weight.numel()
-    plan = batching.batch_plan(hp, out_dir, "train")  # features: the eval batch size (halved after out of memory)
-    chunk = chunking(hp, multi)
+    plan = batching.batch_plan(h, out_dir, "train")  # features: the eval batch size (halved after out of memory)
+    chunk = chunking(h, multi)
     fit_chunk = chunk if chunk and chunk["training"] else None  # else only the test predictions are chunked
     t0 = time.perf_counter()
-    with batching.oom_retry(out_dir, "train", hp, plan):
+    with batching.oom_retry(out_dir, "train", h, plan):
         feats, text_of = {}, {}
         for s in ("train", "val"):
-            feats[s], text_of[s] = last_token_features(model, tok, list(splits[s]["text"]), hp["max_length"],
+            feats[s], text_of[s] = last_token_features(model, tok, list(splits[s]["text"]), h.max_length,
                                                        plan["eval_batch_size"], env["device"], fit_chunk, layer)
     feature_seconds = time.perf_counter() - t0
     val_gold = indicator(splits["val"]["labels"], labels)
@@ -113,18 +129,16 @@ def train(model_json: str, data_dir: str, out_dir: str, rank: int, seed: int, hp
         return aggregate(logits, text_of["val"], len(val_gold), fit_chunk["aggregate"]) if fit_chunk else logits
 
     weight = torch.nn.Parameter(layer.weight.detach().float().cpu().clone())
-    lr = hp.get("head_learning_rate") or hp["learning_rate"]
-    opt = torch.optim.AdamW([weight], lr=lr, weight_decay=hp.get("weight_decay", 0.0))
-    batch = hp["batch_size"] * hp["grad_accum"]
+    opt = torch.optim.AdamW([weight], lr=h.layer_learning_rate, weight_decay=h.weight_decay)
+    batch = h.batch_size * h.grad_accum
     steps_per_epoch = math.ceil(len(feats["train"]) / batch)
-    sched = get_scheduler(hp.get("lr_scheduler", "linear"), opt, num_warmup_steps=0,
-                          num_training_steps=steps_per_epoch * hp["max_epochs"])
-    weights = class_weights(splits["train"]["labels"], labels, multi, hp.get("class_weights", "none"))
+    sched = get_scheduler(h.lr_scheduler, opt, num_warmup_steps=0, num_training_steps=steps_per_epoch * h.max_epochs)
+    weights = class_weights(splits["train"]["labels"], labels, multi, h.class_weights)
     loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=weights) if multi else torch.nn.CrossEntropyLoss(weight=weights)
     gen = torch.Generator().manual_seed(seed)
     history, best, best_weight, waited = [], -1.0, weight.detach().clone(), 0
     t1 = time.perf_counter()
-    for epoch in range(1, hp["max_epochs"] + 1):
+    for epoch in range(1, h.max_epochs + 1):
         order = torch.randperm(len(feats["train"]), generator=gen)
         for step, start in enumerate(range(0, len(order), batch)):
             idx = order[start:start + batch]
@@ -132,25 +146,25 @@ def train(model_json: str, data_dir: str, out_dir: str, rank: int, seed: int, hp
             loss = loss_fn(logits, y["train"][idx] if multi else y["train"][idx].argmax(1))
             opt.zero_grad()
             loss.backward()
-            torch.nn.utils.clip_grad_norm_([weight], hp.get("max_grad_norm", 1.0))
+            torch.nn.utils.clip_grad_norm_([weight], h.max_grad_norm)
             opt.step()
             sched.step()
             history.append({"loss": loss.item(), "learning_rate": sched.get_last_lr()[0],
                             "epoch": epoch - 1 + (step + 1) / steps_per_epoch})
         gold = val_gold if multi else val_gold.argmax(1)
-        f1 = micro_f1_from_logits(val_logits(weight), gold, multi, fixed_threshold(hp))
+        f1 = micro_f1_from_logits(val_logits(weight), gold, multi, fixed_threshold(h.threshold))
         history.append({"eval_f1_micro": f1, "epoch": epoch})
         check_finite(history, out_dir)
         if f1 > best:
             best, best_weight, waited, best_epoch = f1, weight.detach().clone(), 0, epoch
         else:
             waited += 1
-            if waited >= hp["patience"]:
+            if waited >= h.patience:
                 break
     head_seconds = time.perf_counter() - t1
-    extra = tuned_thresholds(hp, multi, labels, lambda: probabilities(val_logits(best_weight), True), val_gold)
+    extra = tuned_thresholds(h.threshold, multi, labels, lambda: probabilities(val_logits(best_weight), True), val_gold)
     layer.weight.data = best_weight.to(layer.weight.device, layer.weight.dtype)
-    n_tokens = sum(map(len, encode(tok, list(splits["train"]["text"]), hp["max_length"], fit_chunk)[0]["input_ids"]))
+    n_tokens = sum(map(len, encode(tok, list(splits["train"]["text"]), h.max_length, fit_chunk)[0]["input_ids"]))
     train_info = {
         "approach": "frozen", "rank": 0, "seed": seed, "trainable_params": int(trainable), "total_params": int(total),
         "epochs_run": epoch, "best_epoch": best_epoch, "best_val_f1_micro": best,
@@ -159,10 +173,10 @@ def train(model_json: str, data_dir: str, out_dir: str, rank: int, seed: int, hp
         "train_samples_per_second": len(feats["train"]) * epoch / (feature_seconds + head_seconds),
         "train_tokens_per_second": n_tokens / feature_seconds,
         "n_train": len(feats["train"]), "n_val": len(feats["val"]), "device": env["device_name"],
-        "long_text": hp.get("long_text", "truncate"), "chunk_training": bool(fit_chunk),
-        **prefixed("train_", coverage(tok, splits["train"]["text"], hp["max_length"], fit_chunk)),
-        "dtype": str(env["compute_dtype"]).replace("torch.", ""), "quantization": hp.get("quantization", "nf4"),
-        "peak_memory_mb": peak_memory_mb(env), "class_weights": hp.get("class_weights", "none"), **extra,
+        "long_text": h.long_text or "truncate", "chunk_training": bool(fit_chunk),
+        **prefixed("train_", coverage(tok, splits["train"]["text"], h.max_length, fit_chunk)),
+        "dtype": str(env["compute_dtype"]).replace("torch.", ""), "quantization": h.quantization,
+        "peak_memory_mb": peak_memory_mb(env), "class_weights": h.class_weights, **extra,
     }
     write_jsonl(out_dir / "train_log.jsonl", history)
     write_json(out_dir / "train_info.json", train_info)
@@ -171,3 +185,9 @@ def train(model_json: str, data_dir: str, out_dir: str, rank: int, seed: int, hp
     adapters.save_adapter(model, out_dir / "adapter", info, base_config=classification_kwargs(labels, multi, tok.pad_token_id),
                           thresholds=extra.get(THRESHOLDS))
     return train_info
+
+
+def predict(adapter_dir: str, data_dir: str, out_dir: str, hp: dict, threads: int | None = None,
+            splits: tuple[str, ...] = ("test",)) -> dict:
+    """The cell's predictions of each split (:func:`clsbench.classifier.predict`)."""
+    return classifier.predict(adapter_dir, data_dir, out_dir, typed(FrozenHparams, hp, WHERE), threads, splits)

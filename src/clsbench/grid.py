@@ -127,17 +127,19 @@ def fill_shipped_defaults(config: dict) -> None:
     partial block (a user's own config, not an overlay on config.yaml) gets the same settings as the
     default grid: one set of defaults, stated once (the schema holds only keys config.yaml leaves out).
     An approach with ``settings_from`` (prompting without training) first takes those approaches'
-    shipped blocks, then this config's blocks of them (the same prompts and text)."""
+    shipped blocks, then this config's blocks of them (the same prompts and text): the settings its
+    typed hyperparameters know, not the training ones it has no use for."""
+    import dataclasses
+
     shipped = shipped_hparams()
     blocks = config.get("approaches") or {}
     for name in (n for n in APPROACHES if isinstance(blocks.get(n), dict)):  # registry order: sources first
         sources = approaches.get(name).settings_from
+        known = {f.name for f in dataclasses.fields(approaches.get(name).hparams_class)}
         defaults = {}
-        for source in (*sources, name):
-            defaults.update(shipped.get(source, {}))
-        for source in sources:
-            if isinstance(blocks.get(source), dict):
-                defaults.update(blocks[source]["hparams"])
+        for settings in ([shipped.get(source, {}) for source in sources] + [shipped.get(name, {})]
+                         + [blocks[source]["hparams"] for source in sources if isinstance(blocks.get(source), dict)]):
+            defaults.update({k: v for k, v in settings.items() if k in known})
         blocks[name]["hparams"] = {**defaults, **(blocks[name].get("hparams") or {})}
 
 

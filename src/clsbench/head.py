@@ -7,18 +7,35 @@ checkpoint that loads with ``peft.AutoPeftModelForSequenceClassification.from_pr
 (its ``base/`` holds the classification config and links to the base weights and tokenizer)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from . import adapters, classifier
+from .adapters import LoraHparams
+from .hparams import REQUIRED, redefault, typed
+from .runtime import QuantHparams
+from .training import TrainerHparams
+
+WHERE = "approaches.head.hparams"
 
 
-def build_model(info: dict, kwargs: dict, hp: dict, env: dict, rank: int):
+@dataclass(frozen=True)
+class HeadHparams(classifier.ClassifierHparams, TrainerHparams, LoraHparams, QuantHparams):
+    """Paper Table 1, column "Decoder Tuning", where config.yaml does not say otherwise."""
+    quantization: str = redefault(QuantHparams, "quantization", REQUIRED)
+    grad_accum: int = redefault(TrainerHparams, "grad_accum", REQUIRED)
+    optimizer: str = redefault(TrainerHparams, "optimizer", "adamw_bnb_8bit")
+
+
+def build_model(info: dict, kwargs: dict, h: HeadHparams, env: dict, rank: int):
     """The base with its classification layer (4-bit NF4 unless ``quantization: none``, the layer unquantised)
     and LoRA adapters."""
-    from peft import get_peft_model, prepare_model_for_kbit_training
+    from peft import TaskType, get_peft_model, prepare_model_for_kbit_training
 
-    model = classifier.load_classifier(info["path"], hp, env, **kwargs)
-    if hp.get("quantization", "nf4") != "none":
+    model = classifier.load_classifier(info["path"], h, env, head_module=h.head_module, **kwargs)
+    if h.quantization != "none":
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-    return get_peft_model(model, classifier.lora_config(hp, rank, classifier.head_modules(model, hp)))
+    heads = classifier.head_modules(model, h.head_module)
+    return get_peft_model(model, h.lora_config(TaskType.SEQ_CLS, rank, modules_to_save=list(heads)))
 
 
 def save(model, final, tok, info: dict, kwargs: dict, thresholds: dict | None) -> None:
@@ -28,5 +45,11 @@ def save(model, final, tok, info: dict, kwargs: dict, thresholds: dict | None) -
 def train(model_json: str, data_dir: str, out_dir: str, rank: int, seed: int, hp: dict,
           threads: int | None = None) -> dict:
     """Train one cell; writes ``adapter/``, ``train_log.jsonl`` and ``train_info.json`` into ``out_dir``."""
-    return classifier.fit("head", model_json, data_dir, out_dir, rank, seed, hp, threads, build_model,
-                          default_optimizer="adamw_bnb_8bit", kind="train_lora", save=save)
+    return classifier.fit("head", model_json, data_dir, out_dir, rank, seed, typed(HeadHparams, hp, WHERE), threads,
+                          build_model, kind="train_lora", save=save)
+
+
+def predict(adapter_dir: str, data_dir: str, out_dir: str, hp: dict, threads: int | None = None,
+            splits: tuple[str, ...] = ("test",)) -> dict:
+    """The cell's predictions of each split (:func:`clsbench.classifier.predict`)."""
+    return classifier.predict(adapter_dir, data_dir, out_dir, typed(HeadHparams, hp, WHERE), threads, splits)

@@ -14,28 +14,60 @@ generate  greedy answers parsed by :mod:`clsbench.prompts`, invalid ones scored 
 """
 from __future__ import annotations
 
+import dataclasses
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from . import adapters, batching, faults, layout, runtime, throughput, training
+from .adapters import LoraHparams
 from .batching import resolve_eval_batch
 from .data import load_prepared
+from .hparams import REQUIRED, param, redefault, typed
 from .io import atomic_path, read_json, sha256, split_dir, write_json
 from .metrics import decide, indicator
 from .models import load_tokenizer, prefixed
 from .progress import Progress
-from .prompting import Encoder, few_shot_examples, few_shot_shortfall
+from .prompting import Encoder, PromptHparams, few_shot_examples, few_shot_shortfall
 from .scoring import MODES, label_probability, run_mode
+from .training import TrainerHparams
 
 
-def load_lm(path: str | Path, hp: dict, env: dict):
+@dataclass(frozen=True)
+class InstructHparams(PromptHparams, TrainerHparams, LoraHparams):
+    """Paper Table 1, column "Instruction Fine-Tuning", where config.yaml does not say otherwise."""
+    weight_decay: float = redefault(TrainerHparams, "weight_decay", 0.01)
+    max_grad_norm: float = redefault(TrainerHparams, "max_grad_norm", 0.3)
+    lr_scheduler: str = redefault(TrainerHparams, "lr_scheduler", "cosine")
+    warmup_ratio: float = redefault(TrainerHparams, "warmup_ratio", 0.03)
+    optimizer: str = redefault(TrainerHparams, "optimizer", "paged_adamw_32bit")
+    grad_accum: int = redefault(TrainerHparams, "grad_accum", REQUIRED)
+    lora_alpha: float = redefault(LoraHparams, "lora_alpha", REQUIRED)
+    target_modules: list[str] | str = redefault(LoraHparams, "target_modules", "all-linear")
+    gradient_checkpointing: bool = param(REQUIRED, "recompute activations in the backward pass (non-reentrant)")
+    loss: str = param("answer_only", "answer_only: the loss on the answer tokens; full_sequence: on the prompt too",
+                      choices=("answer_only", "full_sequence"))
+
+
+@dataclass(frozen=True)
+class FewshotHparams(PromptHparams):
+    shots: int = param(1, "solved training examples per label (drawn with the cell's seed)", minimum=1)
+    shot_tokens: int = param(64, "tokens of each example's text", minimum=1)
+
+
+# zero- and few-shot cells take instruct's settings (grid.fill_shipped_defaults); those they do not use
+UNUSED_BY_PROMPTING = tuple(f.name for f in dataclasses.fields(InstructHparams)
+                            if f.name not in {g.name for g in dataclasses.fields(PromptHparams)})
+
+
+def load_lm(path: str | Path, h: PromptHparams, env: dict):
     """The causal LM, 4-bit NF4 (lm_head kept in full precision) unless ``quantization: none``."""
     from transformers import AutoModelForCausalLM
 
-    quant = runtime.quantization_config(hp, env["compute_dtype"], keep=("lm_head",))
+    quant = runtime.quantization_config(h, env["compute_dtype"], keep=("lm_head",))
     kwargs = {"dtype": env["compute_dtype"]}
     if quant is not None:
         kwargs.update(quantization_config=quant, device_map={"": 0} if env["cuda"] else {"": "cpu"})
@@ -68,7 +100,7 @@ def _score_answer_positions_only() -> None:
         trl_utils._use_triton = lambda device: True
 
 
-def val_micro_f1(model, enc: Encoder, rows: list[list[int]], gold: np.ndarray, hp: dict, batch_size: int,
+def val_micro_f1(model, enc: Encoder, rows: list[list[int]], gold: np.ndarray, h: InstructHparams, batch_size: int,
                  device: str) -> float:
     """Validation micro-F1 of the model being trained, in score mode (no free text: the same
     decision rule as the test predictions, and no invalid answers to tell apart from learning)."""
@@ -77,10 +109,11 @@ def val_micro_f1(model, enc: Encoder, rows: list[list[int]], gold: np.ndarray, h
     was_training = model.training
     model.eval()
     try:
-        probs, _, _ = run_mode("score", model, enc, rows, {**hp, "eval_batch_size": batch_size}, {"device": device})
+        probs, _, _ = run_mode("score", model, enc, rows, dataclasses.replace(h, eval_batch_size=batch_size),
+                               {"device": device})
     finally:
         model.train(was_training)
-    pred = decide(probs, enc.multi, hp.get("threshold", 0.5), hp.get("min_labels", 0))
+    pred = decide(probs, enc.multi, h.threshold, h.min_labels)
     return float(f1_score(gold, pred, average="micro", zero_division=0))
 
 
@@ -100,9 +133,9 @@ def _scored_sft_trainer():
         def __init__(self, *args, val_f1, **kwargs):
             super().__init__(*args, **kwargs)
             self.val_f1 = val_f1
-            for param in self.model.parameters():
-                if param.requires_grad and param.dtype != torch.float32:
-                    param.data = param.data.float()
+            for weight in self.model.parameters():
+                if weight.requires_grad and weight.dtype != torch.float32:
+                    weight.data = weight.data.float()
 
         def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
             t0 = time.perf_counter()
@@ -118,13 +151,13 @@ def _scored_sft_trainer():
 def train(model_json: str, data_dir: str, out_dir: str, rank: int, seed: int, hp: dict,
           threads: int | None = None) -> dict:
     """Instruction-tune one cell; writes ``adapter/``, ``train_log.jsonl``, ``train_info.json``."""
-    from peft import LoraConfig, TaskType, get_peft_model, prepare_model_for_kbit_training
+    from peft import TaskType, get_peft_model, prepare_model_for_kbit_training
     from transformers import set_seed
     from trl import SFTConfig
 
-    hp = {"max_grad_norm": 0.3, **hp}  # Table 1's, where a caller gives none
+    h = typed(InstructHparams, hp, "approaches.instruct.hparams")
     ScoredSFTTrainer = _scored_sft_trainer()
-    env = runtime.device_setup(threads, hp.get("precision"))
+    env = runtime.device_setup(threads, h.precision)
     if not env["cuda"]:
         _score_answer_positions_only()
     out_dir = Path(out_dir)
@@ -132,67 +165,69 @@ def train(model_json: str, data_dir: str, out_dir: str, rank: int, seed: int, hp
     splits, labels, multi = load_prepared(data_dir)
     tok = load_tokenizer(info["path"])
     tok.padding_side = "right"
-    enc = Encoder(tok, labels, multi, hp, train_labels=splits["train"]["labels"])
+    enc = Encoder(tok, labels, multi, h, train_labels=splits["train"]["labels"])
     set_seed(seed)
-    model = load_lm(info["path"], hp, env)
+    model = load_lm(info["path"], h, env)
     enc.check_fits(model.config)
-    checkpointing = hp.get("gradient_checkpointing", True)
-    if hp.get("quantization", "nf4") != "none":
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing,
+    if h.quantization != "none":
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=h.gradient_checkpointing,
                                                 gradient_checkpointing_kwargs={"use_reentrant": False})
-    lora = LoraConfig(task_type=TaskType.CAUSAL_LM, r=rank, lora_alpha=hp["lora_alpha"], lora_dropout=hp["lora_dropout"],
-                      bias=hp.get("lora_bias", "none"), target_modules=hp.get("target_modules", "all-linear"))
-    model = get_peft_model(model, lora)  # "all-linear" excludes lm_head
+    model = get_peft_model(model, h.lora_config(TaskType.CAUSAL_LM, rank))  # "all-linear" excludes lm_head
     trainable, total = runtime.count_parameters(model)
     train_ds, val_ds = enc.training_examples(splits["train"]), enc.training_examples(splits["val"])
 
-    optim = runtime.optimizer_name(hp, env, "paged_adamw_32bit")
-    plan = training.plan(hp, out_dir)
+    optim = runtime.optimizer_name(h.optimizer, env)
+    plan = training.plan(h, out_dir)
     args = SFTConfig(
-        **training.arguments(hp, plan, env, seed, out_dir, len(train_ds)),
-        learning_rate=hp["learning_rate"], weight_decay=hp.get("weight_decay", 0.01),
-        lr_scheduler_type=hp.get("lr_scheduler", "cosine"), warmup_steps=hp.get("warmup_ratio", 0.03), optim=optim,
+        **training.arguments(h, plan, env, seed, out_dir, len(train_ds), optim),
         activation_checkpointing=False,  # set up by peft above (TRL's default would switch it on)
-        completion_only_loss=hp.get("loss", "answer_only") == "answer_only", max_length=None)
+        completion_only_loss=h.loss == "answer_only", max_length=None)
     timer = runtime.eval_timer()
     val_rows = [enc.prompt_ids(text) for text in splits["val"]["text"]]
     val_gold = indicator(splits["val"]["labels"], labels)
     trainer = ScoredSFTTrainer(
         model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds, processing_class=tok,
-        callbacks=training.callbacks(hp, out_dir, timer),
-        val_f1=lambda m: val_micro_f1(m, enc, val_rows, val_gold, hp, plan["eval_batch_size"], env["device"]))
+        callbacks=training.callbacks(h, out_dir, timer),
+        val_f1=lambda m: val_micro_f1(m, enc, val_rows, val_gold, h, plan["eval_batch_size"], env["device"]))
     trained_dtypes = sorted({str(p.dtype).replace("torch.", "") for p in trainer.model.parameters() if p.requires_grad})
-    key = runtime.run_key(model_json, data_dir, "instruct", rank, seed, hp)
+    key = runtime.run_key(model_json, data_dir, "instruct", rank, seed, dataclasses.asdict(h))
     train_info = {"approach": "instruct", "rank": rank, "seed": seed, "trainable_params": int(trainable),
-                  "total_params": int(total), **training.run(trainer, out_dir, plan, hp, env, key, timer)}
+                  "total_params": int(total), **training.run(trainer, out_dir, plan, h, env, key, timer)}
     train_info.update({
-        "lora_alpha": hp["lora_alpha"], "lora_scale": hp["lora_alpha"] / rank,
-        "loss": hp.get("loss", "answer_only"), "optimizer": optim, "trained_dtype": ",".join(trained_dtypes), "gradient_checkpointing": checkpointing,
+        "lora_alpha": h.lora_alpha, "lora_scale": h.lora_alpha / rank, "loss": h.loss, "optimizer": optim,
+        "trained_dtype": ",".join(trained_dtypes), "gradient_checkpointing": h.gradient_checkpointing,
         "mean_prompt_tokens": float(np.mean([sum(1 - m for m in mask) for mask in train_ds["completion_mask"]])),
-        "quantization": hp.get("quantization", "nf4"), "prompt_max_length": enc.max_length,
+        "quantization": h.quantization, "prompt_max_length": enc.max_length,
         **prefixed("train_", enc.coverage(splits["train"]["text"]))})
-    return training.finish(out_dir, train_info, trainer, hp, env, plan, seed, "train_lora",
+    return training.finish(out_dir, train_info, trainer, h, env, plan, seed, "train_lora",
                            lambda final: adapters.save_adapter(trainer.model, final, info))
 
 
-def load_for_inference(source: str | Path, hp: dict, env: dict):
+def load_for_inference(source: str | Path, h: PromptHparams, env: dict):
     """(model, tokenizer): an instruct cell's ``adapter/`` on its 4-bit base, or a base model (zero-shot)."""
 
     source = Path(source)
     if adapters.is_peft(source):
         base = source / adapters.ADAPTER_BASE
-        model = adapters.load_peft(source, lambda path: load_lm(path, hp, env))
+        model = adapters.load_peft(source, lambda path: load_lm(path, h, env))
     else:
         base = source
-        model = load_lm(base, hp, env)
+        model = load_lm(base, h, env)
     tok = load_tokenizer(base)
     tok.padding_side = "left"
     return model.eval(), tok
 
 
 def predict(source: str, data_dir: str, out_dir: str, hp: dict, threads: int | None = None,
-            splits: tuple[str, ...] = ("test",), modes: tuple[str, ...] = MODES, untrained: dict | None = None,
-            examples=None) -> dict:
+            splits: tuple[str, ...] = ("test",), modes: tuple[str, ...] = MODES) -> dict:
+    """Approach "instruct": the trained cell's predictions (:func:`run_prompts`)."""
+    h = typed(InstructHparams, hp, "approaches.instruct.hparams")
+    return run_prompts(source, data_dir, out_dir, h, threads, splits, modes)
+
+
+def run_prompts(source: str, data_dir: str, out_dir: str, h: PromptHparams, threads: int | None = None,
+                splits: tuple[str, ...] = ("test",), modes: tuple[str, ...] = MODES, untrained: dict | None = None,
+                examples=None) -> dict:
     """Run the inference modes over each split with one model load; write each split's predictions
     and info (see module docstring) into :func:`clsbench.io.split_dir`. The test split gets every
     mode of ``modes``, another split (validation, what best.json is chosen on) the first only.
@@ -202,15 +237,15 @@ def predict(source: str, data_dir: str, out_dir: str, hp: dict, threads: int | N
     Returns the first split's infos by mode."""
     import torch
 
-    env = runtime.device_setup(threads, hp.get("precision"))
+    env = runtime.device_setup(threads, h.precision)
     loaded, labels, multi = load_prepared(data_dir)
     out_dir = Path(out_dir)
     if adapters.is_peft(source):  # a corrupted adapter is removed with what came from it
         faults.check_sums(source, derived=tuple(split_dir(out_dir, s) / layout.mode_file(stem, mode, ext) for s in splits
                                                 for mode in MODES
                                                 for stem, ext in (("predictions", "parquet"), ("metrics", "json"))))
-    model, tok = load_for_inference(source, hp, env)
-    enc = Encoder(tok, labels, multi, hp, train_labels=loaded["train"]["labels"], examples=examples)
+    model, tok = load_for_inference(source, h, env)
+    enc = Encoder(tok, labels, multi, h, train_labels=loaded["train"]["labels"], examples=examples)
     enc.check_fits(model.config)
     rows, encode_seconds = {}, {}
     for split in splits:
@@ -219,11 +254,11 @@ def predict(source: str, data_dir: str, out_dir: str, hp: dict, threads: int | N
         encode_seconds[split] = time.perf_counter() - t0
     modes_of = {split: modes if split == "test" else modes[:1] for split in splits}
     first = rows[splits[0]]
-    configured = resolve_eval_batch(hp, env, lambda subset, bs: [
-        run_mode(m, model, enc, subset, {**hp, "eval_batch_size": bs}, env) for m in modes_of[splits[0]]],
+    configured = resolve_eval_batch(h, env, lambda subset, bs: [
+        run_mode(m, model, enc, subset, dataclasses.replace(h, eval_batch_size=bs), env) for m in modes_of[splits[0]]],
         first, [len(r) for r in first])
     plan = batching.batch_plan(configured, out_dir, "predict")  # halved after an out-of-memory failure
-    hp = {**configured, "eval_batch_size": plan["eval_batch_size"]}
+    h = dataclasses.replace(configured, eval_batch_size=plan["eval_batch_size"])
     warm, by_split = set(), {}
     for split in splits:
         df, split_rows = loaded[split], rows[split]
@@ -232,28 +267,28 @@ def predict(source: str, data_dir: str, out_dir: str, hp: dict, threads: int | N
         for mode in modes_of[split]:
             with batching.oom_retry(out_dir, "predict", configured, plan):
                 if mode not in warm:  # warm-up, not timed: once per mode and job
-                    run_mode(mode, model, enc, split_rows[:hp["eval_batch_size"]], hp, env)
+                    run_mode(mode, model, enc, split_rows[:h.eval_batch_size], h, env)
                     warm.add(mode)
                 if env["cuda"]:
                     torch.cuda.reset_peak_memory_stats()
                 progress = Progress(f"predict {split} ({mode})", len(split_rows))
                 (probs, pred, texts), wall = runtime.timed(
                     lambda mode=mode, progress=progress, split_rows=split_rows: run_mode(
-                        mode, model, enc, split_rows, hp, env, progress), env)
+                        mode, model, enc, split_rows, h, env, progress), env)
             peak = runtime.peak_memory_mb(env)
             infos[mode] = write_mode(split_dir(out_dir, split), mode, df, probs, pred, texts, {
                 "split": split, "mode": mode, "n": len(df), "infer_wall_seconds": wall,
                 "mean_prompt_tokens": sum(lengths) / len(df), "prompt_encode_seconds": encode_seconds[split],
-                "eval_batch_size": hp["eval_batch_size"], "device": env["device_name"],
+                "eval_batch_size": h.eval_batch_size, "device": env["device_name"],
                 "peak_memory_mb": peak, "labels": labels, "multi_label": multi,
                 **({"label_probability": label_probability(enc)} if multi and mode == "score" else {}),
                 "prompt_max_length": enc.max_length, **enc.coverage(df["text"])},
-                throughput.record("infer", lengths=lengths, seconds=wall, batch_size=hp["eval_batch_size"],
+                throughput.record("infer", lengths=lengths, seconds=wall, batch_size=h.eval_batch_size,
                                   order="sorted", env=env, peak_memory_mb=peak, config=model.config, kind="forward"))
     if untrained is not None and "test" in splits:  # no training step: record what the evaluation expects of a cell
         trainable, total = runtime.count_parameters(model)
         write_json(out_dir / "train_info.json", {**untrained, "rank": 0, "trainable_params": 0, "total_params": int(total),
-                                                 "epochs_run": 0, "quantization": hp.get("quantization", "nf4"),
+                                                 "epochs_run": 0, "quantization": h.quantization,
                                                  "prompt_max_length": enc.max_length})
     return by_split[splits[0]]
 
@@ -281,20 +316,22 @@ def write_mode(out: Path, mode: str, df: pd.DataFrame, probs, pred, texts, info:
 def predict_zeroshot(model_dir: str, data_dir: str, out_dir: str, hp: dict, threads: int | None = None,
                      splits: tuple[str, ...] = ("test",), modes: tuple[str, ...] = MODES) -> dict:
     """Approach "zeroshot": the instruct prompts on the untrained model (the paper's headless prompting)."""
-    return predict(model_dir, data_dir, out_dir, hp, threads, splits, modes, untrained={"approach": "zeroshot"})
+    h = typed(PromptHparams, hp, "approaches.zeroshot.hparams", ignore=UNUSED_BY_PROMPTING)
+    return run_prompts(model_dir, data_dir, out_dir, h, threads, splits, modes, untrained={"approach": "zeroshot"})
 
 
 def predict_fewshot(model_dir: str, data_dir: str, out_dir: str, hp: dict, seed: int, threads: int | None = None,
                     splits: tuple[str, ...] = ("test",), modes: tuple[str, ...] = MODES) -> dict:
     """Approach "fewshot": the instruct prompts with ``shots`` solved training examples per label
     (drawn with ``seed``, :func:`few_shot_examples`) before the text, on the untrained model."""
+    h = typed(FewshotHparams, hp, "approaches.fewshot.hparams", ignore=UNUSED_BY_PROMPTING)
     loaded, labels, _ = load_prepared(data_dir)
-    examples = few_shot_examples(loaded["train"], labels, hp["shots"], seed)
-    short = few_shot_shortfall(examples, labels, hp["shots"])
+    examples = few_shot_examples(loaded["train"], labels, h.shots, seed)
+    short = few_shot_shortfall(examples, labels, h.shots)
     if short:
-        print(f"cell {out_dir}: NOTICE: shots {hp['shots']} per label, but the training split has fewer examples of "
+        print(f"cell {out_dir}: NOTICE: shots {h.shots} per label, but the training split has fewer examples of "
               f"{short}; the prompt shows {len(examples)} examples in all (lower shots, or add examples)", flush=True)
-    record = {"approach": "fewshot", "seed": seed, "shots": hp["shots"], "examples": len(examples),
+    record = {"approach": "fewshot", "seed": seed, "shots": h.shots, "examples": len(examples),
               "example_ids": [ident for ident, _, _ in examples], "labels_short_of_shots": short}
-    return predict(model_dir, data_dir, out_dir, hp, threads, splits, modes, untrained=record,
+    return run_prompts(model_dir, data_dir, out_dir, h, threads, splits, modes, untrained=record,
                    examples=[(text, gold) for _, text, gold in examples])

@@ -10,30 +10,47 @@ from __future__ import annotations
 
 import itertools
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
 from . import UserError, prompts
+from .hparams import REQUIRED, param
+from .runtime import InferenceHparams, QuantHparams
 
 MAX_LABEL_SETS = 64  # multi-label: candidate label sets scored whole for marginal label probabilities
 
 
+@dataclass(frozen=True)
+class PromptHparams(InferenceHparams, QuantHparams):
+    """The prompts and their inference (approach zeroshot; instruct and fewshot add to them)."""
+    text_tokens: int = param(REQUIRED, "tokens of the text a prompt carries (the other approaches' max_length); "
+                             "the prompt's total length is derived - instruction with the allowed labels + text + "
+                             "longest answer", minimum=1)
+    chat_template: bool = param(False, "wrap the prompt in the tokenizer's chat template")
+    label_delimiter: str = param(prompts.DEFAULT_DELIMITER, "joins the multi-label allowed set", minLength=1)
+    threshold: float = param(0.5, "multi-label score mode: probability at which a label is predicted",
+                             minimum=0, maximum=1)
+    min_labels: int = param(0, "multi-label: at least this many labels per text", ref="min_labels")
+
+
 class Encoder:
     """Token ids of prompts and answers for one dataset and tokenizer (the same for training and
-    inference, so the model sees at test time exactly the prompt it was trained on)."""
+    inference, so the model sees at test time exactly the prompt it was trained on). ``h``: the
+    cell's :class:`PromptHparams` (with ``shot_tokens`` when ``examples`` are given)."""
 
-    def __init__(self, tok, labels: list[str], multi_label: bool, hp: dict, train_labels=None, examples=None):
+    def __init__(self, tok, labels: list[str], multi_label: bool, h: PromptHparams, train_labels=None, examples=None):
         self.tok, self.labels, self.multi = tok, labels, multi_label
-        self.delimiter = hp.get("label_delimiter", prompts.DEFAULT_DELIMITER)
-        self.chat = hp.get("chat_template", False)
+        self.delimiter = h.label_delimiter
+        self.chat = h.chat_template
         self.eos = tok.eos_token_id if tok.eos_token_id is not None else tok.sep_token_id
         if self.eos is None:
             raise UserError(f"tokenizer {tok.name_or_path} has no eos (or sep) token to end an answer with")
         prompts.check_labels(labels, multi_label, self.delimiter)
         self.head = prompts.instruction(labels, multi_label, self.delimiter)
         if examples:  # few-shot: solved examples, each cut to shot_tokens, between instruction and text
-            cut = [(self.tok.decode(self.ids(text)[:hp["shot_tokens"]]), gold) for text, gold in examples]
+            cut = [(self.tok.decode(self.ids(text)[:h.shot_tokens]), gold) for text, gold in examples]
             self.head += prompts.examples_block(cut, labels, multi_label)
         self.tail = prompts.tail(multi_label)
         # the longest answer to budget for: a multi-label list of the training split's largest label set
@@ -49,7 +66,7 @@ class Encoder:
             candidates = [prompts.answer([name], labels, False) for name in labels]
         self.answer_budget = max(len(self.ids(a)) for a in candidates) + 1  # + eos; generation's max_new_tokens
         self.instruction_tokens = len(self._encode(""))
-        self.text_budget = hp["text_tokens"]
+        self.text_budget = h.text_tokens
         if not isinstance(self.text_budget, int) or self.text_budget < 1:
             raise UserError(f"hyperparameter text_tokens: {self.text_budget!r} leaves no room for the text; "
                             "give the number of text tokens the prompt carries (e.g. the head's max_length)")

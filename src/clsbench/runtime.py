@@ -6,12 +6,32 @@ from __future__ import annotations
 import math
 import re
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from . import UserError
+from .hparams import REQUIRED, param
 from .io import read_json, sha256
 
 PRECISIONS = ("auto", "bf16", "fp32")
+QUANTIZATIONS = ("nf4", "fp4", "none")
+OPTIMIZERS = ("adamw_torch", "adamw_bnb_8bit", "paged_adamw_32bit", "paged_adamw_8bit")  # transformers' names
+
+
+@dataclass(frozen=True)
+class InferenceHparams:
+    """What every approach that runs a model batch by batch takes: batch size and precision."""
+    eval_batch_size: int | str = param(REQUIRED, "texts per inference batch", ref="eval_batch_size")
+    auto_batch_start: int | None = param(None, "first size eval_batch_size auto tries", ref="auto_batch_start")
+    precision: str | None = param(None, "compute precision", ref="precision")
+
+
+@dataclass(frozen=True)
+class QuantHparams:
+    """4-bit loading of the base model (QLoRA)."""
+    quantization: str = param("nf4", "4-bit storage of the base model's weights (none: its own dtype)",
+                              choices=QUANTIZATIONS)
+    double_quant: bool = param(True, "quantise the 4-bit quantisation constants too (QLoRA's double quantisation)")
 
 
 
@@ -46,15 +66,16 @@ def native_bf16() -> bool:
     return bool(re.search(r"avx512_bf16|amx_bf16", cpuinfo.read_text() if cpuinfo.exists() else ""))
 
 
-def quantization_config(hp: dict, compute_dtype, keep: tuple[str, ...]):
-    """NF4 with double quantisation (QLoRA), or None when ``quantization: none``; ``keep``: modules
-    left unquantised (the classification head; ``lm_head`` for causal LMs)."""
-    if hp.get("quantization", "nf4") == "none":
+def quantization_config(h, compute_dtype, keep: tuple[str, ...]):
+    """NF4 with double quantisation (QLoRA), or None when ``quantization: none`` or ``h`` has no
+    quantisation settings (:class:`QuantHparams`); ``keep``: modules left unquantised (the
+    classification head; ``lm_head`` for causal LMs)."""
+    if not isinstance(h, QuantHparams) or h.quantization == "none":
         return None
     from transformers import BitsAndBytesConfig
 
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=hp.get("quantization", "nf4"),
-                              bnb_4bit_use_double_quant=hp.get("double_quant", True),
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=h.quantization,
+                              bnb_4bit_use_double_quant=h.double_quant,
                               bnb_4bit_compute_dtype=compute_dtype, llm_int8_skip_modules=list(keep))
 
 
@@ -136,14 +157,9 @@ def peak_memory_mb(env: dict) -> float:
 
 
 
-OPTIMIZERS = ("adamw_torch", "adamw_bnb_8bit", "paged_adamw_32bit", "paged_adamw_8bit")  # transformers' names
-
-
-
-def optimizer_name(hp: dict, env: dict, default: str) -> str:
+def optimizer_name(name: str, env: dict) -> str:
     """The ``optimizer`` hyperparameter (transformers' ``optim`` names, every approach); a paged
     optimizer pages its state between GPU and CPU memory, so without a GPU adamw_torch is used."""
-    name = hp.get("optimizer", default)
     if name.startswith("paged") and not env["cuda"]:
         print(f"optimizer {name} pages optimizer state between GPU and CPU memory; no GPU here: using adamw_torch")
         return "adamw_torch"

@@ -27,7 +27,7 @@ import numpy as np
 
 from . import prompts
 from .metrics import decide
-from .prompting import Encoder
+from .prompting import Encoder, PromptHparams
 
 MODES = ("score", "generate")
 
@@ -255,9 +255,9 @@ def generate(model, enc: Encoder, prompt_rows: list[list[int]], batch_size: int,
     return out
 
 
-def run_mode(mode: str, model, enc: Encoder, rows: list[list[int]], hp: dict, env: dict, progress=None):
-    """(probs or None, predicted label lists, generated texts or None)."""
-    bs, threshold = hp["eval_batch_size"], hp.get("threshold", 0.5)
+def run_mode(mode: str, model, enc: Encoder, rows: list[list[int]], h: PromptHparams, env: dict, progress=None):
+    """(probs or None, predicted label lists, generated texts or None), ``h.eval_batch_size`` texts a batch."""
+    bs, threshold = h.eval_batch_size, h.threshold
     names = np.array(enc.labels)
     if mode == "generate":
         texts = generate(model, enc, rows, bs, env["device"], progress)
@@ -272,5 +272,5 @@ def run_mode(mode: str, model, enc: Encoder, rows: list[list[int]], hp: dict, en
         probs = score_multi(model, enc, rows, threshold, bs, env["device"], progress)
     else:
         probs = score_single(model, enc, rows, bs, env["device"], progress)
-    pred = decide(probs, enc.multi, threshold, hp.get("min_labels", 0))
+    pred = decide(probs, enc.multi, threshold, h.min_labels)
     return probs, [list(names[row.astype(bool)]) for row in pred], None

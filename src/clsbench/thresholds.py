@@ -8,9 +8,8 @@ import numpy as np
 THRESHOLDS = "thresholds"  # train_info key of the tuned per-label thresholds
 
 
-def fixed_threshold(hp: dict) -> float:
+def fixed_threshold(threshold: float | str) -> float:
     """The threshold of training-time validation: the configured one, 0.5 when it is ``tuned``."""
-    threshold = hp.get("threshold", 0.5)
     return 0.5 if threshold == "tuned" else float(threshold)
 
 
@@ -48,10 +47,10 @@ def cross_fitted_f1_micro(probs: np.ndarray, gold: np.ndarray, folds: int = 5, s
     return float(f1_score(gold, cross_fitted_decisions(probs, gold, folds, seed), average="micro", zero_division=0))
 
 
-def tuned_thresholds(hp: dict, multi_label: bool, labels: list[str], val_probs, val_gold: np.ndarray) -> dict:
+def tuned_thresholds(threshold: float | str, multi_label: bool, labels: list[str], val_probs, val_gold: np.ndarray) -> dict:
     """``{"thresholds": {label: threshold}}`` for ``threshold: tuned`` on multi-label data, else {}.
     ``val_probs``: a callable giving the validation probabilities of the restored best model (called
     only when needed)."""
-    if not (multi_label and hp.get("threshold") == "tuned"):
+    if not (multi_label and threshold == "tuned"):
         return {}
     return {THRESHOLDS: dict(zip(labels, tune_thresholds(val_probs(), val_gold)))}

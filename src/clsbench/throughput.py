@@ -145,10 +145,10 @@ def padding_fraction(groups: list[list[int]]) -> float:
     return 0.0 if padded == 0 else 1.0 - sum(map(sum, groups)) / padded
 
 
-def sampling_strategy(hp: dict) -> str:
-    """``train_sampling_strategy`` of the Trainer for an approach's hyperparameters:
-    ``group_by_length: true`` batches texts of similar length together (less padding)."""
-    return "group_by_length" if hp.get("group_by_length") else "random"
+def sampling_strategy(group_by_length: bool) -> str:
+    """``train_sampling_strategy`` of the Trainer for the ``group_by_length`` hyperparameter:
+    true batches texts of similar length together (less padding)."""
+    return "group_by_length" if group_by_length else "random"
 
 
 def record(stage: str, *, lengths: list[int], seconds: float, batch_size: int, order: str, env: dict,
@@ -180,7 +180,7 @@ def record(stage: str, *, lengths: list[int], seconds: float, batch_size: int, o
     return rec
 
 
-def write_train(cell_dir: str | Path, *, lengths: list[int], seconds: float, epochs: int, plan: dict, hp: dict,
+def write_train(cell_dir: str | Path, *, lengths: list[int], seconds: float, epochs: int, plan: dict, order: str,
                 env: dict, peak_memory_mb: float, config, kind: str, seed: int) -> dict:
     """A trainer's ``train_`` record (:func:`record` with the Trainer's micro-batch and sampling order),
     merged into the cell's throughput.json. ``epochs``: epochs this process trained (a run resumed
@@ -188,7 +188,7 @@ def write_train(cell_dir: str | Path, *, lengths: list[int], seconds: float, epo
     if epochs <= 0:
         return {"train_samples_per_second": None, "train_tokens_per_second": None}
     return write(cell_dir, record("train", lengths=lengths, seconds=seconds, batch_size=plan["batch_size"],
-                                  order=sampling_strategy(hp), env=env, peak_memory_mb=peak_memory_mb, config=config,
+                                  order=order, env=env, peak_memory_mb=peak_memory_mb, config=config,
                                   kind=kind, repeats=epochs, seed=seed, grad_accum=plan["grad_accum"]))
 
 

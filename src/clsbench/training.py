@@ -2,64 +2,98 @@
 resume, out-of-memory retry, the non-finite stop, early stopping on validation micro-F1 (best epoch
 restored), the throughput record and the atomic save are one implementation.
 
-    plan = training.plan(hp, out_dir)
-    args = SomeArguments(**training.arguments(hp, plan, env, seed, out_dir, len(train_ds)), ...)
-    trainer = SomeTrainer(..., callbacks=training.callbacks(hp, out_dir, timer))
-    info = training.run(trainer, out_dir, plan, hp, env, key)
+    plan = training.plan(h, out_dir)
+    args = SomeArguments(**training.arguments(h, plan, env, seed, out_dir, len(train_ds), optim), ...)
+    trainer = SomeTrainer(..., callbacks=training.callbacks(h, out_dir, timer))
+    info = training.run(trainer, out_dir, plan, h, env, key)
     training.finish(out_dir, info, trainer, ..., save=lambda final: ...)
+
+``h``: the approach's typed hyperparameters, a :class:`TrainerHparams` (:class:`EpochHparams` for an
+approach with a loop of its own, frozen).
 """
 from __future__ import annotations
 
 import math
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from . import batching, health, runtime, throughput
 from .faults import resume_point
+from .hparams import REQUIRED, param
 from .io import read_json, write_json, write_jsonl
 from .progress import trainer_progress
+from .runtime import OPTIMIZERS, InferenceHparams
+
+SCHEDULERS = ("linear", "cosine", "constant")
+
+
+@dataclass(frozen=True)
+class EpochHparams(InferenceHparams):
+    """Training over epochs with early stopping on validation micro-F1 (best epoch kept)."""
+    learning_rate: float = param(REQUIRED, "peak learning rate", exclusiveMinimum=0)
+    weight_decay: float = param(0.0, "AdamW weight decay", minimum=0)
+    max_grad_norm: float = param(1.0, "gradient clipping norm", exclusiveMinimum=0)
+    lr_scheduler: str = param("linear", "learning-rate schedule after warmup", choices=SCHEDULERS)
+    max_epochs: int = param(REQUIRED, "epochs at most; the best epoch on validation micro-F1 is kept", minimum=1)
+    patience: int = param(REQUIRED, "stop after this many epochs without a better validation micro-F1", minimum=1)
+    batch_size: int = param(REQUIRED, "texts per micro-batch", minimum=1)
+    grad_accum: int = param(1, "micro-batches per optimizer step (effective batch = batch_size x grad_accum)",
+                            minimum=1)
+
+
+@dataclass(frozen=True)
+class TrainerHparams(EpochHparams):
+    """Training through the HF Trainer (head, encoder, instruct)."""
+    optimizer: str = param("adamw_torch", "transformers' optimizer name (paged ones need a GPU: adamw_torch on a CPU)",
+                           choices=OPTIMIZERS)
+    warmup_ratio: float = param(0.0, "share of the optimizer steps with a linear warmup", minimum=0, maximum=1)
+    group_by_length: bool = param(False, "length-grouped training batches", ref="group_by_length")
 
 CHECKPOINTS = "checkpoints"  # <cell>/checkpoints: epoch checkpoints a killed job resumes from
 
 
-def plan(hp: dict, out_dir: Path) -> dict:
+def plan(h: EpochHparams, out_dir: Path) -> dict:
     """Batch sizes of this attempt (smaller micro-batches after an out-of-memory failure)."""
-    return batching.batch_plan(hp, out_dir, "train")
+    return batching.batch_plan(h, out_dir, "train")
 
 
-def steps_per_epoch(hp: dict, n_train: int) -> int:
-    return math.ceil(n_train / (hp["batch_size"] * hp["grad_accum"]))
+def steps_per_epoch(h: EpochHparams, n_train: int) -> int:
+    return math.ceil(n_train / (h.batch_size * h.grad_accum))
 
 
-def arguments(hp: dict, plan: dict, env: dict, seed: int, out_dir: Path, n_train: int) -> dict:
-    """The ``TrainingArguments`` every approach shares: the attempt's batch plan, epochs, evaluation
-    and one checkpoint per epoch, the best epoch by validation micro-F1 restored at the end, logs
-    five times an epoch (non-finite values kept), seeds, precision and device."""
+def arguments(h: TrainerHparams, plan: dict, env: dict, seed: int, out_dir: Path, n_train: int, optim: str) -> dict:
+    """The ``TrainingArguments`` every approach shares: the attempt's batch plan, epochs, optimizer,
+    schedule, evaluation and one checkpoint per epoch, the best epoch by validation micro-F1 restored
+    at the end, logs five times an epoch (non-finite values kept), seeds, precision and device.
+    (A Trainer given its optimizer and schedule, as head and encoder are, uses those.)"""
     import torch
 
     return dict(
         output_dir=str(Path(out_dir) / CHECKPOINTS), per_device_train_batch_size=plan["batch_size"],
         per_device_eval_batch_size=plan["eval_batch_size"], gradient_accumulation_steps=plan["grad_accum"],
-        num_train_epochs=hp["max_epochs"], eval_strategy="epoch", save_strategy="epoch", save_total_limit=1,
+        num_train_epochs=h.max_epochs, learning_rate=h.learning_rate, weight_decay=h.weight_decay,
+        lr_scheduler_type=h.lr_scheduler, warmup_steps=h.warmup_ratio, optim=optim,  # a float < 1: a ratio
+        eval_strategy="epoch", save_strategy="epoch", save_total_limit=1,
         load_best_model_at_end=True, metric_for_best_model="f1_micro", greater_is_better=True,
-        max_grad_norm=hp.get("max_grad_norm", 1.0), logging_strategy="steps",
-        logging_steps=max(1, steps_per_epoch(hp, n_train) // 5), logging_nan_inf_filter=False,
+        max_grad_norm=h.max_grad_norm, logging_strategy="steps",
+        logging_steps=max(1, steps_per_epoch(h, n_train) // 5), logging_nan_inf_filter=False,
         seed=seed, data_seed=seed, bf16=env["compute_dtype"] == torch.bfloat16, use_cpu=not env["cuda"],
         report_to="none", disable_tqdm=True, dataloader_num_workers=0,
-        train_sampling_strategy=throughput.sampling_strategy(hp))
+        train_sampling_strategy=throughput.sampling_strategy(h.group_by_length))
 
 
-def callbacks(hp: dict, out_dir: Path, timer) -> list:
+def callbacks(h: EpochHparams, out_dir: Path, timer) -> list:
     """Early stopping (``patience`` epochs without a better validation micro-F1), the evaluation
     timer, the non-finite loss stop and the progress lines."""
     from transformers import EarlyStoppingCallback
 
-    return [EarlyStoppingCallback(early_stopping_patience=hp["patience"]), timer, runtime.finite_loss_guard(out_dir),
+    return [EarlyStoppingCallback(early_stopping_patience=h.patience), timer, runtime.finite_loss_guard(out_dir),
             trainer_progress()]
 
 
-def run(trainer, out_dir: Path, plan: dict, hp: dict, env: dict, key: dict, timer) -> dict:
+def run(trainer, out_dir: Path, plan: dict, h: EpochHparams, env: dict, key: dict, timer) -> dict:
     """Train (resuming from the last complete epoch of the same run ``key``), with the out-of-memory
     retry and the non-finite check; returns the train_info fields every approach records."""
     import torch
@@ -74,7 +108,7 @@ def run(trainer, out_dir: Path, plan: dict, hp: dict, env: dict, key: dict, time
         print(f"cell {out_dir}: resuming from {Path(last).name} (epoch {resumed_epochs} done)", flush=True)
     print(f"cell {out_dir}: {batching.describe(plan)}", flush=True)
     t0 = time.perf_counter()
-    with batching.oom_retry(out_dir, "train", hp, plan):
+    with batching.oom_retry(out_dir, "train", h, plan):
         result = trainer.train(resume_from_checkpoint=last)
     wall = time.perf_counter() - t0
     history = trainer.state.log_history
@@ -96,14 +130,16 @@ def run(trainer, out_dir: Path, plan: dict, hp: dict, env: dict, key: dict, time
     }
 
 
-def finish(out_dir: Path, info: dict, trainer, hp: dict, env: dict, plan: dict, seed: int, kind: str, save) -> dict:
+def finish(out_dir: Path, info: dict, trainer, h: TrainerHparams, env: dict, plan: dict, seed: int, kind: str,
+           save) -> dict:
     """Record throughput (samples/s, tokens/s, padding, peak memory, model FLOPs / MFU: clsbench.throughput),
     write train_log.jsonl and train_info.json, ``save(out_dir / "adapter")``, drop the checkpoints."""
     epochs = info.pop("epochs_this_run")
     info.update(throughput.write_train(
         out_dir, lengths=[len(ids) for ids in trainer.train_dataset["input_ids"]],
-        seconds=info["train_wall_seconds"] - info["eval_seconds_during_training"], epochs=epochs, plan=plan, hp=hp,
-        env=env, peak_memory_mb=info["peak_memory_mb"], config=trainer.model.config, kind=kind, seed=seed))
+        seconds=info["train_wall_seconds"] - info["eval_seconds_during_training"], epochs=epochs, plan=plan,
+        order=throughput.sampling_strategy(h.group_by_length), env=env, peak_memory_mb=info["peak_memory_mb"],
+        config=trainer.model.config, kind=kind, seed=seed))
     write_jsonl(out_dir / "train_log.jsonl", trainer.state.log_history)
     write_json(out_dir / "train_info.json", info)
     save(out_dir / "adapter")
