@@ -251,3 +251,20 @@ def test_records_merge_explicitly_and_drop_no_value():
         ("predict_info", {"peak_memory_mb": 400.0, "device": "cpu", "n": 99, "labels": ["a"]}),
     ], computed)
     assert merged == {"peak_memory_mb": 900.0, "device": "cpu", "epochs_run": 3, "predict_peak_memory_mb": 400.0}
+
+
+def test_one_writer_caches_the_predictions_of_every_mode(tmp_path):
+    """io.write_predictions for a classifier (first mode) and free generation: the parquet of each mode
+    beside its info, the info naming the parquet's SHA-256, an invalid answer kept as no label."""
+    from clsbench.io import sha256, write_predictions
+
+    df = pd.DataFrame({"id": ["a", "b"], "labels": [["x"], ["y"]]})
+    probs = np.array([[0.9, 0.1], [0.3, 0.7]])
+    info = write_predictions(tmp_path, df, probs, metrics.label_lists(np.array([[1, 0], [0, 1]]), ["x", "y"]),
+                             {"split": "test"})
+    assert info["predictions_sha256"] == sha256(tmp_path / "predictions.parquet")
+    assert [list(p) for p in pd.read_parquet(tmp_path / "predictions.parquet")["pred"]] == [["x"], ["y"]]
+    info = write_predictions(tmp_path, df, None, [["x"], None], {"split": "test"}, "generate", ["x", "no idea"])
+    table = pd.read_parquet(tmp_path / "predictions_generate.parquet")
+    assert list(table["valid"]) == [True, False] and list(table["pred"][1]) == [] and info["invalid_output_rate"] == 0.5
+    assert (tmp_path / "predict_info_generate.json").exists() and (tmp_path / "predict_info.json").exists()

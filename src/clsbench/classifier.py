@@ -23,7 +23,7 @@ from .batching import AUTO_BATCH, resolve_eval_batch
 from .data import load_prepared
 from .hparams import REQUIRED, param
 from .io import read_json, split_dir, write_predictions
-from .metrics import decide, indicator
+from .metrics import decide, indicator, label_lists
 from .models import coverage_record, load_tokenizer, prefixed, text_coverage
 from .progress import Progress
 from .runtime import device_setup, peak_memory_mb, quantization_config
@@ -442,6 +442,6 @@ def predict(adapter_dir: str, data_dir: str, out_dir: str, h: ClassifierHparams,
             record["infer_windows_per_second"] = record["infer_samples_per_second"]
             record["infer_samples_per_second"] = len(texts) / wall if wall > 0 else None
         info.update(throughput.write(split_dir(out_dir, split), record))
-        write_predictions(split_dir(out_dir, split), df, probs, pred, labels, info)
+        write_predictions(split_dir(out_dir, split), df, probs, label_lists(pred, labels), info)
         infos.append(info)
     return infos[0]

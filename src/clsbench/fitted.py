@@ -17,7 +17,7 @@ import numpy as np
 from . import UserError
 from .data import load_prepared
 from .io import atomic_path, split_dir, write_json, write_predictions
-from .metrics import decide
+from .metrics import decide, label_lists
 
 MODEL_FILE = "model.joblib"
 
@@ -111,8 +111,8 @@ def predict_with(model, loaded: dict, labels: list[str], multi: bool, out_dir, t
         info = {"split": split, "n": len(df), "infer_wall_seconds": wall, "infer_samples_per_second": len(df) / wall,
                 "device": "cpu", "text_tokens_mean": float(np.mean(counts)) if len(counts) else 0.0,
                 "text_truncated_share": float(np.mean(truncated)) if len(truncated) else 0.0}
-        write_predictions(split_dir(out_dir, split), df, probs, decide(probs, multi, threshold, min_labels), labels,
-                          info)
+        write_predictions(split_dir(out_dir, split), df, probs, label_lists(decide(probs, multi, threshold, min_labels),
+                                                                           labels), info)
         infos.append(info)
     return infos[0]
 

@@ -20,14 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from . import adapters, batching, faults, layout, runtime, throughput, training
 from .adapters import LoraHparams
 from .batching import resolve_eval_batch
 from .data import load_prepared
 from .hparams import REQUIRED, param, redefault, typed
-from .io import atomic_path, read_json, sha256, split_dir, write_json
+from .io import read_json, split_dir, write_json, write_predictions
 from .metrics import decide, indicator
 from .models import load_tokenizer, prefixed
 from .progress import Progress
@@ -276,41 +275,22 @@ def run_prompts(source: str, data_dir: str, out_dir: str, h: PromptHparams, thre
                     lambda mode=mode, progress=progress, split_rows=split_rows: run_mode(
                         mode, model, enc, split_rows, h, env, progress), env)
             peak = runtime.peak_memory_mb(env)
-            infos[mode] = write_mode(split_dir(out_dir, split), mode, df, probs, pred, texts, {
+            rec = throughput.record("infer", lengths=lengths, seconds=wall, batch_size=h.eval_batch_size,
+                                    order="sorted", env=env, peak_memory_mb=peak, config=model.config, kind="forward")
+            throughput.write(split_dir(out_dir, split), throughput.restage(rec, "infer", f"infer_{mode}"))
+            infos[mode] = write_predictions(split_dir(out_dir, split), df, probs, pred, {
                 "split": split, "mode": mode, "n": len(df), "infer_wall_seconds": wall,
                 "mean_prompt_tokens": sum(lengths) / len(df), "prompt_encode_seconds": encode_seconds[split],
                 "eval_batch_size": h.eval_batch_size, "device": env["device_name"],
                 "peak_memory_mb": peak, "labels": labels, "multi_label": multi,
                 **({"label_probability": label_probability(enc)} if multi and mode == "score" else {}),
-                "prompt_max_length": enc.max_length, **enc.coverage(df["text"])},
-                throughput.record("infer", lengths=lengths, seconds=wall, batch_size=h.eval_batch_size,
-                                  order="sorted", env=env, peak_memory_mb=peak, config=model.config, kind="forward"))
+                "prompt_max_length": enc.max_length, **enc.coverage(df["text"]), **rec}, mode, texts)
     if untrained is not None and "test" in splits:  # no training step: record what the evaluation expects of a cell
         trainable, total = runtime.count_parameters(model)
         write_json(out_dir / "train_info.json", {**untrained, "rank": 0, "trainable_params": 0, "total_params": int(total),
                                                  "epochs_run": 0, "quantization": h.quantization,
                                                  "prompt_max_length": enc.max_length})
     return by_split[splits[0]]
-
-
-def write_mode(out: Path, mode: str, df: pd.DataFrame, probs, pred, texts, info: dict, rec: dict) -> dict:
-    """predictions[_<mode>].parquet and predict_info[_<mode>].json of one mode (score has no suffix),
-    with its throughput record (each mode's info keeps plain infer_ keys; the throughput.json of the
-    split's folder names the mode)."""
-    table = pd.DataFrame({"id": df["id"].values, "gold": list(df["labels"]),
-                          "probs": [p.astype(np.float32) for p in probs] if probs is not None else None,
-                          "pred": [p if p is not None else [] for p in pred]})
-    info.update(rec)
-    throughput.write(out, throughput.restage(rec, "infer", f"infer_{mode}"))
-    if texts is not None:
-        table["generated"] = texts
-        table["valid"] = [p is not None for p in pred]
-        info["invalid_output_rate"] = float(1 - table["valid"].mean())
-    with atomic_path(out / layout.mode_file("predictions", mode, "parquet")) as tmp:
-        table.to_parquet(tmp, index=False)
-        info["predictions_sha256"] = sha256(tmp)  # checked by the evaluate step
-    write_json(out / layout.mode_file("predict_info", mode), info)
-    return info
 
 
 def predict_zeroshot(model_dir: str, data_dir: str, out_dir: str, hp: dict, threads: int | None = None,

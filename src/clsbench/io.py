@@ -65,21 +65,32 @@ def split_dir(out_dir: str | Path, split: str) -> Path:
     return Path(out_dir) if split == "test" else Path(out_dir) / split
 
 
-def write_predictions(out_dir: str | Path, df, probs, pred, labels: list[str], info: dict) -> None:
-    """A cell's predictions cache: predictions.parquet (id, gold, probs, pred) of the texts in ``df``,
-    then predict_info.json with the parquet's SHA-256 (which the evaluate step checks)."""
+def write_predictions(out_dir: str | Path, df, probs, pred: list, info: dict, mode: str | None = None,
+                      generated: list[str] | None = None) -> dict:
+    """The one writer of a cell's predictions, for every approach and inference mode:
+    ``predictions[_<mode>].parquet`` (id, gold, probs, pred; with ``generated`` the answers and
+    whether each named valid labels) of the texts in ``df``, then ``predict_info[_<mode>].json`` (``info``
+    with the parquet's SHA-256, which the evaluate step checks, and for generation the invalid-answer
+    rate). ``pred``: each text's predicted labels, None for an answer that named none validly (scored
+    as wrong); ``probs``: None where the mode gives none. Returns ``info``."""
     import numpy as np
     import pandas as pd
 
-    names = np.array(labels)
+    from .layout import mode_file
+
     table = pd.DataFrame({"id": df["id"].values, "gold": list(df["labels"]),
-                          "probs": [p.astype(np.float32) for p in probs],
-                          "pred": [list(names[row.astype(bool)]) for row in pred]})
+                          "probs": [p.astype(np.float32) for p in probs] if probs is not None else None,
+                          "pred": [list(p) if p is not None else [] for p in pred]})
+    if generated is not None:
+        table["generated"] = generated
+        table["valid"] = [p is not None for p in pred]
+        info["invalid_output_rate"] = float(1 - table["valid"].mean())
     out_dir = Path(out_dir)
-    with atomic_path(out_dir / "predictions.parquet") as tmp:
+    with atomic_path(out_dir / mode_file("predictions", mode, "parquet")) as tmp:
         table.to_parquet(tmp, index=False)
         info["predictions_sha256"] = sha256(tmp)
-    write_json(out_dir / "predict_info.json", info)
+    write_json(out_dir / mode_file("predict_info", mode), info)
+    return info
 
 
 def read_json(path: str | Path) -> Any:

@@ -268,3 +268,9 @@ def decide(probs: np.ndarray, multi_label: bool, threshold, min_labels: int = 0)
     out = np.zeros_like(probs, dtype=np.int8)
     out[np.arange(len(probs)), probs.argmax(axis=1)] = 1
     return out
+
+
+def label_lists(indicators: np.ndarray, labels: list[str]) -> list[list[str]]:
+    """Each row of an indicator matrix (:func:`decide`) as the list of its labels."""
+    names = np.array(labels)
+    return [list(names[row.astype(bool)]) for row in indicators]

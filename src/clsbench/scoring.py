@@ -26,7 +26,7 @@ import copy
 import numpy as np
 
 from . import prompts
-from .metrics import decide
+from .metrics import decide, label_lists
 from .prompting import Encoder, PromptHparams
 
 MODES = ("score", "generate")
@@ -258,7 +258,6 @@ def generate(model, enc: Encoder, prompt_rows: list[list[int]], batch_size: int,
 def run_mode(mode: str, model, enc: Encoder, rows: list[list[int]], h: PromptHparams, env: dict, progress=None):
     """(probs or None, predicted label lists, generated texts or None), ``h.eval_batch_size`` texts a batch."""
     bs, threshold = h.eval_batch_size, h.threshold
-    names = np.array(enc.labels)
     if mode == "generate":
         texts = generate(model, enc, rows, bs, env["device"], progress)
         parse = prompts.parse_multi if enc.multi else prompts.parse_single
@@ -272,5 +271,4 @@ def run_mode(mode: str, model, enc: Encoder, rows: list[list[int]], h: PromptHpa
         probs = score_multi(model, enc, rows, threshold, bs, env["device"], progress)
     else:
         probs = score_single(model, enc, rows, bs, env["device"], progress)
-    pred = decide(probs, enc.multi, threshold, h.min_labels)
-    return probs, [list(names[row.astype(bool)]) for row in pred], None
+    return probs, label_lists(decide(probs, enc.multi, threshold, h.min_labels), enc.labels), None
