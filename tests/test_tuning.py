@@ -118,12 +118,13 @@ def test_only_the_chosen_trial_with_the_same_seed_and_hyperparameters_is_reused(
     (trial / "adapter").mkdir(parents=True)
     (trial / "adapter/weights.bin").write_bytes(b"w")
     (trial / "val").mkdir()
-    (trial / "train_info.json").write_text(json.dumps({"best_epoch": 2}))
+    record = {"approach": "head", "rank": 8, "seed": 42, "trainable_params": 1, "total_params": 2, "best_epoch": 2}
+    (trial / "train_info.json").write_text(json.dumps(record))
     (trial / HPARAMS_FILE).write_text(json.dumps({"learning_rate": 1e-3}))
     assert trained_with(trial, {"learning_rate": 1e-3})
     assert not trained_with(trial, {"learning_rate": 2e-3})  # the cell asks for other values: it trains
     info = copy_training(trial, configuration / "s42")
-    assert info == {"best_epoch": 2, "reused_trial": "../tune/t1/s42"}
+    assert info == {**record, "reused_trial": "../tune/t1/s42"}
     assert (configuration / "s42/adapter/weights.bin").read_bytes() == b"w"
     assert not (configuration / "s42/val").exists() and not (configuration / f"s42/{HPARAMS_FILE}").exists()
 

@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 
 from . import UserError, approaches, tuning
-from .io import atomic_path, json_arg, read_json, run_cli, write_json
+from .io import atomic_path, json_arg, read_json, run_cli, write_json, write_train_record
 
 HPARAMS_FILE = "hparams.json"  # a cell's hyperparameters, as its steps got them (clsbench.apply reads them)
 
@@ -45,7 +45,7 @@ def copy_training(source: Path, out_dir: str | Path) -> dict:
                 shutil.copyfile(item, tmp)
     info = {**read_json(source / "train_info.json"),  # where from, relative to the cell (it moves with its run)
             "reused_trial": Path(os.path.relpath(source.resolve(), out_dir.resolve())).as_posix()}
-    write_json(out_dir / "train_info.json", info)
+    write_train_record(out_dir, info)
     return info
 
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from . import UserError
 from .data import load_prepared
-from .io import atomic_path, split_dir, write_json, write_predictions
+from .io import atomic_path, split_dir, write_predictions, write_train_record
 from .metrics import decide, label_lists
 
 MODEL_FILE = "model.joblib"
@@ -46,7 +46,7 @@ def fit_cell(model, approach: str, data_dir: str, out_dir: str, seed: int, thres
     record = {"approach": approach, "rank": 0, "seed": seed, "trainable_params": n_params, "total_params": n_params,
               "train_wall_seconds": train_wall, "train_samples_per_second": len(train) / train_wall,
               "n_train": len(train), "device": "cpu", **(describe(model) if describe else {})}
-    write_json(out_dir / "train_info.json", record)
+    write_train_record(out_dir, record)
     with atomic_path(out_dir / MODEL_FILE) as tmp:
         joblib.dump(model, tmp)
     predict_with(model, splits, labels, multi, out_dir, threshold, min_labels, ("test", "val"))

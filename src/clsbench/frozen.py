@@ -29,7 +29,7 @@ from .classifier import (
 from .data import load_prepared
 from .health import training_flags
 from .hparams import REQUIRED, redefault, typed
-from .io import read_json, write_json, write_jsonl
+from .io import read_json, write_jsonl, write_train_record
 from .metrics import indicator
 from .models import load_tokenizer, prefixed
 from .runtime import QuantHparams, check_finite, count_parameters, device_setup, peak_memory_mb
@@ -179,7 +179,7 @@ def train(model_json: str, data_dir: str, out_dir: str, rank: int, seed: int, hp
         "peak_memory_mb": peak_memory_mb(env), "class_weights": h.class_weights, **extra,
     }
     write_jsonl(out_dir / "train_log.jsonl", history)
-    write_json(out_dir / "train_info.json", train_info)
+    write_train_record(out_dir, train_info)
     for name, p in model.named_parameters():
         p.requires_grad = name == f"{head}.weight"  # marks what save_adapter stores
     adapters.save_adapter(model, out_dir / "adapter", info, base_config=classification_kwargs(labels, multi, tok.pad_token_id),

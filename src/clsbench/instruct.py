@@ -26,7 +26,7 @@ from .adapters import LoraHparams
 from .batching import resolve_eval_batch
 from .data import load_prepared
 from .hparams import REQUIRED, param, redefault, typed
-from .io import read_json, split_dir, write_json, write_predictions
+from .io import read_json, split_dir, write_predictions, write_train_record
 from .metrics import decide, indicator
 from .models import load_tokenizer, prefixed
 from .progress import Progress
@@ -287,17 +287,18 @@ def run_prompts(source: str, data_dir: str, out_dir: str, h: PromptHparams, thre
                 "prompt_max_length": enc.max_length, **enc.coverage(df["text"]), **rec}, mode, texts)
     if untrained is not None and "test" in splits:  # no training step: record what the evaluation expects of a cell
         trainable, total = runtime.count_parameters(model)
-        write_json(out_dir / "train_info.json", {**untrained, "rank": 0, "trainable_params": 0, "total_params": int(total),
-                                                 "epochs_run": 0, "quantization": h.quantization,
-                                                 "prompt_max_length": enc.max_length})
+        write_train_record(out_dir, {**untrained, "rank": 0, "trainable_params": 0, "total_params": int(total),
+                                     "epochs_run": 0, "quantization": h.quantization, "prompt_max_length": enc.max_length})
     return by_split[splits[0]]
 
 
 def predict_zeroshot(model_dir: str, data_dir: str, out_dir: str, hp: dict, threads: int | None = None,
-                     splits: tuple[str, ...] = ("test",), modes: tuple[str, ...] = MODES) -> dict:
-    """Approach "zeroshot": the instruct prompts on the untrained model (the paper's headless prompting)."""
+                     splits: tuple[str, ...] = ("test",), modes: tuple[str, ...] = MODES, seed: int = 0) -> dict:
+    """Approach "zeroshot": the instruct prompts on the untrained model (the paper's headless prompting;
+    deterministic: ``seed`` is only recorded)."""
     h = typed(PromptHparams, hp, "approaches.zeroshot.hparams", ignore=UNUSED_BY_PROMPTING)
-    return run_prompts(model_dir, data_dir, out_dir, h, threads, splits, modes, untrained={"approach": "zeroshot"})
+    return run_prompts(model_dir, data_dir, out_dir, h, threads, splits, modes,
+                       untrained={"approach": "zeroshot", "seed": seed})
 
 
 def predict_fewshot(model_dir: str, data_dir: str, out_dir: str, hp: dict, seed: int, threads: int | None = None,

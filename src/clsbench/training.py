@@ -22,7 +22,7 @@ from pathlib import Path
 from . import batching, health, runtime, throughput
 from .faults import resume_point
 from .hparams import REQUIRED, param
-from .io import read_json, write_json, write_jsonl
+from .io import read_json, write_jsonl, write_train_record
 from .progress import trainer_progress
 from .runtime import OPTIMIZERS, InferenceHparams
 
@@ -141,7 +141,7 @@ def finish(out_dir: Path, info: dict, trainer, h: TrainerHparams, env: dict, pla
         order=throughput.sampling_strategy(h.group_by_length), env=env, peak_memory_mb=info["peak_memory_mb"],
         config=trainer.model.config, kind=kind, seed=seed))
     write_jsonl(out_dir / "train_log.jsonl", trainer.state.log_history)
-    write_json(out_dir / "train_info.json", info)
+    write_train_record(out_dir, info)
     save(out_dir / "adapter")
     shutil.rmtree(Path(out_dir) / CHECKPOINTS, ignore_errors=True)  # outputs complete: nothing left to resume
     return info
