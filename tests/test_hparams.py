@@ -3,6 +3,7 @@ from dataclasses import dataclass
 
 import pytest
 import yaml
+from conftest import TINY_HEAD_HP
 
 from clsbench import UserError, approaches, grid, hparams
 from clsbench.hparams import param
@@ -113,3 +114,43 @@ def test_an_approach_changes_a_shared_default_not_its_meaning():
     assert head["optimizer"]["default"] == "adamw_bnb_8bit" and instruct["optimizer"]["default"] == "paged_adamw_32bit"
     assert "default" not in head["grad_accum"] and shared["grad_accum"]["default"] == 1  # config.yaml ships head's
     assert "default" not in head["lora_alpha_ratio"]  # unset unless given: lora_alpha then holds
+
+
+def test_the_schema_file_is_written_from_the_dataclasses(tmp_path):
+    """``python -m clsbench.hparams --write`` leaves the committed schema as it is (it was written so), and
+    writes a float YAML reads as a number."""
+    text = grid.SCHEMA.read_text()
+    classes = {a.name: a.hparams_class for a in approaches.REGISTRY.values()}
+    assert hparams.write_schema_blocks(grid.SCHEMA, classes) == text
+    stale = tmp_path / "schema.yaml"
+    stale.write_text(text.replace("          trainer_args:", "          old_key: {type: string}\n          trainer_args:", 1))
+    assert hparams.write_schema_blocks(stale, classes) == text
+    assert yaml.safe_load(text)["$defs"]["setfit"]["properties"]["hparams"]["properties"]["body_learning_rate"][
+        "default"] == 2e-05
+
+
+def test_trainer_args_pass_through_what_no_key_of_the_block_sets(tmp_path):
+    """``trainer_args`` reach TrainingArguments / SFTConfig as given; a key a typed field or the runner
+    sets, one the class does not have, and (head, encoder) an optimizer setting their own AdamW would
+    ignore stop with the key's path and what to do instead."""
+    from transformers import TrainingArguments
+
+    from clsbench import training
+    from clsbench.head import HeadHparams
+
+    def head(**trainer_args):
+        return hparams.typed(HeadHparams, {**TINY_HEAD_HP, "trainer_args": trainer_args}, "head")
+
+    plan = {"batch_size": 8, "grad_accum": 1, "eval_batch_size": 16}
+    env = {"cuda": False, "compute_dtype": None}
+    args = training.arguments(TrainingArguments, head(adam_beta2=0.98, label_smoothing_factor=0.1), plan, env, 1,
+                              tmp_path, 40, "adamw_torch")
+    assert args.adam_beta2 == 0.98 and args.label_smoothing_factor == 0.1 and args.learning_rate == 1e-3
+    for key, value, message in (("learning_rate", 1.0, "set by the hyperparameter learning_rate; use that"),
+                                ("num_train_epochs", 9, "set by the hyperparameter max_epochs"),
+                                ("eval_strategy", "no", "set by clsbench's training runner"),
+                                ("lr_scheduler_kwargs", {}, "set by clsbench's training runner"),
+                                ("no_such_argument", 1, "not an argument of TrainingArguments")):
+        with pytest.raises(UserError, match=rf"^approaches.head.hparams.trainer_args.{key}: {message}"):
+            training.check_trainer_args(head(**{key: value}), TrainingArguments, "approaches.head.hparams",
+                                        own_optimizer=True)

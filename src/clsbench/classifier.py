@@ -244,7 +244,7 @@ def is_head_parameter(name: str, heads: tuple[str, ...]) -> bool:
     return ".modules_to_save." in f".{name}." or any(f".{h}." in f".{name}." for h in heads)
 
 
-def build_optimizer(model, h, steps: int, name: str):
+def build_optimizer(model, h, steps: int, name: str, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
     """AdamW of the ``name`` variant (:data:`clsbench.runtime.OPTIMIZERS`) with a separate learning rate for
     the head; ``h``: a :class:`ClassifierHparams` with :class:`clsbench.training.TrainerHparams`."""
     import torch
@@ -257,13 +257,13 @@ def build_optimizer(model, h, steps: int, name: str):
     groups = [{"params": body, "lr": h.learning_rate}, {"params": head, "lr": h.layer_learning_rate}]
     groups = [g for g in groups if g["params"]]
     if name == "adamw_torch":
-        opt = torch.optim.AdamW(groups, weight_decay=h.weight_decay)
+        opt = torch.optim.AdamW(groups, betas=betas, eps=eps, weight_decay=h.weight_decay)
     else:
         import bitsandbytes as bnb
 
         cls = {"adamw_bnb_8bit": bnb.optim.AdamW8bit, "paged_adamw_32bit": bnb.optim.PagedAdamW32bit,
                "paged_adamw_8bit": bnb.optim.PagedAdamW8bit}[name]
-        opt = cls(groups, weight_decay=h.weight_decay)
+        opt = cls(groups, betas=betas, eps=eps, weight_decay=h.weight_decay)
     sched = get_scheduler(h.lr_scheduler, opt, num_warmup_steps=math.ceil(h.warmup_ratio * steps),
                           num_training_steps=steps)
     return opt, sched
@@ -278,6 +278,7 @@ def fit(approach: str, model_json: str, data_dir: str, out_dir: str, rank: int, 
     throughput record's training kind (``train_lora`` or ``train_full``)."""
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments, set_seed
 
+    training.check_trainer_args(h, TrainingArguments, f"approaches.{approach}.hparams", own_optimizer=True)
     env = device_setup(threads, h.precision)
     out_dir = Path(out_dir)
     info = read_json(model_json)
@@ -296,7 +297,6 @@ def fit(approach: str, model_json: str, data_dir: str, out_dir: str, rank: int, 
     val_gold = indicator(splits["val"]["labels"], labels)
     plan = training.plan(h, out_dir)
     optim = runtime.optimizer_name(h.optimizer, env)
-    optimizers = build_optimizer(model, h, training.steps_per_epoch(h, len(train_ds)) * h.max_epochs, optim)
 
     def val_logits(logits):  # per validation text (windows aggregated)
         return aggregate(logits, val_text_of, len(val_gold), fit_chunk["aggregate"]) if fit_chunk else logits
@@ -305,7 +305,9 @@ def fit(approach: str, model_json: str, data_dir: str, out_dir: str, rank: int, 
         gold = val_gold if multi else val_gold.argmax(1)
         return {"f1_micro": micro_f1_from_logits(val_logits(pred.predictions), gold, multi, threshold)}
 
-    args = TrainingArguments(**training.arguments(h, plan, env, seed, out_dir, len(train_ds), optim))
+    args = training.arguments(TrainingArguments, h, plan, env, seed, out_dir, len(train_ds), optim)
+    optimizers = build_optimizer(model, h, training.steps_per_epoch(h, len(train_ds)) * h.max_epochs, optim,
+                                 betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon)
     timer = runtime.eval_timer()
     weights = class_weights(splits["train"]["labels"], labels, multi, h.class_weights)
     trainer = Trainer(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds,

@@ -17,7 +17,8 @@ default, so a config without the key leaves it out of a cell's hyperparameters (
 whose absence means something, such as ``lora_alpha_ratio``). Approaches that share settings inherit
 them and change a default with :func:`redefault`.
 
-The schema's block of an approach is printed by ``python -m clsbench.hparams <approach>``.
+The schema's block of an approach is printed by ``python -m clsbench.hparams <approach>``; ``python -m
+clsbench.hparams --write`` writes every approach's block into the schema file.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ import typing
 
 from . import UserError
 
-JSON_TYPES = {int: "integer", float: "number", bool: "boolean", str: "string", list: "array"}
+JSON_TYPES = {int: "integer", float: "number", bool: "boolean", str: "string", list: "array", dict: "object"}
 REQUIRED = dataclasses.MISSING  # the field's value comes from config.yaml (stated there, once)
 
 
@@ -41,8 +42,8 @@ def param(default, help: str, *, ref: str | None = None, choices: tuple | None =
 def field_of(default, metadata):
     if default is REQUIRED:  # keyword-only, so it may follow fields with defaults
         return dataclasses.field(kw_only=True, metadata=metadata)
-    if isinstance(default, list):
-        return dataclasses.field(default_factory=lambda: list(default), metadata=metadata)
+    if isinstance(default, list | dict):
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
 
 
@@ -123,13 +124,40 @@ def json_type(annotation):
 def schema_block(cls) -> str:
     """The ``properties`` of an approach's hparams block as the schema file writes them (one line each)."""
     import json
+    import re
 
-    return "\n".join(f"          {name}: {json.dumps(entry)}" for name, entry in schema_properties(cls).items())
+    def dumps(entry) -> str:  # 2e-05 -> 2.0e-05: YAML 1.1 (PyYAML) reads a number without a dot as text
+        return re.sub(r"(?<=[:\[, ])(-?\d+)e([-+]?\d+)(?=[,}\]])", r"\1.0e\2", json.dumps(entry))
+
+    return "\n".join(f"          {name}: {dumps(entry)}" for name, entry in schema_properties(cls).items())
+
+
+def write_schema_blocks(schema_file, classes: dict) -> str:
+    """``schema_file``'s text with each approach's ``hparams.properties`` (``classes``: approach ->
+    dataclass) written from its dataclass; the rest of the file as it is."""
+    lines, out, approach = schema_file.read_text().split("\n"), [], None
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        if line.startswith("  ") and not line.startswith("   ") and line.rstrip().endswith(":"):
+            approach = line.strip()[:-1]  # a $defs entry
+        out.append(line)
+        i += 1
+        if line == "        properties:" and approach in classes and out[-5:-1] == [
+                "      hparams:", "        type: object", "        additionalProperties: false", "        default: {}"]:
+            while i < len(lines) and lines[i].startswith("          "):
+                i += 1
+            out.extend(schema_block(classes[approach]).split("\n"))
+    return "\n".join(out)
 
 
 if __name__ == "__main__":
     import sys
 
-    from . import approaches
+    from . import approaches, grid
 
-    print(schema_block(approaches.get(sys.argv[1]).hparams_class))
+    if sys.argv[1:] == ["--write"]:  # regenerate every approach's block of the schema file
+        grid.SCHEMA.write_text(write_schema_blocks(grid.SCHEMA, {a.name: a.hparams_class
+                                                                 for a in approaches.REGISTRY.values()}))
+    else:
+        print(schema_block(approaches.get(sys.argv[1]).hparams_class))

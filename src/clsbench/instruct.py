@@ -155,6 +155,7 @@ def train(model_json: str, data_dir: str, out_dir: str, rank: int, seed: int, hp
     from trl import SFTConfig
 
     h = typed(InstructHparams, hp, "approaches.instruct.hparams")
+    training.check_trainer_args(h, SFTConfig, "approaches.instruct.hparams")
     ScoredSFTTrainer = _scored_sft_trainer()
     env = runtime.device_setup(threads, h.precision)
     if not env["cuda"]:
@@ -177,8 +178,8 @@ def train(model_json: str, data_dir: str, out_dir: str, rank: int, seed: int, hp
 
     optim = runtime.optimizer_name(h.optimizer, env)
     plan = training.plan(h, out_dir)
-    args = SFTConfig(
-        **training.arguments(h, plan, env, seed, out_dir, len(train_ds), optim),
+    args = training.arguments(
+        SFTConfig, h, plan, env, seed, out_dir, len(train_ds), optim,
         activation_checkpointing=False,  # set up by peft above (TRL's default would switch it on)
         completion_only_loss=h.loss == "answer_only", max_length=None)
     timer = runtime.eval_timer()

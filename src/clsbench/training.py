@@ -3,7 +3,7 @@ resume, out-of-memory retry, the non-finite stop, early stopping on validation m
 restored), the throughput record and the atomic save are one implementation.
 
     plan = training.plan(h, out_dir)
-    args = SomeArguments(**training.arguments(h, plan, env, seed, out_dir, len(train_ds), optim), ...)
+    args = training.arguments(SomeArguments, h, plan, env, seed, out_dir, len(train_ds), optim, ...)
     trainer = SomeTrainer(..., callbacks=training.callbacks(h, out_dir, timer))
     info = training.run(trainer, out_dir, plan, h, env, key)
     training.finish(out_dir, info, trainer, ..., save=lambda final: ...)
@@ -50,6 +50,42 @@ class TrainerHparams(EpochHparams):
                            choices=OPTIMIZERS)
     warmup_ratio: float = param(0.0, "share of the optimizer steps with a linear warmup", minimum=0, maximum=1)
     group_by_length: bool = param(False, "length-grouped training batches", ref="group_by_length")
+    trainer_args: dict = param({}, "further transformers TrainingArguments (TRL SFTConfig for instruct) passed through "
+                               "as given, e.g. {adam_beta2: 0.98, label_smoothing_factor: 0.1}; one this block has a key "
+                               "for, or that the runner sets (epochs, evaluation, checkpoints, seed, precision), is "
+                               "refused", fill=False)
+
+
+# TrainingArguments the typed fields set (the name to use instead) and those the runner itself sets
+FROM_FIELDS = {"learning_rate": "learning_rate", "weight_decay": "weight_decay", "max_grad_norm": "max_grad_norm",
+               "lr_scheduler_type": "lr_scheduler", "warmup_steps": "warmup_ratio", "warmup_ratio": "warmup_ratio",
+               "optim": "optimizer", "num_train_epochs": "max_epochs", "per_device_train_batch_size": "batch_size",
+               "gradient_accumulation_steps": "grad_accum", "per_device_eval_batch_size": "eval_batch_size",
+               "train_sampling_strategy": "group_by_length", "bf16": "precision", "fp16": "precision",
+               "use_cpu": "precision"}
+RUNNER = ("output_dir", "eval_strategy", "eval_steps", "save_strategy", "save_steps", "save_total_limit",
+          "load_best_model_at_end", "metric_for_best_model", "greater_is_better", "max_steps", "logging_strategy",
+          "logging_steps", "logging_nan_inf_filter", "seed", "data_seed", "report_to", "disable_tqdm")
+OWN_OPTIMIZER = ("optim_args", "optim_target_modules", "lr_scheduler_kwargs")  # head/encoder build their own
+
+
+def check_trainer_args(h: TrainerHparams, cls, where: str, own_optimizer: bool = False) -> None:
+    """Stop on a ``trainer_args`` key ``cls`` (TrainingArguments, SFTConfig) does not have, or that the
+    runner or a typed field sets; ``own_optimizer``: the approach builds its AdamW (a head learning
+    rate) from ``adam_beta1/2`` and ``adam_epsilon``, so other optimizer settings would be ignored."""
+    import dataclasses
+
+    from . import UserError
+
+    known = {f.name for f in dataclasses.fields(cls)}
+    for key in h.trainer_args:
+        if key not in known:
+            raise UserError(f"{where}.trainer_args.{key}: not an argument of {cls.__name__}; see its documentation")
+        if key in FROM_FIELDS:
+            raise UserError(f"{where}.trainer_args.{key}: set by the hyperparameter {FROM_FIELDS[key]}; use that")
+        if key in RUNNER or (own_optimizer and key in OWN_OPTIMIZER):
+            raise UserError(f"{where}.trainer_args.{key}: set by clsbench's training runner (early stopping on "
+                            "validation micro-F1, one checkpoint per epoch, its own optimizer); not configurable")
 
 CHECKPOINTS = "checkpoints"  # <cell>/checkpoints: epoch checkpoints a killed job resumes from
 
@@ -63,14 +99,17 @@ def steps_per_epoch(h: EpochHparams, n_train: int) -> int:
     return math.ceil(n_train / (h.batch_size * h.grad_accum))
 
 
-def arguments(h: TrainerHparams, plan: dict, env: dict, seed: int, out_dir: Path, n_train: int, optim: str) -> dict:
-    """The ``TrainingArguments`` every approach shares: the attempt's batch plan, epochs, optimizer,
-    schedule, evaluation and one checkpoint per epoch, the best epoch by validation micro-F1 restored
-    at the end, logs five times an epoch (non-finite values kept), seeds, precision and device.
-    (A Trainer given its optimizer and schedule, as head and encoder are, uses those.)"""
+def arguments(cls, h: TrainerHparams, plan: dict, env: dict, seed: int, out_dir: Path, n_train: int, optim: str,
+              **approach_args):
+    """``cls`` (``TrainingArguments``, TRL's ``SFTConfig``) as every approach sets it: the attempt's batch
+    plan, epochs, optimizer, schedule, evaluation and one checkpoint per epoch, the best epoch by
+    validation micro-F1 restored at the end, logs five times an epoch (non-finite values kept), seeds,
+    precision and device; then the approach's own and the hyperparameter ``trainer_args`` (checked by
+    :func:`check_trainer_args`). A Trainer given its optimizer and schedule, as head and encoder are,
+    uses those."""
     import torch
 
-    return dict(
+    args = dict(
         output_dir=str(Path(out_dir) / CHECKPOINTS), per_device_train_batch_size=plan["batch_size"],
         per_device_eval_batch_size=plan["eval_batch_size"], gradient_accumulation_steps=plan["grad_accum"],
         num_train_epochs=h.max_epochs, learning_rate=h.learning_rate, weight_decay=h.weight_decay,
@@ -82,6 +121,7 @@ def arguments(h: TrainerHparams, plan: dict, env: dict, seed: int, out_dir: Path
         seed=seed, data_seed=seed, bf16=env["compute_dtype"] == torch.bfloat16, use_cpu=not env["cuda"],
         report_to="none", disable_tqdm=True, dataloader_num_workers=0,
         train_sampling_strategy=throughput.sampling_strategy(h.group_by_length))
+    return cls(**{**args, **approach_args, **h.trainer_args})
 
 
 def callbacks(h: EpochHparams, out_dir: Path, timer) -> list:
