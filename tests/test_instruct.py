@@ -17,14 +17,14 @@ from clsbench.models import load_tokenizer
 
 HP = {"text_tokens": 40, "eval_batch_size": 8, "quantization": "none", "threshold": 0.5, "lora_alpha": 16,
       "lora_dropout": 0.05, "learning_rate": 1e-3, "batch_size": 8, "grad_accum": 1, "max_epochs": 1, "patience": 2,
-      "gradient_checkpointing": False, "optimizer": "adamw_torch"}
+      "gradient_checkpointing": False, "optimizer": "adamw_torch", "precision": "fp32"}
 H = typed(InstructHparams, HP, "test")  # what the approach reads
 LABELS = ["business", "entertainment", "politics", "sport", "tech"]
 
 
 @pytest.fixture(scope="module")
 def lm(tiny_model):
-    env = runtime.device_setup(2)
+    env = runtime.device_setup(2, "fp32")
     model, tok = instruct.load_for_inference(read_json(tiny_model)["path"], H, env)
     return model, tok
 

@@ -67,7 +67,7 @@ def test_chunked_prediction_reads_whole_texts_and_averages_window_logits(truncat
     assert info["infer_windows_per_second"] > info["infer_samples_per_second"] > 0  # samples are texts
     probs = np.stack(pd.read_parquet(tmp_path / "predictions.parquet")["probs"])
     # by hand: every window of the first test text through the model alone, logits averaged
-    model, _ = classifier.load_trained(out / "adapter", head_hparams(**hp), runtime.device_setup(2))
+    model, _ = classifier.load_trained(out / "adapter", head_hparams(**hp), runtime.device_setup(2, "fp32"))
     text = pd.read_parquet(bbc_small / "test.parquet")["text"].iloc[0]
     enc, _ = classifier.encode(tok, [text], 24, classifier.chunking(head_hparams(**{**hp, **CHUNK}), False))
     with torch.inference_mode():

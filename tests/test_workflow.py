@@ -26,15 +26,18 @@ TINY_GRID = {
                             "hparams": {**TINY_HEAD_HP, "max_epochs": 1, "max_length": 32}},
                    "frozen": {"models": ["tiny-llama"], "hparams": {**TINY_FROZEN_HP, "max_length": 32}},
                    "encoder": {"models": ["minilm-l6"], "datasets": ["news"],
-                               "hparams": {"max_epochs": 1, "max_length": 32, "batch_size": 16, "long_text": "truncate"}},
+                               "hparams": {"max_epochs": 1, "max_length": 32, "batch_size": 16, "long_text": "truncate",
+                                           "precision": "fp32"}},
                    "tfidf": {"hparams": {"min_df": 1}},
                    "instruct": {"models": ["tiny-llama"], "ranks": [4],
                                 "hparams": {"text_tokens": 40, "batch_size": 8, "grad_accum": 1, "eval_batch_size": 8,
                                             "max_epochs": 1, "learning_rate": 1e-3, "gradient_checkpointing": False,
-                                            "group_by_length": True}},
-                   "zeroshot": {"models": ["tiny-llama"], "hparams": {"text_tokens": 40, "eval_batch_size": 8}},
+                                            "group_by_length": True, "precision": "fp32"}},
+                   "zeroshot": {"models": ["tiny-llama"], "hparams": {"text_tokens": 40, "eval_batch_size": 8,
+                                                                     "precision": "fp32"}},
                    "fewshot": {"models": ["tiny-llama"], "datasets": ["news"],
-                               "hparams": {"text_tokens": 40, "eval_batch_size": 8, "shots": 1, "shot_tokens": 16}}},
+                               "hparams": {"text_tokens": 40, "eval_batch_size": 8, "shots": 1, "shot_tokens": 16,
+                                           "precision": "fp32"}}},
 }
 GENERATIVE_CELLS = [f"results/{d}/tiny-llama/{a}/s42" for d in ("news", "news-pairs") for a in ("instruct/r4", "zeroshot/r0")]
 GENERATIVE_CELLS += ["results/news/tiny-llama/fewshot/r0/s42"]

@@ -38,8 +38,7 @@ class QuantHparams:
 def device_setup(threads: int | None = None, precision: str | None = "auto") -> dict:
     """Device, thread count and compute dtype of a job. ``precision`` (the ``precision``
     hyperparameter): bf16 = the paper's bf16 mixed precision (bf16 matmuls, fp32 master weights of
-    the trained parameters; on a CPU through autocast), fp32, or auto = bf16 on a GPU, fp32 on a CPU
-    (bf16 pays on CPUs with AVX512-BF16 or AMX only; docs/throughput.md has measured figures)."""
+    the trained parameters; on a CPU through autocast), fp32, or auto (:func:`resolve_precision`)."""
     from .gpu import claim
 
     claim()  # one GPU per job on multi-GPU machines, before CUDA initialises
@@ -50,14 +49,24 @@ def device_setup(threads: int | None = None, precision: str | None = "auto") -> 
     if threads:
         torch.set_num_threads(threads)
     cuda = torch.cuda.is_available()
-    precision = precision or "auto"
-    if precision not in PRECISIONS:
-        raise UserError(f"hyperparameter precision: {precision!r} is not one of {', '.join(PRECISIONS)}")
-    bf16 = precision == "bf16" or (precision == "auto" and cuda)
+    bf16 = resolve_precision(precision, cuda) == "bf16"
     return {"cuda": cuda, "device": "cuda" if cuda else "cpu",
             "device_name": torch.cuda.get_device_name(0) if cuda else f"cpu ({torch.get_num_threads()} threads)",
             "compute_dtype": torch.bfloat16 if bf16 else torch.float32}
 
+
+
+def resolve_precision(precision: str | None, cuda: bool) -> str:
+    """bf16 or fp32 for the ``precision`` hyperparameter: ``auto`` (the default) is bf16 where the
+    hardware computes bf16 natively (a GPU; a CPU with AVX512-BF16 or AMX: :func:`native_bf16`) and
+    fp32 elsewhere (AVX2-only CPUs emulate bf16, several times slower). The cell records the result
+    as ``dtype``; ``precision: fp32`` (configs/cpu_fp32.yaml) keeps fp32 on any machine."""
+    precision = precision or "auto"
+    if precision not in PRECISIONS:
+        raise UserError(f"hyperparameter precision: {precision!r} is not one of {', '.join(PRECISIONS)}")
+    if precision == "auto":
+        return "bf16" if cuda or native_bf16() else "fp32"
+    return precision
 
 
 def native_bf16() -> bool:
