@@ -272,11 +272,15 @@ def test_one_writer_caches_the_predictions_of_every_mode(tmp_path):
 
 def test_a_train_record_without_the_keys_every_cell_has_is_refused(tmp_path):
     """io.write_train_record, the one writer of train_info.json: approach, rank, seed and the parameter
-    counts are in every cell's record (the tables read them); a record that lacks one is a bug, not written."""
+    counts are in every cell's record, of their types (the tables read them); a record that lacks one
+    or has another type is a bug, not written."""
     from clsbench.io import write_train_record
 
     with pytest.raises(ValueError, match=r"a train record without \['seed'\]"):
         write_train_record(tmp_path, {"approach": "zeroshot", "rank": 0, "trainable_params": 0, "total_params": 1})
+    with pytest.raises(ValueError, match=r"with \['total_params'\] not of type \['int'\]"):
+        write_train_record(tmp_path, {"approach": "zeroshot", "rank": 0, "seed": 1, "trainable_params": 0,
+                                      "total_params": 1.5})
     assert not (tmp_path / "train_info.json").exists()
     write_train_record(tmp_path, {"approach": "zeroshot", "rank": 0, "seed": 42, "trainable_params": 0,
                                   "total_params": 1, "epochs_run": 0})

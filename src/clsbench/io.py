@@ -94,16 +94,20 @@ def write_predictions(out_dir: str | Path, df, probs, pred: list, info: dict, mo
 
 
 TRAIN_RECORD = "train_info.json"  # what made a cell's model (its training, fit, or the untrained model's size)
-TRAIN_RECORD_KEYS = ("approach", "rank", "seed", "trainable_params", "total_params")  # every cell's, in the tables
+TRAIN_RECORD_KEYS = {"approach": str, "rank": int, "seed": int, "trainable_params": int, "total_params": int}
 
 
 def write_train_record(out_dir: str | Path, record: dict) -> dict:
     """The one writer of a cell's ``train_info.json``, for every approach (a Trainer run, the frozen
     ablation, a fitted pipeline, an untrained model's prompts, a reused tuning trial): refuses a record
-    without the keys every cell has (:data:`TRAIN_RECORD_KEYS`); each approach adds its own."""
+    without the keys every cell has, of their types (:data:`TRAIN_RECORD_KEYS`: the tables read them);
+    each approach adds its own."""
     missing = [key for key in TRAIN_RECORD_KEYS if key not in record]
-    if missing:
-        raise ValueError(f"{out_dir}: a train record without {missing}")  # a bug of the approach, not of the input
+    wrong = [key for key, kind in TRAIN_RECORD_KEYS.items()
+             if key in record and (not isinstance(record[key], kind) or isinstance(record[key], bool))]
+    if missing or wrong:  # a bug of the approach, not of the input
+        raise ValueError(f"{out_dir}: a train record without {missing} or with {wrong} not of type "
+                         f"{[TRAIN_RECORD_KEYS[k].__name__ for k in wrong]}")
     write_json(Path(out_dir) / TRAIN_RECORD, record)
     return record
 
