@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from conftest import TINY_FROZEN_HP, TINY_HEAD_HP
 
-from clsbench import approaches, classifier, head, metrics, runtime
+from clsbench import approaches, classifier, head, losses, metrics, runtime
 from clsbench.thresholds import tune_thresholds
 
 
@@ -112,11 +112,11 @@ def test_tuned_thresholds_maximise_each_labels_validation_f1():
 
 def test_balanced_class_weights():
     rows = [["a"]] * 6 + [["b"]] * 2 + [["c"]] * 1
-    w = classifier.class_weights(rows, ["a", "b", "c", "d"], False, "balanced").numpy()
+    w = losses.class_weights(rows, ["a", "b", "c", "d"], False, "balanced").numpy()
     assert np.allclose(w, [9 / (4 * 6), 9 / (4 * 2), 9 / (4 * 1), 1.0])  # n / (classes x count); unseen d: 1
-    pw = classifier.class_weights([["a", "b"], ["a"], ["a"], []], ["a", "b"], True, "balanced").numpy()
+    pw = losses.class_weights([["a", "b"], ["a"], ["a"], []], ["a", "b"], True, "balanced").numpy()
     assert np.allclose(pw, [1 / 3, 3 / 1])  # BCE pos_weight: negatives / positives per label
-    assert classifier.class_weights(rows, ["a", "b", "c"], False, "none") is None
+    assert losses.class_weights(rows, ["a", "b", "c"], False, "none") is None
 
 
 @pytest.mark.parametrize("approach", ["head", "frozen"])

@@ -13,8 +13,8 @@ import os
 import shutil
 from pathlib import Path
 
-from . import UserError, approaches, tuning
-from .io import atomic_path, json_arg, read_json, run_cli, write_json, write_train_record
+from . import UserError, approaches, staging, tuning
+from .io import atomic_path, json_arg, read_json, run_cli, split_dir, write_json, write_train_record
 
 HPARAMS_FILE = "hparams.json"  # a cell's hyperparameters, as its steps got them (clsbench.apply reads them)
 
@@ -82,12 +82,17 @@ def main(argv: list[str] | None = None) -> None:
         if trial and trained_with(trial, args.hparams):  # the tuning trained this very cell already
             print(f"{args.out_dir}: reusing the training of {trial} (the chosen trial: same seed and hyperparameters)")
             info = copy_training(trial, args.out_dir)
-        else:
-            info = call(function, model_json=args.model_json, rank=args.rank, **common)
+        else:  # the trained model predicts what the predict step will ask for (one model load: clsbench.staging)
+            info = call(function, model_json=args.model_json, rank=args.rank, **common,
+                        predict_after=staging.Stager(args.out_dir, args.hparams, args.data_dir))
     elif args.stage == "predict":
         source = read_json(args.source)["path"] if args.source.endswith(".json") else args.source
         extra = {"splits": tuple(dict.fromkeys(args.splits)), **({"modes": tuple(args.modes)} if args.modes else {})}
-        info = call(function, source, **common, **extra)  # the adapter/, the model's folder or the cell
+        if approach.stages == "train" and staging.take(args.out_dir, source, args.hparams, args.data_dir,
+                                                       extra["splits"], args.modes):
+            info = read_json(split_dir(args.out_dir, extra["splits"][0]) / "predict_info.json")
+        else:
+            info = call(function, source, **common, **extra)  # the adapter/, the model's folder or the cell
     else:
         if approach.model_slug is None and not args.model_json:
             raise UserError(f"approach '{approach.name}' fits on a model: pass --model-json")

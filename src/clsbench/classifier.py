@@ -18,11 +18,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import UserError, adapters, batching, faults, runtime, throughput, training
+from . import UserError, adapters, batching, faults, runtime, staging, throughput, training
 from .batching import AUTO_BATCH, resolve_eval_batch
 from .data import load_prepared
 from .hparams import REQUIRED, param
 from .io import read_json, split_dir, write_predictions
+from .losses import class_weights, weighted_loss
 from .metrics import decide, indicator, label_lists
 from .models import coverage_record, load_tokenizer, prefixed, text_coverage
 from .progress import Progress
@@ -199,37 +200,6 @@ def probabilities(logits: np.ndarray, multi_label: bool) -> np.ndarray:
 
 
 
-def class_weights(rows, labels: list[str], multi_label: bool, mode: str):
-    """Loss weights from the training labels (``class_weights: balanced``): cross-entropy weights
-    n / (classes x count) (scikit-learn's "balanced"), or BCE ``pos_weight`` negatives / positives per
-    label; None for ``none``. A class without training examples gets weight 1."""
-    import torch
-
-    if mode in (None, "none"):
-        return None
-    y = indicator(rows, labels).astype(np.float64)
-    pos = y.sum(0)
-    if multi_label:
-        weights = np.where(pos > 0, (len(y) - pos) / np.maximum(pos, 1), 1.0)
-    else:
-        weights = np.where(pos > 0, len(y) / (len(labels) * np.maximum(pos, 1)), 1.0)
-    return torch.tensor(weights, dtype=torch.float32)
-
-
-def weighted_loss(weights, multi_label: bool):
-    """A Trainer ``compute_loss_func`` with class weights (the model's own loss has none)."""
-    import torch
-
-    def loss(outputs, labels, num_items_in_batch=None):
-        logits = outputs.logits.float()
-        w = weights.to(logits.device)
-        if multi_label:
-            return torch.nn.functional.binary_cross_entropy_with_logits(logits, labels.float(), pos_weight=w)
-        return torch.nn.functional.cross_entropy(logits, labels.view(-1), weight=w)
-
-    return loss
-
-
 def micro_f1_from_logits(logits: np.ndarray, y: np.ndarray, multi_label: bool, threshold: float) -> float:
     from sklearn.metrics import f1_score
 
@@ -270,12 +240,13 @@ def build_optimizer(model, h, steps: int, name: str, betas: tuple[float, float] 
 
 # ---------------------------------------------------------------- training (head, encoder)
 def fit(approach: str, model_json: str, data_dir: str, out_dir: str, rank: int, seed: int, h,
-        threads: int | None, build_model, kind: str, save) -> dict:
+        threads: int | None, build_model, kind: str, save, predict_after=None) -> dict:
     """Train one cell with the HF ``Trainer`` through :mod:`clsbench.training`; ``h``: the approach's
     typed hyperparameters (:class:`ClassifierHparams` and :class:`clsbench.training.TrainerHparams`).
     ``build_model(info, kwargs, h, env, rank)``: the model to train (``kwargs``: its classification
     config); ``save(model, final, tok, info, kwargs, thresholds)``: write ``adapter/``; ``kind``: the
-    throughput record's training kind (``train_lora`` or ``train_full``)."""
+    throughput record's training kind (``train_lora`` or ``train_full``); ``predict_after``: a
+    :class:`clsbench.staging.Stager`, given the trained model's predictions."""
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments, set_seed
 
     training.check_trainer_args(h, TrainingArguments, f"approaches.{approach}.hparams", own_optimizer=True)
@@ -329,8 +300,16 @@ def fit(approach: str, model_json: str, data_dir: str, out_dir: str, rank: int, 
     train_info.update(optimizer=optim, class_weights=h.class_weights, **extra, quantization=quantization_of(h),
                       long_text=h.long_text or "truncate", chunk_training=bool(fit_chunk),
                       **prefixed("train_", coverage(tok, splits["train"]["text"], h.max_length, fit_chunk)))
-    return training.finish(out_dir, train_info, trainer, h, env, plan, seed, kind,
-                           lambda final: save(trainer.model, final, tok, info, kwargs, extra.get(THRESHOLDS)))
+    training.finish(out_dir, train_info, trainer, h, env, plan, seed, kind,
+                    lambda final: save(trainer.model, final, tok, info, kwargs, extra.get(THRESHOLDS)))
+    if predict_after is not None:  # as load_trained loads it: an LLM's in the compute dtype, an encoder in float32
+        import torch
+
+        model = staging.inference_form(
+            trainer.model, env["compute_dtype"] if isinstance(h, runtime.QuantHparams) else torch.float32)
+        predict_after(lambda folder, splits: predict_with(model, tok, out_dir / "adapter", data_dir, folder, h, env,
+                                                          splits))
+    return train_info
 
 
 # ---------------------------------------------------------------- prediction
@@ -393,15 +372,19 @@ def predict(adapter_dir: str, data_dir: str, out_dir: str, h: ClassifierHparams,
     """Write ``predictions.parquet`` (id, gold, probs, pred) and ``predict_info.json`` of each split
     (:func:`clsbench.io.split_dir`: the test split's into ``out_dir``, the validation split's into
     ``out_dir/val``) with one model load; returns the first split's info."""
-    import torch
-
     env = device_setup(threads, h.precision)
-    loaded, labels, multi = load_prepared(data_dir)
-    out_dir = Path(out_dir)
     # a corrupted adapter is removed with what was computed from it (retrained by the next run), not used
     faults.check_sums(adapter_dir, derived=tuple(split_dir(out_dir, s) / name for s in splits
                                                  for name in ("predictions.parquet", "metrics.json")))
-    model, tok = load_trained(adapter_dir, h, env)
+    return predict_with(*load_trained(adapter_dir, h, env), adapter_dir, data_dir, out_dir, h, env, splits)
+
+
+def predict_with(model, tok, adapter_dir, data_dir, out_dir, h: ClassifierHparams, env: dict, splits) -> dict:
+    """:func:`predict` with the model in memory (loaded, or the training job's: :mod:`clsbench.staging`)."""
+    import torch
+
+    loaded, labels, multi = load_prepared(data_dir)
+    out_dir = Path(out_dir)
     chunk = chunking(h, multi)
     if h.eval_batch_size in AUTO_BATCH:
         texts = list(loaded[splits[0]]["text"])

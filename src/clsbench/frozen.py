@@ -11,13 +11,12 @@ from pathlib import Path
 
 import numpy as np
 
-from . import UserError, adapters, batching, classifier
+from . import UserError, adapters, batching, classifier, staging
 from .classifier import (
     ClassifierHparams,
     aggregate,
     check_limit,
     chunking,
-    class_weights,
     classification_kwargs,
     coverage,
     encode,
@@ -30,6 +29,7 @@ from .data import load_prepared
 from .health import training_flags
 from .hparams import REQUIRED, redefault, typed
 from .io import read_json, write_jsonl, write_train_record
+from .losses import class_weights
 from .metrics import indicator
 from .models import load_tokenizer, prefixed
 from .runtime import QuantHparams, check_finite, count_parameters, device_setup, peak_memory_mb
@@ -86,7 +86,7 @@ def linear_head(model, head_module: str | list[str] | None = None):
 
 
 def train(model_json: str, data_dir: str, out_dir: str, rank: int, seed: int, hp: dict,
-          threads: int | None = None) -> dict:
+          threads: int | None = None, predict_after=None) -> dict:
     """The "LoRA is essential" ablation: only the classification layer learns, on the frozen (4-bit) LLM.
 
     The frozen base is deterministic (no dropout at eval), so each text's pooled hidden state is
@@ -184,6 +184,10 @@ def train(model_json: str, data_dir: str, out_dir: str, rank: int, seed: int, hp
         p.requires_grad = name == f"{head}.weight"  # marks what save_adapter stores
     adapters.save_adapter(model, out_dir / "adapter", info, base_config=classification_kwargs(labels, multi, tok.pad_token_id),
                           thresholds=extra.get(THRESHOLDS))
+    if predict_after is not None:  # the base and head as predict loads them (clsbench.staging)
+        model = staging.inference_form(model, env["compute_dtype"])
+        predict_after(lambda folder, splits: classifier.predict_with(model, tok, out_dir / "adapter", data_dir, folder,
+                                                                     h, env, splits))
     return train_info
 
 

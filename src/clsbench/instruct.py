@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import adapters, batching, faults, layout, runtime, throughput, training
+from . import adapters, batching, faults, layout, runtime, staging, throughput, training
 from .adapters import LoraHparams
 from .batching import resolve_eval_batch
 from .data import load_prepared
@@ -148,8 +148,9 @@ def _scored_sft_trainer():
 
 
 def train(model_json: str, data_dir: str, out_dir: str, rank: int, seed: int, hp: dict,
-          threads: int | None = None) -> dict:
-    """Instruction-tune one cell; writes ``adapter/``, ``train_log.jsonl``, ``train_info.json``."""
+          threads: int | None = None, predict_after=None) -> dict:
+    """Instruction-tune one cell; writes ``adapter/``, ``train_log.jsonl``, ``train_info.json``;
+    ``predict_after``: a :class:`clsbench.staging.Stager`, given the trained model's predictions."""
     from peft import TaskType, get_peft_model, prepare_model_for_kbit_training
     from transformers import set_seed
     from trl import SFTConfig
@@ -199,8 +200,13 @@ def train(model_json: str, data_dir: str, out_dir: str, rank: int, seed: int, hp
         "mean_prompt_tokens": float(np.mean([sum(1 - m for m in mask) for mask in train_ds["completion_mask"]])),
         "quantization": h.quantization, "prompt_max_length": enc.max_length,
         **prefixed("train_", enc.coverage(splits["train"]["text"]))})
-    return training.finish(out_dir, train_info, trainer, h, env, plan, seed, "train_lora",
-                           lambda final: adapters.save_adapter(trainer.model, final, info))
+    training.finish(out_dir, train_info, trainer, h, env, plan, seed, "train_lora",
+                    lambda final: adapters.save_adapter(trainer.model, final, info))
+    if predict_after is not None:  # the model and tokenizer as load_for_inference loads them
+        model = staging.inference_form(trainer.model, env["compute_dtype"])
+        tok.padding_side = "left"
+        predict_after(lambda folder, splits: prompt_splits(model, tok, data_dir, folder, h, env, splits))
+    return train_info
 
 
 def load_for_inference(source: str | Path, h: PromptHparams, env: dict):
@@ -235,16 +241,23 @@ def run_prompts(source: str, data_dir: str, out_dir: str, h: PromptHparams, thre
     model: ``untrained`` is then the cell's train_info.json record, written here as the cell has no
     training step); ``examples``: solved (text, labels) pairs shown before each text (few-shot).
     Returns the first split's infos by mode."""
-    import torch
-
     env = runtime.device_setup(threads, h.precision)
-    loaded, labels, multi = load_prepared(data_dir)
-    out_dir = Path(out_dir)
     if adapters.is_peft(source):  # a corrupted adapter is removed with what came from it
         faults.check_sums(source, derived=tuple(split_dir(out_dir, s) / layout.mode_file(stem, mode, ext) for s in splits
                                                 for mode in MODES
                                                 for stem, ext in (("predictions", "parquet"), ("metrics", "json"))))
-    model, tok = load_for_inference(source, h, env)
+    return prompt_splits(*load_for_inference(source, h, env), data_dir, out_dir, h, env, splits, modes, untrained,
+                         examples)
+
+
+def prompt_splits(model, tok, data_dir: str, out_dir: str, h: PromptHparams, env: dict,
+                  splits: tuple[str, ...] = ("test",), modes: tuple[str, ...] = MODES, untrained: dict | None = None,
+                  examples=None) -> dict:
+    """:func:`run_prompts` with the model in memory (loaded, or the training job's: :mod:`clsbench.staging`)."""
+    import torch
+
+    loaded, labels, multi = load_prepared(data_dir)
+    out_dir = Path(out_dir)
     enc = Encoder(tok, labels, multi, h, train_labels=loaded["train"]["labels"], examples=examples)
     enc.check_fits(model.config)
     rows, encode_seconds = {}, {}

@@ -31,6 +31,12 @@ FIRST_MODES = ("score", "classifier")  # the mode whose files carry no suffix
 _CELL_DIR = re.compile(r"(?P<dataset>[^/]+)/(?P<model>[^/]+)/(?P<approach>[^/]+)/r(?P<rank>\d+)/s(?P<seed>\d+)$")
 
 
+def is_trial(folder: str | Path) -> bool:
+    """Whether ``folder`` is a tuning trial's (``.../tune/t<trial>/s<seed>``), not a cell's."""
+    folder = Path(folder)
+    return folder.parent.parent.name == "tune" and re.fullmatch(r"t\d+", folder.parent.name) is not None
+
+
 def mode_file(stem: str, mode: str | None = None, ext: str = "json") -> str:
     """``metrics.json`` of the first mode, ``metrics_generate.json`` of the generate mode (``stem`` any of
     predictions / predict_info / metrics, ``ext`` parquet for predictions)."""
