@@ -296,7 +296,10 @@ def fit(approach: str, model_json: str, data_dir: str, out_dir: str, rank: int, 
     extra = tuned_thresholds(h.threshold, multi, labels,
                              lambda: probabilities(val_logits(trainer.predict(val_ds).predictions), True), val_gold)
     if isinstance(h, adapters.LoraHparams):  # the LoRA update scale alpha / r (rank comparisons: grid.for_rank)
-        train_info.update(lora_alpha=h.lora_alpha, lora_scale=h.lora_alpha / rank)
+        from .dropout import resolve
+
+        train_info.update(lora_alpha=h.lora_alpha, lora_scale=h.lora_alpha / rank,
+                          lora_dropout_rng=resolve(h.lora_dropout_rng, env["cuda"]))
     train_info.update(optimizer=optim, class_weights=h.class_weights, **extra, quantization=quantization_of(h),
                       long_text=h.long_text or "truncate", chunk_training=bool(fit_chunk),
                       **prefixed("train_", coverage(tok, splits["train"]["text"], h.max_length, fit_chunk)))

@@ -31,11 +31,15 @@ def build_model(info: dict, kwargs: dict, h: HeadHparams, env: dict, rank: int):
     and LoRA adapters."""
     from peft import TaskType, get_peft_model, prepare_model_for_kbit_training
 
+    from . import dropout
+
     model = classifier.load_classifier(info["path"], h, env, head_module=h.head_module, **kwargs)
     if h.quantization != "none":
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     heads = classifier.head_modules(model, h.head_module)
-    return get_peft_model(model, h.lora_config(TaskType.SEQ_CLS, rank, modules_to_save=list(heads)))
+    model = get_peft_model(model, h.lora_config(TaskType.SEQ_CLS, rank, modules_to_save=list(heads)))
+    dropout.use_for_lora(model, dropout.resolve(h.lora_dropout_rng, env["cuda"]))
+    return model
 
 
 def save(model, final, tok, info: dict, kwargs: dict, thresholds: dict | None) -> None:

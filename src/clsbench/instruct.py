@@ -155,6 +155,8 @@ def train(model_json: str, data_dir: str, out_dir: str, rank: int, seed: int, hp
     from transformers import set_seed
     from trl import SFTConfig
 
+    from . import dropout
+
     h = typed(InstructHparams, hp, "approaches.instruct.hparams")
     training.check_trainer_args(h, SFTConfig, "approaches.instruct.hparams")
     ScoredSFTTrainer = _scored_sft_trainer()
@@ -174,6 +176,7 @@ def train(model_json: str, data_dir: str, out_dir: str, rank: int, seed: int, hp
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=h.gradient_checkpointing,
                                                 gradient_checkpointing_kwargs={"use_reentrant": False})
     model = get_peft_model(model, h.lora_config(TaskType.CAUSAL_LM, rank))  # "all-linear" excludes lm_head
+    dropout_rng = dropout.use_for_lora(model, dropout.resolve(h.lora_dropout_rng, env["cuda"]))
     trainable, total = runtime.count_parameters(model)
     train_ds, val_ds = enc.training_examples(splits["train"]), enc.training_examples(splits["val"])
 
@@ -195,7 +198,8 @@ def train(model_json: str, data_dir: str, out_dir: str, rank: int, seed: int, hp
     train_info = {"approach": "instruct", "rank": rank, "seed": seed, "trainable_params": int(trainable),
                   "total_params": int(total), **training.run(trainer, out_dir, plan, h, env, key, timer)}
     train_info.update({
-        "lora_alpha": h.lora_alpha, "lora_scale": h.lora_alpha / rank, "loss": h.loss, "optimizer": optim,
+        "lora_alpha": h.lora_alpha, "lora_scale": h.lora_alpha / rank, "lora_dropout_rng": dropout_rng,
+        "loss": h.loss, "optimizer": optim,
         "trained_dtype": ",".join(trained_dtypes), "gradient_checkpointing": h.gradient_checkpointing,
         "mean_prompt_tokens": float(np.mean([sum(1 - m for m in mask) for mask in train_ds["completion_mask"]])),
         "quantization": h.quantization, "prompt_max_length": enc.max_length,
