@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from . import adapters, classifier
+from . import adapters, classifier, runtime
 from .adapters import LoraHparams
 from .hparams import REQUIRED, redefault, typed
 from .runtime import QuantHparams
@@ -34,6 +34,7 @@ def build_model(info: dict, kwargs: dict, h: HeadHparams, env: dict, rank: int):
     from . import dropout
 
     model = classifier.load_classifier(info["path"], h, env, head_module=h.head_module, **kwargs)
+    runtime.cpu_inference_kernel(model, False)  # the base stays as loaded through evaluation and checkpoints
     if h.quantization != "none":
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     heads = classifier.head_modules(model, h.head_module)

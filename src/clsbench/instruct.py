@@ -171,6 +171,7 @@ def train(model_json: str, data_dir: str, out_dir: str, rank: int, seed: int, hp
     enc = Encoder(tok, labels, multi, h, train_labels=splits["train"]["labels"])
     set_seed(seed)
     model = load_lm(info["path"], h, env)
+    runtime.cpu_inference_kernel(model, False)  # the base stays as loaded through evaluation and checkpoints
     enc.check_fits(model.config)
     if h.quantization != "none":
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=h.gradient_checkpointing,

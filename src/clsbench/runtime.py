@@ -75,6 +75,20 @@ def native_bf16() -> bool:
     return bool(re.search(r"avx512_bf16|amx_bf16", cpuinfo.read_text() if cpuinfo.exists() else ""))
 
 
+def cpu_inference_kernel(model, on: bool) -> None:
+    """Allow (``on``) or not bitsandbytes' CPU inference kernel in the 4-bit layers of ``model``. On a
+    CPU with AVX512-BF16 a 4-bit layer repacks its weights for that kernel at its first pass in
+    evaluation mode, and saving a checkpoint unpacks them, re-quantising their scales: a model
+    evaluated and saved between training epochs would go on training, and predict, with a base
+    slightly off the one a load gives. Off while training (evaluation then computes as the training
+    steps do), on again for predicting with the trained model (:mod:`clsbench.staging`)."""
+    from bitsandbytes.functional import has_avx512bf16
+
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = on and has_avx512bf16()
+
+
 def quantization_config(h, compute_dtype, keep: tuple[str, ...]):
     """NF4 with double quantisation (QLoRA), or None when ``quantization: none`` or ``h`` has no
     quantisation settings (:class:`QuantHparams`); ``keep``: modules left unquantised (the

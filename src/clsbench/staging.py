@@ -9,9 +9,7 @@ hyperparameters, the prepared data's checksums, the splits and modes. The predic
 matches what it is asked for; otherwise (none staged, another adapter or setting, the folder
 removed after a ``--forcerun``) it loads the model and predicts, so it still rebuilds predictions
 without retraining. The staged model is put in the form the predict step loads
-(:func:`inference_form`): in float32 both give the same predictions; in bf16 with a 4-bit base the
-same decisions with probabilities equal to bf16 rounding, not bit for bit (bitsandbytes' CPU
-inference kernel computes a loaded model's 4-bit layers slightly differently; tests/test_staging.py).
+(:func:`inference_form`), so both give the same predictions (tests/test_staging.py).
 
 A failure while predicting in the training job (out of memory, say) costs nothing but the saved
 load: the job says so and leaves the prediction to the predict step, which has its own retry.
@@ -23,7 +21,7 @@ import os
 import shutil
 from pathlib import Path
 
-from . import layout
+from . import layout, runtime
 from .faults import SUMS, check_sums
 from .io import read_json, write_json
 
@@ -89,7 +87,10 @@ def take(out_dir: str | Path, adapter_dir: str | Path, hp: dict, data_dir: str |
     for path in sorted(p for p in staged.rglob("*") if p.is_file()):
         target = out_dir / path.relative_to(staged)
         target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(path, target)  # atomic per file; a kill midway leaves no manifest: the next run predicts
+        if path.name == "throughput.json" and target.exists():  # the training's record and the inference's
+            write_json(target, {**read_json(target), **read_json(path)})
+        else:
+            os.replace(path, target)  # atomic per file; a kill midway leaves no manifest: the next run predicts
     shutil.rmtree(staged)
     print(f"cell {out_dir}: took over the predictions of its training job (no second model load)")
     return True
@@ -98,12 +99,18 @@ def take(out_dir: str | Path, adapter_dir: str | Path, hp: dict, data_dir: str |
 def inference_form(model, compute_dtype):
     """The trained model as the predict step loads it: evaluation mode, and the weights that are
     neither 4-bit nor LoRA in ``compute_dtype`` (training keeps them in float32:
-    ``prepare_model_for_kbit_training``; a quantised base loads them in the compute dtype), and its
-    forward pass no longer under the autocast that accelerate wraps a mixed-precision Trainer's model in."""
+    ``prepare_model_for_kbit_training``; a quantised base loads them in the compute dtype), its forward
+    pass no longer under the autocast that accelerate wraps a mixed-precision Trainer's model in, and
+    its 4-bit layers on the kernels a loaded model uses (:func:`clsbench.runtime.cpu_inference_kernel`;
+    the hook that makes the embeddings' output require gradients removed, as it keeps them off too)."""
     import torch
     from accelerate.utils import extract_model_from_parallel
 
     model = extract_model_from_parallel(model, keep_fp32_wrapper=False)
+    runtime.cpu_inference_kernel(model, True)
+    for module in model.modules():
+        if getattr(module, "_require_grads_hooks", None):
+            module.disable_input_require_grads()
     for name, p in model.named_parameters():
         if p.is_floating_point() and p.dtype != compute_dtype and "lora_" not in name and p.dtype != torch.uint8:
             p.data = p.data.to(compute_dtype)
