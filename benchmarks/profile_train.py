@@ -3,6 +3,7 @@ own training code (head, encoder, instruct), with the cell's hyperparameters, mo
 
     python benchmarks/profile_train.py runs/bf16-check/results/bbc-news/smollm2-135m/head/r8/s42
     python benchmarks/profile_train.py <cell> --precision fp32 --steps 10 --rows 25
+    python benchmarks/profile_train.py <cell> --set '{"lora_dropout_rng": "torch"}'
 
 Trains one epoch of the cell into a temporary folder (its own folder is not touched), profiles steps
 ``--skip`` + 1 to ``--skip`` + ``--steps`` (CPU activities; CUDA too on a GPU) and prints the
@@ -15,6 +16,7 @@ wrapping ``clsbench.training.callbacks`` in this process only.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import tempfile
 import time
@@ -79,6 +81,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("cell", help="a trained cell's folder of a run (its hparams.json is read)")
     parser.add_argument("--precision", help="override the cell's precision (fp32, bf16, auto)")
+    parser.add_argument("--set", type=json.loads, default={}, help="further hyperparameters changed, as JSON")
     parser.add_argument("--skip", type=int, default=3, help="optimizer steps before profiling (warm-up)")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--rows", type=int, default=20, help="ops listed")
@@ -86,7 +89,7 @@ def main() -> None:
     args = parser.parse_args()
     cell, results = layout.Cell.at(args.cell)
     approach = approaches.get(cell.approach)
-    hp = {**read_json(Path(args.cell) / "hparams.json"), "max_epochs": 1}
+    hp = {**read_json(Path(args.cell) / "hparams.json"), **args.set, "max_epochs": 1}
     if args.precision:
         hp["precision"] = args.precision
     batch = hp["batch_size"] * hp.get("grad_accum", 1)
