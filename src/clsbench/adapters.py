@@ -34,8 +34,8 @@ class LoraHparams:
         None, "alpha = ratio x r for each rank (replaces lora_alpha): the update scale alpha/r held, so r8 vs r16 "
         "compares rank, not rank and scale", fill=False, exclusiveMinimum=0)
     lora_dropout: float = param(0.05, "dropout on the LoRA input", minimum=0, maximum=1)
-    lora_dropout_rng: str = param("auto", "random numbers of that dropout: numpy (its SFC64 generator, 2.5x faster on a "
-                                  "CPU: clsbench.dropout), torch, or auto (numpy on a CPU, torch on a GPU)",
+    lora_dropout_rng: str = param("auto", "random numbers of that dropout: numpy (its SFC64 generator, faster than torch's "
+                                  "on a CPU: clsbench.dropout), torch, or auto (numpy on a CPU, torch on a GPU)",
                                   choices=("auto", "torch", "numpy"), fill=False)
     lora_bias: str = param("none", "biases trained beside LoRA (peft's bias)", choices=("none", "all", "lora_only"))
     target_modules: list[str] | str = param(DECODER_PROJECTIONS, "modules that get LoRA adapters (peft's "

@@ -1,13 +1,12 @@
 """LoRA dropout with its mask drawn by NumPy on a CPU (hyperparameter ``lora_dropout_rng``).
 
-torch's CPU dropout draws each element's Bernoulli variable from one serial Mersenne Twister, which
-on the 2-core AMD EPYC costs more than the LoRA products the dropout feeds: 18% of a SmolLM2 head
-training step in bf16 (docs/throughput.md, ``benchmarks/profile_train.py``). :class:`NumpyDropout`
-draws the same distribution (each element kept with probability 1 - p, kept ones scaled by
-1 / (1 - p)) from 16-bit integers of NumPy's SFC64 generator, about 2.5x faster, seeded from torch's
-generator on each call, so a seed (transformers' ``set_seed``) reproduces a run and a checkpoint's
-saved torch RNG state continues it. p is applied at a resolution of 2^-16 (0.05 -> 0.0500031) and
-the scale uses that p, so the expectation is unchanged.
+torch's CPU dropout draws each element's Bernoulli variable from one serial Mersenne Twister, a
+large share of a LoRA training step on a CPU (docs/throughput.md, "Where a head training step goes",
+measured with ``benchmarks/profile_train.py``). :class:`NumpyDropout` draws the same distribution
+(each element kept with probability 1 - p, kept ones scaled by 1 / (1 - p)) from 16-bit integers of
+NumPy's SFC64 generator, seeded from torch's generator on each call, so a seed (transformers'
+``set_seed``) reproduces a run and a checkpoint's saved torch RNG state continues it. p is applied at
+a resolution of 2^-16 (0.05 -> 0.0500031) and the scale uses that p, so the expectation is unchanged.
 """
 from __future__ import annotations
 
