@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-GPU_RULES = {"train", "predict", "predict_val"}  # benchmark names of the gpu-resource rules (predict_val: runs before
+GPU_RULES = {"train", "predict", "predict_val", "train_trial", "predict_trial"}  # benchmark names of the gpu-resource rules (predict_val: runs before
 # the validation predictions moved into the predict jobs)
 
 
@@ -29,6 +29,8 @@ def job_table(run_dir: Path) -> pd.DataFrame:
         seconds = float(pd.read_csv(path, sep="\t")["s"].iloc[-1])
         if len(parts) == 6:  # <dataset>/<model>/<approach>/r<rank>/s<seed>/<rule>.tsv
             row = {"rule": path.stem, "dataset": parts[0], "model": parts[1], "approach": parts[2]}
+        elif len(parts) == 8 and parts[4] == "tune":  # .../r<rank>/tune/t<trial>/s<seed>/<rule>.tsv: a tuning trial
+            row = {"rule": f"{path.stem}_trial", "dataset": parts[0], "model": parts[1], "approach": parts[2]}
         else:  # models/<model>.tsv, data/<dataset>.tsv, report/<rule>.tsv
             row = {"rule": parts[0], "dataset": "-", "model": path.stem, "approach": "-"}
         rows.append({**row, "seconds": seconds, "file": str(path)})
