@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from throughput import matmul_peak  # noqa: E402
 
-from clsbench import layout, metrics  # noqa: E402
+from clsbench import layout, metrics, staging  # noqa: E402
 from clsbench.io import read_json  # noqa: E402
 
 
@@ -45,7 +45,7 @@ def run(cell_dir: Path, changes: dict, out: Path, threads: int) -> dict:
                     str(cell.model_json(results)), "--data-dir", str(cell.data_dir(results)), "--out-dir", str(out),
                     "--rank", str(cell.rank), "--seed", str(cell.seed), "--hparams", json.dumps(hp),
                     "--threads", str(threads)], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    staged = out / ".staged_predictions"
+    staged = out / staging.STAGED
     train, infer = read_json(out / "train_info.json"), read_json(staged / "predict_info.json")
     f1 = metrics.evaluate(staged / "predictions.parquet", cell.data_dir(results) / "labels.json")
     return {"dtype": train["dtype"], "train_sps": train["train_samples_per_second"],
