@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import adapters, batching, faults, layout, runtime, staging, throughput, training
+from . import adapters, batching, faults, layout, prefix, runtime, staging, throughput, training
 from .adapters import LoraHparams
 from .batching import resolve_eval_batch
 from .data import load_prepared
@@ -49,6 +49,10 @@ class InstructHparams(PromptHparams, TrainerHparams, LoraHparams):
     gradient_checkpointing: bool = param(REQUIRED, "recompute activations in the backward pass (non-reentrant)")
     loss: str = param("answer_only", "answer_only: the loss on the answer tokens; full_sequence: on the prompt too",
                       choices=("answer_only", "full_sequence"))
+    share_prompt_prefix: bool = param(
+        True, "training runs the prompt prefix every row of a batch shares (instruction and allowed labels) once per "
+        "batch instead of once per row: the same loss and gradients, the prefix's LoRA dropout mask drawn once per "
+        "batch (clsbench.prefix); not with gradient checkpointing", fill=False)
 
 
 @dataclass(frozen=True)
@@ -119,7 +123,8 @@ def val_micro_f1(model, enc: Encoder, rows: list[list[int]], gold: np.ndarray, h
 def _scored_sft_trainer():
     """TRL's SFTTrainer whose evaluation is validation micro-F1 (score mode) instead of the token
     loss, so early stopping and the best epoch restored follow the rule of the head and encoder
-    cells (``metric_for_best_model="f1_micro"``, resumable through the trainer state).
+    cells (``metric_for_best_model="f1_micro"``, resumable through the trainer state), and that
+    runs the prompt prefix a training batch shares once (``share_prefix``: :mod:`clsbench.prefix`).
 
     It also keeps the trained LoRA weights in float32, as the head cells keep theirs: SFTTrainer
     casts a quantised model's trainable weights to bf16 whatever precision is asked, so an fp32
@@ -129,12 +134,18 @@ def _scored_sft_trainer():
     from trl import SFTTrainer
 
     class ScoredSFTTrainer(SFTTrainer):
-        def __init__(self, *args, val_f1, **kwargs):
+        def __init__(self, *args, val_f1, share_prefix: bool, **kwargs):
             super().__init__(*args, **kwargs)
-            self.val_f1 = val_f1
+            self.val_f1, self.share_prefix, self.prefix_tokens = val_f1, share_prefix, []
             for weight in self.model.parameters():
                 if weight.requires_grad and weight.dtype != torch.float32:
                     weight.data = weight.data.float()
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if self.share_prefix and model.training:
+                inputs, length = prefix.split_batch(model, inputs)
+                self.prefix_tokens.append(length)
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
         def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
             t0 = time.perf_counter()
@@ -193,7 +204,8 @@ def train(model_json: str, data_dir: str, out_dir: str, rank: int, seed: int, hp
     trainer = ScoredSFTTrainer(
         model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds, processing_class=tok,
         callbacks=training.callbacks(h, out_dir, timer),
-        val_f1=lambda m: val_micro_f1(m, enc, val_rows, val_gold, h, plan["eval_batch_size"], env["device"]))
+        val_f1=lambda m: val_micro_f1(m, enc, val_rows, val_gold, h, plan["eval_batch_size"], env["device"]),
+        share_prefix=h.share_prompt_prefix and not h.gradient_checkpointing)
     trained_dtypes = sorted({str(p.dtype).replace("torch.", "") for p in trainer.model.parameters() if p.requires_grad})
     key = runtime.run_key(model_json, data_dir, "instruct", rank, seed, dataclasses.asdict(h))
     train_info = {"approach": "instruct", "rank": rank, "seed": seed, "trainable_params": int(trainable),
@@ -202,6 +214,7 @@ def train(model_json: str, data_dir: str, out_dir: str, rank: int, seed: int, hp
         "lora_alpha": h.lora_alpha, "lora_scale": h.lora_alpha / rank, "lora_dropout_rng": dropout_rng,
         "loss": h.loss, "optimizer": optim,
         "trained_dtype": ",".join(trained_dtypes), "gradient_checkpointing": h.gradient_checkpointing,
+        "mean_shared_prefix_tokens": float(np.mean(trainer.prefix_tokens)) if trainer.prefix_tokens else 0.0,
         "mean_prompt_tokens": float(np.mean([sum(1 - m for m in mask) for mask in train_ds["completion_mask"]])),
         "quantization": h.quantization, "prompt_max_length": enc.max_length,
         **prefixed("train_", enc.coverage(splits["train"]["text"]))})

@@ -25,7 +25,7 @@ import copy
 
 import numpy as np
 
-from . import prompts
+from . import prefix, prompts
 from .metrics import decide, label_lists
 from .prompting import Encoder, PromptHparams
 
@@ -46,6 +46,22 @@ def _batch(rows: list[list[int]], pad_id: int, device: str):
     return ids.to(device), mask.to(device), positions.to(device)
 
 
+def _prompt_inputs(model, rows: list[list[int]], pad_id: int, device: str) -> dict:
+    """A batch of prompts as model inputs: where the rows share a prefix (the instruction and
+    allowed labels), that prefix run once into a KV cache repeated for each row and the rest
+    left-padded after it (clsbench.prefix); the attention mask covers prefix and rest."""
+    import torch
+
+    length = prefix.common_length(rows)
+    if length < prefix.MIN_SHARED_TOKENS:
+        ids, mask, pos = _batch(rows, pad_id, device)
+        return {"input_ids": ids, "attention_mask": mask, "position_ids": pos}
+    cache = prefix.prefix_cache(model, torch.tensor([rows[0][:length]], device=device), len(rows))
+    ids, mask, pos = _batch([row[length:] for row in rows], pad_id, device)
+    mask = torch.cat([torch.ones((len(rows), length), dtype=mask.dtype, device=mask.device), mask], 1)
+    return {"input_ids": ids, "attention_mask": mask, "position_ids": pos + length, "past_key_values": cache}
+
+
 def first_token_scores(model, prompt_rows: list[list[int]], token_ids: list[int], batch_size: int, pad_id: int,
                        device: str, progress=None) -> np.ndarray:
     """Next-token logits of ``token_ids`` after each prompt (one forward pass per batch)."""
@@ -56,8 +72,8 @@ def first_token_scores(model, prompt_rows: list[list[int]], token_ids: list[int]
     with torch.inference_mode():
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
-            ids, mask, pos = _batch([prompt_rows[i] for i in idx], pad_id, device)
-            logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=1).logits[:, -1]
+            inputs = _prompt_inputs(model, [prompt_rows[i] for i in idx], pad_id, device)
+            logits = model(**inputs, logits_to_keep=1).logits[:, -1]
             out[idx] = logits[:, token_ids].float().cpu().numpy()
             if progress is not None:
                 progress.update(len(idx))
@@ -68,10 +84,10 @@ def prompt_cache(model, rows: list[list[int]], pad_id: int, device: str):
     """One forward pass over a batch of prompts: (KV cache, prompt mask, next-token log-probs)."""
     import torch
 
-    ids, mask, pos = _batch(rows, pad_id, device)
     with torch.inference_mode():
-        out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
-    return out.past_key_values, mask, torch.log_softmax(out.logits[:, -1].float(), -1)
+        inputs = _prompt_inputs(model, rows, pad_id, device)
+        out = model(**inputs, use_cache=True, logits_to_keep=1)
+    return out.past_key_values, inputs["attention_mask"], torch.log_softmax(out.logits[:, -1].float(), -1)
 
 
 def _carriers(flat: list[list[int]], owner: list[int]) -> list[int]:
