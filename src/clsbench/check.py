@@ -155,20 +155,21 @@ def checked_at_planning(config: dict, key: str) -> bool:
 
 
 def check_datasets(config: dict, keys: list[str], scratch: Path) -> tuple[list[str], list[str], dict]:
-    """Every dataset of ``keys`` (bases first): (problems, notes, stats per dataset)."""
+    """Every dataset of ``keys`` and the bases they derive from (bases first): (problems, notes,
+    stats per dataset). A derived dataset is made from its base prepared here, so a base that is
+    prepared already in the run (not among ``keys``) is prepared again in ``scratch``."""
     specs = config.get("datasets") or {}
-    order = sorted(keys, key=lambda k: specs[k].get("source") == "derived_pairs")
+    derived = {k: specs[k].get("base") for k in keys if specs[k].get("source") == "derived_pairs"}
+    order = [*dict.fromkeys([*(b for b in derived.values() if b not in keys), *keys])]
+    order.sort(key=lambda k: k in derived)
     problems: list[str] = []
     notes: list[str] = []
     stats: dict = {}
     for key in order:
         spec = specs[key]
-        base = spec.get("base")
-        if spec.get("source") == "derived_pairs" and base not in stats:
-            if base in keys:
-                continue  # its base has problems, listed already
-            order.append(base)
-        checked = dataset_problems(key, spec, scratch / key, scratch / base if base in stats else None)
+        if key in derived and derived[key] not in stats:
+            continue  # its base has problems, listed already
+        checked = dataset_problems(key, spec, scratch / key, scratch / derived[key] if key in derived else None)
         problems += checked.problems
         notes += checked.notes
         if checked.stats is not None and not checked.problems:
