@@ -40,7 +40,7 @@ def kind(op: str) -> str:
     return next((k for fragment, k in KINDS.items() if fragment in op), "other")
 
 
-def profiler_callback(skip: int, steps: int, batch: int, rows: int):
+def profiler_callback(skip: int, steps: int, batch: int, rows: int, by_shape: str | None = None):
     import torch
     from transformers import TrainerCallback
 
@@ -52,7 +52,7 @@ def profiler_callback(skip: int, steps: int, batch: int, rows: int):
                 acts = [torch.profiler.ProfilerActivity.CPU]
                 if torch.cuda.is_available():
                     acts.append(torch.profiler.ProfilerActivity.CUDA)
-                self.prof = torch.profiler.profile(activities=acts)
+                self.prof = torch.profiler.profile(activities=acts, record_shapes=by_shape is not None)
                 self.prof.__enter__()
                 self.start = time.perf_counter()
 
@@ -65,6 +65,11 @@ def profiler_callback(skip: int, steps: int, batch: int, rows: int):
                 print(f"\n{steps} optimizer steps of {batch} texts: {wall:.1f} s, {steps * batch / wall:.2f} samples/s "
                       "under the profiler\n")
                 print(events.table(sort_by="self_cpu_time_total", row_limit=rows))
+                if by_shape:
+                    shaped = [e for e in self.prof.key_averages(group_by_input_shape=True) if e.key == by_shape]
+                    print(f"{by_shape} by input shapes (self CPU ms, calls):")
+                    for e in sorted(shaped, key=lambda e: -e.self_cpu_time_total)[:rows]:
+                        print(f"  {e.self_cpu_time_total / 1e3:9.1f} {e.count:7d}  {e.input_shapes}")
                 by_kind: dict[str, float] = {}
                 for e in events:
                     by_kind[kind(e.key)] = by_kind.get(kind(e.key), 0.0) + e.self_cpu_time_total
@@ -86,6 +91,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--rows", type=int, default=20, help="ops listed")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--by-shape", metavar="OP", help="also list this op's time by input shapes (e.g. aten::copy_)")
     args = parser.parse_args()
     cell, results = layout.Cell.at(args.cell)
     approach = approaches.get(cell.approach)
@@ -94,7 +100,8 @@ def main() -> None:
         hp["precision"] = args.precision
     batch = hp["batch_size"] * hp.get("grad_accum", 1)
     wrapped = training.callbacks
-    training.callbacks = lambda *a: [*wrapped(*a), profiler_callback(args.skip, args.steps, batch, args.rows)]
+    training.callbacks = lambda *a: [*wrapped(*a), profiler_callback(args.skip, args.steps, batch, args.rows,
+                                                                              args.by_shape)]
     with tempfile.TemporaryDirectory() as out:
         approach.entry("train")(str(cell.model_json(results)), str(cell.data_dir(results)), out, cell.rank,
                                 cell.seed, hp, args.threads)

@@ -106,3 +106,14 @@ def test_score_mode_with_the_prefix_run_once_gives_each_prompts_own_probabilitie
     alone, _, _ = scoring.run_mode("score", model, enc, rows, replace(H, eval_batch_size=1), {"device": "cpu"})
     assert not runs
     assert np.allclose(batched, alone, atol=1e-5)
+
+
+def test_generation_with_the_prefix_run_once_gives_each_prompts_own_answers(lm):  # noqa: F811
+    model, tok = lm
+    enc = prompting.Encoder(tok, LABELS, False, H)
+    texts = ["shares rose", "the match ended in a draw after extra time", "a new phone", "ministers met"]
+    rows = [enc.prompt_ids(t) for t in texts]
+    assert prefix.common_length(rows) >= prefix.MIN_SHARED_TOKENS
+    batched = scoring.generate(model, enc, rows, 4, "cpu")
+    assert batched == [scoring.generate(model, enc, [row], 1, "cpu")[0] for row in rows]
+    assert any(batched)  # the random model's answers are not all empty

@@ -30,8 +30,8 @@ class NumpyDropout(torch.nn.Dropout):
             return x
         seed = int(torch.randint(0, 2**62, (1,)).item())  # from torch's generator: reproducible under set_seed
         draws = np.random.Generator(np.random.SFC64(seed)).integers(0, RESOLUTION, x.numel(), dtype=np.uint16)
-        mask = torch.from_numpy(draws >= self.threshold).view(x.shape).to(x.device, x.dtype).mul_(self.scale)
-        return x * mask
+        keep = torch.from_numpy(draws >= self.threshold).view(x.shape).to(x.device, x.dtype)
+        return x * keep * self.scale  # a Python scale: applied in float32 to a bf16 x too, rounded once
 
 
 def resolve(rng: str, cuda: bool) -> str:

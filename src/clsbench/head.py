@@ -40,6 +40,7 @@ def build_model(info: dict, kwargs: dict, h: HeadHparams, env: dict, rank: int):
     heads = classifier.head_modules(model, h.head_module)
     model = get_peft_model(model, h.lora_config(TaskType.SEQ_CLS, rank, modules_to_save=list(heads)))
     dropout.use_for_lora(model, dropout.resolve(h.lora_dropout_rng, env["cuda"]))
+    runtime.frozen_weights_to(model, env["compute_dtype"])
     return model
 
 

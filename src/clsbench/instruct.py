@@ -104,16 +104,21 @@ def _score_answer_positions_only() -> None:
 
 
 def val_micro_f1(model, enc: Encoder, rows: list[list[int]], gold: np.ndarray, h: InstructHparams, batch_size: int,
-                 device: str) -> float:
+                 env: dict) -> float:
     """Validation micro-F1 of the model being trained, in score mode (no free text: the same
-    decision rule as the test predictions, and no invalid answers to tell apart from learning)."""
+    decision rule as the test predictions, and no invalid answers to tell apart from learning),
+    computed in the training's precision (bf16 autocast where it trains so, as the Trainer
+    evaluates the head cells)."""
+    import torch
     from sklearn.metrics import f1_score
 
     was_training = model.training
     model.eval()
     try:
-        probs, _, _ = run_mode("score", model, enc, rows, dataclasses.replace(h, eval_batch_size=batch_size),
-                               {"device": device})
+        with torch.autocast(env["device"].split(":")[0], dtype=env["compute_dtype"],
+                            enabled=env["compute_dtype"] == torch.bfloat16):
+            probs, _, _ = run_mode("score", model, enc, rows, dataclasses.replace(h, eval_batch_size=batch_size),
+                                   {"device": env["device"]})
     finally:
         model.train(was_training)
     pred = decide(probs, enc.multi, h.threshold, h.min_labels)
@@ -188,6 +193,7 @@ def train(model_json: str, data_dir: str, out_dir: str, rank: int, seed: int, hp
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=h.gradient_checkpointing,
                                                 gradient_checkpointing_kwargs={"use_reentrant": False})
     model = get_peft_model(model, h.lora_config(TaskType.CAUSAL_LM, rank))  # "all-linear" excludes lm_head
+    runtime.frozen_weights_to(model, env["compute_dtype"])
     dropout_rng = dropout.use_for_lora(model, dropout.resolve(h.lora_dropout_rng, env["cuda"]))
     trainable, total = runtime.count_parameters(model)
     train_ds, val_ds = enc.training_examples(splits["train"]), enc.training_examples(splits["val"])
@@ -204,7 +210,7 @@ def train(model_json: str, data_dir: str, out_dir: str, rank: int, seed: int, hp
     trainer = ScoredSFTTrainer(
         model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds, processing_class=tok,
         callbacks=training.callbacks(h, out_dir, timer),
-        val_f1=lambda m: val_micro_f1(m, enc, val_rows, val_gold, h, plan["eval_batch_size"], env["device"]),
+        val_f1=lambda m: val_micro_f1(m, enc, val_rows, val_gold, h, plan["eval_batch_size"], env),
         share_prefix=h.share_prompt_prefix and not h.gradient_checkpointing)
     trained_dtypes = sorted({str(p.dtype).replace("torch.", "") for p in trainer.model.parameters() if p.requires_grad})
     key = runtime.run_key(model_json, data_dir, "instruct", rank, seed, dataclasses.asdict(h))

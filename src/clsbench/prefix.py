@@ -48,7 +48,8 @@ def common_length(rows: list[list[int]]) -> int:
 
 
 def prefix_cache(model, ids, repeats: int, **inputs):
-    """The KV cache of one prefix (``ids``: 1 x length), repeated for ``repeats`` rows."""
+    """The KV cache of one prefix (``ids``: 1 x length), repeated for ``repeats`` rows. Through the
+    model's own forward (a Trainer's model is wrapped in its autocast there), one position's logits."""
     cache = model(input_ids=ids, use_cache=True, logits_to_keep=1, **inputs).past_key_values
     cache.batch_repeat_interleave(repeats)
     return cache

@@ -75,6 +75,17 @@ def native_bf16() -> bool:
     return bool(re.search(r"avx512_bf16|amx_bf16", cpuinfo.read_text() if cpuinfo.exists() else ""))
 
 
+def frozen_weights_to(model, dtype) -> None:
+    """The frozen floating-point weights (norms, embeddings, a tied LM head; not the 4-bit ones, not the
+    trained LoRA and head weights) in ``dtype``, the compute dtype. ``prepare_model_for_kbit_training``
+    puts them in float32, which under bf16 autocast keeps the whole residual stream in float32: every
+    4-bit layer then casts its input to bf16 and its output back, and the element-wise work moves twice
+    the bytes (docs/throughput.md). A base without quantisation loads them in the compute dtype already."""
+    for weight in model.parameters():
+        if not weight.requires_grad and weight.is_floating_point() and weight.dtype != dtype:
+            weight.data = weight.data.to(dtype)
+
+
 def cpu_inference_kernel(model, on: bool) -> None:
     """Allow (``on``) or not bitsandbytes' CPU inference kernel in the 4-bit layers of ``model``. On a
     CPU with AVX512-BF16 a 4-bit layer repacks its weights for that kernel at its first pass in

@@ -260,10 +260,15 @@ def generate(model, enc: Encoder, prompt_rows: list[list[int]], batch_size: int,
     with torch.inference_mode():
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
-            ids, mask, _ = _batch([prompt_rows[i] for i in idx], pad, device)
-            gen = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=enc.answer_budget, do_sample=False,
-                                 pad_token_id=pad, eos_token_id=enc.eos, top_p=None, top_k=None,
-                                 temperature=None)
+            rows = [prompt_rows[i] for i in idx]
+            inputs = _prompt_inputs(model, rows, pad, device)
+            ids, mask = inputs["input_ids"], inputs["attention_mask"]
+            if "past_key_values" in inputs:  # generate takes the whole prompt and runs what the cache lacks
+                shared = torch.tensor([rows[0][:mask.shape[1] - ids.shape[1]]], device=ids.device)
+                ids = torch.cat([shared.expand(len(rows), -1), ids], 1)
+            gen = model.generate(input_ids=ids, attention_mask=mask, past_key_values=inputs.get("past_key_values"),
+                                 max_new_tokens=enc.answer_budget, do_sample=False, pad_token_id=pad,
+                                 eos_token_id=enc.eos, top_p=None, top_k=None, temperature=None)
             for i, row in zip(idx, gen[:, ids.shape[1]:]):
                 out[i] = enc.tok.decode(row, skip_special_tokens=True)
             if progress is not None:
