@@ -4,7 +4,8 @@ training sequence on the default grid. :func:`shared_length` finds how many lead
 row of a batch has in common before anything it is scored on; :func:`split_batch` runs those once
 (batch 1, the KV cache kept with its graph) and returns the batch's remaining tokens with that cache
 repeated for each row, so the model runs the prefix once instead of once per row. Inference
-(:mod:`clsbench.scoring`'s score mode) does the same with :func:`common_length` and :func:`prefix_cache`.
+(:mod:`clsbench.scoring`'s score and generate modes) does the same with :func:`common_length` and
+:func:`prefix_cache`.
 
 Causal attention makes this exact: a prefix position sees only the prefix, so its keys and values
 are the same in every row, and the gradient through the repeated cache is the sum of the rows'
@@ -13,7 +14,7 @@ batch, not once per row (the same distribution for each row; the rows' prefix no
 """
 from __future__ import annotations
 
-MIN_SHARED_TOKENS = 8  # below this the second pass costs more than it saves
+MIN_SHARED_TOKENS = 8  # a floor, not a measured break-even: shorter prefixes are not shared
 
 
 def shared_length(input_ids, attention_mask=None, labels=None) -> int:
