@@ -54,3 +54,15 @@ def test_a_cpu_cell_draws_its_lora_dropout_with_numpy_unless_told(tmp_path, tiny
     out = tmp_path / "cell"
     head.train(str(tiny_model), str(bbc_small), str(out), 2, 1, {**TINY_HEAD_HP, "max_epochs": 1}, 2)
     assert read_json(out / "train_info.json")["lora_dropout_rng"] == "numpy"
+
+
+def test_numpy_dropout_scales_a_bf16_input_as_its_float32_value_rounded_once():
+    """The kept values of a bf16 input are its float32 value times the float32 scale, rounded to bf16
+    once (what autocast made of the float32 path), not times a scale rounded to bf16 first."""
+    drop = dropout.NumpyDropout(0.05).train()
+    x = torch.randn(1 << 14).bfloat16()
+    torch.manual_seed(0)
+    half = drop(x)
+    torch.manual_seed(0)
+    full = drop(x.float())
+    assert torch.equal(half, full.bfloat16()) and (half == 0).any()

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import TINY_FROZEN_HP, TINY_HEAD_HP
+from conftest import TINY_FROZEN_HP, TINY_HEAD_HP, head_hparams
 
 from clsbench import approaches, classifier, head, losses, metrics, runtime
 from clsbench.thresholds import tune_thresholds
@@ -266,3 +266,19 @@ def test_gradient_accumulation_averages_over_the_effective_batch(tmp_path, tiny_
         first[accum] = next(entry for entry in log if "grad_norm" in entry)
     assert first[4]["loss"] == pytest.approx(first[1]["loss"], rel=0.05)
     assert first[4]["grad_norm"] == pytest.approx(first[1]["grad_norm"], rel=0.05)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_a_4bit_cell_trains_float32_weights_over_frozen_weights_in_its_compute_dtype(tiny_model, precision):
+    """prepare_model_for_kbit_training puts the frozen norms and embeddings in float32; a bf16 cell puts
+    them back in bf16 (its residual stream bf16 under autocast, as a loaded base predicts), while its
+    LoRA and classification-layer weights train in float32 (runtime.frozen_weights_to)."""
+    import torch
+
+    info = json.loads(tiny_model.read_text())
+    tok = classifier.load_tokenizer(info["path"])
+    kwargs = classifier.classification_kwargs(["a", "b"], False, tok.pad_token_id)
+    model = head.build_model(info, kwargs, head_hparams(precision=precision), runtime.device_setup(2, precision), 2)
+    frozen = {w.dtype for w in model.parameters() if not w.requires_grad and w.is_floating_point()}
+    assert frozen == {torch.bfloat16 if precision == "bf16" else torch.float32}
+    assert {w.dtype for w in model.parameters() if w.requires_grad} == {torch.float32}
