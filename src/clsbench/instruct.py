@@ -104,21 +104,16 @@ def _score_answer_positions_only() -> None:
 
 
 def val_micro_f1(model, enc: Encoder, rows: list[list[int]], gold: np.ndarray, h: InstructHparams, batch_size: int,
-                 env: dict) -> float:
+                 device: str) -> float:
     """Validation micro-F1 of the model being trained, in score mode (no free text: the same
-    decision rule as the test predictions, and no invalid answers to tell apart from learning),
-    computed in the training's precision (bf16 autocast where it trains so, as the Trainer
-    evaluates the head cells)."""
-    import torch
+    decision rule as the test predictions, and no invalid answers to tell apart from learning)."""
     from sklearn.metrics import f1_score
 
     was_training = model.training
     model.eval()
     try:
-        with torch.autocast(env["device"].split(":")[0], dtype=env["compute_dtype"],
-                            enabled=env["compute_dtype"] == torch.bfloat16):
-            probs, _, _ = run_mode("score", model, enc, rows, dataclasses.replace(h, eval_batch_size=batch_size),
-                                   {"device": env["device"]})
+        probs, _, _ = run_mode("score", model, enc, rows, dataclasses.replace(h, eval_batch_size=batch_size),
+                               {"device": device})
     finally:
         model.train(was_training)
     pred = decide(probs, enc.multi, h.threshold, h.min_labels)
@@ -210,7 +205,7 @@ def train(model_json: str, data_dir: str, out_dir: str, rank: int, seed: int, hp
     trainer = ScoredSFTTrainer(
         model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds, processing_class=tok,
         callbacks=training.callbacks(h, out_dir, timer),
-        val_f1=lambda m: val_micro_f1(m, enc, val_rows, val_gold, h, plan["eval_batch_size"], env),
+        val_f1=lambda m: val_micro_f1(m, enc, val_rows, val_gold, h, plan["eval_batch_size"], env["device"]),
         share_prefix=h.share_prompt_prefix and not h.gradient_checkpointing)
     trained_dtypes = sorted({str(p.dtype).replace("torch.", "") for p in trainer.model.parameters() if p.requires_grad})
     key = runtime.run_key(model_json, data_dir, "instruct", rank, seed, dataclasses.asdict(h))

@@ -37,15 +37,11 @@ def shared_length(input_ids, attention_mask=None, labels=None) -> int:
 
 
 def common_length(rows: list[list[int]]) -> int:
-    """Leading tokens that every one of ``rows`` (token id lists) has in common, a token left to each."""
-    if len(rows) < 2:
-        return 0
-    limit = min(map(len, rows)) - 1
-    first = rows[0]
-    length = 0
-    while length < limit and all(row[length] == first[length] for row in rows):
-        length += 1
-    return length
+    """:func:`shared_length` of token id lists of different lengths (a token left to each)."""
+    import torch
+
+    ids = torch.nn.utils.rnn.pad_sequence([torch.tensor(row) for row in rows], batch_first=True, padding_value=-1)
+    return shared_length(ids, ids >= 0)
 
 
 def prefix_cache(model, ids, repeats: int, **inputs):

@@ -46,19 +46,23 @@ def _batch(rows: list[list[int]], pad_id: int, device: str):
     return ids.to(device), mask.to(device), positions.to(device)
 
 
-def _prompt_inputs(model, rows: list[list[int]], pad_id: int, device: str) -> dict:
+def _prompt_inputs(model, rows: list[list[int]], pad_id: int, device: str, whole: bool = False) -> dict:
     """A batch of prompts as model inputs: where the rows share a prefix (the instruction and
     allowed labels), that prefix run once into a KV cache repeated for each row and the rest
-    left-padded after it (clsbench.prefix); the attention mask covers prefix and rest."""
+    left-padded after it (clsbench.prefix); the attention mask covers prefix and rest. ``whole``:
+    the input ids with the prefix too (``generate`` runs only the positions its cache lacks)."""
     import torch
 
     length = prefix.common_length(rows)
     if length < prefix.MIN_SHARED_TOKENS:
         ids, mask, pos = _batch(rows, pad_id, device)
         return {"input_ids": ids, "attention_mask": mask, "position_ids": pos}
-    cache = prefix.prefix_cache(model, torch.tensor([rows[0][:length]], device=device), len(rows))
+    shared = torch.tensor([rows[0][:length]], device=device)
+    cache = prefix.prefix_cache(model, shared, len(rows))
     ids, mask, pos = _batch([row[length:] for row in rows], pad_id, device)
     mask = torch.cat([torch.ones((len(rows), length), dtype=mask.dtype, device=mask.device), mask], 1)
+    if whole:
+        ids = torch.cat([shared.expand(len(rows), -1), ids], 1)
     return {"input_ids": ids, "attention_mask": mask, "position_ids": pos + length, "past_key_values": cache}
 
 
@@ -260,13 +264,10 @@ def generate(model, enc: Encoder, prompt_rows: list[list[int]], batch_size: int,
     with torch.inference_mode():
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
-            rows = [prompt_rows[i] for i in idx]
-            inputs = _prompt_inputs(model, rows, pad, device)
-            ids, mask = inputs["input_ids"], inputs["attention_mask"]
-            if "past_key_values" in inputs:  # generate takes the whole prompt and runs what the cache lacks
-                shared = torch.tensor([rows[0][:mask.shape[1] - ids.shape[1]]], device=ids.device)
-                ids = torch.cat([shared.expand(len(rows), -1), ids], 1)
-            gen = model.generate(input_ids=ids, attention_mask=mask, past_key_values=inputs.get("past_key_values"),
+            inputs = _prompt_inputs(model, [prompt_rows[i] for i in idx], pad, device, whole=True)
+            ids = inputs["input_ids"]
+            gen = model.generate(input_ids=ids, attention_mask=inputs["attention_mask"],
+                                 past_key_values=inputs.get("past_key_values"),
                                  max_new_tokens=enc.answer_budget, do_sample=False, pad_token_id=pad,
                                  eos_token_id=enc.eos, top_p=None, top_k=None, temperature=None)
             for i, row in zip(idx, gen[:, ids.shape[1]:]):

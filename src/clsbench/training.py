@@ -137,6 +137,7 @@ def run(trainer, out_dir: Path, plan: dict, h: EpochHparams, env: dict, key: dic
     """Train (resuming from the last complete epoch of the same run ``key``), with the out-of-memory
     retry and the non-finite check; returns the train_info fields every approach records."""
     import torch
+    from peft.helpers import disable_input_dtype_casting
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)  # trainer_progress prints each log event with step, total, time left
@@ -147,12 +148,10 @@ def run(trainer, out_dir: Path, plan: dict, h: EpochHparams, env: dict, key: dic
     if last:
         print(f"cell {out_dir}: resuming from {Path(last).name} (epoch {resumed_epochs} done)", flush=True)
     print(f"cell {out_dir}: {batching.describe(plan)}", flush=True)
-    t0 = time.perf_counter()
-    from peft.helpers import disable_input_dtype_casting
-
     # under a CPU's bf16 autocast, peft's cast of each LoRA input to the adapter's float32 is undone by
     # autocast at the adapter's matmul: two copies of the activations per LoRA layer, and their backward
     autocast_bf16 = not env["cuda"] and env["compute_dtype"] == torch.bfloat16
+    t0 = time.perf_counter()
     with batching.oom_retry(out_dir, "train", h, plan), disable_input_dtype_casting(trainer.model, autocast_bf16):
         result = trainer.train(resume_from_checkpoint=last)
     wall = time.perf_counter() - t0
