@@ -3,11 +3,8 @@ quantisation, parameter counts, Trainer callbacks (evaluation timer, non-finite 
 key a checkpoint may resume into, peak memory, optimizer names and GPU-synchronised timing."""
 from __future__ import annotations
 
-import ctypes
 import math
-import os
 import re
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,7 +46,6 @@ def device_setup(threads: int | None = None, precision: str | None = "auto") -> 
     from transformers.utils import logging
 
     logging.disable_progress_bar()
-    keep_freed_memory()
     if threads:
         torch.set_num_threads(threads)
     cuda = torch.cuda.is_available()
@@ -58,29 +54,6 @@ def device_setup(threads: int | None = None, precision: str | None = "auto") -> 
             "device_name": torch.cuda.get_device_name(0) if cuda else f"cpu ({torch.get_num_threads()} threads)",
             "compute_dtype": torch.bfloat16 if bf16 else torch.float32}
 
-
-
-MALLOC_ENV = "CLSBENCH_MALLOC"  # "default": leave glibc's malloc as it is
-
-
-def keep_freed_memory() -> bool:
-    """Make glibc's malloc keep the memory a job frees for its next allocations (True when set).
-
-    By default glibc maps each block over its adaptive threshold fresh from the OS and unmaps it on
-    free, and trims the heap's free top. A training step allocates many activations of a megabyte
-    or more, and a batch longer than any before needs new sizes. Each such allocation page-faults
-    its memory in again. On the 2-core CPU of docs/throughput.md that took about a fifth of a head
-    training step. Blocks up to 32 MiB (glibc's largest threshold) now come from the heap, and its
-    top is not trimmed under 2 GiB. The job's resident memory then stays near its peak.
-    ``CLSBENCH_MALLOC=default`` leaves malloc as it is. Elsewhere than glibc this does nothing."""
-    if os.environ.get(MALLOC_ENV) == "default" or not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:  # not glibc (musl, ...)
-        return False
-    m_trim_threshold, m_mmap_threshold = -1, -3  # mallopt's parameters, glibc's malloc.h
-    return bool(libc.mallopt(m_mmap_threshold, 32 << 20)) and bool(libc.mallopt(m_trim_threshold, (1 << 31) - 1))
 
 
 def resolve_precision(precision: str | None, cuda: bool) -> str:
