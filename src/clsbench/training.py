@@ -19,7 +19,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import attention as attn
 from . import batching, health, runtime, throughput
 from .faults import resume_point
 from .hparams import REQUIRED, param
@@ -51,10 +50,6 @@ class TrainerHparams(EpochHparams):
                            choices=OPTIMIZERS)
     warmup_ratio: float = param(0.0, "share of the optimizer steps with a linear warmup", minimum=0, maximum=1)
     group_by_length: bool = param(False, "length-grouped training batches", ref="group_by_length")
-    attention: str = param("auto", "attention kernel of the training steps: auto = on a CPU, eager attention for "
-                           f"sequences up to {attn.EAGER_UP_TO} tokens and SDPA beyond (faster on both sides); "
-                           "sdpa = as the model loads (transformers' default); eager (clsbench.attention)",
-                           choices=attn.ATTENTIONS, fill=False)
     trainer_args: dict = param({}, "further transformers TrainingArguments (TRL SFTConfig for instruct) passed through "
                                "as given, e.g. {adam_beta2: 0.98, label_smoothing_factor: 0.1}; one this block has a key "
                                "for, or that the runner sets (epochs, evaluation, checkpoints, seed, precision), is "
@@ -157,8 +152,7 @@ def run(trainer, out_dir: Path, plan: dict, h: EpochHparams, env: dict, key: dic
     # autocast at the adapter's matmul: two copies of the activations per LoRA layer, and their backward
     autocast_bf16 = not env["cuda"] and env["compute_dtype"] == torch.bfloat16
     t0 = time.perf_counter()
-    with (batching.oom_retry(out_dir, "train", h, plan), disable_input_dtype_casting(trainer.model, autocast_bf16),
-          attn.for_training(trainer.model, h.attention, env["cuda"]) as kernel):
+    with batching.oom_retry(out_dir, "train", h, plan), disable_input_dtype_casting(trainer.model, autocast_bf16):
         result = trainer.train(resume_from_checkpoint=last)
     wall = time.perf_counter() - t0
     history = trainer.state.log_history
@@ -176,7 +170,7 @@ def run(trainer, out_dir: Path, plan: dict, h: EpochHparams, env: dict, key: dic
         "effective_batch": plan["batch_size"] * plan["grad_accum"], "val_batch_size": plan["eval_batch_size"],
         "n_train": len(trainer.train_dataset), "n_val": len(trainer.eval_dataset),
         "device": env["device_name"], "dtype": str(env["compute_dtype"]).replace("torch.", ""),
-        "peak_memory_mb": runtime.peak_memory_mb(env), "attention": kernel,
+        "peak_memory_mb": runtime.peak_memory_mb(env),
     }
 
 
