@@ -9,8 +9,10 @@ Trains one epoch of the cell into a temporary folder (its own folder is not touc
 ``--skip`` + 1 to ``--skip`` + ``--steps`` (CPU activities; CUDA too on a GPU) and prints the
 samples/s of the profiled steps, the ops with the most self time, and that time grouped by kind
 (matrix products, dropout's random numbers, attention, dtype copies, bitsandbytes' 4-bit and 8-bit
-kernels, the rest). The profiler itself slows the steps (about a third on the 2-core CPU), so
-compare shares, not these samples/s, with the cells' figures. The profiling callback is added by
+kernels, the rest). The profiler itself slows the steps (about a third on the 2-core CPU), and not
+evenly: it inflated SDPA's CPU attention kernel and the page faults of freshly allocated memory, two
+shares that levers built on them did not recover without it (docs/throughput.md, "Two levers the
+profiler showed"). A share says where to look; confirm a gain with ``benchmarks/cell_speed.py``. The profiling callback is added by
 wrapping ``clsbench.training.callbacks`` in this process only.
 """
 from __future__ import annotations
