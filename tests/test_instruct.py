@@ -128,7 +128,8 @@ def test_continuations_read_off_a_shared_pass_score_as_their_own_pass(lm):
     rows = [enc.prompt_ids(t) for t in ("shares rose", "the match ended in a draw after extra time")]
     events = [[seq for group in enc.next_item_events(chosen, LABELS[i:]) for seq in group]
               for chosen, i in ((["business"], 1), ([], 0))]
-    assert len(set(scoring._carriers(events[1], [0] * len(events[1])))) < len(events[1])  # passes are shared
+    _, parents, _ = scoring._token_tree(events[1])
+    assert len(set(parents) - {-1}) < sum(len(seq) - 1 for seq in events[1])  # fewer tokens run than one row each
     cache = scoring.prompt_cache(model, rows, tok.pad_token_id, "cpu")
     shared = scoring.continuation_logprobs(model, cache, events, "cpu")
     alone = [np.array([scoring.continuation_logprobs(model, cache, [[seq]], "cpu", prompts_of=[b])[0][0]

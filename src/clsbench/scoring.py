@@ -94,74 +94,98 @@ def prompt_cache(model, rows: list[list[int]], pad_id: int, device: str):
     return out.past_key_values, inputs["attention_mask"], torch.log_softmax(out.logits[:, -1].float(), -1)
 
 
-def _carriers(flat: list[list[int]], owner: list[int]) -> list[int]:
-    """For each continuation, the row whose forward pass scores it: a continuation whose tokens
-    but the last are a prefix of another row of the same prompt is read off that row's next-token
-    log-probs (multi-label events share all but their last token with the label's "list ends"
-    target), so the model runs once per distinct path, not once per continuation."""
-    by_prefix, carrier = {}, [0] * len(flat)
-    for k in sorted(range(len(flat)), key=lambda k: -len(flat[k])):
-        key = (owner[k], tuple(flat[k][:-1]))
-        if key in by_prefix:
-            carrier[k] = by_prefix[key]
-            continue
-        carrier[k] = k
-        for m in range(len(flat[k]) + 1):
-            by_prefix.setdefault((owner[k], tuple(flat[k][:m])), k)
-    return carrier
+def _token_tree(continuations: list[list[int]]) -> tuple[list[int], list[int], list[list[int]]]:
+    """The continuations of one prompt as a token tree: (token of each node, its parent node, -1 for
+    the prompt; the nodes of each continuation). Continuations that begin alike share those nodes,
+    as the answers of multi-label scoring do (every list opens the same way, and a list's "ends" and
+    "goes on" events differ in their last token only), so each distinct beginning is run once."""
+    tokens, parents, paths, node_of = [], [], [], {}
+    for cont in continuations:
+        path, parent = [], -1
+        for token in cont:
+            if (parent, token) not in node_of:
+                node_of[parent, token] = len(tokens)
+                tokens.append(token)
+                parents.append(parent)
+            parent = node_of[parent, token]
+            path.append(parent)
+        paths.append(path)
+    return tokens, parents, paths
+
+
+def _tree_mask(parents: list[int], runs: list[int], width: int):
+    """Which run node (a node with children) each run node attends to: itself and its ancestors, all
+    runs too; ``width`` columns (padding columns attended by no real node, padding rows by themselves)."""
+    import torch
+
+    slot = {n: i for i, n in enumerate(runs)}
+    mask = torch.eye(width, dtype=torch.bool)
+    for i, node in enumerate(runs):
+        up = parents[node]
+        while up >= 0:
+            mask[i, slot[up]] = True
+            up = parents[up]
+    return mask
 
 
 def continuation_logprobs(model, cache, continuations: list[list[list[int]]], device: str,
                           max_elements: int = 2**26, prompts_of: list[int] | None = None) -> list[np.ndarray]:
     """log P(continuation | prompt) for the continuations of each of the cached batch's prompts
     (``prompts_of[k]``: the cache row of ``continuations[k]``, default k; rows may hold different
-    numbers of continuations), one array per row; the prompts are not run again (their KV cache
-    is reused), and continuations that differ from another only in their last token share its
-    pass (:func:`_carriers`)."""
+    numbers of continuations), one array per row. The prompts are not run again (their KV cache is
+    reused), and each row's continuations run as one sequence of their token tree's inner nodes
+    (:func:`_token_tree`), each node attending to the prompt and its own ancestors (a 4D mask,
+    positions by depth): a node shared by several continuations runs once, and a last token is
+    read off its parent's next-token scores without running. Rows go in chunks that keep the
+    logits at most ``max_elements``."""
     import torch
 
     past, prompt_mask, first = cache
-    counts = [len(row) for row in continuations]
-    flat = [c for row in continuations for c in row]
-    rows_of = torch.tensor(prompts_of if prompts_of is not None else range(len(continuations)))
-    owner = rows_of.repeat_interleave(torch.tensor(counts))
-    scores = first.cpu().double()[owner, torch.tensor([c[0] for c in flat])]
-    carrier = _carriers(flat, owner.tolist())
-    runs = sorted(set(carrier))  # the rows the model runs on
-    width = max(len(flat[k]) for k in runs)
-    if width > 1:  # the later tokens, in chunks of rows that keep the logits tensor small
-        ids = torch.zeros((len(runs), width), dtype=torch.long)
-        mask = torch.zeros((len(runs), width), dtype=torch.long)
-        for i, k in enumerate(runs):
-            ids[i, :len(flat[k])] = torch.tensor(flat[k])
-            mask[i, :len(flat[k])] = 1
-        run_owner = owner[runs]
-        slot = {k: i for i, k in enumerate(runs)}
-        readers = [[] for _ in runs]  # continuations (with more than one token) read off each run row
-        for k, c in enumerate(carrier):
-            if len(flat[k]) > 1:
-                readers[slot[c]].append(k)
-        vocab = first.shape[-1]
-        chunk = max(1, max_elements // (width * vocab))
-        with torch.inference_mode():
-            for start in range(0, len(runs), chunk):
-                rows = slice(start, start + chunk)
-                sub = copy.deepcopy(past)
-                sub.batch_select_indices(run_owner[rows].to(prompt_mask.device))
-                pmask = prompt_mask[run_owner[rows].to(prompt_mask.device)]
-                attn = torch.cat([pmask, mask[rows].to(pmask.device)], 1)
-                positions = pmask.sum(1, keepdim=True) + torch.arange(width, device=pmask.device)
-                logits = model(input_ids=ids[rows].to(device), attention_mask=attn, position_ids=positions,
-                               past_key_values=sub, use_cache=True).logits.float()
-                logp = torch.log_softmax(logits, -1)
-                # token t of a continuation given the tokens before it: its run row's position t - 1
-                picks = [(k, i - start, t - 1, flat[k][t]) for i in range(start, min(start + chunk, len(runs)))
-                         for k in readers[i] for t in range(1, len(flat[k]))]
+    cache_rows = list(prompts_of) if prompts_of is not None else list(range(len(continuations)))
+    trees = [_token_tree(row) for row in continuations]
+    firsts = first.float().cpu()
+    scores = [np.zeros(len(row)) for row in continuations]
+    runs = [sorted(set(parents) - {-1}) for _, parents, _ in trees]  # the inner nodes, in order
+    for k, ((tokens, _, paths), owner) in enumerate(zip(trees, cache_rows)):  # the first tokens
+        for c, path in enumerate(paths):
+            scores[k][c] = firsts[owner, tokens[path[0]]].item()
+    width = max(map(len, runs), default=0)
+    if width == 0:  # single-token continuations only
+        return scores
+    vocab = first.shape[-1]
+    chunk = max(1, max_elements // (width * vocab))
+    sdpa_mask = model.config._attn_implementation != "eager"  # a boolean mask; eager adds a float one
+    with torch.inference_mode():
+        for start in range(0, len(continuations), chunk):
+            rows = list(range(start, min(start + chunk, len(continuations))))
+            owners = torch.tensor([cache_rows[k] for k in rows], device=prompt_mask.device)
+            sub = copy.deepcopy(past)
+            sub.batch_select_indices(owners)
+            pmask = prompt_mask[owners].bool()
+            ids = torch.zeros((len(rows), width), dtype=torch.long)
+            depth = torch.zeros((len(rows), width), dtype=torch.long)
+            tree = torch.zeros((len(rows), width, width), dtype=torch.bool)
+            for i, k in enumerate(rows):
+                tokens, parents, _ = trees[k]
+                ids[i, :len(runs[k])] = torch.tensor([tokens[n] for n in runs[k]])
+                tree[i] = _tree_mask(parents, runs[k], width)
+                depth[i] = tree[i].sum(1) - 1
+            attend = torch.cat([pmask[:, None].expand(-1, width, -1), tree.to(pmask.device)], 2)[:, None]
+            if not sdpa_mask:
+                attend = torch.zeros(attend.shape, dtype=model.dtype).masked_fill(~attend, torch.finfo(model.dtype).min)
+            positions = pmask.sum(1, keepdim=True) + depth.to(pmask.device)
+            logits = model(input_ids=ids.to(device), attention_mask=attend.to(device), position_ids=positions,
+                           past_key_values=sub, use_cache=True).logits.float()
+            norm = torch.logsumexp(logits, -1)
+            for i, k in enumerate(rows):  # token t of a continuation given the tokens before it: its parent's scores
+                tokens, parents, paths = trees[k]
+                slot = {n: j for j, n in enumerate(runs[k])}
+                picks = [(c, slot[parents[n]], tokens[n]) for c, path in enumerate(paths) for n in path[1:]]
                 if picks:
-                    k, row, pos, tok = (torch.tensor(col) for col in zip(*picks))
-                    scores.index_add_(0, k, logp[row.to(logp.device), pos.to(logp.device), tok.to(logp.device)]
-                                      .cpu().double())
-    return np.split(scores.numpy(), np.cumsum(counts)[:-1])
+                    c, pos, tok = (torch.tensor(col, device=logits.device) for col in zip(*picks))
+                    logp = (logits[i, pos, tok] - norm[i, pos]).double().cpu().numpy()
+                    np.add.at(scores[k], c.cpu().numpy(), logp)
+    return scores
 
 
 def score_single(model, enc: Encoder, prompt_rows: list[list[int]], batch_size: int, device: str,
