@@ -138,6 +138,21 @@ def test_continuations_read_off_a_shared_pass_score_as_their_own_pass(lm):
         assert np.allclose(got, expected, atol=1e-4)
 
 
+def test_continuation_scores_are_the_same_under_eager_attention(lm, tiny_model):
+    """The token tree's mask goes to SDPA as booleans and to eager attention as additive floats."""
+    model, tok = lm
+    eager, _ = instruct.load_for_inference(read_json(tiny_model)["path"], H, runtime.device_setup(2, "fp32"))
+    eager.set_attn_implementation("eager")
+    enc = prompting.Encoder(tok, LABELS, True, H)
+    rows = [enc.prompt_ids(t) for t in ("shares rose", "the match ended in a draw after extra time")]
+    events = [[seq for group in enc.next_item_events([], LABELS) for seq in group]] * 2
+    by_sdpa, by_eager = (scoring.continuation_logprobs(m, scoring.prompt_cache(m, rows, tok.pad_token_id, "cpu"),
+                                                       events, "cpu") for m in (model, eager))
+    assert model.config._attn_implementation == "sdpa"
+    for got, expected in zip(by_eager, by_sdpa):
+        assert np.allclose(got, expected, atol=1e-4)
+
+
 def test_first_token_scoring_matches_whole_answer_scoring_of_single_tokens(lm):
     model, tok = lm
     enc = prompting.Encoder(tok, LABELS, False, H)
