@@ -128,6 +128,19 @@ def _tree_mask(parents: list[int], runs: list[int], width: int):
     return mask
 
 
+def _tree_inputs(trees: list, runs: list[list[int]], width: int):
+    """Token ids, depths and ancestor masks (:func:`_tree_mask`) of the inner nodes of ``trees``, one
+    row per tree, padded to ``width`` nodes."""
+    import torch
+
+    ids = torch.zeros((len(trees), width), dtype=torch.long)
+    tree = torch.zeros((len(trees), width, width), dtype=torch.bool)
+    for i, ((tokens, parents, _), run) in enumerate(zip(trees, runs)):
+        ids[i, :len(run)] = torch.tensor([tokens[n] for n in run])
+        tree[i] = _tree_mask(parents, run, width)
+    return ids, tree.sum(2) - 1, tree
+
+
 def continuation_logprobs(model, cache, continuations: list[list[list[int]]], device: str,
                           max_elements: int = 2**26, prompts_of: list[int] | None = None) -> list[np.ndarray]:
     """log P(continuation | prompt) for the continuations of each of the cached batch's prompts
@@ -162,17 +175,11 @@ def continuation_logprobs(model, cache, continuations: list[list[list[int]]], de
             sub = copy.deepcopy(past)
             sub.batch_select_indices(owners)
             pmask = prompt_mask[owners].bool()
-            ids = torch.zeros((len(rows), width), dtype=torch.long)
-            depth = torch.zeros((len(rows), width), dtype=torch.long)
-            tree = torch.zeros((len(rows), width, width), dtype=torch.bool)
-            for i, k in enumerate(rows):
-                tokens, parents, _ = trees[k]
-                ids[i, :len(runs[k])] = torch.tensor([tokens[n] for n in runs[k]])
-                tree[i] = _tree_mask(parents, runs[k], width)
-                depth[i] = tree[i].sum(1) - 1
+            ids, depth, tree = _tree_inputs([trees[k] for k in rows], [runs[k] for k in rows], width)
             attend = torch.cat([pmask[:, None].expand(-1, width, -1), tree.to(pmask.device)], 2)[:, None]
             if not sdpa_mask:
-                attend = torch.zeros(attend.shape, dtype=model.dtype).masked_fill(~attend, torch.finfo(model.dtype).min)
+                attend = torch.zeros(attend.shape, dtype=model.dtype, device=attend.device).masked_fill(
+                    ~attend, torch.finfo(model.dtype).min)
             positions = pmask.sum(1, keepdim=True) + depth.to(pmask.device)
             logits = model(input_ids=ids.to(device), attention_mask=attend.to(device), position_ids=positions,
                            past_key_values=sub, use_cache=True).logits.float()
