@@ -11,7 +11,6 @@ softmax, values); SDPA is ``torch.nn.functional.scaled_dot_product_attention``, 
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 
@@ -35,13 +34,17 @@ def milliseconds(attention, batch: int, length: int, backward: bool, heads: int 
         if backward:
             out.sum().backward()
 
-    for _ in range(3):
-        call()
-    calls = max(3, int(20_000 / length))
-    start = time.perf_counter()
-    for _ in range(calls):
-        call()
-    return (time.perf_counter() - start) / calls * 1e3
+    return milliseconds_per_call(call)
+
+
+def milliseconds_per_call(fn, min_run_time: float = 1.0) -> float:
+    """Median milliseconds of ``fn()`` on this process's threads, after a warm-up call
+    (torch.utils.benchmark's blocked autorange, as benchmarks/throughput.py times its matmul peak)."""
+    from torch.utils.benchmark import Timer
+
+    fn()
+    timer = Timer("fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
+    return timer.blocked_autorange(min_run_time=min_run_time).median * 1e3
 
 
 def main() -> None:
