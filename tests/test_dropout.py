@@ -66,3 +66,18 @@ def test_numpy_dropout_scales_a_bf16_input_as_its_float32_value_rounded_once():
     torch.manual_seed(0)
     full = drop(x.float())
     assert torch.equal(half, full.bfloat16()) and (half == 0).any()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32, torch.float64])
+def test_numpy_dropout_drops_the_same_elements_whatever_the_inputs_dtype(dtype):
+    """The mask is written as 1.0/0.0 bits of bf16, fp16 or fp32 (a conversion for other dtypes): the
+    same seed drops the same elements in each, of a size that is not a multiple of the four draws a
+    64-bit word gives."""
+    drop = dropout.NumpyDropout(0.05).train()
+    x = torch.arange(1, 4100, dtype=torch.float32)
+    torch.manual_seed(3)
+    reference = drop(x)
+    torch.manual_seed(3)
+    y = drop(x.to(dtype))
+    assert y.dtype == dtype and torch.equal(y == 0, reference == 0) and (y == 0).any()
+    assert torch.equal(y, torch.where(reference != 0, x.to(dtype) * drop.scale, 0).to(dtype))

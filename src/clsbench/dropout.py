@@ -4,9 +4,13 @@ torch's CPU dropout draws each element's Bernoulli variable from one serial Mers
 large share of a LoRA training step on a CPU (docs/throughput.md, "Where a head training step goes",
 measured with ``benchmarks/profile_train.py``). :class:`NumpyDropout` draws the same distribution
 (each element kept with probability 1 - p, kept ones scaled by 1 / (1 - p)) from 16-bit integers of
-NumPy's SFC64 generator, seeded from torch's generator on each call, so a seed (transformers'
-``set_seed``) reproduces a run and a checkpoint's saved torch RNG state continues it. p is applied at
-a resolution of 2^-16 (0.05 -> 0.0500031) and the scale uses that p, so the expectation is unchanged.
+NumPy's SFC64 generator (its raw 64-bit words read as four 16-bit draws), seeded from torch's
+generator on each call, so a seed (transformers' ``set_seed``) reproduces a run and a checkpoint's
+saved torch RNG state continues it. p is applied at a resolution of 2^-16 (0.05 -> 0.0500031) and
+the scale uses that p, so the expectation is unchanged. The kept/dropped mask of a bf16, fp16 or
+fp32 input is written by NumPy as the bit patterns of 1.0 and 0.0 in the input's dtype and viewed as
+that dtype without a copy (a bool tensor converted by torch cost as much as drawing the numbers:
+``benchmarks/dropout_cpu.py``).
 """
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ import torch
 
 RNGS = ("auto", "torch", "numpy")
 RESOLUTION = 1 << 16
+ONE_BITS = {torch.bfloat16: np.uint16(0x3F80), torch.float16: np.uint16(0x3C00), torch.float32: np.uint32(0x3F800000)}
 
 
 class NumpyDropout(torch.nn.Dropout):
@@ -29,9 +34,14 @@ class NumpyDropout(torch.nn.Dropout):
         if not self.training or self.threshold == 0:
             return x
         seed = int(torch.randint(0, 2**62, (1,)).item())  # from torch's generator: reproducible under set_seed
-        draws = np.random.Generator(np.random.SFC64(seed)).integers(0, RESOLUTION, x.numel(), dtype=np.uint16)
-        keep = torch.from_numpy(draws >= self.threshold).view(x.shape).to(x.device, x.dtype)
-        return x * keep * self.scale  # a Python scale: applied in float32 to a bf16 x too, rounded once
+        words = np.random.SFC64(seed).random_raw(-(-x.numel() // 4))
+        keep = words.view(np.uint16)[: x.numel()] >= self.threshold
+        one = ONE_BITS.get(x.dtype)
+        if one is None:
+            mask = torch.from_numpy(keep).to(x.dtype)
+        else:  # 1.0 or 0.0 in x's dtype, as its bits
+            mask = torch.from_numpy(np.multiply(keep, one, dtype=one.dtype)).view(x.dtype)
+        return x * mask.view(x.shape).to(x.device) * self.scale  # a Python scale: in float32 for bf16 x too, rounded once
 
 
 def resolve(rng: str, cuda: bool) -> str:
