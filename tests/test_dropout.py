@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from conftest import TINY_HEAD_HP
@@ -81,3 +82,14 @@ def test_numpy_dropout_drops_the_same_elements_whatever_the_inputs_dtype(dtype):
     y = drop(x.to(dtype))
     assert y.dtype == dtype and torch.equal(y == 0, reference == 0) and (y == 0).any()
     assert torch.equal(y, torch.where(reference != 0, x.to(dtype) * drop.scale, 0).to(dtype))
+
+
+def test_numpy_dropout_drops_what_a_seed_dropped_before_the_draws_were_read_as_raw_words():
+    """Cells trained before the mask came from SFC64's raw words drew ``Generator.integers(0, 2**16)``:
+    the same seed drops the same elements now, so their runs reproduce."""
+    drop = dropout.NumpyDropout(0.05).train()
+    torch.manual_seed(11)
+    seed = int(torch.randint(0, 2**62, (1,)).item())
+    before = np.random.Generator(np.random.SFC64(seed)).integers(0, 1 << 16, 4099, dtype=np.uint16) < drop.threshold
+    torch.manual_seed(11)
+    assert torch.equal(drop(torch.ones(4099)) == 0, torch.from_numpy(before))
