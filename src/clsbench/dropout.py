@@ -4,14 +4,15 @@ torch's CPU dropout draws each element's Bernoulli variable from one serial Mers
 large share of a LoRA training step on a CPU (docs/throughput.md, "Where a head training step goes",
 measured with ``benchmarks/profile_train.py``). :class:`NumpyDropout` draws the same distribution
 (each element kept with probability 1 - p, kept ones scaled by 1 / (1 - p)) from 16-bit integers of
-NumPy's SFC64 generator (its raw 64-bit words read as four 16-bit draws: the numbers NumPy's
-``Generator.integers(0, 2**16, dtype=uint16)`` gives, which earlier versions drew, so a seed gives
-the masks it gave before), seeded from torch's generator on each call, so a seed (transformers'
-``set_seed``) reproduces a run and a checkpoint's saved torch RNG state continues it. p is applied at a resolution of 2^-16 (0.05 -> 0.0500031) and
-the scale uses that p, so the expectation is unchanged. The kept/dropped mask of a bf16, fp16 or
-fp32 input is written by NumPy as the bit patterns of 1.0 and 0.0 in the input's dtype and viewed as
-that dtype without a copy (a bool tensor converted by torch cost as much as drawing the numbers:
-``benchmarks/dropout_cpu.py``).
+NumPy's SFC64 generator, seeded from torch's generator on each call, so a seed (transformers'
+``set_seed``) reproduces a run and a checkpoint's saved torch RNG state continues it. p is applied at
+a resolution of 2^-16 (0.05 -> 0.0500031) and the scale uses that p, so the expectation is unchanged.
+
+The draws are the generator's raw 64-bit words read as four 16-bit integers: the numbers
+``Generator.integers(0, 2**16, dtype=uint16)`` gives, which earlier versions drew, so a seed drops
+what it dropped before. The mask of a bf16, fp16 or fp32 input is written by NumPy as the bits of 1.0
+and 0.0 in that dtype and viewed as a tensor without a copy: torch's conversion of a bool mask cost nearly as
+much as drawing the numbers (``benchmarks/dropout_cpu.py``, docs/throughput.md).
 """
 from __future__ import annotations
 
