@@ -11,8 +11,8 @@ a resolution of 2^-16 (0.05 -> 0.0500031) and the scale uses that p, so the expe
 The draws are the generator's raw 64-bit words read as four 16-bit integers: the numbers
 ``Generator.integers(0, 2**16, dtype=uint16)`` gives, which earlier versions drew, so a seed drops
 what it dropped before. The mask of a bf16, fp16 or fp32 input is written by NumPy as the bits of 1.0
-and 0.0 in that dtype and viewed as a tensor without a copy: torch's conversion of a bool mask cost nearly as
-much as drawing the numbers (``benchmarks/dropout_cpu.py``, docs/throughput.md).
+and 0.0 in that dtype and viewed as a tensor without a copy: torch's conversion of a bool mask cost
+nearly as much as drawing the numbers (``benchmarks/dropout_cpu.py``, docs/throughput.md).
 """
 from __future__ import annotations
 
