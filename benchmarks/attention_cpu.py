@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 
 import torch
+from throughput import milliseconds_per_call
 
 
 def sdpa(q, k, v, mask):
@@ -35,16 +36,6 @@ def milliseconds(attention, batch: int, length: int, backward: bool, heads: int 
             out.sum().backward()
 
     return milliseconds_per_call(call)
-
-
-def milliseconds_per_call(fn, min_run_time: float = 1.0) -> float:
-    """Median milliseconds of ``fn()`` on this process's threads, after a warm-up call
-    (torch.utils.benchmark's blocked autorange, as benchmarks/throughput.py times its matmul peak)."""
-    from torch.utils.benchmark import Timer
-
-    fn()
-    timer = Timer("fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
-    return timer.blocked_autorange(min_run_time=min_run_time).median * 1e3
 
 
 def main() -> None:

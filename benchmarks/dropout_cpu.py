@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 
 import torch
-from attention_cpu import milliseconds_per_call
+from throughput import milliseconds_per_call
 
 from clsbench.dropout import NumpyDropout
 

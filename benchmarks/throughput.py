@@ -80,12 +80,22 @@ def settings(name: str, approach: str, cuda: bool, ours_batch: int | None, ours_
             "modes": ["score", "generate"] if approach == "instruct" else ["classifier"]}
 
 
-def matmul_peak(dtype_name: str, device: str, n: int = 2048) -> float:
-    """Achieved FLOP/s of an n × n matrix product in ``dtype_name`` (torch.utils.benchmark, which
-    synchronises CUDA): the machine's practical dense peak, against which the model FLOP/s of each
-    measurement can be read (on a GPU MFU uses the data-sheet peak)."""
+def milliseconds_per_call(fn, min_run_time: float = 1.0) -> float:
+    """Median milliseconds of ``fn()`` on this process's threads, after a warm-up call
+    (torch.utils.benchmark's blocked autorange, which synchronises CUDA)."""
     import torch
     from torch.utils.benchmark import Timer
+
+    fn()
+    timer = Timer("fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
+    return timer.blocked_autorange(min_run_time=min_run_time).median * 1e3
+
+
+def matmul_peak(dtype_name: str, device: str, n: int = 2048) -> float:
+    """Achieved FLOP/s of an n × n matrix product in ``dtype_name``: the machine's practical dense
+    peak, against which the model FLOP/s of each measurement can be read (on a GPU MFU uses the
+    data-sheet peak)."""
+    import torch
 
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
     from clsbench.runtime import native_bf16
@@ -93,9 +103,7 @@ def matmul_peak(dtype_name: str, device: str, n: int = 2048) -> float:
     if device == "cpu" and dtype_name == "bf16" and not native_bf16():
         n = 256  # emulated bf16 (AVX2): one 2048 product takes about a minute; the rate per FLOP is the same
     a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
-    seconds = Timer("torch.mm(a, b)", globals={"torch": torch, "a": a, "b": b},
-                    num_threads=torch.get_num_threads()).blocked_autorange(min_run_time=1).median
-    return 2 * n ** 3 / seconds
+    return 2 * n ** 3 / (milliseconds_per_call(lambda: torch.mm(a, b)) / 1e3)
 
 
 def default_hparams(approach: str) -> dict:
