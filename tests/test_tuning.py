@@ -9,9 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import REPO
+from conftest import REPO, TINY_HEAD_HP
 
 from clsbench import UserError, grid, tuning
+from clsbench.layout import CHECKPOINTS
 
 
 def default_config(**tune):
@@ -50,6 +51,9 @@ def test_trials_are_the_configured_point_then_the_same_seeded_draws_for_every_co
      r"^tune.metric: 'subset_accuracy' needs multi-label data; use f1_micro or f1_macro"),
     (lambda c: c["approaches"]["encoder"].update(tune={"trials": 3, "space": {"learning_rate": [1.0e-4]}}),
      r"^approaches.encoder.tune.space.learning_rate: one point \(\[0.0001\]\) leaves nothing to tune"),
+    (lambda c: c["approaches"]["instruct"].update(tune={"trials": 3, "rung_epochs": 3}),
+     r"^approaches.instruct.tune.rung_epochs: 3 is not fewer than the 3 epochs its trials train \(max_epochs\)"),
+    (lambda c: c.update(tune={"trials": 3, "rung_epochs": -1}), r"^tune.rung_epochs: -1 is less than the minimum of 0"),
     (lambda c: c["approaches"]["head"]["hparams"].update(patience=4),
      r"^approaches.head.hparams.patience: 4 epochs without improvement can never stop a run of max_epochs 3"),
 ])
@@ -129,14 +133,20 @@ def test_only_the_chosen_trial_with_the_same_seed_and_hyperparameters_is_reused(
     assert not (configuration / "s42/val").exists() and not (configuration / f"s42/{HPARAMS_FILE}").exists()
 
 
-@pytest.mark.e2e
-def test_a_tuned_grid_runs_its_trials_as_jobs_and_trains_its_cells_with_the_chosen_values(tmp_path):
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(TUNED_GRID))
+def run_grid(tmp_path, config):
+    """Snakemake on ``config`` in ``tmp_path``, to the end; the command and environment to run it again."""
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path),
            "--cores", "2", "--resources", "gpu=1"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     run = subprocess.run(cmd, capture_output=True, text=True, env=env)
     assert run.returncode == 0, run.stderr[-3000:]
+    return cmd, env
+
+
+@pytest.mark.e2e
+def test_a_tuned_grid_runs_its_trials_as_jobs_and_trains_its_cells_with_the_chosen_values(tmp_path):
+    cmd, env = run_grid(tmp_path, TUNED_GRID)
     configuration = tmp_path / "results/news/minilm-l6/encoder/r0"
     tuned = json.loads((configuration / "tuned.json").read_text())
     assert [t["trial"] for t in tuned["trials"]] == [0, 1] and tuned["selected_on"] == "validation"
@@ -157,6 +167,34 @@ def test_a_tuned_grid_runs_its_trials_as_jobs_and_trains_its_cells_with_the_chos
     assert f1["tuned"].str.contains(r"\(trial \d of 2\)").all() and (f1["tuning_seconds"] > 0).all()
     again = subprocess.run([*cmd, "-n"], capture_output=True, text=True, env=env)
     assert "Nothing to be done" in again.stdout + again.stderr  # trials and tuned.json are cached
+
+
+@pytest.mark.e2e
+def test_a_grid_tuned_with_a_rung_scores_its_trials_there_and_continues_the_chosen_one(tmp_path):
+    """tune.rung_epochs: 1 on encoder cells of 2 epochs: both trials stop after their first epoch and are
+    scored there; the tune step keeps only the chosen trial's checkpoint, and the first seed's cell
+    resumes from it and trains the second epoch; TF-IDF's trials (no epochs) run whole."""
+    encoder = {**TUNED_GRID["approaches"]["encoder"],
+               "hparams": {**TUNED_GRID["approaches"]["encoder"]["hparams"], "max_epochs": 2}}
+    config = {**TUNED_GRID, "tune": {"trials": 2, "rung_epochs": 1},
+              "approaches": {**TUNED_GRID["approaches"], "encoder": encoder}}
+    cmd, env = run_grid(tmp_path, config)
+    configuration = tmp_path / "results/news/minilm-l6/encoder/r0"
+    tuned = json.loads((configuration / "tuned.json").read_text())
+    chosen = tuned["chosen_trial"]
+    assert tuned["rung_epochs"] == 1 and all(t["stopped_at_rung"] and t["epochs"] == 1 for t in tuned["trials"])
+    assert [(configuration / f"tune/t{t}/s42" / CHECKPOINTS).is_dir() for t in (0, 1)] == [t == chosen for t in (0, 1)]
+    info = json.loads((configuration / "s42/train_info.json").read_text())
+    assert info["continued_trial"] == f"../tune/t{chosen}/s42" and info["resumed_from"].startswith("checkpoint-")
+    assert info["epochs_run"] == 2 and "reused_trial" not in info
+    assert "continuing" in (tmp_path / "results/logs/news/minilm-l6/encoder/r0/s42/train.log").read_text()
+    tfidf = json.loads((tmp_path / "results/news/tfidf/tfidf/r0/tuned.json").read_text())
+    assert tfidf["rung_epochs"] == 0
+    f1 = pd.read_csv(tmp_path / "reports/tables/f1.csv")
+    described = f1.loc[f1["approach"] == "encoder", "tuned"]
+    assert len(described) and described.str.contains(r"of 2, chosen after 1 epoch").all()
+    again = subprocess.run([*cmd, "-n"], capture_output=True, text=True, env=env)
+    assert "Nothing to be done" in again.stdout + again.stderr
 
 
 @pytest.mark.e2e
@@ -189,3 +227,54 @@ def test_the_fitted_sentence_approaches_tune_their_classifier_and_setfit_its_lea
                                                         "class_weights": ["none", "balanced"]}
     assert tuning.default_space("embed", {"C": 10.0, "class_weights": "none"}, False) == {
         "C": [0.1, 100.0], "class_weights": ["none", "balanced"]}
+
+
+def test_a_rung_applies_to_the_approaches_trained_over_epochs_only():
+    config = default_config(trials=3, rung_epochs=1)
+    grid.validated_cells(config)
+    assert {a: tuning.rung_epochs(config, a) for a in config["approaches"]} == {
+        "head": 1, "frozen": 1, "encoder": 1, "instruct": 1, "tfidf": 0, "zeroshot": 0}  # TF-IDF's trials run whole
+    assert tuning.rung_epochs(default_config(rung_epochs=1), "head") == 0  # no trials: no rung
+
+
+def train_cmd(model_json, data_dir, out_dir, hp, *extra):
+    return [sys.executable, "-m", "clsbench.cell", "train", "--approach", "head", "--model-json", str(model_json),
+            "--data-dir", str(data_dir), "--out-dir", str(out_dir), "--rank", "4", "--seed", "1", "--hparams",
+            json.dumps(hp), "--threads", "1", *extra]
+
+
+@pytest.mark.e2e
+def test_the_cell_that_continues_a_trial_stopped_at_its_rung_trains_what_the_whole_trial_would_have(
+        tmp_path, tiny_model, bbc_small):
+    """Successive halving's saving must not change what the chosen configuration trains: a trial stopped
+    after 1 of 3 epochs, continued by its configuration's first-seed cell from the rung's checkpoint,
+    ends with the adapter of an uninterrupted 3-epoch run, bit for bit, and the same validation curve.
+    Unquantised base, as tests/test_faults.py's resume test explains (bitsandbytes' CPU repacking)."""
+    from safetensors.numpy import load_file
+
+    hp = {**TINY_HEAD_HP, "quantization": "none", "max_epochs": 3, "patience": 3}
+    whole = subprocess.run(train_cmd(tiny_model, bbc_small, tmp_path / "whole", hp), capture_output=True, text=True)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    configuration = tmp_path / "results/news/tiny/head/r4"
+    trial, cell = configuration / "tune/t1/s1", configuration / "s1"
+    rung = subprocess.run(train_cmd(tiny_model, bbc_small, trial, hp, "--stop-after-epochs", "1"), capture_output=True,
+                          text=True)
+    assert rung.returncode == 0, rung.stderr[-3000:]
+    info = json.loads((trial / "train_info.json").read_text())
+    assert info["stopped_at_rung"] and info["epochs_run"] == 1 and not info["undertrained"]  # stopped by design
+    assert (trial / CHECKPOINTS).is_dir() and (trial / "adapter").is_dir()  # scored like any trial, and continuable
+    (configuration / tuning.TUNED_FILE).write_text(json.dumps({"chosen_trial": 1}))
+
+    continued = subprocess.run(train_cmd(tiny_model, bbc_small, cell, hp), capture_output=True, text=True)
+    assert continued.returncode == 0, continued.stderr[-3000:]
+    assert "continuing" in continued.stdout and "resuming from checkpoint-" in continued.stdout
+    info = json.loads((cell / "train_info.json").read_text())
+    assert info["continued_trial"] == "../tune/t1/s1" and info["resumed_from"].startswith("checkpoint-")
+    assert info["epochs_run"] == 3 and not info["stopped_at_rung"] and "reused_trial" not in info
+    a = load_file(tmp_path / "whole/adapter/adapter_model.safetensors")
+    b = load_file(cell / "adapter/adapter_model.safetensors")
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    evals = [[row["eval_loss"] for row in map(json.loads, (d / "train_log.jsonl").read_text().splitlines())
+              if "eval_f1_micro" in row] for d in (tmp_path / "whole", cell)]
+    assert len(evals[0]) == 3 and evals[0] == evals[1]
+    assert not (cell / CHECKPOINTS).exists() and (trial / CHECKPOINTS).is_dir()  # the trial can be continued again

@@ -13,7 +13,7 @@ import os
 import shutil
 from pathlib import Path
 
-from . import UserError, approaches, staging, tuning
+from . import UserError, approaches, layout, staging, tuning
 from .io import atomic_path, json_arg, read_json, run_cli, split_dir, write_json, write_train_record
 
 HPARAMS_FILE = "hparams.json"  # a cell's hyperparameters, as its steps got them (clsbench.apply reads them)
@@ -49,6 +49,25 @@ def copy_training(source: Path, out_dir: str | Path) -> dict:
     return info
 
 
+def continue_trial(trial: Path, out_dir: str | Path) -> str | None:
+    """Seed ``out_dir``'s checkpoints with those a tuning trial's rung left (:mod:`clsbench.tuning`), so
+    the cell's training resumes where the trial stopped instead of training its first epochs again.
+    Nothing when the cell has checkpoints of its own (a killed job resuming) or the trial left none
+    (an approach that keeps none, frozen: its cell trains from the start, the same run). Returns the
+    trial's folder relative to the cell, for ``train_info.json``'s ``continued_trial``."""
+    source, target = trial / layout.CHECKPOINTS, Path(out_dir) / layout.CHECKPOINTS
+    if not source.is_dir() or target.exists():
+        return None
+    with atomic_path(target, is_dir=True) as tmp:
+        shutil.copytree(source, tmp, dirs_exist_ok=True)
+        for state_file in Path(tmp).glob("checkpoint-*/trainer_state.json"):  # the best epoch's folder, in the cell
+            state = read_json(state_file)
+            if state.get("best_model_checkpoint"):
+                state["best_model_checkpoint"] = str(target / Path(state["best_model_checkpoint"]).name)
+                write_json(state_file, state)
+    return Path(os.path.relpath(trial.resolve(), Path(out_dir).resolve())).as_posix()
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Train, predict or fit one cell of any approach.")
     sub = parser.add_subparsers(dest="stage", required=True)
@@ -56,6 +75,9 @@ def main(argv: list[str] | None = None) -> None:
     stages["train"].add_argument("--model-json", required=True)
     stages["fit"].add_argument("--model-json", help="the model's model.json (fitted approaches that use a model)")
     stages["train"].add_argument("--rank", type=int, required=True)
+    stages["train"].add_argument("--stop-after-epochs", type=int,
+                                 help="a tuning trial's rung: stop after this many epochs of the full schedule, "
+                                 "keeping the checkpoint (clsbench.tuning)")
     stages["predict"].add_argument("--source", required=True,
                                    help="the cell's adapter/ (trained approaches), the model's model.json (prompting "
                                    "an untrained model) or the cell folder (a fitted cell)")
@@ -79,12 +101,19 @@ def main(argv: list[str] | None = None) -> None:
               "threads": args.threads}
     if args.stage == "train":
         trial = tuning.chosen_trial(args.out_dir)
-        if trial and trained_with(trial, args.hparams):  # the tuning trained this very cell already
+        same = trial is not None and trained_with(trial, args.hparams)  # the tuning trained this very cell
+        if same and not read_json(trial / "train_info.json").get("stopped_at_rung"):
             print(f"{args.out_dir}: reusing the training of {trial} (the chosen trial: same seed and hyperparameters)")
             info = copy_training(trial, args.out_dir)
         else:  # the trained model predicts what the predict step will ask for (one model load: clsbench.staging)
+            continued = continue_trial(trial, args.out_dir) if same else None
+            if continued:
+                print(f"{args.out_dir}: continuing {trial} (the chosen trial, stopped at its rung) from its checkpoint")
             info = call(function, model_json=args.model_json, rank=args.rank, **common,
-                        predict_after=staging.Stager(args.out_dir, args.hparams, args.data_dir))
+                        predict_after=staging.Stager(args.out_dir, args.hparams, args.data_dir),
+                        **({"stop_after_epochs": args.stop_after_epochs} if args.stop_after_epochs else {}))
+            if continued:
+                info = write_train_record(args.out_dir, {**info, "continued_trial": continued})
     elif args.stage == "predict":
         source = read_json(args.source)["path"] if args.source.endswith(".json") else args.source
         extra = {"splits": tuple(dict.fromkeys(args.splits)), **({"modes": tuple(args.modes)} if args.modes else {})}

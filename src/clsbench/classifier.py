@@ -240,13 +240,15 @@ def build_optimizer(model, h, steps: int, name: str, betas: tuple[float, float] 
 
 # ---------------------------------------------------------------- training (head, encoder)
 def fit(approach: str, model_json: str, data_dir: str, out_dir: str, rank: int, seed: int, h,
-        threads: int | None, build_model, kind: str, save, predict_after=None) -> dict:
+        threads: int | None, build_model, kind: str, save, predict_after=None,
+        stop_after_epochs: int | None = None) -> dict:
     """Train one cell with the HF ``Trainer`` through :mod:`clsbench.training`; ``h``: the approach's
     typed hyperparameters (:class:`ClassifierHparams` and :class:`clsbench.training.TrainerHparams`).
     ``build_model(info, kwargs, h, env, rank)``: the model to train (``kwargs``: its classification
     config); ``save(model, final, tok, info, kwargs, thresholds)``: write ``adapter/``; ``kind``: the
     throughput record's training kind (``train_lora`` or ``train_full``); ``predict_after``: a
-    :class:`clsbench.staging.Stager`, given the trained model's predictions."""
+    :class:`clsbench.staging.Stager`, given the trained model's predictions; ``stop_after_epochs``: a
+    tuning trial's rung (:func:`clsbench.training.rung_stop`)."""
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments, set_seed
 
     training.check_trainer_args(h, TrainingArguments, f"approaches.{approach}.hparams", own_optimizer=True)
@@ -285,7 +287,7 @@ def fit(approach: str, model_json: str, data_dir: str, out_dir: str, rank: int, 
                       processing_class=tok, data_collator=DataCollatorWithPadding(tok),
                       compute_metrics=compute_metrics, optimizers=optimizers,
                       compute_loss_func=weighted_loss(weights, multi) if weights is not None else None,
-                      callbacks=training.callbacks(h, out_dir, timer))
+                      callbacks=training.callbacks(h, out_dir, timer, stop_after_epochs))
     # Both losses (the model's sequence-classification loss, weighted_loss) are means over the
     # micro-batch and ignore the Trainer's num_items_in_batch: the Trainer must divide them by the
     # accumulation steps, or gradient accumulation sums the gradients (grad_accum x the loss and norm).

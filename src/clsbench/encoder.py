@@ -38,11 +38,11 @@ def save(model, final, tok, info: dict, kwargs: dict, thresholds: dict | None) -
 
 
 def train(model_json: str, data_dir: str, out_dir: str, rank: int, seed: int, hp: dict,
-          threads: int | None = None, predict_after=None) -> dict:
+          threads: int | None = None, predict_after=None, stop_after_epochs: int | None = None) -> dict:
     """Train one cell; writes ``adapter/`` (the model), ``train_log.jsonl`` and ``train_info.json``."""
     return classifier.fit("encoder", model_json, data_dir, out_dir, rank, seed, typed(EncoderHparams, hp, WHERE),
                           threads, build_model, kind="train_full", save=save,
-                          predict_after=predict_after)
+                          predict_after=predict_after, stop_after_epochs=stop_after_epochs)
 
 
 def predict(adapter_dir: str, data_dir: str, out_dir: str, hp: dict, threads: int | None = None,

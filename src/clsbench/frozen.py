@@ -86,13 +86,15 @@ def linear_head(model, head_module: str | list[str] | None = None):
 
 
 def train(model_json: str, data_dir: str, out_dir: str, rank: int, seed: int, hp: dict,
-          threads: int | None = None, predict_after=None) -> dict:
+          threads: int | None = None, predict_after=None, stop_after_epochs: int | None = None) -> dict:
     """The "LoRA is essential" ablation: only the classification layer learns, on the frozen (4-bit) LLM.
 
     The frozen base is deterministic (no dropout at eval), so each text's pooled hidden state is
     computed once and the head is trained on it with the head approach's settings (optimizer,
     linear schedule, batch size, early stopping on validation micro-F1, best epoch kept): the
     same model as training the head through the frozen LLM, without repeating its forward passes.
+    A tuning trial's rung (``stop_after_epochs``) ends the loop early and keeps no checkpoint: the cell
+    that continues the trial trains it again, which costs seconds.
     """
     import torch
     from transformers import get_scheduler, set_seed
@@ -138,7 +140,8 @@ def train(model_json: str, data_dir: str, out_dir: str, rank: int, seed: int, hp
     gen = torch.Generator().manual_seed(seed)
     history, best, best_weight, waited = [], -1.0, weight.detach().clone(), 0
     t1 = time.perf_counter()
-    for epoch in range(1, h.max_epochs + 1):
+    last_epoch = min(stop_after_epochs or h.max_epochs, h.max_epochs)  # a tuning trial's rung: the schedule stays
+    for epoch in range(1, last_epoch + 1):
         order = torch.randperm(len(feats["train"]), generator=gen)
         for step, start in enumerate(range(0, len(order), batch)):
             idx = order[start:start + batch]
@@ -161,14 +164,16 @@ def train(model_json: str, data_dir: str, out_dir: str, rank: int, seed: int, hp
             waited += 1
             if waited >= h.patience:
                 break
+    at_rung = epoch == last_epoch < h.max_epochs and waited < h.patience
     head_seconds = time.perf_counter() - t1
     extra = tuned_thresholds(h.threshold, multi, labels, lambda: probabilities(val_logits(best_weight), True), val_gold)
     layer.weight.data = best_weight.to(layer.weight.device, layer.weight.dtype)
     n_tokens = sum(map(len, encode(tok, list(splits["train"]["text"]), h.max_length, fit_chunk)[0]["input_ids"]))
     train_info = {
         "approach": "frozen", "rank": 0, "seed": seed, "trainable_params": int(trainable), "total_params": int(total),
-        "epochs_run": epoch, "best_epoch": best_epoch, "best_val_f1_micro": best,
-        "undertrained": bool(training_flags({"epochs_run": epoch, "best_epoch": best_epoch})),
+        "epochs_run": epoch, "best_epoch": best_epoch, "best_val_f1_micro": best, "stopped_at_rung": at_rung,
+        "undertrained": bool(training_flags({"epochs_run": epoch, "best_epoch": best_epoch,
+                                             "stopped_at_rung": at_rung})),
         "train_wall_seconds": feature_seconds + head_seconds, "feature_seconds": feature_seconds,
         "train_samples_per_second": len(feats["train"]) * epoch / (feature_seconds + head_seconds),
         "train_tokens_per_second": n_tokens / feature_seconds,

@@ -49,11 +49,11 @@ def save(model, final, tok, info: dict, kwargs: dict, thresholds: dict | None) -
 
 
 def train(model_json: str, data_dir: str, out_dir: str, rank: int, seed: int, hp: dict,
-          threads: int | None = None, predict_after=None) -> dict:
+          threads: int | None = None, predict_after=None, stop_after_epochs: int | None = None) -> dict:
     """Train one cell; writes ``adapter/``, ``train_log.jsonl`` and ``train_info.json`` into ``out_dir``."""
     return classifier.fit("head", model_json, data_dir, out_dir, rank, seed, typed(HeadHparams, hp, WHERE), threads,
                           build_model, kind="train_lora", save=save,
-                          predict_after=predict_after)
+                          predict_after=predict_after, stop_after_epochs=stop_after_epochs)
 
 
 def predict(adapter_dir: str, data_dir: str, out_dir: str, hp: dict, threads: int | None = None,

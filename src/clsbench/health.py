@@ -99,9 +99,10 @@ def tfidf_flag(f1_micro: float | None, tfidf_f1_micro: float | None) -> dict | N
 
 
 def training_flags(info: dict) -> list[dict]:
-    """``undertrained`` where the best validation epoch was the last one trained."""
+    """``undertrained`` where the best validation epoch was the last one trained (not where a tuning
+    trial's rung stopped it by design: the cell that continues it is judged)."""
     run, best = info.get("epochs_run"), info.get("best_epoch")
-    if not run or not best or best < run:
+    if not run or not best or best < run or info.get("stopped_at_rung"):
         return []
     return [{"flag": "undertrained", "detail": f"best validation epoch is its last ({best} of {run})",
              "cause": "still improving when the budget ended: raise max_epochs"}]

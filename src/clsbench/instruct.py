@@ -159,9 +159,10 @@ def _scored_sft_trainer():
 
 
 def train(model_json: str, data_dir: str, out_dir: str, rank: int, seed: int, hp: dict,
-          threads: int | None = None, predict_after=None) -> dict:
+          threads: int | None = None, predict_after=None, stop_after_epochs: int | None = None) -> dict:
     """Instruction-tune one cell; writes ``adapter/``, ``train_log.jsonl``, ``train_info.json``;
-    ``predict_after``: a :class:`clsbench.staging.Stager`, given the trained model's predictions."""
+    ``predict_after``: a :class:`clsbench.staging.Stager`, given the trained model's predictions;
+    ``stop_after_epochs``: a tuning trial's rung (:func:`clsbench.training.rung_stop`)."""
     from peft import TaskType, get_peft_model, prepare_model_for_kbit_training
     from transformers import set_seed
     from trl import SFTConfig
@@ -204,7 +205,7 @@ def train(model_json: str, data_dir: str, out_dir: str, rank: int, seed: int, hp
     val_gold = indicator(splits["val"]["labels"], labels)
     trainer = ScoredSFTTrainer(
         model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds, processing_class=tok,
-        callbacks=training.callbacks(h, out_dir, timer),
+        callbacks=training.callbacks(h, out_dir, timer, stop_after_epochs),
         val_f1=lambda m: val_micro_f1(m, enc, val_rows, val_gold, h, plan["eval_batch_size"], env["device"]),
         share_prefix=h.share_prompt_prefix and not h.gradient_checkpointing)
     trained_dtypes = sorted({str(p.dtype).replace("torch.", "") for p in trainer.model.parameters() if p.requires_grad})

@@ -22,6 +22,7 @@ KEYS = "{dataset}/{model}/{approach}/r{rank}"
 CONFIGURATION = f"{RESULTS}/{KEYS}"
 CELL = f"{CONFIGURATION}/s{{seed}}"
 TRIAL = f"{CONFIGURATION}/tune/t{{trial}}/s{{seed}}"
+CHECKPOINTS = "checkpoints"  # <cell or trial>/checkpoints: epoch checkpoints a killed job, or a cell continuing a trial, resumes from
 LOG, BENCH = f"{RESULTS}/logs/{KEYS}/s{{seed}}", f"{RESULTS}/benchmarks/{KEYS}/s{{seed}}"
 TRIAL_LOG = f"{RESULTS}/logs/{KEYS}/tune/t{{trial}}/s{{seed}}"
 TRIAL_BENCH = f"{RESULTS}/benchmarks/{KEYS}/tune/t{{trial}}/s{{seed}}"

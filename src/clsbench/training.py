@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import batching, health, runtime, throughput
+from . import batching, health, layout, runtime, throughput
 from .faults import resume_point
 from .hparams import REQUIRED, param
 from .io import read_json, write_jsonl, write_train_record
@@ -87,7 +87,7 @@ def check_trainer_args(h: TrainerHparams, cls, where: str, own_optimizer: bool =
             raise UserError(f"{where}.trainer_args.{key}: set by clsbench's training runner (early stopping on "
                             "validation micro-F1, one checkpoint per epoch, its own optimizer); not configurable")
 
-CHECKPOINTS = "checkpoints"  # <cell>/checkpoints: epoch checkpoints a killed job resumes from
+CHECKPOINTS = layout.CHECKPOINTS
 
 
 def plan(h: EpochHparams, out_dir: Path) -> dict:
@@ -124,13 +124,36 @@ def arguments(cls, h: TrainerHparams, plan: dict, env: dict, seed: int, out_dir:
     return cls(**{**args, **approach_args, **h.trainer_args})
 
 
-def callbacks(h: EpochHparams, out_dir: Path, timer) -> list:
+def callbacks(h: EpochHparams, out_dir: Path, timer, stop_after_epochs: int | None = None) -> list:
     """Early stopping (``patience`` epochs without a better validation micro-F1), the evaluation
-    timer, the non-finite loss stop and the progress lines."""
+    timer, the non-finite loss stop and the progress lines; with ``stop_after_epochs``, the stop of a
+    tuning trial at its rung (:func:`rung_stop`)."""
     from transformers import EarlyStoppingCallback
 
+    rung = [rung_stop(stop_after_epochs)] if stop_after_epochs else []
     return [EarlyStoppingCallback(early_stopping_patience=h.patience), timer, runtime.finite_loss_guard(out_dir),
-            trainer_progress()]
+            trainer_progress(), *rung]
+
+
+def rung_stop(epochs: int):
+    """Trainer callback: stop after ``epochs`` epochs of the full schedule (a tuning trial's rung,
+    :mod:`clsbench.tuning`). That epoch is still evaluated and checkpointed, so the cell that continues
+    the trial resumes from it; ``.fired`` says whether it stopped the run."""
+    from transformers import TrainerCallback
+
+    class _RungStop(TrainerCallback):
+        rung_epochs, fired = epochs, False
+
+        def on_epoch_end(self, args, state, control, **kw):
+            if round(state.epoch) >= epochs and not control.should_training_stop:
+                control.should_training_stop = self.fired = True
+
+    return _RungStop()
+
+
+def rung_of(trainer):
+    """The trainer's rung stop (:func:`rung_stop`), or None."""
+    return next((cb for cb in trainer.callback_handler.callbacks if hasattr(cb, "rung_epochs")), None)
 
 
 def run(trainer, out_dir: Path, plan: dict, h: EpochHparams, env: dict, key: dict, timer) -> dict:
@@ -145,6 +168,10 @@ def run(trainer, out_dir: Path, plan: dict, h: EpochHparams, env: dict, key: dic
         torch.cuda.reset_peak_memory_stats()
     last = resume_point(trainer.args.output_dir, key)
     resumed_epochs = round(read_json(Path(last) / "trainer_state.json")["epoch"]) if last else 0
+    rung = rung_of(trainer)
+    if rung and resumed_epochs >= rung.rung_epochs:  # a rung trial killed after its last checkpoint: the Trainer
+        shutil.rmtree(trainer.args.output_dir)  # would take a step past it before stopping, so train it again
+        last, resumed_epochs = resume_point(trainer.args.output_dir, key), 0
     if last:
         print(f"cell {out_dir}: resuming from {Path(last).name} (epoch {resumed_epochs} done)", flush=True)
     print(f"cell {out_dir}: {batching.describe(plan)}", flush=True)
@@ -160,9 +187,12 @@ def run(trainer, out_dir: Path, plan: dict, h: EpochHparams, env: dict, key: dic
     evals = [h for h in history if "eval_f1_micro" in h]
     best = max(evals, key=lambda h: h["eval_f1_micro"]) if evals else {}
     epochs_run, best_epoch = round(trainer.state.epoch or 0), round(best.get("epoch", 0))
+    at_rung = bool(rung and rung.fired) and epochs_run < h.max_epochs
     return {
         "epochs_run": epochs_run, "best_epoch": best_epoch, "best_val_f1_micro": best.get("eval_f1_micro"),
-        "undertrained": bool(health.training_flags({"epochs_run": epochs_run, "best_epoch": best_epoch})),
+        "stopped_at_rung": at_rung,
+        "undertrained": bool(health.training_flags({"epochs_run": epochs_run, "best_epoch": best_epoch,
+                                                    "stopped_at_rung": at_rung})),
         "epochs_this_run": epochs_run - resumed_epochs,  # what this process trained (throughput)
         "train_wall_seconds": wall, "eval_seconds_during_training": timer.eval_seconds,
         "train_loss": result.training_loss, "resumed_from": Path(last).name if last else None,
@@ -177,7 +207,8 @@ def run(trainer, out_dir: Path, plan: dict, h: EpochHparams, env: dict, key: dic
 def finish(out_dir: Path, info: dict, trainer, h: TrainerHparams, env: dict, plan: dict, seed: int, kind: str,
            save) -> dict:
     """Record throughput (samples/s, tokens/s, padding, peak memory, model FLOPs / MFU: clsbench.throughput),
-    write train_log.jsonl and train_info.json, ``save(out_dir / "adapter")``, drop the checkpoints."""
+    write train_log.jsonl and train_info.json, ``save(out_dir / "adapter")``, drop the checkpoints
+    (kept where a rung stopped the run: the cell that continues the trial resumes from them)."""
     epochs = info.pop("epochs_this_run")
     info.update(throughput.write_train(
         out_dir, lengths=[len(ids) for ids in trainer.train_dataset["input_ids"]],
@@ -187,5 +218,6 @@ def finish(out_dir: Path, info: dict, trainer, h: TrainerHparams, env: dict, pla
     write_jsonl(out_dir / "train_log.jsonl", trainer.state.log_history)
     write_train_record(out_dir, info)
     save(out_dir / "adapter")
-    shutil.rmtree(Path(out_dir) / CHECKPOINTS, ignore_errors=True)  # outputs complete: nothing left to resume
+    if not info["stopped_at_rung"]:  # outputs complete: nothing left to resume (a rung's checkpoint is continued)
+        shutil.rmtree(Path(out_dir) / CHECKPOINTS, ignore_errors=True)
     return info

@@ -14,6 +14,17 @@ thresholds tuned on validation is scored with cross-fitted thresholds. ``tuned.j
 configuration's seeds records every trial, the chosen values and the trials' training time; the
 final cells (every seed) train with the chosen values. ``trials: 0`` keeps the configured values.
 
+Successive halving with one rung (``rung_epochs: K``, default 0: off): every trial of an approach
+trained over epochs stops after K epochs of its full schedule (the learning-rate schedule of
+``max_epochs``, not one of K epochs) and is scored on validation there; the trial chosen at the rung
+keeps its checkpoint, and the configuration's first-seed cell, which has the trial's seed and
+values, resumes from it and trains on to the end with early stopping, as the trial would have. A
+configuration of N trials and E epochs then trains N*K + (E - K) epochs instead of N*E (3 trials of
+3 epochs, K = 1: 5 instead of 9). The price is the known bias of a short horizon: a trial is chosen
+by its validation figure after K epochs, which favours values that learn fast (high learning
+rates). Fitted approaches have no epochs: their trials run whole. Checkpoints of the trials not
+chosen are removed by the tune step.
+
 Search space (``tune.space`` replaces it; a pair of numbers is a log-uniform range, any other list a
 choice): learning rates from a quarter to four times the configured value; for head, frozen and
 encoder also ``class_weights`` (none / balanced) and, on multi-label data, ``threshold`` (0.5 /
@@ -32,7 +43,7 @@ from . import UserError, approaches, health, layout
 from .io import json_arg, read_json, run_cli, write_json
 
 TUNABLE = tuple(approaches.names(stages="train") + approaches.names(stages="fit"))
-DEFAULTS = {"trials": 0, "metric": "f1_micro", "seed": 0}
+DEFAULTS = {"trials": 0, "metric": "f1_micro", "seed": 0, "rung_epochs": 0}
 METRICS = {"f1_micro": "both", "f1_macro": "both", "f1_weighted": "both", "accuracy": "single",
            "subset_accuracy": "multi"}
 TUNED_FILE = "tuned.json"  # results/<dataset>/<model>/<approach>/r<rank>/tuned.json
@@ -61,6 +72,13 @@ def default_space(approach: str, hp: dict, multi_label: bool) -> dict:
     elif fitted and "class_weights" in hp:
         space["class_weights"] = ["none", "balanced"]
     return space
+
+
+def rung_epochs(config: dict, approach: str) -> int:
+    """The epochs a trial of ``approach`` trains before it is scored (0: all of them): ``rung_epochs``
+    for an approach trained over epochs, 0 for a fitted one."""
+    tune = settings(config, approach)
+    return int(tune["rung_epochs"] or 0) if tune["trials"] and approaches.get(approach).epoch_trained else 0
 
 
 def space_of(config: dict, approach: str, hp: dict, multi_label: bool) -> dict:
@@ -104,13 +122,17 @@ def trials(config: dict, approach: str, hp: dict, multi_label: bool) -> list[dic
 
 
 def check(config: dict, approach: str, hp: dict, multi_label: bool, where: str) -> None:
-    """Bad tune blocks, one line each, before any job: one trial, a one-point space, a metric the
-    dataset's labels cannot give, a patience the epochs cannot reach."""
+    """Bad tune blocks, one line each, before any job: one trial, a rung at or past the last epoch, a
+    one-point space, a metric the dataset's labels cannot give."""
     tune = settings(config, approach)
     if tune["trials"] == 1:
         raise UserError(f"{where}.trials: 1 trial runs only the configured values; write 0 (no tuning) or 2 or more")
     if tune["trials"] == 0:
         return
+    rung = rung_epochs(config, approach)
+    if rung and rung >= hp.get("max_epochs", 0):
+        raise UserError(f"{where}.rung_epochs: {rung} is not fewer than the {hp.get('max_epochs')} epochs its trials "
+                        f"train (max_epochs), so nothing is saved; write fewer, or 0 to train every trial whole")
     kind = METRICS[tune["metric"]]
     if kind != "both" and (kind == "multi") != multi_label:
         raise UserError(f"{where}.metric: '{tune['metric']}' needs {kind}-label data; use f1_micro or f1_macro")
@@ -153,10 +175,13 @@ def select(trial_dirs: list[Path], overrides: list[dict], metric: str, labels_js
         rows.append({"trial": i, "hparams": override, "value": score(folder / "val", info, metric, meta["labels"],
                                                                      meta["multi_label"]),
                      "degenerate": health.is_degenerate(flags), "flags": health.names(flags),
-                     "train_seconds": info.get("train_wall_seconds")})
+                     "train_seconds": info.get("train_wall_seconds"), "epochs": info.get("epochs_run"),
+                     "stopped_at_rung": bool(info.get("stopped_at_rung"))})
     sound = [r for r in rows if not r["degenerate"]] or rows
     best = max(sound, key=lambda r: (r["value"], -r["trial"]))
-    return {"metric": metric, "selected_on": "validation", "chosen_trial": best["trial"], "hparams": best["hparams"],
+    rung = max((r["epochs"] or 0 for r in rows if r["stopped_at_rung"]), default=0)
+    return {"metric": metric, "selected_on": "validation", "rung_epochs": rung,
+            "chosen_trial": best["trial"], "hparams": best["hparams"],
             "value": best["value"], "configured_value": rows[0]["value"],
             "tuning_seconds": float(sum(r["train_seconds"] or 0.0 for r in rows)), "trials": rows}
 
@@ -174,10 +199,20 @@ def chosen_trial(cell_dir: str | Path) -> Path | None:
     return results.parent / cell.trial(read_json(tuned_file)["chosen_trial"])
 
 
+def drop_unchosen_checkpoints(trial_dirs: list[Path], chosen: int) -> None:
+    """Remove the rung checkpoints of the trials not chosen: nothing will continue them."""
+    import shutil
+
+    for i, folder in enumerate(trial_dirs):
+        if i != chosen:
+            shutil.rmtree(Path(folder) / layout.CHECKPOINTS, ignore_errors=True)
+
+
 def describe(tuned: dict) -> str:
     """``learning_rate=0.0003, class_weights=balanced (trial 3 of 8)``: the tables' Tuned column."""
     values = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in tuned["hparams"].items())
-    return f"{values or 'as configured'} (trial {tuned['chosen_trial']} of {len(tuned['trials'])})"
+    rung = f", chosen after {tuned['rung_epochs']} epoch(s)" if tuned.get("rung_epochs") else ""
+    return f"{values or 'as configured'} (trial {tuned['chosen_trial']} of {len(tuned['trials'])}{rung})"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -190,6 +225,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     tuned = select([Path(d) for d in args.trial_dirs], args.trials, args.metric, Path(args.labels))
     write_json(args.out, tuned)
+    drop_unchosen_checkpoints([Path(d) for d in args.trial_dirs], tuned["chosen_trial"])
     print(f"{args.out}: {describe(tuned)}; validation {tuned['metric']} {tuned['value']:.3f} "
           f"(configured {tuned['configured_value']:.3f}); trials trained for {tuned['tuning_seconds']:.0f} s")
 

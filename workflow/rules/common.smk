@@ -143,6 +143,12 @@ def trial_hparams_json(wildcards):
     return as_json({**hp, **trial_overrides(wildcards)[int(wildcards.trial)]})
 
 
+def rung_arg(wildcards):
+    """A trial's stop at its rung (tune.rung_epochs), as the train step's argument."""
+    rung = tuning.rung_epochs(config, wildcards.approach)
+    return f" --stop-after-epochs {rung}" if rung else ""
+
+
 def trial_seed(wildcards):
     """Trials train with the configuration's first seed."""
     return next(

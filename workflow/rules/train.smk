@@ -30,10 +30,11 @@ rule train:
     params:
         hparams=hparams_json,
         out_dir=lambda wc, output: Path(output.info).parent,
+        rung="",
     shell:
         "python -m clsbench.cell train --approach {wildcards.approach} --model-json {input.model} "
         "--data-dir results/data/{wildcards.dataset} --out-dir {params.out_dir} --rank {wildcards.rank} "
-        "--seed {wildcards.seed} --hparams {params.hparams:q} --threads {threads} > {log} 2>&1"
+        "--seed {wildcards.seed} --hparams {params.hparams:q} --threads {threads}{params.rung} > {log} 2>&1"
 
 
 rule fit:

@@ -1,7 +1,7 @@
 # Equal-effort tuning (clsbench.tuning): each trial of a configuration is a cell of its own under
 # results/<dataset>/<model>/<approach>/r<rank>/tune/t<trial>/s<seed>, trained with the trial's
-# hyperparameters and scored on validation only; the tune checkpoint writes tuned.json, with which
-# the configuration's cells (every seed) are then trained.
+# hyperparameters and scored on validation only (after tune.rung_epochs epochs where set); the tune
+# checkpoint writes tuned.json, with which the configuration's cells (every seed) are then trained.
 
 
 use rule train as train_trial with:
@@ -19,6 +19,7 @@ use rule train as train_trial with:
     params:
         hparams=trial_hparams_json,
         out_dir=lambda wc, output: Path(output.info).parent,
+        rung=rung_arg,
 
 
 use rule fit as fit_trial with:
