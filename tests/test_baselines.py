@@ -50,6 +50,23 @@ def test_frozen_head_trains_only_the_score_layer(tmp_path, tiny_model, bbc_small
                                   pd.read_parquet(tmp_path / "alone" / "val" / "predictions.parquet"))
 
 
+def test_a_frozen_trial_cut_at_its_rung_is_the_first_epochs_of_the_whole_run(tmp_path, tiny_model, bbc_small):
+    """Successive halving (clsbench.tuning) on the frozen ablation: the rung ends the loop, not the
+    schedule, so its epochs are those of the whole run; it is not flagged undertrained."""
+    hp = {**TINY_FROZEN_HP, "max_epochs": 3, "patience": 3}
+    whole = frozen.train(str(tiny_model), str(bbc_small), str(tmp_path / "whole"), rank=0, seed=1, hp=hp, threads=2)
+    cut = frozen.train(str(tiny_model), str(bbc_small), str(tmp_path / "cut"), rank=0, seed=1, hp=hp, threads=2,
+                       stop_after_epochs=1)
+    assert (whole["epochs_run"], whole["stopped_at_rung"]) == (3, False)
+    assert (cut["epochs_run"], cut["stopped_at_rung"], cut["undertrained"]) == (1, True, False)
+
+    def log(folder):
+        return [json.loads(line) for line in (tmp_path / folder / "train_log.jsonl").read_text().splitlines()]
+
+    first_epoch = [row for row in log("whole") if row["epoch"] <= 1]
+    assert log("cut") == first_epoch and any("eval_f1_micro" in row for row in first_epoch)
+
+
 def test_frozen_features_are_the_pooled_last_token(tiny_model, bbc_small):
     """The cached features times the head's weights give the classifier's own logits."""
     env = runtime.device_setup(2, "fp32")
