@@ -2,6 +2,7 @@
 blocks refused before any job, and a real snakemake run whose cells train with the chosen values."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -278,3 +279,29 @@ def test_the_cell_that_continues_a_trial_stopped_at_its_rung_trains_what_the_who
               if "eval_f1_micro" in row] for d in (tmp_path / "whole", cell)]
     assert len(evals[0]) == 3 and evals[0] == evals[1]
     assert not (cell / CHECKPOINTS).exists() and (trial / CHECKPOINTS).is_dir()  # the trial can be continued again
+
+
+@pytest.mark.e2e
+def test_a_trial_killed_after_its_rung_checkpoint_trains_its_rung_again_not_a_step_past_it(
+        tmp_path, tiny_model, bbc_small):
+    """The rung's checkpoint is there but the trial's outputs are not (a kill while they were written):
+    the Trainer would resume and take a step of the next epoch before any stop, so the rerun trains the
+    rung again from the start and ends with the same adapter."""
+    from safetensors.numpy import load_file
+
+    hp = {**TINY_HEAD_HP, "quantization": "none", "max_epochs": 3, "patience": 3}
+    trial = tmp_path / "results/news/tiny/head/r4/tune/t1/s1"
+    cmd = train_cmd(tiny_model, bbc_small, trial, hp, "--stop-after-epochs", "1")
+    first = subprocess.run(cmd, capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr[-3000:]
+    adapter = load_file(trial / "adapter/adapter_model.safetensors")
+    for name in ("adapter", "train_info.json", "train_log.jsonl"):
+        path = trial / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    rerun = subprocess.run(cmd, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "resuming from" not in rerun.stdout
+    info = json.loads((trial / "train_info.json").read_text())
+    assert (info["epochs_run"], info["stopped_at_rung"], info["resumed_from"]) == (1, True, None)
+    again = load_file(trial / "adapter/adapter_model.safetensors")
+    assert adapter.keys() == again.keys() and all(np.array_equal(adapter[k], again[k]) for k in adapter)

@@ -87,9 +87,6 @@ def check_trainer_args(h: TrainerHparams, cls, where: str, own_optimizer: bool =
             raise UserError(f"{where}.trainer_args.{key}: set by clsbench's training runner (early stopping on "
                             "validation micro-F1, one checkpoint per epoch, its own optimizer); not configurable")
 
-CHECKPOINTS = layout.CHECKPOINTS
-
-
 def plan(h: EpochHparams, out_dir: Path) -> dict:
     """Batch sizes of this attempt (smaller micro-batches after an out-of-memory failure)."""
     return batching.batch_plan(h, out_dir, "train")
@@ -110,7 +107,7 @@ def arguments(cls, h: TrainerHparams, plan: dict, env: dict, seed: int, out_dir:
     import torch
 
     args = dict(
-        output_dir=str(Path(out_dir) / CHECKPOINTS), per_device_train_batch_size=plan["batch_size"],
+        output_dir=str(Path(out_dir) / layout.CHECKPOINTS), per_device_train_batch_size=plan["batch_size"],
         per_device_eval_batch_size=plan["eval_batch_size"], gradient_accumulation_steps=plan["grad_accum"],
         num_train_epochs=h.max_epochs, learning_rate=h.learning_rate, weight_decay=h.weight_decay,
         lr_scheduler_type=h.lr_scheduler, warmup_steps=h.warmup_ratio, optim=optim,  # a float < 1: a ratio
@@ -219,5 +216,5 @@ def finish(out_dir: Path, info: dict, trainer, h: TrainerHparams, env: dict, pla
     write_train_record(out_dir, info)
     save(out_dir / "adapter")
     if not info["stopped_at_rung"]:  # outputs complete: nothing left to resume (a rung's checkpoint is continued)
-        shutil.rmtree(Path(out_dir) / CHECKPOINTS, ignore_errors=True)
+        shutil.rmtree(Path(out_dir) / layout.CHECKPOINTS, ignore_errors=True)
     return info
