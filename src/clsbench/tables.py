@@ -195,7 +195,8 @@ def render(metric_files: list[str | Path], out_csv: str | Path, out_md: str | Pa
                        "and the share of test texts its length limit cut beyond the dataset's own cut: an "
                        "approach that reads less of the text than another is marked here. 'Tuned on validation': "
                        "the values its configuration's tuning trials chose (f1.csv's tuning_seconds: the trials' "
-                       "training time).\n\n"
+                       "training time; 'chosen after K epoch(s)': the trials were cut there and the first seed's "
+                       "cell continued the chosen one).\n\n"
                        + uncertainty_layout(df).to_markdown(index=False, disable_numparse=True) + "\n")
     return df
 
