@@ -31,6 +31,11 @@ def trained_with(cell_dir: Path, hp: dict) -> bool:
     return done and read_json(cell_dir / HPARAMS_FILE) == hp
 
 
+def trial_from_cell(trial: Path, out_dir: str | Path) -> str:
+    """A trial's folder relative to the cell that took its training over (the run can move)."""
+    return Path(os.path.relpath(trial.resolve(), Path(out_dir).resolve())).as_posix()
+
+
 def copy_training(source: Path, out_dir: str | Path) -> dict:
     """A trained cell's training (adapter/, train log, train_info.json with ``reused_trial``) copied into
     ``out_dir``, each file atomically; its validation predictions stay behind (the predict step makes them)."""
@@ -44,7 +49,7 @@ def copy_training(source: Path, out_dir: str | Path) -> dict:
             else:
                 shutil.copyfile(item, tmp)
     info = {**read_json(source / "train_info.json"),  # where from, relative to the cell (it moves with its run)
-            "reused_trial": Path(os.path.relpath(source.resolve(), out_dir.resolve())).as_posix()}
+            "reused_trial": trial_from_cell(source, out_dir)}
     write_train_record(out_dir, info)
     return info
 
@@ -65,7 +70,7 @@ def continue_trial(trial: Path, out_dir: str | Path) -> str | None:
             if state.get("best_model_checkpoint"):
                 state["best_model_checkpoint"] = str(target / Path(state["best_model_checkpoint"]).name)
                 write_json(state_file, state)
-    return Path(os.path.relpath(trial.resolve(), Path(out_dir).resolve())).as_posix()
+    return trial_from_cell(trial, out_dir)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -35,6 +35,7 @@ regularisation ``C`` (0.1 to 100), and ``class_weights`` where the approach has 
 from __future__ import annotations
 
 import argparse
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -201,8 +202,6 @@ def chosen_trial(cell_dir: str | Path) -> Path | None:
 
 def drop_unchosen_checkpoints(trial_dirs: list[Path], chosen: int) -> None:
     """Remove the rung checkpoints of the trials not chosen: nothing will continue them."""
-    import shutil
-
     for i, folder in enumerate(trial_dirs):
         if i != chosen:
             shutil.rmtree(Path(folder) / layout.CHECKPOINTS, ignore_errors=True)
