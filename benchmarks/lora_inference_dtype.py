@@ -26,7 +26,7 @@ import pandas as pd
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from clsbench import adapters, head, instruct  # noqa: E402
+from clsbench import adapters, head, instruct, layout  # noqa: E402
 
 
 def predict(cell: Path, lora_dtype: str) -> dict:
@@ -44,11 +44,12 @@ def predict(cell: Path, lora_dtype: str) -> dict:
         return model
 
     hp = json.loads((cell / "hparams.json").read_text())
-    data = cell.parents[4] / "data" / cell.parts[-5]
+    keys, results = layout.Cell.at(cell)
+    data = keys.data_dir(results)
     out = Path(tempfile.mkdtemp(prefix="lora-dtype-"))
     adapters.load_peft = load_cast
     try:
-        if "instruct" in cell.parts:
+        if keys.approach == "instruct":
             instruct.predict(str(cell / "adapter"), str(data), str(out), hp, 2, ("test",), ("score",))
         else:
             head.predict(str(cell / "adapter"), str(data), str(out), hp, 2, ("test",))
