@@ -31,13 +31,12 @@ def main() -> None:
     import torch
     from transformers import pipeline
 
-    from clsbench import apply, export
+    from clsbench import apply, export, layout
     from clsbench.io import read_json
 
     cell = Path(args.cell)
     torch.set_num_threads(args.threads)
-    keys = apply.parse_cell(cell)
-    data_dir = cell.parents[4] / "data" / keys["dataset"]
+    data_dir = layout.data_dir_of(cell)
     labels = read_json(data_dir / "labels.json")["labels"]
     cached = pd.read_parquet(cell / "predictions.parquet")
     test = pd.read_parquet(data_dir / "test.parquet").set_index("id").loc[cached["id"]].reset_index()

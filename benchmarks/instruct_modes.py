@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from clsbench import grid, instruct
+from clsbench import grid, instruct, layout
 from clsbench.io import read_json
 from clsbench.metrics import evaluate
 
@@ -30,12 +30,13 @@ def main() -> None:
     parser.add_argument("--eval-batch-size", type=int, help="inference batch (default: the config's)")
     args = parser.parse_args()
     cell = Path(args.cell)
-    dataset, model, approach = cell.parts[-5], cell.parts[-4], cell.parts[-3]
-    hp = grid.hparams(grid.load_config(args.config), approach, model, dataset)
+    key, results = layout.Cell.at(cell)
+    approach = key.approach
+    hp = grid.hparams(grid.load_config(args.config), approach, key.model, key.dataset)
     if args.eval_batch_size:
         hp["eval_batch_size"] = args.eval_batch_size
-    source = cell / "adapter" if approach == "instruct" else read_json(f"results/models/{model}/model.json")["path"]
-    data_dir = Path("results/data") / dataset
+    source = cell / "adapter" if approach == "instruct" else read_json(key.model_json(results))["path"]
+    data_dir = key.data_dir(results)
     with tempfile.TemporaryDirectory() as tmp:
         if args.n:  # a smaller test split, same texts for both modes
             for f in data_dir.iterdir():

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from clsbench import instruct, metrics, prompting, prompts
+from clsbench import instruct, layout, metrics, prompting, prompts
 from clsbench.data import load_prepared
 from clsbench.runtime import device_setup
 
@@ -58,7 +58,7 @@ def invalid(root: str) -> None:
     old_metrics, old_prompts = old_module("metrics"), old_module("prompts")
     for path in sorted(glob.glob(f"{root}/*/*/*/r*/s*/predictions_generate.parquet")):
         cell = Path(path).parent
-        meta = json.loads((Path(root) / "data" / cell.parts[-5] / "labels.json").read_text())
+        meta = json.loads((layout.data_dir_of(cell) / "labels.json").read_text())
         labels, multi = meta["labels"], meta["multi_label"]
         df = pd.read_parquet(path)
         gold = [list(g) for g in df["gold"]]
@@ -81,8 +81,7 @@ def invalid(root: str) -> None:
 def score(cell: str, threads: int) -> None:
     cell = Path(cell)
     old = old_module("instruct", prompts=old_module("prompts"))
-    root = cell.parents[4]
-    splits, labels, multi = load_prepared(root / "data" / cell.parts[-5])
+    splits, labels, multi = load_prepared(layout.data_dir_of(cell))
     if not multi:
         raise SystemExit(f"{cell}: a multi-label cell is needed")
     info = json.loads((cell / "predict_info.json").read_text())

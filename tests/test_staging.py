@@ -68,6 +68,10 @@ def test_the_training_jobs_predictions_are_the_predict_steps(approach, tmp_path,
             assert np.allclose(np.stack(took["probs"]), np.stack(loaded["probs"]), rtol=0, atol=1e-6), name
     info = read_json(out / "predict_info.json")
     assert info["n"] == read_json(again / "predict_info.json")["n"] and info["infer_samples_per_second"] > 0
+    weights = "none" if approach == "encoder" else "dequantized"  # a 4-bit base on a CPU, both ways
+    assert info["inference_weights"] == read_json(again / "predict_info.json")["inference_weights"] == weights
+    if approach == "frozen":  # its training features are a prediction of the base too
+        assert read_json(out / "train_info.json")["feature_weights"] == "dequantized"
 
 
 def test_staged_predictions_for_other_settings_are_not_taken(tmp_path, tiny_model, bbc_small, capsys):

@@ -311,7 +311,7 @@ def fit(approach: str, model_json: str, data_dir: str, out_dir: str, rank: int, 
         import torch
 
         model = staging.inference_form(
-            trainer.model, env["compute_dtype"] if isinstance(h, runtime.QuantHparams) else torch.float32)
+            trainer.model, env["compute_dtype"] if isinstance(h, runtime.QuantHparams) else torch.float32, h, env)
         predict_after(lambda folder, splits: predict_with(model, tok, out_dir / "adapter", data_dir, folder, h, env,
                                                           splits))
     return train_info
@@ -369,6 +369,7 @@ def load_trained(adapter_dir: str | Path, h: ClassifierHparams, env: dict):
         model = load_classifier(adapter_dir, None, env, dtype=torch.float32, head_module=h.head_module)
         base_dir = adapter_dir
     model.eval()
+    runtime.inference_weights(model, h, env)
     return model, load_tokenizer(base_dir)
 
 
@@ -423,7 +424,8 @@ def predict_with(model, tok, adapter_dir, data_dir, out_dir, h: ClassifierHparam
         pred = decide(probs, multi, threshold, h.min_labels)
         info = {"split": split, "n": len(df), "infer_wall_seconds": wall, "eval_batch_size": bs,
                 "threshold": threshold.tolist() if isinstance(threshold, np.ndarray) else threshold,
-                "device": env["device_name"], "peak_memory_mb": peak_memory_mb(env), "labels": labels,
+                "device": env["device_name"], "inference_weights": runtime.inference_weights_of(model),
+                "peak_memory_mb": peak_memory_mb(env), "labels": labels,
                 "multi_label": multi, "long_text": h.long_text or "truncate",
                 **coverage(tok, texts, h.max_length, chunk, encoded[1])}
         record = throughput.record("infer", lengths=lengths, seconds=wall, batch_size=bs, order="sorted", env=env,

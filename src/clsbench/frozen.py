@@ -32,7 +32,15 @@ from .io import read_json, write_jsonl, write_train_record
 from .losses import class_weights
 from .metrics import indicator
 from .models import load_tokenizer, prefixed
-from .runtime import QuantHparams, check_finite, count_parameters, device_setup, peak_memory_mb
+from .runtime import (
+    QuantHparams,
+    check_finite,
+    count_parameters,
+    device_setup,
+    inference_weights,
+    inference_weights_of,
+    peak_memory_mb,
+)
 from .thresholds import THRESHOLDS, fixed_threshold, tuned_thresholds
 from .training import EpochHparams
 
@@ -109,6 +117,7 @@ def train(model_json: str, data_dir: str, out_dir: str, rank: int, seed: int, hp
     set_seed(seed)
     model = load_classifier(info["path"], h, env, head_module=h.head_module,
                             **classification_kwargs(labels, multi, tok.pad_token_id)).eval()
+    inference_weights(model, h, env)  # the features are a prediction of the frozen base
     head, layer = linear_head(model, h.head_module)
     trainable, total = count_parameters(model)
     trainable = layer.weight.numel()
@@ -181,6 +190,7 @@ def train(model_json: str, data_dir: str, out_dir: str, rank: int, seed: int, hp
         "long_text": h.long_text or "truncate", "chunk_training": bool(fit_chunk),
         **prefixed("train_", coverage(tok, splits["train"]["text"], h.max_length, fit_chunk)),
         "dtype": str(env["compute_dtype"]).replace("torch.", ""), "quantization": h.quantization,
+        "feature_weights": inference_weights_of(model),
         "peak_memory_mb": peak_memory_mb(env), "class_weights": h.class_weights, **extra,
     }
     write_jsonl(out_dir / "train_log.jsonl", history)
@@ -190,7 +200,7 @@ def train(model_json: str, data_dir: str, out_dir: str, rank: int, seed: int, hp
     adapters.save_adapter(model, out_dir / "adapter", info, base_config=classification_kwargs(labels, multi, tok.pad_token_id),
                           thresholds=extra.get(THRESHOLDS))
     if predict_after is not None:  # the base and head as predict loads them (clsbench.staging)
-        model = staging.inference_form(model, env["compute_dtype"])
+        model = staging.inference_form(model, env["compute_dtype"], h, env)
         predict_after(lambda folder, splits: classifier.predict_with(model, tok, out_dir / "adapter", data_dir, folder,
                                                                      h, env, splits))
     return train_info

@@ -223,7 +223,7 @@ def train(model_json: str, data_dir: str, out_dir: str, rank: int, seed: int, hp
     training.finish(out_dir, train_info, trainer, h, env, plan, seed, "train_lora",
                     lambda final: adapters.save_adapter(trainer.model, final, info))
     if predict_after is not None:  # the model and tokenizer as load_for_inference loads them
-        model = staging.inference_form(trainer.model, env["compute_dtype"])
+        model = staging.inference_form(trainer.model, env["compute_dtype"], h, env)
         tok.padding_side = "left"
         predict_after(lambda folder, splits: prompt_splits(model, tok, data_dir, folder, h, env, splits))
     return train_info
@@ -241,7 +241,9 @@ def load_for_inference(source: str | Path, h: PromptHparams, env: dict):
         model = load_lm(base, h, env)
     tok = load_tokenizer(base)
     tok.padding_side = "left"
-    return model.eval(), tok
+    model.eval()
+    runtime.inference_weights(model, h, env)
+    return model, tok
 
 
 def predict(source: str, data_dir: str, out_dir: str, hp: dict, threads: int | None = None,
@@ -316,7 +318,7 @@ def prompt_splits(model, tok, data_dir: str, out_dir: str, h: PromptHparams, env
                 "split": split, "mode": mode, "n": len(df), "infer_wall_seconds": wall,
                 "mean_prompt_tokens": sum(lengths) / len(df), "prompt_encode_seconds": encode_seconds[split],
                 "eval_batch_size": h.eval_batch_size, "device": env["device_name"],
-                "peak_memory_mb": peak, "labels": labels, "multi_label": multi,
+                "inference_weights": runtime.inference_weights_of(model), "peak_memory_mb": peak, "labels": labels, "multi_label": multi,
                 **({"label_probability": label_probability(enc)} if multi and mode == "score" else {}),
                 "prompt_max_length": enc.max_length, **enc.coverage(df["text"]), **rec}, mode, texts)
     if untrained is not None and "test" in splits:  # no training step: record what the evaluation expects of a cell

@@ -15,6 +15,7 @@ from .io import read_json, sha256
 
 PRECISIONS = ("auto", "bf16", "fp32")
 QUANTIZATIONS = ("nf4", "fp4", "none")
+INFERENCE_WEIGHTS = ("auto", "dequantized", "4bit")
 OPTIMIZERS = ("adamw_torch", "adamw_bnb_8bit", "paged_adamw_32bit", "paged_adamw_8bit")  # transformers' names
 
 
@@ -32,6 +33,11 @@ class QuantHparams:
     quantization: str = param("nf4", "4-bit storage of the base model's weights (none: its own dtype)",
                               choices=QUANTIZATIONS)
     double_quant: bool = param(True, "quantise the 4-bit quantisation constants too (QLoRA's double quantisation)")
+    inference_weights: str = param(
+        "auto", "how a 4-bit base computes when predicting: dequantized (each 4-bit weight dequantised once into the "
+        "compute dtype, then torch's matrix product, as training's evaluation computes; the memory of an unquantised "
+        "model), 4bit (bitsandbytes dequantises on every pass), auto (dequantized on a CPU, 4bit on a GPU)",
+        choices=INFERENCE_WEIGHTS)
 
 
 
@@ -98,6 +104,62 @@ def cpu_inference_kernel(model, on: bool) -> None:
     for module in model.modules():
         if hasattr(module, "support_avx512bf16_for_cpu"):
             module.support_avx512bf16_for_cpu = on and has_avx512bf16()
+
+
+def inference_weights(model, h, env: dict) -> str:
+    """Set up the 4-bit layers of ``model`` for prediction as ``h.inference_weights`` says and return what
+    they compute with: ``dequantized`` (each layer's weight dequantised once into its compute dtype and
+    multiplied by torch's matrix product: the values and the product of a 4-bit layer's pass with
+    bitsandbytes' CPU inference kernel off, without dequantising on every pass; bitsandbytes' fused CPU
+    kernel does not use the CPU's matrix units: docs/throughput.md), ``4bit`` (bitsandbytes' kernels), or
+    ``none`` (no 4-bit layer)."""
+    import bitsandbytes as bnb
+
+    layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    if not layers:
+        return "none"
+    choice = getattr(h, "inference_weights", "auto")
+    if choice == "auto":
+        choice = "4bit" if env["cuda"] else "dequantized"
+    if choice == "4bit":
+        cpu_inference_kernel(model, True)
+        return choice
+    for layer in layers:
+        dequantize_once(layer)
+    return choice
+
+
+def inference_weights_of(model) -> str:
+    """What the 4-bit layers of ``model`` compute with: ``dequantized``, ``4bit`` or ``none``
+    (:func:`inference_weights`), as ``predict_info.json`` records it."""
+    import bitsandbytes as bnb
+
+    layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    if not layers:
+        return "none"
+    return "dequantized" if all("forward" in vars(m) for m in layers) else "4bit"
+
+
+def dequantize_once(layer) -> None:
+    """A bitsandbytes 4-bit layer computing with its weight dequantised once into its compute dtype (kept
+    beside the 4-bit weight, which a checkpoint saves as before): what its forward pass computes with the
+    CPU inference kernel off (``bnb.matmul_4bit``: input in the compute dtype, dequantised weight, bias,
+    output in the input's dtype)."""
+    import types
+
+    import bitsandbytes as bnb
+    import torch
+
+    if "forward" in vars(layer):  # done already
+        return
+    dtype = layer.compute_dtype or torch.float32
+    weight = bnb.functional.dequantize_4bit(layer.weight.data, layer.weight.quant_state).to(dtype)
+    bias = None if layer.bias is None else layer.bias.data.to(dtype)
+
+    def forward(self, x):
+        return torch.nn.functional.linear(x.to(dtype), weight, bias).to(x.dtype)
+
+    layer.forward = types.MethodType(forward, layer)
 
 
 def quantization_config(h, compute_dtype, keep: tuple[str, ...]):

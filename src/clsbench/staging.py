@@ -96,18 +96,18 @@ def take(out_dir: str | Path, adapter_dir: str | Path, hp: dict, data_dir: str |
     return True
 
 
-def inference_form(model, compute_dtype):
+def inference_form(model, compute_dtype, h, env: dict):
     """The trained model as the predict step loads it: evaluation mode, and the weights that are
     neither 4-bit nor LoRA in ``compute_dtype`` (training keeps them in float32:
     ``prepare_model_for_kbit_training``; a quantised base loads them in the compute dtype), its forward
     pass no longer under the autocast that accelerate wraps a mixed-precision Trainer's model in, and
-    its 4-bit layers on the kernels a loaded model uses (:func:`clsbench.runtime.cpu_inference_kernel`;
-    the hook that makes the embeddings' output require gradients removed, as it keeps them off too)."""
+    its 4-bit layers set up for prediction as a loaded model's are (:func:`clsbench.runtime.inference_weights`;
+    the hook that makes the embeddings' output require gradients removed, as it keeps the CPU kernel off too)."""
     import torch
     from accelerate.utils import extract_model_from_parallel
 
     model = extract_model_from_parallel(model, keep_fp32_wrapper=False)
-    runtime.cpu_inference_kernel(model, True)
+    runtime.inference_weights(model, h, env)
     for module in model.modules():
         if getattr(module, "_require_grads_hooks", None):
             module.disable_input_require_grads()
