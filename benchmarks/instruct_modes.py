@@ -5,12 +5,14 @@ and the same loaded model. Prints a table and writes benchmarks/out/instruct_mod
     python benchmarks/instruct_modes.py results/bbc-news/smollm2-135m/instruct/r64/s42 [--n 160]
     python benchmarks/instruct_modes.py results/bbc-news/gemma-3-270m/zeroshot/r0/s42
     python benchmarks/instruct_modes.py <cell> --eval-batch-size 1      # the paper's inference batch
+    python benchmarks/instruct_modes.py <cell> --set '{"inference_weights": "4bit"}'
 
 Hyperparameters (text_tokens, eval batch size, threshold) come from the config the cell was run with.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 from pathlib import Path
 
@@ -28,6 +30,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, help="first N test texts only (default: all)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--eval-batch-size", type=int, help="inference batch (default: the config's)")
+    parser.add_argument("--set", type=json.loads, default={}, help="further hyperparameters changed, as JSON")
     args = parser.parse_args()
     cell = Path(args.cell)
     key, results = layout.Cell.at(cell)
@@ -35,6 +38,7 @@ def main() -> None:
     hp = grid.hparams(grid.load_config(args.config), approach, key.model, key.dataset)
     if args.eval_batch_size:
         hp["eval_batch_size"] = args.eval_batch_size
+    hp.update(args.set)
     source = cell / "adapter" if approach == "instruct" else read_json(key.model_json(results))["path"]
     data_dir = key.data_dir(results)
     with tempfile.TemporaryDirectory() as tmp:
@@ -45,8 +49,8 @@ def main() -> None:
             test = pd.read_parquet(data_dir / "test.parquet")[:args.n]
             test.to_parquet(Path(tmp, "data", "test.parquet"))
             data_dir = Path(tmp, "data")
-        untrained = None if approach == "instruct" else {"approach": approach}
-        infos = instruct.predict(str(source), str(data_dir), tmp, hp, threads=args.threads, untrained=untrained)
+        run = instruct.predict if approach == "instruct" else instruct.predict_zeroshot
+        infos = run(str(source), str(data_dir), tmp, hp, threads=args.threads)
         rows = []
         for mode, info in infos.items():
             suffix = "" if mode == "score" else f"_{mode}"
