@@ -120,13 +120,29 @@ def inference_weights(model, h, env: dict) -> str:
         return "none"
     choice = getattr(h, "inference_weights", "auto")
     if choice == "auto":
-        choice = "4bit" if env["cuda"] else "dequantized"
+        choice = "4bit" if env["cuda"] or not dequantized_fits(layers) else "dequantized"
     if choice == "4bit":
         cpu_inference_kernel(model, True)
         return choice
     for layer in layers:
         dequantize_once(layer)
     return choice
+
+
+def dequantized_fits(layers) -> bool:
+    """Whether the dequantised weights of ``layers`` (in their compute dtype) take at most half of the memory
+    available now; if not, ``auto`` keeps bitsandbytes' kernels and says so (a 7B base dequantised is 14 GB)."""
+    import psutil
+    import torch
+
+    need = sum(m.in_features * m.out_features * torch.finfo(m.compute_dtype or torch.float32).bits // 8
+               for m in layers)
+    available = psutil.virtual_memory().available
+    if need <= available / 2:
+        return True
+    print(f"inference_weights auto: the 4-bit weights dequantised would take {need / 2**30:.1f} GiB of the "
+          f"{available / 2**30:.1f} GiB available; predicting with bitsandbytes' 4-bit kernels instead")
+    return False
 
 
 def inference_weights_of(model) -> str:
