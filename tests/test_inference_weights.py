@@ -72,3 +72,17 @@ def test_auto_keeps_4bit_kernels_when_the_dequantised_weights_would_not_fit(tiny
     assert "bitsandbytes' 4-bit kernels instead" in capsys.readouterr().out
     monkeypatch.setattr(psutil, "virtual_memory", lambda: type("Memory", (), {"available": 2 * need})())
     assert runtime.inference_weights(model, h, env) == "dequantized"
+
+
+def test_a_layer_repacked_for_bitsandbytes_cpu_kernel_stays_on_it(tiny_model):
+    """A pass in evaluation mode with the CPU kernel allowed repacks the 4-bit weights on a CPU with
+    AVX512-BF16; dequantising that layout would give wrong weights, so such layers keep the kernel."""
+    from bitsandbytes.functional import has_avx512bf16
+
+    if not has_avx512bf16():
+        pytest.skip("bitsandbytes repacks only on a CPU with AVX512-BF16")
+    model, h, env = tiny_classifier(tiny_model, "bf16")
+    runtime.cpu_inference_kernel(model, True)
+    before = logits(model)  # repacks
+    assert runtime.inference_weights(model, h, env) == runtime.inference_weights_of(model) == "4bit"
+    assert torch.equal(logits(model), before)

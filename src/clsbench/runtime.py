@@ -36,7 +36,8 @@ class QuantHparams:
     inference_weights: str = param(
         "auto", "how a 4-bit base computes when predicting: dequantized (each 4-bit weight dequantised once into the "
         "compute dtype, then torch's matrix product, as training's evaluation computes; the memory of an unquantised "
-        "model), 4bit (bitsandbytes dequantises on every pass), auto (dequantized on a CPU, 4bit on a GPU)",
+        "model), 4bit (bitsandbytes dequantises on every pass), auto (dequantized on a CPU where that copy takes at "
+        "most half the available memory, else 4bit)",
         choices=INFERENCE_WEIGHTS)
 
 
@@ -113,9 +114,7 @@ def inference_weights(model, h, env: dict) -> str:
     bitsandbytes' CPU inference kernel off, without dequantising on every pass; bitsandbytes' fused CPU
     kernel does not use the CPU's matrix units: docs/throughput.md), ``4bit`` (bitsandbytes' kernels), or
     ``none`` (no 4-bit layer)."""
-    import bitsandbytes as bnb
-
-    layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    layers = four_bit_layers(model)
     if not layers:
         return "none"
     choice = getattr(h, "inference_weights", "auto")
@@ -126,7 +125,7 @@ def inference_weights(model, h, env: dict) -> str:
         return choice
     for layer in layers:
         dequantize_once(layer)
-    return choice
+    return inference_weights_of(model)
 
 
 def dequantized_fits(layers) -> bool:
@@ -148,12 +147,16 @@ def dequantized_fits(layers) -> bool:
 def inference_weights_of(model) -> str:
     """What the 4-bit layers of ``model`` compute with: ``dequantized``, ``4bit`` or ``none``
     (:func:`inference_weights`), as ``predict_info.json`` records it."""
-    import bitsandbytes as bnb
-
-    layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    layers = four_bit_layers(model)
     if not layers:
         return "none"
     return "dequantized" if all("forward" in vars(m) for m in layers) else "4bit"
+
+
+def four_bit_layers(model) -> list:
+    import bitsandbytes as bnb
+
+    return [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
 
 
 def dequantize_once(layer) -> None:
@@ -166,8 +169,8 @@ def dequantize_once(layer) -> None:
     import bitsandbytes as bnb
     import torch
 
-    if "forward" in vars(layer):  # done already
-        return
+    if "forward" in vars(layer) or getattr(layer.weight.quant_state, "packing_format_for_cpu", False):
+        return  # done already, or repacked for bitsandbytes' CPU kernel by a pass before: left on that kernel
     dtype = layer.compute_dtype or torch.float32
     weight = bnb.functional.dequantize_4bit(layer.weight.data, layer.weight.quant_state).to(dtype)
     bias = None if layer.bias is None else layer.bias.data.to(dtype)
