@@ -24,9 +24,7 @@ def logits(model) -> torch.Tensor:
 
 
 def four_bit_forwards_kept(model) -> bool:
-    import bitsandbytes as bnb
-
-    return all("forward" not in vars(m) for m in model.modules() if isinstance(m, bnb.nn.Linear4bit))
+    return all("forward" not in vars(m) for m in runtime.four_bit_layers(model))
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
@@ -61,12 +59,11 @@ def test_a_checkpoint_of_a_dequantised_model_still_holds_the_4bit_weights(tiny_m
     assert all(torch.equal(saved[k], after[k]) for k in saved)
 
 
-
 def test_auto_keeps_4bit_kernels_when_the_dequantised_weights_would_not_fit(tiny_model, monkeypatch, capsys):
     import psutil
 
     model, h, env = tiny_classifier(tiny_model, "bf16")
-    need = sum(m.in_features * m.out_features * 2 for m in model.modules() if hasattr(m, "support_avx512bf16_for_cpu"))
+    need = sum(m.in_features * m.out_features * 2 for m in runtime.four_bit_layers(model))  # bf16: 2 bytes
     monkeypatch.setattr(psutil, "virtual_memory", lambda: type("Memory", (), {"available": 2 * need - 2})())
     assert runtime.inference_weights(model, h, env) == "4bit" and four_bit_forwards_kept(model)
     assert "bitsandbytes' 4-bit kernels instead" in capsys.readouterr().out

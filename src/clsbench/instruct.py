@@ -318,7 +318,8 @@ def prompt_splits(model, tok, data_dir: str, out_dir: str, h: PromptHparams, env
                 "split": split, "mode": mode, "n": len(df), "infer_wall_seconds": wall,
                 "mean_prompt_tokens": sum(lengths) / len(df), "prompt_encode_seconds": encode_seconds[split],
                 "eval_batch_size": h.eval_batch_size, "device": env["device_name"],
-                "inference_weights": runtime.inference_weights_of(model), "peak_memory_mb": peak, "labels": labels, "multi_label": multi,
+                "inference_weights": runtime.inference_weights_of(model), "peak_memory_mb": peak, "labels": labels,
+                "multi_label": multi,
                 **({"label_probability": label_probability(enc)} if multi and mode == "score" else {}),
                 "prompt_max_length": enc.max_length, **enc.coverage(df["text"]), **rec}, mode, texts)
     if untrained is not None and "test" in splits:  # no training step: record what the evaluation expects of a cell
