@@ -134,8 +134,7 @@ def dequantized_fits(layers) -> bool:
     import psutil
     import torch
 
-    need = sum(m.in_features * m.out_features * torch.finfo(m.compute_dtype or torch.float32).bits // 8
-               for m in layers)
+    need = sum(m.in_features * m.out_features * torch.finfo(compute_dtype_of(m)).bits // 8 for m in layers)
     available = psutil.virtual_memory().available
     if need <= available / 2:
         return True
@@ -159,6 +158,13 @@ def four_bit_layers(model) -> list:
     return [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
 
 
+def compute_dtype_of(layer):
+    """The dtype a bitsandbytes 4-bit layer computes in (float32 where none was set)."""
+    import torch
+
+    return layer.compute_dtype or torch.float32
+
+
 def dequantize_once(layer) -> None:
     """A bitsandbytes 4-bit layer computing with its weight dequantised once into its compute dtype (kept
     beside the 4-bit weight, which a checkpoint saves as before): what its forward pass computes with the
@@ -171,7 +177,7 @@ def dequantize_once(layer) -> None:
 
     if "forward" in vars(layer) or getattr(layer.weight.quant_state, "packing_format_for_cpu", False):
         return  # done already, or repacked for bitsandbytes' CPU kernel by a pass before: left on that kernel
-    dtype = layer.compute_dtype or torch.float32
+    dtype = compute_dtype_of(layer)
     weight = bnb.functional.dequantize_4bit(layer.weight.data, layer.weight.quant_state).to(dtype)
     bias = None if layer.bias is None else layer.bias.data.to(dtype)
 
